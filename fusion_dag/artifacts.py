@@ -1,0 +1,44 @@
+"""Reading and writing the workflow's artifacts without ever exposing a partial file.
+
+Why: Snakemake treats an existing output as done. A table or checkpoint written in place and
+interrupted half-way would look complete to a later run, so every artifact is written under a
+temporary name in the same folder and renamed, which is atomic on POSIX file systems.
+"""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+ID, GROUP, LABEL = "id", "group", "label"
+
+
+def partial_path(path: Path) -> Path:
+    """The temporary name an artifact is written under before the rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(path.name + ".partial")
+
+
+def write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a tab-separated table atomically."""
+    partial = partial_path(path)
+    frame.to_csv(partial, sep="\t", index=False)
+    partial.replace(path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a text file atomically."""
+    partial = partial_path(path)
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def write_json(record: dict, path: Path) -> None:
+    """Write a JSON document atomically."""
+    write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", path)
+
+
+def read_tsv(path: Path) -> pd.DataFrame:
+    """Read a table written by this workflow, keeping ids, groups and labels as text."""
+    return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str})

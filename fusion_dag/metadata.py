@@ -1,0 +1,162 @@
+"""The metadata branch: encoding, imputation and a random forest, fit per outer fold.
+
+Why out-of-fold training probabilities: a forest predicting rows it was fit on is nearly
+perfect, so a fusion stage that sees in-sample training probabilities learns to trust the
+forest far more than it deserves on new patients. Training-row probabilities therefore come
+from an inner patient-grouped cross-validation on the training rows only; validation-row
+probabilities come from the forest fit on all training rows.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skops.io
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from fusion_dag.artifacts import GROUP, ID, LABEL, partial_path
+from fusion_dag.folds import split_rows
+from fusion_dag.prepare import InputError
+
+log = logging.getLogger(__name__)
+
+# Types in a saved pipeline that skops does not trust by default but that this pipeline uses.
+TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.compose._column_transformer.make_column_selector",
+    "sklearn.tree._tree.Tree",
+]
+
+
+def feature_frame(samples: pd.DataFrame) -> pd.DataFrame:
+    """The metadata features: every prepared column but id, group and label.
+
+    Text columns become ``object`` with NaN for missing cells, which is what scikit-learn's
+    imputers and encoders expect.
+    """
+    features = samples.drop(columns=[ID, GROUP, LABEL])
+    text = features.select_dtypes(exclude="number").columns
+    features[text] = features[text].astype(object).where(features[text].notna(), np.nan)
+    return features
+
+
+def build_pipeline(
+    n_estimators: int,
+    min_samples_leaf: int,
+    class_weight: str | None,
+    seed: int,
+    n_jobs: int,
+) -> Pipeline:
+    """Median-impute numbers, one-hot encode text (missing as its own level), then a forest."""
+    encode = ColumnTransformer(
+        [
+            (
+                "numeric",
+                SimpleImputer(strategy="median", keep_empty_features=True),
+                make_column_selector(dtype_include="number"),
+            ),
+            (
+                "text",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="missing"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                make_column_selector(dtype_exclude="number"),
+            ),
+        ]
+    )
+    forest = RandomForestClassifier(
+        n_estimators=n_estimators,
+        min_samples_leaf=min_samples_leaf,
+        class_weight=class_weight,
+        random_state=seed,
+        n_jobs=n_jobs,
+    )
+    return Pipeline([("encode", encode), ("forest", forest)])
+
+
+def fold_probabilities(
+    samples: pd.DataFrame,
+    folds: pd.DataFrame,
+    fold: int,
+    classes: list,
+    settings: dict,
+    seed: int,
+    n_jobs: int,
+) -> tuple[pd.DataFrame, Pipeline]:
+    """Fit the pipeline on the fold's training rows; return (probabilities, fitted pipeline).
+
+    The probability table has ``id``, ``split`` and ``prob_{class}`` for every sample.
+    """
+    fold_of = samples[[ID]].merge(folds[[ID, "fold"]], on=ID, how="left", validate="one_to_one")
+    split = split_rows(fold_of, fold).to_numpy()
+    train, validation = samples[split == "train"], samples[split == "val"]
+    inner_folds = settings["inner_folds"]
+    if train[GROUP].nunique() < inner_folds:
+        raise InputError(
+            f"fold {fold}: {train[GROUP].nunique()} training groups cannot fill "
+            f"metadata_model.inner_folds={inner_folds}"
+        )
+    y_train = train[LABEL].map(classes.index).to_numpy()
+    # Trees are built in parallel, but probabilities are always summed on one thread: a forest
+    # predicting on several threads adds tree votes in a racy order, and the last bits differ
+    # between runs. The inner cross-validation parallelises over folds instead.
+    pipeline = build_pipeline(
+        settings["n_estimators"],
+        settings["min_samples_leaf"],
+        settings["class_weight"],
+        seed,
+        n_jobs=1,
+    )
+    inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+    log.info("Fold %d: out-of-fold training probabilities, %d inner folds", fold, inner_folds)
+    train_probs = cross_val_predict(
+        pipeline,
+        feature_frame(train),
+        y_train,
+        groups=train[GROUP],
+        cv=inner,
+        method="predict_proba",
+        n_jobs=min(n_jobs, inner_folds),
+    )
+    log.info("Fold %d: fitting on %d training rows", fold, len(train))
+    pipeline.set_params(forest__n_jobs=n_jobs).fit(feature_frame(train), y_train)
+    pipeline.set_params(forest__n_jobs=1)
+    validation_probs = pipeline.predict_proba(feature_frame(validation))
+    probs = probability_table(
+        pd.concat([train[ID], validation[ID]]),
+        ["train"] * len(train) + ["val"] * len(validation),
+        np.vstack([train_probs, validation_probs]),
+        classes,
+    )
+    return probs, pipeline
+
+
+def probability_table(ids, splits, probs: np.ndarray, classes: list) -> pd.DataFrame:
+    """The contract's probability table: ``id``, ``split``, ``prob_{class}``."""
+    table = pd.DataFrame({ID: list(ids), "split": list(splits)})
+    for index, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, index]
+    return table
+
+
+def save_pipeline(pipeline: Pipeline, path: Path) -> None:
+    """Persist with skops, which loads without executing code (unlike pickle)."""
+    partial = partial_path(path)
+    skops.io.dump(pipeline, partial)
+    partial.replace(path)
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """Load a pipeline saved by :func:`save_pipeline`.
+
+    Only the types this pipeline is built from are trusted beyond skops' defaults; a file that
+    needs anything else is refused by skops rather than executed.
+    """
+    return skops.io.load(path, trusted=TRUSTED_TYPES)

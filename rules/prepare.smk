@@ -1,0 +1,43 @@
+rule prepare:
+    input:
+        table=config["samples"],
+    output:
+        samples="results/prepared/samples.tsv",
+        images="results/prepared/images.tsv",
+    log:
+        "logs/prepare/prepare.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        image_dir=image_dir,
+        columns=config["columns"],
+        classes=config["classes"],
+        modalities=MODALITIES,
+        missing_images=config["missing_images"],
+    script:
+        "../workflow_scripts/prepare.py"
+
+
+rule folds:
+    input:
+        samples="results/prepared/samples.tsv",
+    output:
+        folds="results/folds.tsv",
+    log:
+        "logs/folds/folds.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        folds=config["cv"]["folds"],
+        seed=config["cv"]["seed"],
+        classes=config["classes"],
+    script:
+        "../workflow_scripts/folds.py"

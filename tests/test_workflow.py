@@ -1,0 +1,95 @@
+"""End-to-end runs of the Snakemake workflow on a tiny config in a temporary directory."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.conftest import CLASSES, run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "demo": {"patients": 40, "seed": 7},
+    "metadata_model": {
+        "n_estimators": 30,
+        "min_samples_leaf": 2,
+        "class_weight": "balanced",
+        "inner_folds": 3,
+    },
+}
+METADATA_ONLY = {**TINY, "combinations": [["metadata"]]}
+
+
+@pytest.fixture(scope="module")
+def metadata_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("metadata_run")
+    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=METADATA_ONLY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_outputs_follow_the_contract(metadata_run):
+    results = metadata_run / "results"
+    folds = pd.read_csv(results / "folds.tsv", sep="\t")
+    assert list(folds.columns) == ["id", "group", "label", "fold"]
+    assert folds.groupby("group")["fold"].nunique().max() == 1
+    probs = pd.read_csv(results / "metadata/fold2/probs.tsv", sep="\t")
+    assert list(probs.columns) == ["id", "split", *[f"prob_{c}" for c in CLASSES]]
+    assert (metadata_run / "results/metadata/fold2/model.skops").is_file()
+    metrics = json.loads((results / "fusion/metadata/fold1/metrics.json").read_text())
+    assert metrics["combination"] == "metadata" and metrics["fold"] == 1
+    headline = pd.read_csv(results / "fusion_results.tsv", sep="\t")
+    assert headline["combination"].tolist() == ["metadata"]
+    assert {"kappa_mean", "kappa_std", "qwk_mean", "gap_mean", "pred_frac_R"} <= set(headline)
+    assert headline.loc[0, "n_folds"] == 3
+    per_fold = pd.read_csv(results / "fusion_results_per_fold.tsv", sep="\t")
+    assert per_fold["fold"].tolist() == [1, 2, 3]
+    assert headline.loc[0, "kappa_mean"] == pytest.approx(per_fold["kappa"].mean())
+    assert "| metadata" in (results / "fusion_results.md").read_text()
+    for log in ["prepare/prepare.log", "metadata/fold1.log", "fusion/metadata/fold3.log"]:
+        assert (metadata_run / "logs" / log).stat().st_size > 0
+
+
+def test_completed_run_has_nothing_to_do(metadata_run):
+    result = run_snakemake(metadata_run, "-n", "fusion_results", config=METADATA_ONLY)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_table):
+    table = pd.read_csv(demo_table).drop(columns=["thermal_map"])
+    table.to_csv(tmp_path / "clinical.csv", index=False)
+    config = {**METADATA_ONLY, "samples": "clinical.csv", "image_dir": "."}
+    result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "results/fusion_results.tsv").is_file()
+
+
+def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table):
+    table = pd.read_csv(demo_table)
+    table.loc[[2, 7], "label"] = "Q"
+    table.to_csv(tmp_path / "broken.csv", index=False)
+    config = {**METADATA_ONLY, "samples": "broken.csv", "image_dir": str(demo_table.parent)}
+    result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
+    assert result.returncode != 0
+    assert "labels outside classes ['I', 'P', 'R'] ('Q') in data rows 3, 8" in result.stdout + result.stderr
+    assert not (tmp_path / "results/prepared").exists() or not any(
+        (tmp_path / "results/prepared").iterdir()
+    )
+    assert not (tmp_path / "results/metadata").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"cv": {"folds": 0, "seed": 42}}, "cv.folds"),
+        ({"fusion": {"metadata_weight": 1.5}}, "fusion.metadata_weight"),
+        ({"colour": "red"}, "(top level)"),
+        ({"combinations": [["metadata", "depth"]]}, "combinations"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, override, key):
+    result = run_snakemake(tmp_path, "-n", config={**TINY, **override})
+    assert result.returncode != 0
+    assert f"Invalid config key '{key}'" in result.stdout + result.stderr

@@ -1,0 +1,15 @@
+from fusion_dag.artifacts import write_tsv
+from fusion_dag.joblog import job_log
+from fusion_dag.prepare import prepare_inputs
+
+with job_log(snakemake.log[0]):
+    samples, images = prepare_inputs(
+        snakemake.input.table,
+        snakemake.params.image_dir,
+        snakemake.params.columns,
+        snakemake.params.classes,
+        snakemake.params.modalities,
+        snakemake.params.missing_images,
+    )
+    write_tsv(images, snakemake.output.images)
+    write_tsv(samples, snakemake.output.samples)
