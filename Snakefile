@@ -11,10 +11,15 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/prepare.smk"
 include: "rules/metadata.smk"
+include: "rules/image.smk"
 include: "rules/fusion.smk"
 
 
-rule all:
+# The target: the headline tables and every trained model. Listing the models here means a
+# deleted checkpoint is retrained (with its fusion jobs) on the next run instead of being
+# treated as a finished intermediate file.
+rule fusion_results:
     default_target: True
     input:
-        rules.fusion_results.output,
+        rules.aggregate_results.output,
+        trained_models,

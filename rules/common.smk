@@ -61,20 +61,52 @@ wildcard_constraints:
 
 
 def fusion_inputs(wildcards):
-    """The probability tables a combination fuses (image members arrive with the image rule)."""
+    """What a combination fuses: the fold's metadata probabilities and, for each image member,
+    its pretrained checkpoint (so fusion cannot run before the image stage), probabilities and
+    image cache."""
     members = COMBINATIONS[wildcards.combination]
+    fold = wildcards.fold
     inputs = {}
     if "metadata" in members:
-        inputs["metadata"] = f"results/metadata/fold{wildcards.fold}/probs.tsv"
+        inputs["metadata"] = f"results/metadata/fold{fold}/probs.tsv"
+    for modality in members:
+        if modality != "metadata":
+            stage = f"results/image/{modality}/fold{fold}"
+            inputs[f"{modality}_checkpoint"] = f"{stage}/checkpoint.weights.h5"
+            inputs[f"{modality}_probs"] = f"{stage}/probs.tsv"
+            inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
+            inputs[f"{modality}_ids"] = f"results/prepared/images/{modality}.ids.tsv"
     return inputs
 
 
-def fusion_weights(wildcards):
-    """Only the weights this combination uses, so a weight change re-runs only fusions it affects."""
+def fusion_settings(wildcards):
+    """Only the settings this combination's fusion uses, so that changing one re-runs only the
+    fusion jobs it affects: the metadata weight when metadata meets an image, and the batch
+    size and seed of the frozen image branches' inference."""
     members = COMBINATIONS[wildcards.combination]
+    settings = {}
     if "metadata" in members and len(members) > 1:
-        return {"metadata_weight": config["fusion"]["metadata_weight"]}
-    return {}
+        settings["metadata_weight"] = config["fusion"]["metadata_weight"]
+    if any(member in MODALITIES for member in members):
+        settings["batch_size"] = config["image_model"]["batch_size"]
+        settings["seed"] = config["cv"]["seed"]
+    return settings
+
+
+def trained_models(wildcards):
+    """Every fold's trained models, which the fusion_results target requires.
+
+    Snakemake does not rebuild a missing intermediate file whose consumers are up to date, but
+    it does rebuild a missing input of a target rule that has no outputs of its own.
+    """
+    models = expand(
+        "results/image/{modality}/fold{fold}/checkpoint.weights.h5",
+        modality=MODALITIES,
+        fold=FOLDS,
+    )
+    if any("metadata" in members for members in COMBINATIONS.values()):
+        models += expand("results/metadata/fold{fold}/model.skops", fold=FOLDS)
+    return models
 
 
 def image_dir(wildcards):

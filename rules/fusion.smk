@@ -15,12 +15,12 @@ rule fusion:
         runtime=30,
     params:
         classes=config["classes"],
-        weights=fusion_weights,
+        settings=fusion_settings,
     script:
         "../workflow_scripts/fusion.py"
 
 
-rule fusion_results:
+rule aggregate_results:
     input:
         metrics=expand(
             "results/fusion/{combination}/fold{fold}/metrics.json",
@@ -32,7 +32,7 @@ rule fusion_results:
         table="results/fusion_results.tsv",
         markdown="results/fusion_results.md",
     log:
-        "logs/fusion_results/fusion_results.log",
+        "logs/aggregate_results/aggregate_results.log",
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -43,4 +43,4 @@ rule fusion_results:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
     script:
-        "../workflow_scripts/fusion_results.py"
+        "../workflow_scripts/aggregate_results.py"

@@ -8,6 +8,9 @@ import pytest
 import yaml
 
 from fusion_dag.demo import write_demo
+from fusion_dag.folds import assign_folds
+from fusion_dag.image import build_cache, load_cache
+from fusion_dag.prepare import prepare_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["I", "P", "R"]
@@ -22,6 +25,29 @@ def demo_table(tmp_path_factory) -> Path:
     return path
 
 
+IMAGE_SETTINGS = {
+    "size": 24,
+    "epochs": 3,
+    "batch_size": 32,
+    "learning_rate": 0.001,
+    "patience": 2,
+    "validation_fraction": 0.2,
+}
+
+
+@pytest.fixture(scope="session")
+def cached(demo_table, tmp_path_factory):
+    """The demo's thermal maps cached at 24 px, with folds."""
+    folder = tmp_path_factory.mktemp("cache")
+    samples, images = prepare_inputs(
+        demo_table, demo_table.parent, COLUMNS, CLASSES, {"thermal_map": "thermal_map"}, "error"
+    )
+    build_cache(images["thermal_map"], IMAGE_SETTINGS["size"], folder / "thermal_map.npy")
+    images[["id"]].to_csv(folder / "ids.tsv", sep="\t", index=False)
+    cache, positions = load_cache(folder / "thermal_map.npy", folder / "ids.tsv")
+    return cache, positions, assign_folds(samples, 3, 42, CLASSES)
+
+
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
     """Run this repository's workflow in ``workdir``; return the completed process."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -31,3 +57,17 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
         configfile.write_text(yaml.safe_dump(config))
         command += ["--configfile", str(configfile)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def scheduled_jobs(output: str) -> dict:
+    """Rule -> job count from the 'Job stats' table a (dry) run prints; empty if none."""
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    counts = {}
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

@@ -73,7 +73,10 @@ def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table):
     config = {**METADATA_ONLY, "samples": "broken.csv", "image_dir": str(demo_table.parent)}
     result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
     assert result.returncode != 0
-    assert "labels outside classes ['I', 'P', 'R'] ('Q') in data rows 3, 8" in result.stdout + result.stderr
+    assert (
+        "labels outside classes ['I', 'P', 'R'] ('Q') in data rows 3, 8"
+        in result.stdout + result.stderr
+    )
     assert not (tmp_path / "results/prepared").exists() or not any(
         (tmp_path / "results/prepared").iterdir()
     )

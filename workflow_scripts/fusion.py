@@ -1,14 +1,31 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.fusion import fuse_probabilities, member_weights
+from fusion_dag.fusion import METADATA, fuse_probabilities, fuse_v3, log_weights, member_weights
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     members = snakemake.wildcards.combination.split("+")
     classes = snakemake.params.classes
-    weights = member_weights(members, snakemake.params.weights.get("metadata_weight"))
-    tables = {member: read_tsv(snakemake.input[member]) for member in members}
-    probs = fuse_probabilities(tables, weights, classes)
+    settings = snakemake.params.settings
+    weights = member_weights(members, settings.get("metadata_weight"))
+    rf_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
+    modalities = [m for m in members if m != METADATA]
+    if modalities:
+        from fusion_dag.image import configure_tensorflow, load_cache
+
+        configure_tensorflow(snakemake.threads, settings["seed"])
+        image_inputs = {
+            m: (
+                *load_cache(snakemake.input[f"{m}_cache"], snakemake.input[f"{m}_ids"]),
+                read_tsv(snakemake.input[f"{m}_probs"]),
+                snakemake.input[f"{m}_checkpoint"],
+            )
+            for m in modalities
+        }
+        probs = fuse_v3(weights, rf_probs, image_inputs, classes, settings["batch_size"], log)
+    else:
+        log_weights(weights, log)
+        probs = fuse_probabilities({METADATA: rf_probs}, weights, classes)
     metrics = fold_metrics(probs, read_tsv(snakemake.input.samples), classes)
     log.info("Validation kappa %.3f, train kappa %.3f", metrics["kappa"], metrics["train_kappa"])
     write_tsv(probs, snakemake.output.probs)

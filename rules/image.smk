@@ -1,0 +1,44 @@
+rule image_cache:
+    input:
+        images="results/prepared/images.tsv",
+    output:
+        cache="results/prepared/images/{modality}.npy",
+        ids="results/prepared/images/{modality}.ids.tsv",
+    log:
+        "logs/image_cache/{modality}.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        size=config["image_model"]["size"],
+    script:
+        "../workflow_scripts/image_cache.py"
+
+
+rule image:
+    input:
+        cache="results/prepared/images/{modality}.npy",
+        ids="results/prepared/images/{modality}.ids.tsv",
+        folds="results/folds.tsv",
+    output:
+        checkpoint="results/image/{modality}/fold{fold}/checkpoint.weights.h5",
+        probs="results/image/{modality}/fold{fold}/probs.tsv",
+        history="results/image/{modality}/fold{fold}/history.tsv",
+        metrics="results/image/{modality}/fold{fold}/metrics.json",
+    log:
+        "logs/image/{modality}/fold{fold}.log",
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        classes=config["classes"],
+        settings=config["image_model"],
+        seed=config["cv"]["seed"],
+    script:
+        "../workflow_scripts/image.py"

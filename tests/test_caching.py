@@ -1,0 +1,106 @@
+"""Stage caching, proven through Snakemake itself: dry runs after one completed tiny run."""
+
+import shutil
+
+import pytest
+
+from tests.conftest import run_snakemake, scheduled_jobs
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "demo": {"patients": 40, "seed": 7},
+    "combinations": [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]],
+    "metadata_model": {
+        "n_estimators": 30,
+        "min_samples_leaf": 2,
+        "class_weight": "balanced",
+        "inner_folds": 3,
+    },
+    "image_model": {
+        "size": 24,
+        "epochs": 3,
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "patience": 2,
+        "validation_fraction": 0.2,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    """A finished tiny run with metadata, thermal and their fusion."""
+    workdir = tmp_path_factory.mktemp("cached_run")
+    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=TINY)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
+
+
+def dry_run(workdir, config):
+    result = run_snakemake(workdir, "-n", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return scheduled_jobs(result.stdout + result.stderr)
+
+
+def test_full_run_writes_three_rows_and_contract_logs(completed):
+    table = (completed / "results/fusion_results.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in table[1:]] == [
+        "metadata",
+        "thermal_map",
+        "metadata+thermal_map",
+    ]
+    log = (completed / "logs/fusion/metadata+thermal_map/fold2.log").read_text()
+    assert "Loaded weights for layer: thermal_map_conv1" in log
+    assert "Frozen layer: thermal_map_probs" in log
+    assert "Fusion weights: RF=0.70, Image=0.30" in log
+    assert (completed / "results/image/thermal_map/fold3/checkpoint.weights.h5").is_file()
+    assert "Epoch 1/3" in (completed / "logs/image/thermal_map/fold1.log").read_text()
+
+
+def test_nothing_changed_schedules_nothing(completed):
+    assert dry_run(completed, TINY) == {}
+
+
+def test_fusion_weight_change_reruns_only_fusion(completed):
+    jobs = dry_run(completed, {**TINY, "fusion": {"metadata_weight": 0.5}})
+    assert jobs == {"fusion": 3, "aggregate_results": 1, "fusion_results": 1}
+
+
+def test_image_setting_change_never_reruns_metadata(completed):
+    jobs = dry_run(completed, {**TINY, "image_model": {**TINY["image_model"], "epochs": 4}})
+    assert jobs == {"image": 3, "fusion": 6, "aggregate_results": 1, "fusion_results": 1}
+
+
+def test_deleted_checkpoint_retrains_exactly_that_image_job(completed, tmp_path):
+    checkpoint = completed / "results/image/thermal_map/fold2/checkpoint.weights.h5"
+    shutil.copy2(checkpoint, tmp_path / "kept.weights.h5")
+    checkpoint.unlink()
+    try:
+        jobs = dry_run(completed, TINY)
+    finally:
+        shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
+    assert jobs == {"image": 1, "fusion": 2, "aggregate_results": 1, "fusion_results": 1}
+
+
+def test_image_alone_needs_no_metadata(tmp_path):
+    jobs = dry_run(tmp_path, {**TINY, "combinations": [["thermal_map"]]})
+    assert "metadata" not in jobs and jobs["image"] == 3 and jobs["fusion"] == 3
+
+
+def test_fusion_waits_for_the_pretrained_checkpoint(tmp_path):
+    config = {**TINY, "combinations": [["metadata", "thermal_map"]]}
+    result = run_snakemake(tmp_path, "--dag", "dot", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    nodes = {}
+    edges = set()
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if "[label" in line and "->" not in line:
+            node, label = line.split("[label", 1)
+            nodes[node.strip()] = label.split('"')[1].split("\\n")[0]
+        elif "->" in line:
+            source, target = (part.strip().rstrip(";") for part in line.split("->"))
+            edges.add((source, target))
+    rules = {(nodes[a], nodes[b]) for a, b in edges}
+    assert ("image", "fusion") in rules and ("metadata", "fusion") in rules

@@ -1,0 +1,28 @@
+"""The workflow stays `snakemake --lint` clean and `snakefmt` formatted."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_snakemake_lint_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def test_snakefiles_are_snakefmt_formatted():
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "rules").glob("*.smk")))]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
