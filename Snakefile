@@ -3,6 +3,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 # The defaults live beside the workflow; --configfile files are merged over them.
 configfile: f"{workflow.basedir}/config/config.yaml"
 
@@ -13,6 +16,8 @@ include: "rules/prepare.smk"
 include: "rules/metadata.smk"
 include: "rules/image.smk"
 include: "rules/fusion.smk"
+include: "rules/report.smk"
+include: "rules/ablation.smk"
 
 
 # The target: the headline tables and every trained model. Listing the models here means a
@@ -23,3 +28,10 @@ rule fusion_results:
     input:
         rules.aggregate_results.output,
         trained_models,
+        report_figures,
+
+
+# The V1/V2/V3 ablation on the same folds and seeds as fusion_results.
+rule ablation:
+    input:
+        rules.aggregate_ablation.output,

@@ -64,8 +64,12 @@ def configure_tensorflow(threads: int, seed: int) -> None:
     import keras
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        # Only when this process already ran TensorFlow (tests); a job calls this first.
+        log.warning("TensorFlow is already initialised; its thread pools stay as they are")
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
     devices = [d.name for d in tf.config.list_logical_devices()]

@@ -51,6 +51,12 @@ MODALITIES = {
     if any(name in members for members in COMBINATIONS.values())
 }
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
+# Combinations of metadata with exactly one image: the ones diagnostics and the ablation study.
+PAIRS = {
+    name: members[1]
+    for name, members in COMBINATIONS.items()
+    if len(members) == 2 and members[0] == "metadata"
+}
 DEMO_TABLE = "resources/demo/samples.csv"
 
 
@@ -107,6 +113,45 @@ def trained_models(wildcards):
     if any("metadata" in members for members in COMBINATIONS.values()):
         models += expand("results/metadata/fold{fold}/model.skops", fold=FOLDS)
     return models
+
+
+def diagnostic_image_probs(wildcards):
+    """Every fold's image probabilities for the image in a metadata + image combination."""
+    return expand(
+        "results/image/{modality}/fold{fold}/probs.tsv",
+        modality=PAIRS[wildcards.combination],
+        fold=FOLDS,
+    )
+
+
+def report_figures(wildcards):
+    """Figures and diagnostics the fusion_results target produces for this selection."""
+    figures = ["results/plots/fold_kappa.png", "results/plots/confusion_matrices.png"]
+    figures += expand(
+        "results/plots/learning_curves_{modality}.png", modality=MODALITIES
+    )
+    figures += expand("results/plots/weight_sweep_{combination}.png", combination=PAIRS)
+    figures += expand(
+        "results/diagnostics/{combination}/branch_agreement.tsv", combination=PAIRS
+    )
+    return figures
+
+
+def ablation_inputs(pattern):
+    """An input function: every fold of every metadata + image combination.
+
+    Evaluated only when the ablation is requested, which needs at least one such combination.
+    """
+
+    def inputs(wildcards):
+        if not PAIRS:
+            raise WorkflowError(
+                "The ablation compares fusions of metadata with one image modality: add a "
+                "combination such as [metadata, thermal_map] to 'combinations'"
+            )
+        return expand(pattern, combination=PAIRS, fold=FOLDS)
+
+    return inputs
 
 
 def image_dir(wildcards):

@@ -29,7 +29,11 @@ rule aggregate_results:
         ),
     output:
         per_fold="results/fusion_results_per_fold.tsv",
-        table="results/fusion_results.tsv",
+        table=report(
+            "results/fusion_results.tsv",
+            caption="../report/fusion_results.rst",
+            category="Results",
+        ),
         markdown="results/fusion_results.md",
     log:
         "logs/aggregate_results/aggregate_results.log",

@@ -48,6 +48,35 @@ def cached(demo_table, tmp_path_factory):
     return cache, positions, assign_folds(samples, 3, 42, CLASSES)
 
 
+TINY = {
+    "demo": {"patients": 40, "seed": 7},
+    "combinations": [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]],
+    "metadata_model": {
+        "n_estimators": 30,
+        "min_samples_leaf": 2,
+        "class_weight": "balanced",
+        "inner_folds": 3,
+    },
+    "image_model": {
+        "size": 24,
+        "epochs": 3,
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "patience": 2,
+        "validation_fraction": 0.2,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run with metadata, thermal and their fusion (shared, read-only)."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=TINY)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
+
+
 def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
     """Run this repository's workflow in ``workdir``; return the completed process."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]

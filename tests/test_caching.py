@@ -4,37 +4,25 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_snakemake, scheduled_jobs
+from tests.conftest import TINY, run_snakemake, scheduled_jobs
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "demo": {"patients": 40, "seed": 7},
-    "combinations": [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]],
-    "metadata_model": {
-        "n_estimators": 30,
-        "min_samples_leaf": 2,
-        "class_weight": "balanced",
-        "inner_folds": 3,
-    },
-    "image_model": {
-        "size": 24,
-        "epochs": 3,
-        "batch_size": 32,
-        "learning_rate": 0.001,
-        "patience": 2,
-        "validation_fraction": 0.2,
-    },
+# Jobs that only summarise cached results: tables, diagnostics, figures and the target.
+AGGREGATION = {
+    "aggregate_results",
+    "diagnostics",
+    "plot_fold_kappa",
+    "plot_confusion_matrices",
+    "plot_learning_curves",
+    "plot_weight_sweep",
+    "fusion_results",
 }
 
 
 @pytest.fixture(scope="module")
-def completed(tmp_path_factory):
-    """A finished tiny run with metadata, thermal and their fusion."""
-    workdir = tmp_path_factory.mktemp("cached_run")
-    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=TINY)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return workdir
+def completed(tiny_run):
+    return tiny_run
 
 
 def dry_run(workdir, config):
@@ -64,12 +52,15 @@ def test_nothing_changed_schedules_nothing(completed):
 
 def test_fusion_weight_change_reruns_only_fusion(completed):
     jobs = dry_run(completed, {**TINY, "fusion": {"metadata_weight": 0.5}})
-    assert jobs == {"fusion": 3, "aggregate_results": 1, "fusion_results": 1}
+    # Only the three folds of metadata+thermal_map use the weight.
+    assert jobs.pop("fusion") == 3
+    assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
 def test_image_setting_change_never_reruns_metadata(completed):
     jobs = dry_run(completed, {**TINY, "image_model": {**TINY["image_model"], "epochs": 4}})
-    assert jobs == {"image": 3, "fusion": 6, "aggregate_results": 1, "fusion_results": 1}
+    assert jobs.pop("image") == 3 and jobs.pop("fusion") == 6
+    assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
 def test_deleted_checkpoint_retrains_exactly_that_image_job(completed, tmp_path):
@@ -80,7 +71,8 @@ def test_deleted_checkpoint_retrains_exactly_that_image_job(completed, tmp_path)
         jobs = dry_run(completed, TINY)
     finally:
         shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
-    assert jobs == {"image": 1, "fusion": 2, "aggregate_results": 1, "fusion_results": 1}
+    assert jobs.pop("image") == 1 and jobs.pop("fusion") == 2
+    assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
 def test_image_alone_needs_no_metadata(tmp_path):

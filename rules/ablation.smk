@@ -1,0 +1,52 @@
+rule ablation_fold:
+    input:
+        samples="results/prepared/samples.tsv",
+        folds="results/folds.tsv",
+        metadata="results/metadata/fold{fold}/probs.tsv",
+        model="results/metadata/fold{fold}/model.skops",
+        cache=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.npy",
+        ids=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.ids.tsv",
+    output:
+        metrics="results/ablation/{combination}/fold{fold}/metrics.tsv",
+    log:
+        "logs/ablation_fold/{combination}/fold{fold}.log",
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        classes=config["classes"],
+        settings=config["image_model"],
+        metadata_weight=config["fusion"]["metadata_weight"],
+        seed=config["cv"]["seed"],
+    script:
+        "../workflow_scripts/ablation_fold.py"
+
+
+rule aggregate_ablation:
+    input:
+        ablation=ablation_inputs(
+            "results/ablation/{combination}/fold{fold}/metrics.tsv"
+        ),
+        v3=ablation_inputs("results/fusion/{combination}/fold{fold}/metrics.json"),
+    output:
+        table=report(
+            "results/ablation.tsv",
+            caption="../report/ablation.rst",
+            category="Ablation",
+        ),
+        markdown="results/ablation.md",
+    log:
+        "logs/aggregate_ablation/aggregate_ablation.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        combinations=list(PAIRS),
+    script:
+        "../workflow_scripts/aggregate_ablation.py"

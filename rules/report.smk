@@ -1,0 +1,122 @@
+rule diagnostics:
+    input:
+        folds="results/folds.tsv",
+        metadata=expand("results/metadata/fold{fold}/probs.tsv", fold=FOLDS),
+        image=diagnostic_image_probs,
+    output:
+        sweep="results/diagnostics/{combination}/weight_sweep.tsv",
+        agreement="results/diagnostics/{combination}/branch_agreement.tsv",
+    log:
+        "logs/diagnostics/{combination}.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        classes=config["classes"],
+        metadata_weight=config["fusion"]["metadata_weight"],
+    script:
+        "../workflow_scripts/diagnostics.py"
+
+
+rule plot_fold_kappa:
+    input:
+        per_fold="results/fusion_results_per_fold.tsv",
+    output:
+        report(
+            "results/plots/fold_kappa.png",
+            caption="../report/fold_kappa.rst",
+            category="Results",
+        ),
+    log:
+        "logs/plot_fold_kappa/plot_fold_kappa.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        combinations=list(COMBINATIONS),
+    script:
+        "../workflow_scripts/plot_fold_kappa.py"
+
+
+rule plot_confusion_matrices:
+    input:
+        folds="results/folds.tsv",
+        probs=expand(
+            "results/fusion/{combination}/fold{fold}/probs.tsv",
+            combination=COMBINATIONS,
+            fold=FOLDS,
+        ),
+    output:
+        report(
+            "results/plots/confusion_matrices.png",
+            caption="../report/confusion_matrices.rst",
+            category="Results",
+        ),
+    log:
+        "logs/plot_confusion_matrices/plot_confusion_matrices.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        combinations=list(COMBINATIONS),
+        classes=config["classes"],
+    script:
+        "../workflow_scripts/plot_confusion_matrices.py"
+
+
+rule plot_learning_curves:
+    input:
+        histories=expand(
+            "results/image/{{modality}}/fold{fold}/history.tsv",
+            fold=FOLDS,
+        ),
+    output:
+        report(
+            "results/plots/learning_curves_{modality}.png",
+            caption="../report/learning_curves.rst",
+            category="Image branch",
+        ),
+    log:
+        "logs/plot_learning_curves/{modality}.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        folds=FOLDS,
+    script:
+        "../workflow_scripts/plot_learning_curves.py"
+
+
+rule plot_weight_sweep:
+    input:
+        sweep="results/diagnostics/{combination}/weight_sweep.tsv",
+    output:
+        report(
+            "results/plots/weight_sweep_{combination}.png",
+            caption="../report/weight_sweep.rst",
+            category="Diagnostics",
+        ),
+    log:
+        "logs/plot_weight_sweep/{combination}.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        metadata_weight=config["fusion"]["metadata_weight"],
+    script:
+        "../workflow_scripts/plot_weight_sweep.py"

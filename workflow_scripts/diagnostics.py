@@ -1,0 +1,32 @@
+import pandas as pd
+
+from fusion_dag.artifacts import read_tsv, write_tsv
+from fusion_dag.evaluate import branch_agreement, weight_sweep
+from fusion_dag.joblog import job_log
+
+with job_log(snakemake.log[0]) as log:
+    classes = snakemake.params.classes
+    labels = read_tsv(snakemake.input.folds)
+    sweeps, agreements = [], []
+    for fold, (rf_path, image_path) in enumerate(
+        zip(snakemake.input.metadata, snakemake.input.image, strict=True), start=1
+    ):
+        rf, image = read_tsv(rf_path), read_tsv(image_path)
+        sweeps.append(weight_sweep(rf, image, labels, classes).assign(fold=fold))
+        agreements.append({"fold": fold, **branch_agreement(rf, image, labels, classes)})
+    sweep = pd.concat(sweeps, ignore_index=True)[["fold", "metadata_weight", "kappa"]]
+    mean = sweep.groupby("metadata_weight")["kappa"].mean()
+    configured = snakemake.params.metadata_weight
+    at_configured = mean.iloc[(mean.index.to_series() - configured).abs().argmin()]
+    log.info(
+        "Weight sweep: best mean kappa %.3f at w=%.2f; configured w=%.2f gives %.3f",
+        mean.max(),
+        mean.idxmax(),
+        configured,
+        at_configured,
+    )
+    for fold, rows in sweep.groupby("fold"):
+        best = rows.loc[rows["kappa"].idxmax()]
+        log.info("Fold %d: best w=%.2f (kappa %.3f)", fold, best["metadata_weight"], best["kappa"])
+    write_tsv(sweep, snakemake.output.sweep)
+    write_tsv(pd.DataFrame(agreements), snakemake.output.agreement)

@@ -1,0 +1,11 @@
+from fusion_dag.artifacts import read_tsv
+from fusion_dag.joblog import job_log
+from fusion_dag.report import plot_learning_curves, save_figure
+
+with job_log(snakemake.log[0]):
+    histories = {
+        fold: read_tsv(path)
+        for fold, path in zip(snakemake.params.folds, snakemake.input.histories, strict=True)
+    }
+    figure = plot_learning_curves(histories, snakemake.wildcards.modality)
+    save_figure(figure, snakemake.output[0])
