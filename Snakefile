@@ -29,6 +29,7 @@ rule fusion_results:
         rules.aggregate_results.output,
         trained_models,
         report_figures,
+        "results/provenance.json",
 
 
 # The V1/V2/V3 ablation on the same folds and seeds as fusion_results.

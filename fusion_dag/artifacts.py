@@ -5,6 +5,7 @@ interrupted half-way would look complete to a later run, so every artifact is wr
 temporary name in the same folder and renamed, which is atomic on POSIX file systems.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def write_json(record: dict, path: Path) -> None:
     write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", path)
 
 
+def read_json(path: Path) -> dict:
+    """Read a JSON document written by :func:`write_json`."""
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def read_tsv(path: Path) -> pd.DataFrame:
     """Read a table written by this workflow, keeping ids, groups and labels as text."""
     return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str})
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks so large files do not fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

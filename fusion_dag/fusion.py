@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import ID
+from fusion_dag.artifacts import ID, file_sha256
 
 METADATA = "metadata"
 
@@ -130,6 +130,32 @@ def load_branch_weights(model, modality: str, checkpoint: str, log) -> None:
         log.info("Loaded weights for layer: %s", name)
 
 
+def verify_checkpoint(model, modality: str, checkpoint: str, manifest: dict, classes: list):
+    """Refuse a checkpoint that is not the one its sidecar describes, or not for this model.
+
+    Each difference is named: changed bytes (sha256), another modality, image size, class list
+    or layer set/shape.
+    """
+    from fusion_dag.image import layer_shapes
+
+    size = int(model.get_layer(f"{modality}_input").output.shape[1])
+    problems = []
+    actual = file_sha256(checkpoint)
+    if actual != manifest["sha256"]:
+        problems.append(f"sha256 is {actual[:12]}..., sidecar says {manifest['sha256'][:12]}...")
+    expected = {"modality": modality, "image_size": size, "classes": list(classes)}
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            problems.append(f"{key} is {manifest.get(key)!r}, the fusion model needs {value!r}")
+    built = layer_shapes(model, modality)
+    if manifest.get("layers") != built:
+        stored = manifest.get("layers") or {}
+        changed = sorted(n for n in set(stored) | set(built) if stored.get(n) != built.get(n))
+        problems.append(f"layers differ: {', '.join(changed)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
+
+
 def freeze_branch(model, modality: str, log) -> None:
     """Make every layer of the branch non-trainable and prove no weight is left trainable."""
     for layer in branch_layers(model, modality):
@@ -164,9 +190,9 @@ def fuse_v3(
 ) -> pd.DataFrame:
     """Fuse with frozen pretrained image branches and fixed weights; no gradient step.
 
-    ``image_inputs`` maps each modality to ``(images, positions, probs, checkpoint)``: the
-    memory-mapped cache, the cache row of each id, the image stage's probability table and its
-    checkpoint. Rows present in every member are fused.
+    ``image_inputs`` maps each modality to ``(images, positions, probs, checkpoint, manifest)``:
+    the memory-mapped cache, the cache row of each id, the image stage's probability table, its
+    checkpoint and the checkpoint's sidecar. Rows present in every member are fused.
     """
     columns = [f"prob_{c}" for c in classes]
     tables = [t for t in [rf_probs, *(v[2] for v in image_inputs.values())] if t is not None]
@@ -177,7 +203,9 @@ def fuse_v3(
     size = next(iter(image_inputs.values()))[0].shape[1]
     model = build_fusion_model(list(image_inputs), size, len(classes), weights)
     model_inputs = {}
-    for modality, (images, positions, probs, checkpoint) in image_inputs.items():
+    for modality, (images, positions, probs, checkpoint, manifest) in image_inputs.items():
+        verify_checkpoint(model, modality, checkpoint, manifest, classes)
+        log.info("Checkpoint %s matches its sidecar (sha256 %s)", checkpoint, manifest["sha256"])
         load_branch_weights(model, modality, checkpoint, log)
         freeze_branch(model, modality, log)
         model_inputs[f"{modality}_input"] = images[positions[keys[ID]].to_numpy()]

@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, partial_path
+from fusion_dag.artifacts import GROUP, ID, LABEL, file_sha256, partial_path
 from fusion_dag.evaluate import kappa
 from fusion_dag.folds import split_rows
 from fusion_dag.prepare import InputError
@@ -211,6 +211,31 @@ def train_branch(
 def predict_rows(model, images: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """Class probabilities for the cached images at ``rows``, in that order."""
     return model.predict(images[rows], batch_size=batch_size, verbose=0)
+
+
+def layer_shapes(model, modality: str) -> dict:
+    """Weight shapes of every ``{modality}_`` layer that has weights, by layer name."""
+    return {
+        layer.name: [list(w.shape) for w in layer.weights]
+        for layer in model.layers
+        if layer.weights and layer.name.startswith(f"{modality}_")
+    }
+
+
+def checkpoint_manifest(model, modality: str, fold: int, classes: list, checkpoint: Path) -> dict:
+    """The sidecar written next to a checkpoint: what it is for and what it must contain.
+
+    The fusion stage refuses a checkpoint whose bytes, modality, image size, classes or layers
+    differ from this record or from the model it builds.
+    """
+    return {
+        "modality": modality,
+        "fold": fold,
+        "image_size": int(model.input.shape[1]),
+        "classes": list(classes),
+        "layers": layer_shapes(model, modality),
+        "sha256": file_sha256(checkpoint),
+    }
 
 
 def best_epoch(history_path: Path) -> int:

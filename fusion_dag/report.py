@@ -162,3 +162,61 @@ def save_figure(fig, path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+PROVENANCE_PACKAGES = (
+    "snakemake",
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "scikit-learn",
+    "skops",
+    "numpy",
+    "pandas",
+    "pillow",
+)
+
+
+def package_versions(names=PROVENANCE_PACKAGES) -> dict:
+    """Installed versions of the packages results depend on (absent ones are left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_state(folder) -> dict:
+    """The workflow's git commit and whether its tracked files differ from it."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=False
+        )
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
+def data_hashes(samples_path, images: pd.DataFrame) -> dict:
+    """SHA-256 of the samples table and, per modality, one digest over every image used."""
+    import hashlib
+
+    from fusion_dag.artifacts import ID, file_sha256
+
+    hashes = {"samples": {"path": str(samples_path), "sha256": file_sha256(samples_path)}}
+    for modality in images.columns.drop(ID):
+        present = images[images[modality].notna()]
+        digest = hashlib.sha256()
+        for sample_id, path in zip(present[ID], present[modality], strict=True):
+            digest.update(f"{sample_id}\t{file_sha256(path)}\n".encode())
+        hashes[modality] = {"images": len(present), "sha256": digest.hexdigest()}
+    return hashes

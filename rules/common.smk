@@ -79,6 +79,7 @@ def fusion_inputs(wildcards):
         if modality != "metadata":
             stage = f"results/image/{modality}/fold{fold}"
             inputs[f"{modality}_checkpoint"] = f"{stage}/checkpoint.weights.h5"
+            inputs[f"{modality}_sidecar"] = f"{stage}/checkpoint.json"
             inputs[f"{modality}_probs"] = f"{stage}/probs.tsv"
             inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
             inputs[f"{modality}_ids"] = f"results/prepared/images/{modality}.ids.tsv"

@@ -25,11 +25,14 @@ rule image:
         folds="results/folds.tsv",
     output:
         checkpoint="results/image/{modality}/fold{fold}/checkpoint.weights.h5",
+        sidecar="results/image/{modality}/fold{fold}/checkpoint.json",
         probs="results/image/{modality}/fold{fold}/probs.tsv",
         history="results/image/{modality}/fold{fold}/history.tsv",
         metrics="results/image/{modality}/fold{fold}/metrics.json",
     log:
         "logs/image/{modality}/fold{fold}.log",
+    benchmark:
+        "benchmarks/image/{modality}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
     threads: 2

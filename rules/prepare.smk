@@ -41,3 +41,24 @@ rule folds:
         classes=config["classes"],
     script:
         "../workflow_scripts/folds.py"
+
+
+rule provenance:
+    input:
+        table=config["samples"],
+        images="results/prepared/images.tsv",
+    output:
+        provenance="results/provenance.json",
+    log:
+        "logs/provenance/provenance.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        config=config,
+        workflow_dir=workflow.basedir,
+    script:
+        "../workflow_scripts/provenance.py"

@@ -77,14 +77,20 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
-def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
-    """Run this repository's workflow in ``workdir``; return the completed process."""
+def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list:
+    """The command that runs this repository's workflow in ``workdir``."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     command += ["--directory", str(workdir), *args]
     if config is not None:
         configfile = workdir / "test_config.yaml"
         configfile.write_text(yaml.safe_dump(config))
         command += ["--configfile", str(configfile)]
+    return command
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
+    """Run this repository's workflow in ``workdir``; return the completed process."""
+    command = snakemake_command(workdir, *args, config=config)
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 

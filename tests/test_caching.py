@@ -16,6 +16,7 @@ AGGREGATION = {
     "plot_confusion_matrices",
     "plot_learning_curves",
     "plot_weight_sweep",
+    "provenance",
     "fusion_results",
 }
 

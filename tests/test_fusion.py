@@ -12,10 +12,12 @@ from fusion_dag.fusion import (
     fuse_v3,
     load_branch_weights,
     member_weights,
+    verify_checkpoint,
 )
 from fusion_dag.image import (
     branch_probabilities,
     build_image_branch,
+    checkpoint_manifest,
     configure_tensorflow,
     train_branch,
 )
@@ -70,7 +72,9 @@ def pretrained(cached, tmp_path_factory):
         folder / "history.tsv",
     )
     probs = branch_probabilities(model, cache, positions, folds, 1, CLASSES, 32)
-    return folder / "checkpoint.weights.h5", probs
+    checkpoint = folder / "checkpoint.weights.h5"
+    manifest = checkpoint_manifest(model, "thermal_map", 1, CLASSES, checkpoint)
+    return checkpoint, probs, manifest
 
 
 def rf_table(image_probs):
@@ -83,14 +87,14 @@ def rf_table(image_probs):
 
 def test_v3_loads_freezes_checks_and_fuses_with_fixed_weights(cached, pretrained, caplog):
     cache, positions, _ = cached
-    checkpoint, image_probs = pretrained
+    checkpoint, image_probs, manifest = pretrained
     rf = rf_table(image_probs)
     weights = member_weights(["metadata", "thermal_map"], 0.7)
     with caplog.at_level(logging.INFO):
         fused = fuse_v3(
             weights,
             rf,
-            {"thermal_map": (cache, positions, image_probs, str(checkpoint))},
+            {"thermal_map": (cache, positions, image_probs, str(checkpoint), manifest)},
             CLASSES,
             32,
             logging.getLogger("test"),
@@ -126,15 +130,43 @@ def test_checkpoint_of_another_shape_is_a_hard_error(tmp_path):
 
 def test_branch_that_does_not_reproduce_the_image_stage_is_refused(cached, pretrained):
     cache, positions, _ = cached
-    checkpoint, image_probs = pretrained
+    checkpoint, image_probs, manifest = pretrained
     tampered = image_probs.copy()
     tampered["prob_I"] += 0.01
     with pytest.raises(CheckpointError, match="differs from the image stage"):
         fuse_v3(
             {"thermal_map": 1.0},
             None,
-            {"thermal_map": (cache, positions, tampered, str(checkpoint))},
+            {"thermal_map": (cache, positions, tampered, str(checkpoint), manifest)},
             CLASSES,
             32,
             logging.getLogger("test"),
         )
+
+
+def fusion_for(size):
+    return build_fusion_model(["thermal_map"], size, 3, {"metadata": 0.7, "thermal_map": 0.3})
+
+
+def test_checkpoint_matching_its_sidecar_is_accepted(pretrained):
+    checkpoint, _, manifest = pretrained
+    verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), manifest, CLASSES)
+
+
+def test_changed_checkpoint_bytes_are_refused(pretrained, tmp_path):
+    checkpoint, _, manifest = pretrained
+    copy = tmp_path / "checkpoint.weights.h5"
+    copy.write_bytes(checkpoint.read_bytes() + b"0")
+    with pytest.raises(CheckpointError, match="sha256 is"):
+        verify_checkpoint(fusion_for(24), "thermal_map", str(copy), manifest, CLASSES)
+
+
+def test_checkpoint_for_another_image_size_or_classes_is_refused(pretrained):
+    checkpoint, _, manifest = pretrained
+    with pytest.raises(CheckpointError, match="image_size is 24, the fusion model needs 32"):
+        verify_checkpoint(fusion_for(32), "thermal_map", str(checkpoint), manifest, CLASSES)
+    with pytest.raises(CheckpointError, match="classes is"):
+        verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), manifest, ["A", "B", "C"])
+    renamed = {**manifest, "layers": {**manifest["layers"], "thermal_map_conv9": [[1]]}}
+    with pytest.raises(CheckpointError, match="layers differ: thermal_map_conv9"):
+        verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), renamed, CLASSES)

@@ -3,6 +3,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from fusion_dag.prepare import InputError, coerce_numeric, prepare_inputs
 from tests.conftest import CLASSES, COLUMNS
@@ -152,3 +153,27 @@ def test_empty_image_cells_error_or_drop(workdir):
         prepare(workdir, table)
     samples, images = prepare(workdir, table, missing_images="drop")
     assert images["thermal_map"].isna().sum() == 2 and len(samples) == len(table)
+
+
+def test_image_with_an_alpha_channel_is_refused(workdir):
+    first = original(workdir)["thermal_map"].iloc[0]
+    Image.new("RGBA", (64, 64)).save(workdir / first)
+    with pytest.raises(InputError, match="has mode RGBA; expected 3-channel RGB or 1-channel"):
+        prepare(workdir)
+
+
+def test_image_of_size_zero_is_refused(workdir):
+    first = original(workdir)["thermal_map"].iloc[0]
+    png = (workdir / first).read_bytes()
+    # Rewrite the PNG header's width to 0 (bytes 16-19 of the IHDR chunk).
+    (workdir / first).write_bytes(png[:16] + (0).to_bytes(4, "big") + png[20:])
+    with pytest.raises(InputError, match=f"{first}.*(size|cannot be read)"):
+        prepare(workdir)
+
+
+def test_non_utf8_table_is_named(workdir):
+    table = original(workdir)
+    table.loc[0, "sex"] = "männlich"
+    (workdir / "latin1.csv").write_bytes(table.to_csv(index=False).encode("latin-1"))
+    with pytest.raises(InputError, match="latin1.csv is not UTF-8 text"):
+        prepare(workdir, name="latin1.csv")

@@ -87,6 +87,8 @@ def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table):
     ("override", "key"),
     [
         ({"cv": {"folds": 0, "seed": 42}}, "cv.folds"),
+        ({"cv": {"folds": -3, "seed": 42}}, "cv.folds"),
+        ({"missing_images": "skip"}, "missing_images"),
         ({"fusion": {"metadata_weight": 1.5}}, "fusion.metadata_weight"),
         ({"colour": "red"}, "(top level)"),
         ({"combinations": [["metadata", "depth"]]}, "combinations"),

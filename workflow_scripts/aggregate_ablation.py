@@ -1,7 +1,5 @@
-import json
-
 from fusion_dag.ablation import ablation_table
-from fusion_dag.artifacts import read_tsv, write_text, write_tsv
+from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
 from fusion_dag.joblog import job_log
 from fusion_dag.report import markdown_table
 
@@ -9,11 +7,10 @@ with job_log(snakemake.log[0]) as log:
     records = []
     for path in snakemake.input.ablation:
         records += read_tsv(path).to_dict("records")
-    v3 = []
-    for path in snakemake.input.v3:
-        with open(path) as handle:
-            metrics = json.load(handle)
-        v3.append({**metrics, "strategy": "V3", "rf_source": "out_of_fold"})
+    v3 = [
+        {**read_json(path), "strategy": "V3", "rf_source": "out_of_fold"}
+        for path in snakemake.input.v3
+    ]
     table = ablation_table(records, v3)
     write_tsv(table, snakemake.output.table)
     write_text(markdown_table(table), snakemake.output.markdown)

@@ -1,4 +1,4 @@
-from fusion_dag.artifacts import read_tsv, write_json, write_tsv
+from fusion_dag.artifacts import read_json, read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.fusion import METADATA, fuse_probabilities, fuse_v3, log_weights, member_weights
 from fusion_dag.joblog import job_log
@@ -19,6 +19,7 @@ with job_log(snakemake.log[0]) as log:
                 *load_cache(snakemake.input[f"{m}_cache"], snakemake.input[f"{m}_ids"]),
                 read_tsv(snakemake.input[f"{m}_probs"]),
                 snakemake.input[f"{m}_checkpoint"],
+                read_json(snakemake.input[f"{m}_sidecar"]),
             )
             for m in modalities
         }

@@ -3,6 +3,7 @@ from fusion_dag.evaluate import fold_metrics
 from fusion_dag.image import (
     best_epoch,
     branch_probabilities,
+    checkpoint_manifest,
     configure_tensorflow,
     load_cache,
     train_branch,
@@ -40,4 +41,10 @@ with job_log(snakemake.log[0]) as log:
         metrics["train_kappa"],
     )
     write_json(metrics, snakemake.output.metrics)
+    write_json(
+        checkpoint_manifest(
+            model, snakemake.wildcards.modality, fold, classes, snakemake.output.checkpoint
+        ),
+        snakemake.output.sidecar,
+    )
     write_tsv(probs, snakemake.output.probs)
