@@ -8,6 +8,7 @@ rows, it learns what the images themselves say; the fusion stage then loads it f
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, file_sha256, partial_path
-from fusion_dag.evaluate import kappa
 from fusion_dag.folds import split_rows
 from fusion_dag.prepare import InputError
 
@@ -117,20 +117,41 @@ def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> n
     return mask
 
 
-def kappa_callback(train_data, inner_data, n_classes: int, batch_size: int):
-    """A Keras callback adding ``kappa`` and ``val_kappa`` to each epoch's logs.
+def cohen_kappa_metric(n_classes: int, name: str = "kappa"):
+    """Unweighted Cohen's kappa as a streaming Keras metric (a confusion matrix per epoch).
 
-    Placed before the CSV logger so the kappas land in the per-epoch history.
+    Keras evaluates it during the training and validation passes it already makes, so the
+    per-epoch ``kappa`` and ``val_kappa`` cost no extra predictions. Training ``kappa`` is
+    accumulated batch by batch while the weights change, with dropout active, as with any Keras
+    training metric. Class weights are not applied to it.
     """
     import keras
+    from keras import ops
 
-    class EpochKappa(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            for key, (x, y) in (("kappa", train_data), ("val_kappa", inner_data)):
-                predicted = self.model.predict(x, batch_size=batch_size, verbose=0).argmax(1)
-                logs[key] = kappa(y, predicted, n_classes)
+    class CohenKappa(keras.metrics.Metric):
+        def __init__(self, **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.confusion = self.add_variable(
+                shape=(n_classes, n_classes), initializer="zeros", name="confusion"
+            )
 
-    return EpochKappa()
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            truth = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes)
+            predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), n_classes)
+            self.confusion.assign_add(ops.matmul(ops.transpose(truth), predicted))
+
+        def result(self):
+            total = ops.maximum(ops.sum(self.confusion), 1.0)
+            observed = ops.trace(self.confusion) / total
+            expected = ops.sum(ops.sum(self.confusion, 1) * ops.sum(self.confusion, 0)) / (
+                total * total
+            )
+            return ops.where(expected < 1.0, (observed - expected) / (1.0 - expected), 0.0)
+
+        def reset_state(self):
+            self.confusion.assign(ops.zeros((n_classes, n_classes)))
+
+    return CohenKappa()
 
 
 def train_branch(
@@ -148,7 +169,8 @@ def train_branch(
     """Train one modality's branch on one outer fold's training rows; return the best model.
 
     Early stopping and the best-epoch checkpoint follow the inner split's loss. The checkpoint
-    is written under a temporary name by Keras and renamed once training has finished.
+    is written under a temporary name by Keras and renamed once training has finished. Returns
+    (model with the best epoch's weights, training throughput in images per second).
     """
     import keras
 
@@ -175,13 +197,12 @@ def train_branch(
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=["accuracy", cohen_kappa_metric(len(classes))],
     )
     checkpoint_partial = Path(checkpoint_path).with_name("checkpoint.partial.weights.h5")
     history_partial = partial_path(history_path)
     batch_size = settings["batch_size"]
     callbacks = [
-        kappa_callback((x_fit, y_fit), (x_stop, y_stop), len(classes), batch_size),
         keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint_partial),
@@ -191,7 +212,8 @@ def train_branch(
         ),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"]),
     ]
-    model.fit(
+    started = time.perf_counter()
+    history = model.fit(
         x_fit,
         y_fit,
         validation_data=(x_stop, y_stop),
@@ -202,10 +224,12 @@ def train_branch(
         shuffle=True,
         verbose=2,
     )
+    images_per_second = len(x_fit) * len(history.epoch) / (time.perf_counter() - started)
+    log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)
     model.load_weights(checkpoint_partial)
     os.replace(checkpoint_partial, checkpoint_path)
     os.replace(history_partial, history_path)
-    return model
+    return model, images_per_second
 
 
 def predict_rows(model, images: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:

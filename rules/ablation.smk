@@ -12,10 +12,10 @@ rule ablation_fold:
         "logs/ablation_fold/{combination}/fold{fold}.log",
     conda:
         "../envs/tensorflow.yaml"
-    threads: 2
+    threads: job_resources("ablation_fold")["threads"]
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=job_resources("ablation_fold")["mem_mb"],
+        runtime=job_resources("ablation_fold")["runtime"],
     params:
         classes=config["classes"],
         settings=config["image_model"],
@@ -42,10 +42,10 @@ rule aggregate_ablation:
         "logs/aggregate_ablation/aggregate_ablation.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("aggregate_ablation")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("aggregate_ablation")["mem_mb"],
+        runtime=job_resources("aggregate_ablation")["runtime"],
     params:
         combinations=list(PAIRS),
     script:

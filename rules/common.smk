@@ -155,6 +155,12 @@ def ablation_inputs(pattern):
     return inputs
 
 
+def job_resources(rule_name):
+    """Threads, mem_mb and runtime for a rule: its `resources` entry over the default."""
+    settings = config["resources"]
+    return {**settings["default"], **settings.get(rule_name, {})}
+
+
 def image_dir(wildcards):
     """The folder image paths are relative to.
 

@@ -6,10 +6,10 @@ rule demo_data:
         "logs/demo_data/demo_data.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("demo_data")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("demo_data")["mem_mb"],
+        runtime=job_resources("demo_data")["runtime"],
     params:
         patients=config["demo"]["patients"],
         seed=config["demo"]["seed"],

@@ -7,12 +7,14 @@ rule fusion:
         metrics="results/fusion/{combination}/fold{fold}/metrics.json",
     log:
         "logs/fusion/{combination}/fold{fold}.log",
+    benchmark:
+        "benchmarks/fusion/{combination}/fold{fold}.tsv"
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("fusion")["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resources("fusion")["mem_mb"],
+        runtime=job_resources("fusion")["runtime"],
     params:
         classes=config["classes"],
         settings=fusion_settings,
@@ -39,10 +41,10 @@ rule aggregate_results:
         "logs/aggregate_results/aggregate_results.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("aggregate_results")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("aggregate_results")["mem_mb"],
+        runtime=job_resources("aggregate_results")["runtime"],
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],

@@ -8,10 +8,10 @@ rule image_cache:
         "logs/image_cache/{modality}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("image_cache")["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resources("image_cache")["mem_mb"],
+        runtime=job_resources("image_cache")["runtime"],
     params:
         size=config["image_model"]["size"],
     script:
@@ -35,10 +35,10 @@ rule image:
         "benchmarks/image/{modality}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
-    threads: 2
+    threads: job_resources("image")["threads"]
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=job_resources("image")["mem_mb"],
+        runtime=job_resources("image")["runtime"],
     params:
         classes=config["classes"],
         settings=config["image_model"],

@@ -9,10 +9,10 @@ rule metadata:
         "logs/metadata/fold{fold}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 4
+    threads: job_resources("metadata")["threads"]
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=job_resources("metadata")["mem_mb"],
+        runtime=job_resources("metadata")["runtime"],
     params:
         classes=config["classes"],
         settings=config["metadata_model"],

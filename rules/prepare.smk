@@ -8,10 +8,10 @@ rule prepare:
         "logs/prepare/prepare.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("prepare")["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=job_resources("prepare")["mem_mb"],
+        runtime=job_resources("prepare")["runtime"],
     params:
         image_dir=image_dir,
         columns=config["columns"],
@@ -31,10 +31,10 @@ rule folds:
         "logs/folds/folds.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("folds")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("folds")["mem_mb"],
+        runtime=job_resources("folds")["runtime"],
     params:
         folds=config["cv"]["folds"],
         seed=config["cv"]["seed"],
@@ -53,10 +53,10 @@ rule provenance:
         "logs/provenance/provenance.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("provenance")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("provenance")["mem_mb"],
+        runtime=job_resources("provenance")["runtime"],
     params:
         config=config,
         workflow_dir=workflow.basedir,

@@ -10,10 +10,10 @@ rule diagnostics:
         "logs/diagnostics/{combination}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("diagnostics")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("diagnostics")["mem_mb"],
+        runtime=job_resources("diagnostics")["runtime"],
     params:
         classes=config["classes"],
         metadata_weight=config["fusion"]["metadata_weight"],
@@ -34,10 +34,10 @@ rule plot_fold_kappa:
         "logs/plot_fold_kappa/plot_fold_kappa.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("plot_fold_kappa")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("plot_fold_kappa")["mem_mb"],
+        runtime=job_resources("plot_fold_kappa")["runtime"],
     params:
         combinations=list(COMBINATIONS),
     script:
@@ -62,10 +62,10 @@ rule plot_confusion_matrices:
         "logs/plot_confusion_matrices/plot_confusion_matrices.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("plot_confusion_matrices")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("plot_confusion_matrices")["mem_mb"],
+        runtime=job_resources("plot_confusion_matrices")["runtime"],
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
@@ -89,10 +89,10 @@ rule plot_learning_curves:
         "logs/plot_learning_curves/{modality}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("plot_learning_curves")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("plot_learning_curves")["mem_mb"],
+        runtime=job_resources("plot_learning_curves")["runtime"],
     params:
         folds=FOLDS,
     script:
@@ -112,10 +112,10 @@ rule plot_weight_sweep:
         "logs/plot_weight_sweep/{combination}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: 1
+    threads: job_resources("plot_weight_sweep")["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=job_resources("plot_weight_sweep")["mem_mb"],
+        runtime=job_resources("plot_weight_sweep")["runtime"],
     params:
         metadata_weight=config["fusion"]["metadata_weight"],
     script:

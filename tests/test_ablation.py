@@ -12,7 +12,8 @@ from fusion_dag.metadata import fold_probabilities
 from fusion_dag.prepare import prepare_inputs
 from tests.conftest import CLASSES, COLUMNS, TINY, run_snakemake, scheduled_jobs
 
-pytestmark = pytest.mark.workflow
+# Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 
 def test_v1_learns_one_weight_and_v2_none():

@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import TINY, run_snakemake, scheduled_jobs
 
-pytestmark = pytest.mark.workflow
+# Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 # Jobs that only summarise cached results: tables, diagnostics, figures and the target.
 AGGREGATION = {

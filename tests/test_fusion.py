@@ -59,7 +59,7 @@ def pretrained(cached, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrained")
     configure_tensorflow(1, 42)
     settings = {**IMAGE_SETTINGS, "epochs": 2}
-    model = train_branch(
+    model, _ = train_branch(
         cache,
         positions,
         folds,

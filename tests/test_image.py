@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from fusion_dag.image import (
@@ -7,6 +8,7 @@ from fusion_dag.image import (
     branch_probabilities,
     build_cache,
     build_image_branch,
+    cohen_kappa_metric,
     configure_tensorflow,
     inner_split,
     train_branch,
@@ -50,7 +52,7 @@ def test_training_stops_early_and_keeps_the_best_checkpoint(cached, tmp_path):
     configure_tensorflow(1, 42)
     settings = {**IMAGE_SETTINGS, "epochs": 30, "learning_rate": 0.0}
     checkpoint = tmp_path / "checkpoint.weights.h5"
-    model = train_branch(
+    model, _ = train_branch(
         cache,
         positions,
         folds,
@@ -74,3 +76,20 @@ def test_training_stops_early_and_keeps_the_best_checkpoint(cached, tmp_path):
     probs = branch_probabilities(model, cache, positions, folds, 1, CLASSES, 32)
     assert set(probs.loc[probs["split"] == "val", "id"]) == set(folds.loc[folds["fold"] == 1, "id"])
     np.testing.assert_allclose(probs[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_kappa_metric_matches_scikit_learn():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 200)
+    probs = rng.random((200, 3))
+    probs[np.arange(200), truth] += rng.random(200)  # partly right
+    metric = cohen_kappa_metric(3)
+    metric.update_state(truth[:120], probs[:120])
+    metric.update_state(truth[120:], probs[120:])
+    expected = cohen_kappa_score(truth, probs.argmax(axis=1))
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-5)
+    metric.reset_state()
+    metric.update_state(truth, np.eye(3)[truth])
+    assert float(metric.result()) == pytest.approx(1.0)

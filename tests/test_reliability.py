@@ -13,7 +13,8 @@ import pytest
 from fusion_dag.artifacts import file_sha256
 from tests.conftest import TINY, run_snakemake, snakemake_command
 
-pytestmark = pytest.mark.workflow
+# Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 IMAGE_LOG = "logs/image/thermal_map/fold{}.log"
 

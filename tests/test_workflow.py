@@ -5,56 +5,35 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import CLASSES, run_snakemake
+from tests.conftest import CLASSES, TINY, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "demo": {"patients": 40, "seed": 7},
-    "metadata_model": {
-        "n_estimators": 30,
-        "min_samples_leaf": 2,
-        "class_weight": "balanced",
-        "inner_folds": 3,
-    },
-}
 METADATA_ONLY = {**TINY, "combinations": [["metadata"]]}
 
 
-@pytest.fixture(scope="module")
-def metadata_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("metadata_run")
-    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=METADATA_ONLY)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
-def test_outputs_follow_the_contract(metadata_run):
-    results = metadata_run / "results"
+@pytest.mark.xdist_group("tiny_run")
+def test_outputs_follow_the_contract(tiny_run):
+    results = tiny_run / "results"
     folds = pd.read_csv(results / "folds.tsv", sep="\t")
     assert list(folds.columns) == ["id", "group", "label", "fold"]
     assert folds.groupby("group")["fold"].nunique().max() == 1
     probs = pd.read_csv(results / "metadata/fold2/probs.tsv", sep="\t")
     assert list(probs.columns) == ["id", "split", *[f"prob_{c}" for c in CLASSES]]
-    assert (metadata_run / "results/metadata/fold2/model.skops").is_file()
+    assert (results / "metadata/fold2/model.skops").is_file()
     metrics = json.loads((results / "fusion/metadata/fold1/metrics.json").read_text())
     assert metrics["combination"] == "metadata" and metrics["fold"] == 1
     headline = pd.read_csv(results / "fusion_results.tsv", sep="\t")
-    assert headline["combination"].tolist() == ["metadata"]
+    assert headline["combination"].tolist() == ["metadata", "thermal_map", "metadata+thermal_map"]
     assert {"kappa_mean", "kappa_std", "qwk_mean", "gap_mean", "pred_frac_R"} <= set(headline)
     assert headline.loc[0, "n_folds"] == 3
     per_fold = pd.read_csv(results / "fusion_results_per_fold.tsv", sep="\t")
-    assert per_fold["fold"].tolist() == [1, 2, 3]
-    assert headline.loc[0, "kappa_mean"] == pytest.approx(per_fold["kappa"].mean())
+    metadata = per_fold[per_fold["combination"] == "metadata"]
+    assert metadata["fold"].tolist() == [1, 2, 3]
+    assert headline.loc[0, "kappa_mean"] == pytest.approx(metadata["kappa"].mean())
     assert "| metadata" in (results / "fusion_results.md").read_text()
     for log in ["prepare/prepare.log", "metadata/fold1.log", "fusion/metadata/fold3.log"]:
-        assert (metadata_run / "logs" / log).stat().st_size > 0
-
-
-def test_completed_run_has_nothing_to_do(metadata_run):
-    result = run_snakemake(metadata_run, "-n", "fusion_results", config=METADATA_ONLY)
-    assert result.returncode == 0
-    assert "Nothing to be done" in result.stdout + result.stderr
+        assert (tiny_run / "logs" / log).stat().st_size > 0
 
 
 def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_table):
@@ -63,7 +42,9 @@ def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_tab
     config = {**METADATA_ONLY, "samples": "clinical.csv", "image_dir": "."}
     result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "results/fusion_results.tsv").is_file()
+    headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
+    assert headline["combination"].tolist() == ["metadata"] and headline.loc[0, "n_folds"] == 3
+    assert not (tmp_path / "results/image").exists()
 
 
 def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table):

@@ -17,7 +17,7 @@ with job_log(snakemake.log[0]) as log:
     settings = snakemake.params.settings
     folds = read_tsv(snakemake.input.folds)
     images, positions = load_cache(snakemake.input.cache, snakemake.input.ids)
-    model = train_branch(
+    model, images_per_second = train_branch(
         images,
         positions,
         folds,
@@ -34,6 +34,7 @@ with job_log(snakemake.log[0]) as log:
     )
     metrics = fold_metrics(probs, folds, classes)
     metrics["best_epoch"] = best_epoch(snakemake.output.history)
+    metrics["fit_images_per_second"] = images_per_second
     log.info(
         "Best epoch %d: validation kappa %.3f, train kappa %.3f",
         metrics["best_epoch"],

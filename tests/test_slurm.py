@@ -1,0 +1,69 @@
+"""Cluster submission through a real single-node SLURM started on this machine."""
+
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, TINY, run_snakemake, snakemake_command
+from tests.local_slurm import ClusterUnavailable, local_slurm
+
+pytestmark = pytest.mark.workflow
+
+# Metadata and its fusion only: the image branch's jobs are the same kind of submission.
+# The test node has 2 CPUs, so no job may ask for more (SLURM would keep it pending).
+ONE_CPU = {"threads": 1, "mem_mb": 1000, "runtime": 10}
+CLUSTER_CONFIG = {
+    **TINY,
+    "combinations": [["metadata"]],
+    "resources": {"default": ONE_CPU, "metadata": ONE_CPU, "fusion": ONE_CPU},
+}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    try:
+        with local_slurm(tmp_path_factory.mktemp("slurm")) as environment:
+            yield environment
+    except ClusterUnavailable as reason:
+        pytest.skip(f"no SLURM here: {reason}")
+
+
+def test_every_job_goes_through_sbatch_and_results_match_a_local_run(slurm, tmp_path):
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    local.mkdir()
+    cluster.mkdir()
+    reference = run_snakemake(local, "--cores", "2", "fusion_results", config=CLUSTER_CONFIG)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    command = snakemake_command(
+        cluster,
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--seconds-between-status-checks",
+        "2",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "fusion_results",
+        config=CLUSTER_CONFIG,
+    )
+    result = subprocess.run(command, env=slurm, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", output)
+    finished = re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+    # Every job but the target rule (which has no command of its own) went through sbatch.
+    assert finished.count("fusion_results") == 1
+    assert submitted and len(submitted) == len(finished) - 1
+    known = subprocess.run(
+        ["scontrol", "show", "jobs", "-o"], env=slurm, capture_output=True, text=True
+    ).stdout
+    for job_id in submitted:
+        assert f"JobId={job_id} " in known and "JobState=COMPLETED" in known
+    for path in [
+        "results/folds.tsv",
+        "results/metadata/fold1/probs.tsv",
+        "results/metadata/fold3/probs.tsv",
+        "results/fusion/metadata/fold2/metrics.json",
+        "results/fusion_results.tsv",
+    ]:
+        assert (cluster / path).read_bytes() == (local / path).read_bytes(), path
