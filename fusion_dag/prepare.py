@@ -76,7 +76,7 @@ def coerce_numeric(column: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(present, errors="coerce")
     if numbers.notna().all():
         return numbers.reindex(column.index).astype(float)
-    return column.map(lambda v: v.strip() if isinstance(v, str) else v).astype(object)
+    return stripped(column).astype(object)
 
 
 def require_columns(table: pd.DataFrame, wanted: list, source: Path) -> None:
@@ -91,6 +91,16 @@ def require_columns(table: pd.DataFrame, wanted: list, source: Path) -> None:
         raise InputError(f"samples table {source}: no column {names}; columns are {available}")
 
 
+def stripped(column: pd.Series) -> pd.Series:
+    """Text cells without surrounding spaces; other cells unchanged."""
+    return column.map(lambda v: v.strip() if isinstance(v, str) else v)
+
+
+def blank(column: pd.Series) -> pd.Series:
+    """Missing or empty cells of a stripped column."""
+    return column.isna() | (column == "")
+
+
 def row_names(mask: pd.Series) -> list:
     """Human row names: 1-based data row numbers (the header is not counted)."""
     return [i + 1 for i in np.flatnonzero(mask.to_numpy())]
@@ -102,8 +112,8 @@ def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path
     Empty labels and labels that match no class are errors naming the rows, because a
     silently dropped or guessed label changes the class balance the metrics depend on.
     """
-    text = labels.map(lambda v: v.strip() if isinstance(v, str) else v)
-    empty = text.isna() | (text == "")
+    text = stripped(labels)
+    empty = blank(text)
     if empty.any():
         raise InputError(
             f"samples table {source}: column '{column}' is empty in data rows "
@@ -148,12 +158,11 @@ def clean_samples(
         raise InputError(f"samples table {source} has no data rows")
 
     if id_column:
-        ids = table[id_column].map(lambda v: v.strip() if isinstance(v, str) else v)
-        blank = ids.isna() | (ids == "")
-        if blank.any():
+        ids = stripped(table[id_column])
+        if blank(ids).any():
             raise InputError(
                 f"samples table {source}: id column '{id_column}' is empty in data rows "
-                f"{describe_rows(row_names(blank))}"
+                f"{describe_rows(row_names(blank(ids)))}"
             )
         repeated = ids.duplicated(keep=False)
         if repeated.any():
@@ -165,12 +174,11 @@ def clean_samples(
     else:
         ids = pd.Series([str(i + 1) for i in range(len(table))], index=table.index)
 
-    groups = table[group_column].map(lambda v: v.strip() if isinstance(v, str) else v)
-    no_group = groups.isna() | (groups == "")
-    if no_group.any():
+    groups = stripped(table[group_column])
+    if blank(groups).any():
         raise InputError(
             f"samples table {source}: group column '{group_column}' is empty in data rows "
-            f"{describe_rows(row_names(no_group))}; every row needs its patient"
+            f"{describe_rows(row_names(blank(groups)))}; every row needs its patient"
         )
     if groups.nunique() < 2:
         raise InputError(
@@ -211,8 +219,8 @@ def resolve_images(
     is decoded once here so a truncated or unreadable file stops the run before training.
     """
     root = Path(image_dir).resolve()
-    cells = table[column].map(lambda v: v.strip() if isinstance(v, str) else v)
-    empty = cells.isna() | (cells == "")
+    cells = stripped(table[column])
+    empty = blank(cells)
     if empty.any() and missing_images == "error":
         raise InputError(
             f"samples table {source}: image column '{column}' (modality {modality}) is empty for "

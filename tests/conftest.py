@@ -57,14 +57,7 @@ TINY = {
         "class_weight": "balanced",
         "inner_folds": 3,
     },
-    "image_model": {
-        "size": 24,
-        "epochs": 3,
-        "batch_size": 32,
-        "learning_rate": 0.001,
-        "patience": 2,
-        "validation_fraction": 0.2,
-    },
+    "image_model": IMAGE_SETTINGS,
 }
 
 
