@@ -239,8 +239,9 @@ def resolve_images(
     if absent.any():
         first = paths[absent].iloc[0]
         raise InputError(
-            f"image file {first} does not exist (modality {modality}, ids "
-            f"{describe_rows(ids[~empty][absent].tolist())} have missing files)"
+            f"image file {first} does not exist (modality {modality}; ids "
+            f"{describe_rows(ids[~empty][absent].tolist())} have missing files); fix the paths "
+            "or image_dir, or empty those cells and set missing_images: drop"
         )
     for sample_id, path in zip(ids[~empty], paths, strict=True):
         check_image(path, modality, sample_id)
@@ -255,14 +256,18 @@ def check_image(path: Path, modality: str, sample_id: str) -> None:
             mode, size = image.mode, image.size
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise InputError(
-            f"image file {path} (modality {modality}, id {sample_id}) cannot be read: {error}"
+            f"image file {path} (modality {modality}, id {sample_id}) cannot be read: {error}; "
+            "replace the file"
         ) from None
     if min(size) == 0:
-        raise InputError(f"image file {path} (modality {modality}, id {sample_id}) has size {size}")
+        raise InputError(
+            f"image file {path} (modality {modality}, id {sample_id}) has size {size}; "
+            "replace the file"
+        )
     if mode not in ("RGB", "L"):
         raise InputError(
             f"image file {path} (modality {modality}, id {sample_id}) has mode {mode}; "
-            "expected 3-channel RGB or 1-channel grayscale"
+            "expected 3-channel RGB or 1-channel grayscale; convert it"
         )
 
 
