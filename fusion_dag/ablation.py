@@ -11,13 +11,11 @@ import logging
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.class_weight import compute_class_weight
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL, probability_table
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.folds import split_rows
-from fusion_dag.image import build_image_branch, inner_split
-from fusion_dag.metadata import feature_frame, probability_table
+from fusion_dag.image import balanced_class_weights, build_image_branch, image_rows, inner_split
+from fusion_dag.metadata import feature_frame
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +91,9 @@ def train_joint(
 
     keras.utils.set_random_seed(seed)
     columns = [f"prob_{c}" for c in classes]
-    table = folds[folds[ID].isin(positions.index)].reset_index(drop=True)
-    table["split"] = split_rows(table, fold).to_numpy()
-    table = table.merge(rf_probs, on=[ID, "split"], validate="one_to_one")
+    table = image_rows(folds, positions, fold).merge(
+        rf_probs, on=[ID, "split"], validate="one_to_one"
+    )
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], seed)
 
@@ -108,8 +106,6 @@ def train_joint(
 
     x_fit, y_fit = arrays(train[~held_out])
     x_stop, y_stop = arrays(train[held_out])
-    present = np.unique(y_fit)
-    weights = compute_class_weight("balanced", classes=present, y=y_fit)
     model = build_joint_model(
         modality, images.shape[1], len(classes), metadata_weight, learned=strategy == "V1"
     )
@@ -123,7 +119,7 @@ def train_joint(
         validation_data=(x_stop, y_stop),
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
-        class_weight=dict(zip(present.tolist(), weights.tolist(), strict=True)),
+        class_weight=balanced_class_weights(y_fit),
         callbacks=[
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=settings["patience"], restore_best_weights=True
@@ -136,15 +132,9 @@ def train_joint(
     if strategy == "V1":
         learned = float(keras.ops.sigmoid(model.get_layer("fusion_weighted").logit))
         log.info("%s: learned metadata weight %.3f", strategy, learned)
-    log.info(
-        "%s: %d epochs, %d patients in training",
-        strategy,
-        len(history.history["loss"]),
-        train[GROUP].nunique(),
-    )
-    return probability_table(table[ID], table["split"], probs, classes), len(
-        history.history["loss"]
-    )
+    epochs = len(history.epoch)
+    log.info("%s: %d epochs, %d patients in training", strategy, epochs, train[GROUP].nunique())
+    return probability_table(table[ID], table["split"], probs, classes), epochs
 
 
 def ablation_fold(

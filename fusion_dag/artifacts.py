@@ -40,6 +40,14 @@ def write_json(record: dict, path: Path) -> None:
     write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", path)
 
 
+def probability_table(ids, splits, probs, classes: list) -> pd.DataFrame:
+    """The contract's probability table: ``id``, ``split``, ``prob_{class}``."""
+    table = pd.DataFrame({ID: list(ids), "split": list(splits)})
+    for index, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, index]
+    return table
+
+
 def read_json(path: Path) -> dict:
     """Read a JSON document written by :func:`write_json`."""
     with open(path) as handle:

@@ -17,7 +17,14 @@ from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, file_sha256, partial_path
+from fusion_dag.artifacts import (
+    GROUP,
+    ID,
+    LABEL,
+    file_sha256,
+    partial_path,
+    probability_table,
+)
 from fusion_dag.folds import split_rows
 from fusion_dag.prepare import InputError
 
@@ -98,6 +105,20 @@ def build_image_branch(modality: str, size: int, n_classes: int):
     return keras.Model(inputs, outputs, name=f"{modality}_branch")
 
 
+def image_rows(folds: pd.DataFrame, positions: pd.Series, fold: int) -> pd.DataFrame:
+    """The fold table's rows that have a cached image, with their outer ``split``."""
+    table = folds[folds[ID].isin(positions.index)].reset_index(drop=True)
+    table["split"] = split_rows(table, fold).to_numpy()
+    return table
+
+
+def balanced_class_weights(y: np.ndarray) -> dict:
+    """Keras ``class_weight`` that makes each present class count equally in the loss."""
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return dict(zip(present.tolist(), weights.tolist(), strict=True))
+
+
 def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of the training rows held out for early stopping.
 
@@ -174,16 +195,14 @@ def train_branch(
     """
     import keras
 
-    table = folds[folds[ID].isin(positions.index)].reset_index(drop=True)
-    train = table[split_rows(table, fold) == "train"].reset_index(drop=True)
+    table = image_rows(folds, positions, fold)
+    train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
     y_fit = fit_rows[LABEL].map(classes.index).to_numpy()
     y_stop = stop_rows[LABEL].map(classes.index).to_numpy()
     x_fit = images[positions[fit_rows[ID]].to_numpy()]
     x_stop = images[positions[stop_rows[ID]].to_numpy()]
-    weights = compute_class_weight("balanced", classes=np.unique(y_fit), y=y_fit)
-    class_weight = dict(zip(np.unique(y_fit).tolist(), weights.tolist(), strict=True))
     log.info(
         "Fold %d, %s: %d training rows (%d patients), %d held out for early stopping (%d)",
         fold,
@@ -219,7 +238,7 @@ def train_branch(
         validation_data=(x_stop, y_stop),
         epochs=settings["epochs"],
         batch_size=batch_size,
-        class_weight=class_weight,
+        class_weight=balanced_class_weights(y_fit),
         callbacks=callbacks,
         shuffle=True,
         verbose=2,
@@ -230,11 +249,6 @@ def train_branch(
     os.replace(checkpoint_partial, checkpoint_path)
     os.replace(history_partial, history_path)
     return model, images_per_second
-
-
-def predict_rows(model, images: np.ndarray, rows: np.ndarray, batch_size: int) -> np.ndarray:
-    """Class probabilities for the cached images at ``rows``, in that order."""
-    return model.predict(images[rows], batch_size=batch_size, verbose=0)
 
 
 def layer_shapes(model, modality: str) -> dict:
@@ -278,8 +292,7 @@ def branch_probabilities(
     batch_size: int,
 ) -> pd.DataFrame:
     """The contract's probability table for every sample that has an image."""
-    from fusion_dag.metadata import probability_table
-
-    table = folds[folds[ID].isin(positions.index)].reset_index(drop=True)
-    probs = predict_rows(model, images, positions[table[ID]].to_numpy(), batch_size)
-    return probability_table(table[ID], split_rows(table, fold), probs, classes)
+    table = image_rows(folds, positions, fold)
+    x = images[positions[table[ID]].to_numpy()]
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    return probability_table(table[ID], table["split"], probs, classes)

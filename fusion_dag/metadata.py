@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, partial_path
+from fusion_dag.artifacts import GROUP, ID, LABEL, partial_path, probability_table
 from fusion_dag.folds import split_rows
 from fusion_dag.prepare import InputError
 
@@ -136,14 +136,6 @@ def fold_probabilities(
         classes,
     )
     return probs, pipeline
-
-
-def probability_table(ids, splits, probs: np.ndarray, classes: list) -> pd.DataFrame:
-    """The contract's probability table: ``id``, ``split``, ``prob_{class}``."""
-    table = pd.DataFrame({ID: list(ids), "split": list(splits)})
-    for index, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, index]
-    return table
 
 
 def save_pipeline(pipeline: Pipeline, path: Path) -> None:

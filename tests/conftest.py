@@ -9,7 +9,7 @@ import yaml
 
 from fusion_dag.demo import write_demo
 from fusion_dag.folds import assign_folds
-from fusion_dag.image import build_cache, load_cache
+from fusion_dag.image import build_cache, configure_tensorflow, load_cache, train_branch
 from fusion_dag.prepare import prepare_inputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +46,25 @@ def cached(demo_table, tmp_path_factory):
     images[["id"]].to_csv(folder / "ids.tsv", sep="\t", index=False)
     cache, positions = load_cache(folder / "thermal_map.npy", folder / "ids.tsv")
     return cache, positions, assign_folds(samples, 3, 42, CLASSES)
+
+
+def train_tiny_branch(cached, folder: Path, **overrides):
+    """Train the thermal branch on fold 1 of the cached demo into ``folder``; return the model."""
+    cache, positions, folds = cached
+    configure_tensorflow(1, 42)
+    model, _ = train_branch(
+        cache,
+        positions,
+        folds,
+        1,
+        "thermal_map",
+        CLASSES,
+        {**IMAGE_SETTINGS, **overrides},
+        42,
+        folder / "checkpoint.weights.h5",
+        folder / "history.tsv",
+    )
+    return model
 
 
 TINY = {

@@ -18,10 +18,8 @@ from fusion_dag.image import (
     branch_probabilities,
     build_image_branch,
     checkpoint_manifest,
-    configure_tensorflow,
-    train_branch,
 )
-from tests.conftest import CLASSES, IMAGE_SETTINGS
+from tests.conftest import CLASSES, train_tiny_branch
 
 
 def test_metadata_takes_its_weight_and_images_share_the_rest():
@@ -57,20 +55,7 @@ def pretrained(cached, tmp_path_factory):
     """A thermal branch trained for two epochs on fold 1, its checkpoint and probabilities."""
     cache, positions, folds = cached
     folder = tmp_path_factory.mktemp("pretrained")
-    configure_tensorflow(1, 42)
-    settings = {**IMAGE_SETTINGS, "epochs": 2}
-    model, _ = train_branch(
-        cache,
-        positions,
-        folds,
-        1,
-        "thermal_map",
-        CLASSES,
-        settings,
-        42,
-        folder / "checkpoint.weights.h5",
-        folder / "history.tsv",
-    )
+    model = train_tiny_branch(cached, folder, epochs=2)
     probs = branch_probabilities(model, cache, positions, folds, 1, CLASSES, 32)
     checkpoint = folder / "checkpoint.weights.h5"
     manifest = checkpoint_manifest(model, "thermal_map", 1, CLASSES, checkpoint)

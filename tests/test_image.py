@@ -9,11 +9,9 @@ from fusion_dag.image import (
     build_cache,
     build_image_branch,
     cohen_kappa_metric,
-    configure_tensorflow,
     inner_split,
-    train_branch,
 )
-from tests.conftest import CLASSES, IMAGE_SETTINGS
+from tests.conftest import CLASSES, train_tiny_branch
 
 
 def test_cache_is_memory_mapped_uint8(cached, demo_table):
@@ -49,21 +47,8 @@ def test_inner_split_holds_out_whole_patients(cached):
 
 def test_training_stops_early_and_keeps_the_best_checkpoint(cached, tmp_path):
     cache, positions, folds = cached
-    configure_tensorflow(1, 42)
-    settings = {**IMAGE_SETTINGS, "epochs": 30, "learning_rate": 0.0}
+    model = train_tiny_branch(cached, tmp_path, epochs=30, learning_rate=0.0)
     checkpoint = tmp_path / "checkpoint.weights.h5"
-    model, _ = train_branch(
-        cache,
-        positions,
-        folds,
-        1,
-        "thermal_map",
-        CLASSES,
-        settings,
-        42,
-        checkpoint,
-        tmp_path / "history.tsv",
-    )
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     # With a zero learning rate the loss never improves: patience 2 stops after 3 epochs.
     assert len(history) == 3
