@@ -96,14 +96,15 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
     import pandas as pd
 
     from fusion_dag.artifacts import read_json, read_tsv
+    from fusion_dag.cache import load_cache
     from fusion_dag.folds import split_rows
-    from fusion_dag.image import build_image_branch, configure_tensorflow, inner_split, load_cache
+    from fusion_dag.image import build_image_branch, configure_tensorflow, inner_split
 
     settings = config["image_model"]
     stage = workdir / f"results/image/thermal_map/fold{fold}"
     job_metrics = read_json(stage / "metrics.json")
     epochs = len(pd.read_csv(stage / "history.tsv", sep="\t"))
-    configure_tensorflow(2, config["cv"]["seed"])
+    configure_tensorflow(settings["intra_op_threads"], 2, config["cv"]["seed"])
     import keras
 
     images, positions = load_cache(
@@ -147,27 +148,24 @@ def v2_fit_seconds(workdir: Path, config: dict, fold: int, epochs: int) -> float
     """Figure 4: a V2-style fusion fit (image branch trained inside) for the same epochs."""
     from fusion_dag.ablation import train_joint
     from fusion_dag.artifacts import read_tsv
-    from fusion_dag.image import load_cache
+    from fusion_dag.cache import load_cache
+    from fusion_dag.image import BranchFold
 
-    images, positions = load_cache(
-        workdir / "results/prepared/images/thermal_map.npy",
-        workdir / "results/prepared/images/thermal_map.ids.tsv",
+    task = BranchFold(
+        *load_cache(
+            workdir / "results/prepared/images/thermal_map.npy",
+            workdir / "results/prepared/images/thermal_map.ids.tsv",
+        ),
+        folds=read_tsv(workdir / "results/folds.tsv"),
+        fold=fold,
+        modality="thermal_map",
+        classes=config["classes"],
+        settings={**config["image_model"], "epochs": epochs, "patience": epochs},
+        seed=config["cv"]["seed"],
     )
-    settings = {**config["image_model"], "epochs": epochs, "patience": epochs}
+    rf_probs = read_tsv(workdir / f"results/metadata/fold{fold}/probs.tsv")
     start = time.perf_counter()
-    train_joint(
-        "V2",
-        read_tsv(workdir / f"results/metadata/fold{fold}/probs.tsv"),
-        images,
-        positions,
-        read_tsv(workdir / "results/folds.tsv"),
-        fold,
-        "thermal_map",
-        config["classes"],
-        settings,
-        config["fusion"]["metadata_weight"],
-        config["cv"]["seed"],
-    )
+    train_joint(task, "V2", rf_probs, config["fusion"]["metadata_weight"])
     return time.perf_counter() - start
 
 

@@ -12,9 +12,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, probability_table
+from fusion_dag.artifacts import GROUP, ID, probability_table
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.image import balanced_class_weights, build_image_branch, image_rows, inner_split
+from fusion_dag.image import BranchFold, balanced_class_weights, build_image_branch, inner_split
 from fusion_dag.metadata import feature_frame
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,29 @@ def in_sample_forest_probs(
     return pd.concat([in_sample, oof_probs[oof_probs["split"] == "val"]], ignore_index=True)
 
 
+# V1 starts its learned weight from the configured one, as a logit; the ends 0 and 1 have no
+# finite logit, so the start is kept this far inside them (and the log says so).
+WEIGHT_MARGIN = 0.01
+
+
+def initial_logit(weight: float) -> float:
+    """The logit V1's learned weight starts from: the configured weight, kept off 0 and 1."""
+    start = min(max(weight, WEIGHT_MARGIN), 1.0 - WEIGHT_MARGIN)
+    if start != weight:
+        log.info(
+            "V1 starts its learned weight at %.2f (configured %.2f has no logit)", start, weight
+        )
+    return float(np.log(start / (1.0 - start)))
+
+
 def fusion_weight_layer(initial_weight: float, learned: bool):
     """``w * rf + (1 - w) * image``; with ``learned``, ``w = sigmoid(logit)`` is trained (V1)."""
     import keras
 
+    logit = initial_logit(initial_weight)
+
     class WeightedFusion(keras.layers.Layer):
         def build(self, input_shape):
-            logit = float(np.log(initial_weight / (1.0 - initial_weight)))
             self.logit = self.add_weight(
                 shape=(),
                 initializer=keras.initializers.Constant(logit),
@@ -70,44 +86,39 @@ def build_joint_model(modality: str, size: int, n_classes: int, weight: float, l
 
 
 def train_joint(
-    strategy: str,
-    rf_probs: pd.DataFrame,
-    images: np.ndarray,
-    positions: pd.Series,
-    folds: pd.DataFrame,
-    fold: int,
-    modality: str,
-    classes: list,
-    settings: dict,
-    metadata_weight: float,
-    seed: int,
-) -> tuple[pd.DataFrame, int]:
-    """Train a V1 or V2 model on the fold's training rows; return (probabilities, epochs run).
+    task: BranchFold, strategy: str, rf_probs: pd.DataFrame, metadata_weight: float
+) -> tuple[pd.DataFrame, dict]:
+    """Train a V1 or V2 model on the fold's training rows; return (probabilities, run record).
 
-    Same optimizer, epochs, class weights and inner patient-grouped early stopping as the
-    image branch, so the strategies differ only in how fusion is trained.
+    The run record holds the epochs run, the best (restored) epoch and, for V1, the learned
+    metadata weight, so the ablation table shows how far training moved the fusion. Same
+    optimizer, epochs, class weights and inner patient-grouped early stopping as the image
+    branch, so the strategies differ only in how fusion is trained.
     """
     import keras
 
-    keras.utils.set_random_seed(seed)
-    columns = [f"prob_{c}" for c in classes]
-    table = image_rows(folds, positions, fold).merge(
-        rf_probs, on=[ID, "split"], validate="one_to_one"
-    )
+    settings = task.settings
+    keras.utils.set_random_seed(task.seed)
+    columns = [f"prob_{c}" for c in task.classes]
+    table = task.rows().merge(rf_probs, on=[ID, "split"], validate="one_to_one")
     train = table[table["split"] == "train"].reset_index(drop=True)
-    held_out = inner_split(train, settings["validation_fraction"], seed)
+    held_out = inner_split(train, settings["validation_fraction"], task.seed)
 
     def arrays(rows: pd.DataFrame):
         x = {
             "rf_probs": rows[columns].to_numpy(dtype="float32"),
-            f"{modality}_input": images[positions[rows[ID]].to_numpy()],
+            f"{task.modality}_input": task.pixels(rows),
         }
-        return x, rows[LABEL].map(classes.index).to_numpy()
+        return x, task.labels(rows)
 
     x_fit, y_fit = arrays(train[~held_out])
     x_stop, y_stop = arrays(train[held_out])
     model = build_joint_model(
-        modality, images.shape[1], len(classes), metadata_weight, learned=strategy == "V1"
+        task.modality,
+        task.images.shape[1],
+        len(task.classes),
+        metadata_weight,
+        learned=strategy == "V1",
     )
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
@@ -129,29 +140,36 @@ def train_joint(
     )
     x_all, _ = arrays(table)
     probs = model.predict(x_all, batch_size=settings["batch_size"], verbose=0)
+    run = {
+        "epochs": len(history.epoch),
+        "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,
+        "learned_weight": np.nan,
+    }
     if strategy == "V1":
-        learned = float(keras.ops.sigmoid(model.get_layer("fusion_weighted").logit))
-        log.info("%s: learned metadata weight %.3f", strategy, learned)
-    epochs = len(history.epoch)
-    log.info("%s: %d epochs, %d patients in training", strategy, epochs, train[GROUP].nunique())
-    return probability_table(table[ID], table["split"], probs, classes), epochs
+        run["learned_weight"] = float(keras.ops.sigmoid(model.get_layer("fusion_weighted").logit))
+        log.info("%s: learned metadata weight %.3f", strategy, run["learned_weight"])
+    log.info(
+        "%s: %d epochs (best %d), %d patients in training",
+        strategy,
+        run["epochs"],
+        run["best_epoch"],
+        train[GROUP].nunique(),
+    )
+    return probability_table(table[ID], table["split"], probs, task.classes), run
 
 
 def ablation_fold(
+    task: BranchFold,
     samples: pd.DataFrame,
-    folds: pd.DataFrame,
     oof_probs: pd.DataFrame,
     pipeline,
-    images: np.ndarray,
-    positions: pd.Series,
-    fold: int,
-    modality: str,
-    classes: list,
-    settings: dict,
     metadata_weight: float,
-    seed: int,
 ) -> list:
-    """Metrics of every V1/V2 variant on one fold, as records for the ablation table."""
+    """Metrics of every V1/V2 variant on one fold, as records for the ablation table.
+
+    ``oof_probs`` and ``pipeline`` are the fold's forest probabilities and fitted forest.
+    """
+    classes, folds, fold = task.classes, task.folds, task.fold
     sources = {
         "in_sample": in_sample_forest_probs(pipeline, samples, oof_probs, classes),
         "out_of_fold": oof_probs,
@@ -160,47 +178,15 @@ def ablation_fold(
     for strategy in STRATEGIES:
         for source in RF_SOURCES:
             log.info("Fold %d: training %s with %s forest probabilities", fold, strategy, source)
-            probs, epochs = train_joint(
-                strategy,
-                sources[source],
-                images,
-                positions,
-                folds,
-                fold,
-                modality,
-                classes,
-                settings,
-                metadata_weight,
-                seed,
-            )
+            probs, run = train_joint(task, strategy, sources[source], metadata_weight)
             metrics = fold_metrics(probs, folds, classes)
             records.append(
                 {
                     "strategy": strategy,
                     "rf_source": source,
                     "fold": fold,
-                    "epochs": epochs,
+                    **run,
                     **metrics,
                 }
             )
     return records
-
-
-def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
-    """Mean and std over folds of validation kappa, train kappa and gap per variant."""
-    frame = pd.DataFrame(records + v3_records)
-    rows = []
-    for (combination, strategy, source), group in frame.groupby(
-        ["combination", "strategy", "rf_source"], sort=False
-    ):
-        row = {
-            "combination": combination,
-            "strategy": strategy,
-            "rf_source": source,
-            "n_folds": len(group),
-        }
-        for metric in ("kappa", "train_kappa", "gap"):
-            row[f"{metric}_mean"] = group[metric].mean()
-            row[f"{metric}_std"] = group[metric].std(ddof=1) if len(group) > 1 else 0.0
-        rows.append(row)
-    return pd.DataFrame(rows)

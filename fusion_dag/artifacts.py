@@ -14,6 +14,14 @@ import pandas as pd
 ID, GROUP, LABEL = "id", "group", "label"
 
 
+class InputError(ValueError):
+    """A problem with the user's data or settings, stated in one line that says what to change.
+
+    Every stage raises it for bad input; the job log (:mod:`fusion_dag.joblog`) prints it as a
+    single line instead of a traceback.
+    """
+
+
 def partial_path(path: Path) -> Path:
     """The temporary name an artifact is written under before the rename."""
     path = Path(path)

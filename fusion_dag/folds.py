@@ -9,8 +9,7 @@ fold's model cannot predict it at all.
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
-from fusion_dag.prepare import InputError
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
 
 
 def assign_folds(samples: pd.DataFrame, n_folds: int, seed: int, classes: list) -> pd.DataFrame:

@@ -9,78 +9,65 @@ rows, it learns what the images themselves say; the fusion stage then loads it f
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
-from fusion_dag.artifacts import (
-    GROUP,
-    ID,
-    LABEL,
-    file_sha256,
-    partial_path,
-    probability_table,
-)
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
+from fusion_dag.cache import CHANNELS
+from fusion_dag.checkpoint import save_branch_weights
 from fusion_dag.folds import split_rows
-from fusion_dag.prepare import InputError
 
 log = logging.getLogger(__name__)
 
-CHANNELS = 3
 FILTERS = (16, 32, 64)
 
 
-def build_cache(paths: pd.Series, size: int, cache_path: Path) -> None:
-    """Decode and resize every image once into a uint8 array of shape (n, size, size, 3).
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int, seed: int) -> dict:
+    """Make training repeatable and size TensorFlow's thread pools; return the settings used.
 
-    The array is saved as ``.npy`` so image jobs can memory-map it instead of holding
-    every image in memory. Grayscale images are repeated over three channels.
-    """
-    partial = partial_path(cache_path)
-    cache = np.lib.format.open_memmap(
-        partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, CHANNELS)
-    )
-    for row, path in enumerate(paths):
-        with Image.open(path) as image:
-            resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        cache[row] = np.asarray(resized, dtype=np.uint8)
-    cache.flush()
-    del cache
-    os.replace(partial, cache_path)
-
-
-def load_cache(cache_path: Path, ids_path: Path) -> tuple[np.ndarray, pd.Series]:
-    """Memory-map an image cache; return (images, position of each sample id)."""
-    images = np.load(cache_path, mmap_mode="r")
-    ids = pd.read_csv(ids_path, sep="\t", dtype={ID: str})[ID]
-    if len(ids) != len(images):
-        raise InputError(f"image cache {cache_path} has {len(images)} images for {len(ids)} ids")
-    return images, pd.Series(np.arange(len(ids)), index=ids.to_numpy())
-
-
-def configure_tensorflow(threads: int, seed: int) -> None:
-    """Make training repeatable and keep TensorFlow within the job's threads.
-
-    Must run before TensorFlow creates its thread pools, so before any model is built.
+    Why two numbers: TensorFlow's intra-op pool splits each kernel's arithmetic (convolutions,
+    reductions) over its threads, and the split changes floating-point summation order, so a
+    branch trained with 1 and with 2 intra-op threads ends with different weights even with op
+    determinism on. That count therefore comes from the config (``image_model.intra_op_threads``)
+    and decides the numbers; the job's Snakemake ``threads`` only size the inter-op pool, which
+    runs independent ops side by side and cannot change a result. Must run before TensorFlow
+    creates its thread pools, so before any model is built.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     except RuntimeError:
         # Only when this process already ran TensorFlow (tests); a job calls this first.
         log.warning("TensorFlow is already initialised; its thread pools stay as they are")
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
+    used = {
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "op_determinism": True,
+        "seed": seed,
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+    }
     devices = [d.name for d in tf.config.list_logical_devices()]
-    log.info("TensorFlow %s, %d threads, devices: %s", tf.__version__, threads, ", ".join(devices))
+    log.info(
+        "TensorFlow %s: %d intra-op threads (image_model.intra_op_threads), %d inter-op threads "
+        "(job threads), op determinism on, seed %d; devices: %s",
+        tf.__version__,
+        used["intra_op_threads"],
+        used["inter_op_threads"],
+        seed,
+        ", ".join(devices),
+    )
+    return used
 
 
 def build_image_branch(modality: str, size: int, n_classes: int):
@@ -123,7 +110,10 @@ def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> n
     """Boolean mask of the training rows held out for early stopping.
 
     Patient-grouped and label-stratified, like the outer folds, so early stopping is decided
-    on patients the network has not seen, and never on the outer validation fold.
+    on patients the network has not seen, and never on the outer validation fold. The held-out
+    share is one of ``round(1 / validation_fraction)`` inner folds (StratifiedGroupKFold keeps
+    patients whole and classes balanced, which an exact fraction of rows cannot promise); the
+    log states the share actually held out.
     """
     n_splits = max(2, round(1.0 / validation_fraction))
     if train[GROUP].nunique() < n_splits:
@@ -135,6 +125,15 @@ def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> n
     _, held_out = next(splitter.split(train, train[LABEL], train[GROUP]))
     mask = np.zeros(len(train), dtype=bool)
     mask[held_out] = True
+    log.info(
+        "Early stopping holds out 1 of %d patient-grouped inner folds (validation_fraction "
+        "%.2f): %d of %d training rows (%.1f %%)",
+        n_splits,
+        validation_fraction,
+        mask.sum(),
+        len(mask),
+        100.0 * mask.mean(),
+    )
     return mask
 
 
@@ -175,61 +174,74 @@ def cohen_kappa_metric(n_classes: int, name: str = "kappa"):
     return CohenKappa()
 
 
-def train_branch(
-    images: np.ndarray,
-    positions: pd.Series,
-    folds: pd.DataFrame,
-    fold: int,
-    modality: str,
-    classes: list,
-    settings: dict,
-    seed: int,
-    checkpoint_path: Path,
-    history_path: Path,
-):
+@dataclass(frozen=True)
+class BranchFold:
+    """One image modality on one outer fold: the cached images and how to train on them.
+
+    ``images`` is the memory-mapped cache and ``positions`` the cache row of each sample id;
+    ``folds`` the outer fold table; ``settings`` the modality's ``image_model`` settings.
+    """
+
+    images: np.ndarray
+    positions: pd.Series
+    folds: pd.DataFrame
+    fold: int
+    modality: str
+    classes: list
+    settings: dict
+    seed: int
+
+    def rows(self) -> pd.DataFrame:
+        """The fold table's rows that have an image, with their outer ``split``."""
+        return image_rows(self.folds, self.positions, self.fold)
+
+    def pixels(self, rows: pd.DataFrame) -> np.ndarray:
+        """The cached images of ``rows``, in their order."""
+        return self.images[self.positions[rows[ID]].to_numpy()]
+
+    def labels(self, rows: pd.DataFrame) -> np.ndarray:
+        """Class indices of ``rows``."""
+        return rows[LABEL].map(self.classes.index).to_numpy()
+
+
+def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     """Train one modality's branch on one outer fold's training rows; return the best model.
 
-    Early stopping and the best-epoch checkpoint follow the inner split's loss. The checkpoint
-    is written under a temporary name by Keras and renamed once training has finished. Returns
+    Early stopping and the best epoch follow the inner split's loss; the best epoch's weights
+    are restored and written, keyed by layer name, once training has finished. Returns
     (model with the best epoch's weights, training throughput in images per second).
     """
     import keras
 
-    table = image_rows(folds, positions, fold)
+    settings = task.settings
+    table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
-    held_out = inner_split(train, settings["validation_fraction"], seed)
+    held_out = inner_split(train, settings["validation_fraction"], task.seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
-    y_fit = fit_rows[LABEL].map(classes.index).to_numpy()
-    y_stop = stop_rows[LABEL].map(classes.index).to_numpy()
-    x_fit = images[positions[fit_rows[ID]].to_numpy()]
-    x_stop = images[positions[stop_rows[ID]].to_numpy()]
+    y_fit, y_stop = task.labels(fit_rows), task.labels(stop_rows)
+    x_fit, x_stop = task.pixels(fit_rows), task.pixels(stop_rows)
     log.info(
         "Fold %d, %s: %d training rows (%d patients), %d held out for early stopping (%d)",
-        fold,
-        modality,
+        task.fold,
+        task.modality,
         len(fit_rows),
         fit_rows[GROUP].nunique(),
         len(stop_rows),
         stop_rows[GROUP].nunique(),
     )
-    model = build_image_branch(modality, images.shape[1], len(classes))
+    model = build_image_branch(task.modality, task.images.shape[1], len(task.classes))
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", cohen_kappa_metric(len(classes))],
+        metrics=["accuracy", cohen_kappa_metric(len(task.classes))],
     )
-    checkpoint_partial = Path(checkpoint_path).with_name("checkpoint.partial.weights.h5")
     history_partial = partial_path(history_path)
-    batch_size = settings["batch_size"]
     callbacks = [
         keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoint_partial),
-            monitor="val_loss",
-            save_best_only=True,
-            save_weights_only=True,
+        # Keras restores the best epoch's weights when training ends, stopped early or not.
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings["patience"], restore_best_weights=True
         ),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"]),
     ]
     started = time.perf_counter()
     history = model.fit(
@@ -237,7 +249,7 @@ def train_branch(
         y_fit,
         validation_data=(x_stop, y_stop),
         epochs=settings["epochs"],
-        batch_size=batch_size,
+        batch_size=settings["batch_size"],
         class_weight=balanced_class_weights(y_fit),
         callbacks=callbacks,
         shuffle=True,
@@ -245,35 +257,9 @@ def train_branch(
     )
     images_per_second = len(x_fit) * len(history.epoch) / (time.perf_counter() - started)
     log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)
-    model.load_weights(checkpoint_partial)
-    os.replace(checkpoint_partial, checkpoint_path)
+    save_branch_weights(model, task.modality, checkpoint_path)
     os.replace(history_partial, history_path)
     return model, images_per_second
-
-
-def layer_shapes(model, modality: str) -> dict:
-    """Weight shapes of every ``{modality}_`` layer that has weights, by layer name."""
-    return {
-        layer.name: [list(w.shape) for w in layer.weights]
-        for layer in model.layers
-        if layer.weights and layer.name.startswith(f"{modality}_")
-    }
-
-
-def checkpoint_manifest(model, modality: str, fold: int, classes: list, checkpoint: Path) -> dict:
-    """The sidecar written next to a checkpoint: what it is for and what it must contain.
-
-    The fusion stage refuses a checkpoint whose bytes, modality, image size, classes or layers
-    differ from this record or from the model it builds.
-    """
-    return {
-        "modality": modality,
-        "fold": fold,
-        "image_size": int(model.input.shape[1]),
-        "classes": list(classes),
-        "layers": layer_shapes(model, modality),
-        "sha256": file_sha256(checkpoint),
-    }
 
 
 def best_epoch(history_path: Path) -> int:
@@ -282,17 +268,8 @@ def best_epoch(history_path: Path) -> int:
     return int(history.loc[history["val_loss"].idxmin(), "epoch"]) + 1
 
 
-def branch_probabilities(
-    model,
-    images: np.ndarray,
-    positions: pd.Series,
-    folds: pd.DataFrame,
-    fold: int,
-    classes: list,
-    batch_size: int,
-) -> pd.DataFrame:
+def branch_probabilities(model, task: BranchFold) -> pd.DataFrame:
     """The contract's probability table for every sample that has an image."""
-    table = image_rows(folds, positions, fold)
-    x = images[positions[table[ID]].to_numpy()]
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
-    return probability_table(table[ID], table["split"], probs, classes)
+    table = task.rows()
+    probs = model.predict(task.pixels(table), batch_size=task.settings["batch_size"], verbose=0)
+    return probability_table(table[ID], table["split"], probs, task.classes)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from fusion_dag.prepare import InputError
+from fusion_dag.artifacts import InputError
 
 
 @contextlib.contextmanager

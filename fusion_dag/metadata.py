@@ -20,9 +20,8 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, partial_path, probability_table
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
 from fusion_dag.folds import split_rows
-from fusion_dag.prepare import InputError
 
 log = logging.getLogger(__name__)
 

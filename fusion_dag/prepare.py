@@ -6,24 +6,21 @@ table written here, so each problem is reported once, with the file, column and 
 and no training job ever starts on a broken input.
 """
 
+import io
 import logging
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
 
 log = logging.getLogger(__name__)
 
 SHOWN_ROWS = 5
 DECIMAL_COMMA = re.compile(r"^[+-]?\d+,\d+$")
-
-
-class InputError(ValueError):
-    """A problem with the user's data or settings, stated in one line that says what to change."""
 
 
 def describe_rows(row_labels) -> str:
@@ -34,11 +31,34 @@ def describe_rows(row_labels) -> str:
     return f"{shown} (and {more} more; {len(row_labels)} in all)" if more > 0 else shown
 
 
+def decoded_text(path: Path) -> str:
+    """The file's text, or an error naming the first byte (and line) that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise InputError(
+            f"samples table {path} is not UTF-8 text (byte {error.start:,}, line {line}: "
+            f"{raw[error.start : error.start + 1]!r}); re-save it as UTF-8"
+        ) from None
+
+
+def delimiter(path: Path, text: str) -> str:
+    """The column separator: tab for .tsv/.txt; for .csv a comma, or a semicolon when the header
+    is split by semicolons (spreadsheets in locales with decimal commas export those)."""
+    if path.suffix.lower() in (".tsv", ".txt"):
+        return "\t"
+    header = text.split("\n", 1)[0]
+    return ";" if header.count(";") > header.count(",") else ","
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table with every cell as text (or missing).
 
     Text is kept as text so identifiers such as ``007`` survive; numeric columns are recognised
-    later by :func:`coerce_numeric`. A UTF-8 byte-order mark in the header is removed.
+    later by :func:`coerce_numeric`. A UTF-8 byte-order mark in the header is removed, and a
+    semicolon-separated CSV (with decimal commas) is recognised from its header.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,18 +67,21 @@ def read_table(path: Path) -> pd.DataFrame:
     if suffix == ".parquet":
         table = pd.read_parquet(path)
         return table.astype(object).where(table.notna(), None).astype(object)
-    separators = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-    if suffix not in separators:
+    if suffix not in (".csv", ".tsv", ".txt"):
         raise InputError(
             f"samples table {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet"
         )
+    text = decoded_text(path)
+    separator = delimiter(path, text)
     try:
-        return pd.read_csv(
-            path, sep=separators[suffix], dtype=object, encoding="utf-8-sig", skipinitialspace=True
-        )
-    except UnicodeDecodeError as error:
+        return pd.read_csv(io.StringIO(text), sep=separator, dtype=object, skipinitialspace=True)
+    except pd.errors.ParserError as error:
+        where = re.search(r"line (\d+)", str(error))
+        line = f"line {where.group(1)}" if where else "a line"
         raise InputError(
-            f"samples table {path} is not UTF-8 text (byte {error.start}); re-save it as UTF-8"
+            f"samples table {path}: {line} has more fields than the header ({error}); "
+            f"the separator is {separator!r}: check for an unquoted {separator!r} inside a cell "
+            "(for example a decimal comma in a comma-separated file)"
         ) from None
 
 
@@ -79,16 +102,30 @@ def coerce_numeric(column: pd.Series) -> pd.Series:
     return stripped(column).astype(object)
 
 
+# What to do when a configured column is absent, for the keys whose defaults name the demo's
+# columns: a user who never wrote them needs to hear how to change them.
+COLUMN_HINTS = {
+    "columns.id": "set columns.id to your id column, or columns: {id: null} to number the rows",
+    "columns.group": "set columns.group to the column naming each row's patient",
+    "columns.label": "set columns.label to the column holding the class",
+}
+
+
 def require_columns(table: pd.DataFrame, wanted: list, source: Path) -> None:
     """Fail with the list of available columns when a configured column is absent.
 
-    ``wanted`` holds ``(config key, column name)`` pairs so the message names both.
+    ``wanted`` holds ``(config key, column name)`` pairs so the message names both, and says how
+    to change the key.
     """
     missing = [(key, name) for key, name in wanted if name not in table.columns]
     if missing:
         names = ", ".join(f"'{name}' (config {key})" for key, name in missing)
+        hints = [COLUMN_HINTS.get(key, f"set {key}") for key, _ in missing]
         available = ", ".join(repr(c) for c in table.columns)
-        raise InputError(f"samples table {source}: no column {names}; columns are {available}")
+        raise InputError(
+            f"samples table {source}: no column {names}; columns are {available}; "
+            + "; ".join(dict.fromkeys(hints))
+        )
 
 
 def stripped(column: pd.Series) -> pd.Series:
@@ -135,24 +172,50 @@ def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path
     return mapped
 
 
+def check_class_coverage(labels, groups, classes, column: str, source: Path) -> None:
+    """Every class needs rows from at least two patients.
+
+    Patient-grouped folds put all of a patient's rows on one side, so a class seen in one
+    patient only can never be both trained on and validated, whatever ``cv.folds`` is.
+    """
+    for name in classes:
+        patients = sorted(set(groups[labels == name]))
+        if not patients:
+            raise InputError(
+                f"samples table {source}: class {name} has no rows in column '{column}'; "
+                "remove it from 'classes' or add rows of that class"
+            )
+        if len(patients) == 1:
+            raise InputError(
+                f"samples table {source}: class {name} occurs in one patient only "
+                f"({patients[0]}, {int((labels == name).sum())} rows); patient-grouped "
+                "cross-validation cannot both train on and validate it: add patients with "
+                "that class or remove it from 'classes'"
+            )
+
+
 def clean_samples(
     table: pd.DataFrame,
     columns: dict,
     classes: list,
-    image_columns: list,
+    image_columns: dict,
     source: Path,
+    ignored_columns=(),
 ) -> pd.DataFrame:
     """Return the validated table: ``id``, ``group``, ``label`` then the metadata features.
 
-    Features are every column except id, group, label, image-path columns and
-    ``columns['exclude']``; a column that is numeric in every filled cell becomes a float.
+    ``image_columns`` maps each modality in use to its (required) path column; ``ignored_columns``
+    are the path columns of configured modalities no selected combination uses. Features are
+    every column except id, group, label, those image-path columns and ``columns['exclude']``:
+    a file path is never a feature (a path such as ``R/x.png`` would leak the label). A column
+    that is numeric in every filled cell becomes a float.
     """
     id_column, group_column, label_column = columns.get("id"), columns["group"], columns["label"]
-    wanted = [("columns/group", group_column), ("columns/label", label_column)]
+    wanted = [("columns.group", group_column), ("columns.label", label_column)]
     if id_column:
-        wanted.append(("columns/id", id_column))
-    wanted += [("modalities", c) for c in image_columns]
-    wanted += [("columns/exclude", c) for c in columns.get("exclude") or []]
+        wanted.append(("columns.id", id_column))
+    wanted += [(f"modalities.{name}", c) for name, c in image_columns.items()]
+    wanted += [("columns.exclude", c) for c in columns.get("exclude") or []]
     require_columns(table, wanted, source)
     if table.empty:
         raise InputError(f"samples table {source} has no data rows")
@@ -187,7 +250,8 @@ def clean_samples(
         )
 
     labels = normalise_labels(table[label_column], classes, label_column, source)
-    dropped = {id_column, group_column, label_column, *image_columns}
+    check_class_coverage(labels, groups, classes, label_column, source)
+    dropped = {id_column, group_column, label_column, *image_columns.values(), *ignored_columns}
     dropped.update(columns.get("exclude") or [])
     features = [c for c in table.columns if c not in dropped]
     clean = pd.DataFrame({ID: ids.astype(str), GROUP: groups.astype(str), LABEL: labels})
@@ -202,6 +266,30 @@ def clean_samples(
     return clean
 
 
+# Image modes, by what the image cache does with them (Pillow's mode names).
+GREY_MODES = {"L"}
+COLOUR_MODES = {"RGB"}
+HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+CONVERTED_MODES = {
+    "RGBA": "RGB (alpha dropped)",
+    "P": "RGB (palette)",
+    "PA": "RGB (palette, alpha dropped)",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LA": "grey-scale (alpha dropped)",
+    "1": "grey-scale (1-bit)",
+}
+
+
+def outside_paths(cells: pd.Series) -> pd.Series:
+    """Table paths that are absolute or climb out with ``..``: refused, whatever is on disk.
+
+    The check is on the text, not on resolved files, so an ``image_dir`` that is a symlink (a
+    mounted share) works, and a symlinked file inside the folder is followed.
+    """
+    return cells.map(lambda v: PurePath(v).is_absolute() or ".." in PurePath(v).parts)
+
+
 def resolve_images(
     table: pd.DataFrame,
     ids: pd.Series,
@@ -210,15 +298,17 @@ def resolve_images(
     image_dir: Path,
     missing_images: str,
     source: Path,
+    scaled: bool = False,
 ) -> pd.Series:
-    """Validate one modality's image paths and return them resolved, indexed by sample id.
+    """Validate one modality's image paths and return them, indexed by sample id.
 
     Paths are relative to ``image_dir`` and may not leave it (a table is not allowed to make
     the workflow read arbitrary files). Empty cells are an error or, with
     ``missing_images: drop``, rows left out of this modality and counted in the log. Every image
     is decoded once here so a truncated or unreadable file stops the run before training.
+    High-bit-depth grey-scale images need the modality's ``value_range`` (``scaled``).
     """
-    root = Path(image_dir).resolve()
+    root = Path(image_dir).absolute()
     cells = stripped(table[column])
     empty = blank(cells)
     if empty.any() and missing_images == "error":
@@ -228,13 +318,14 @@ def resolve_images(
         )
     if empty.any():
         log.info("Modality %s: dropped %d rows with no image", modality, int(empty.sum()))
-    paths = cells[~empty].map(lambda v: (root / str(v)).resolve())
-    outside = paths.map(lambda p: not p.is_relative_to(root))
+    outside = outside_paths(cells[~empty].astype(str))
     if outside.any():
         raise InputError(
             f"samples table {source}: image column '{column}' points outside image_dir {root} "
-            f"for ids {describe_rows(ids[~empty][outside].tolist())}; paths must stay inside it"
+            f"for ids {describe_rows(ids[~empty][outside].tolist())}; paths must be relative to "
+            "image_dir without '..' (symlinks inside image_dir are followed)"
         )
+    paths = cells[~empty].map(lambda v: root / str(v))
     absent = paths.map(lambda p: not p.is_file())
     if absent.any():
         first = paths[absent].iloc[0]
@@ -243,13 +334,49 @@ def resolve_images(
             f"{describe_rows(ids[~empty][absent].tolist())} have missing files); fix the paths "
             "or image_dir, or empty those cells and set missing_images: drop"
         )
-    for sample_id, path in zip(ids[~empty], paths, strict=True):
-        check_image(path, modality, sample_id)
+    modes = pd.Series(
+        [check_image(p, modality, i) for i, p in zip(ids[~empty], paths, strict=True)],
+        index=ids[~empty].to_numpy(),
+    )
+    check_modes(modes, paths.set_axis(modes.index), modality, scaled)
     return pd.Series(paths.map(str).to_numpy(), index=ids[~empty].to_numpy(), name=modality)
 
 
-def check_image(path: Path, modality: str, sample_id: str) -> None:
-    """Decode an image fully; refuse unreadable files, empty sizes and unusual channel counts."""
+def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool) -> None:
+    """Refuse high-bit-depth images without a value range; log every conversion the cache makes.
+
+    A 16-bit or float thermal image carries absolute values (temperatures); scaling each image
+    by its own minimum and maximum would erase the differences between images, and Pillow's
+    ``convert('L')`` clips it white. So such images are scaled by one fixed range per modality
+    (``modalities.{name}.value_range``), which the user sets in the images' raw units.
+    """
+    high_depth = modes.isin(HIGH_DEPTH_MODES)
+    if high_depth.any() and not scaled:
+        first = modes.index[high_depth.to_numpy()][0]
+        raise InputError(
+            f"image file {paths[first]} (modality {modality}, id {first}) is high-bit-depth "
+            f"grey-scale (mode {modes[first]}; {int(high_depth.sum())} images of this modality "
+            f"are); set modalities.{modality}.value_range: [low, high] in the images' raw units "
+            "so every image is scaled by the same fixed range"
+        )
+    for mode, target in CONVERTED_MODES.items():
+        count = int((modes == mode).sum())
+        if count:
+            log.info("Modality %s: %d %s images converted to %s", modality, count, mode, target)
+    colour = modes.isin(COLOUR_MODES | {m for m, t in CONVERTED_MODES.items() if "RGB" in t})
+    if colour.any() and not colour.all():
+        log.warning(
+            "Modality %s mixes %d colour and %d grey-scale images (colour: ids %s); grey-scale "
+            "images are repeated over three channels",
+            modality,
+            int(colour.sum()),
+            int((~colour).sum()),
+            describe_rows(modes.index[colour.to_numpy()].tolist()),
+        )
+
+
+def check_image(path: Path, modality: str, sample_id: str) -> str:
+    """Decode an image fully and return its mode; refuse unreadable files and empty sizes."""
     try:
         with Image.open(path) as image:
             image.load()
@@ -264,11 +391,13 @@ def check_image(path: Path, modality: str, sample_id: str) -> None:
             f"image file {path} (modality {modality}, id {sample_id}) has size {size}; "
             "replace the file"
         )
-    if mode not in ("RGB", "L"):
+    known = GREY_MODES | COLOUR_MODES | HIGH_DEPTH_MODES | set(CONVERTED_MODES)
+    if mode not in known:
         raise InputError(
-            f"image file {path} (modality {modality}, id {sample_id}) has mode {mode}; "
-            "expected 3-channel RGB or 1-channel grayscale; convert it"
+            f"image file {path} (modality {modality}, id {sample_id}) has mode {mode}, which "
+            f"fusion-dag does not read (modes: {', '.join(sorted(known))}); convert it"
         )
+    return mode
 
 
 def prepare_inputs(
@@ -278,18 +407,30 @@ def prepare_inputs(
     classes: list,
     modalities: dict,
     missing_images: str,
+    *,
+    ignored_columns=(),
+    scaled=(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate the table and the images of the modalities in use; return (samples, images).
 
-    ``images`` has one row per sample and one column per modality holding the resolved image
-    path (empty where the row was dropped from that modality).
+    ``modalities`` maps each modality in use to its path column; ``ignored_columns`` are path
+    columns of configured modalities not in use (never features); ``scaled`` names the
+    modalities with a ``value_range``. ``images`` has one row per sample and one column per
+    modality holding the image path (empty where the row was dropped from that modality).
     """
     table = read_table(samples_path)
-    samples = clean_samples(table, columns, classes, list(modalities.values()), samples_path)
+    samples = clean_samples(table, columns, classes, modalities, samples_path, ignored_columns)
     images = pd.DataFrame({ID: samples[ID]})
     for modality, column in modalities.items():
         resolved = resolve_images(
-            table, samples[ID], modality, column, image_dir, missing_images, samples_path
+            table,
+            samples[ID],
+            modality,
+            column,
+            image_dir,
+            missing_images,
+            samples_path,
+            scaled=modality in scaled,
         )
         images[modality] = images[ID].map(resolved)
         log.info("Modality %s: %d images checked", modality, resolved.size)

@@ -38,6 +38,31 @@ def headline_table(per_fold: pd.DataFrame, combinations: list, classes: list) ->
     return pd.DataFrame(rows)
 
 
+def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
+    """Mean and std over folds of validation kappa, train kappa and gap per variant, with the
+    mean epochs run, best epoch and (V1) learned metadata weight."""
+    frame = pd.DataFrame(records + v3_records)
+    rows = []
+    for (combination, strategy, source), group in frame.groupby(
+        ["combination", "strategy", "rf_source"], sort=False
+    ):
+        row = {
+            "combination": combination,
+            "strategy": strategy,
+            "rf_source": source,
+            "n_folds": len(group),
+        }
+        for metric in ("kappa", "train_kappa", "gap"):
+            row[f"{metric}_mean"] = group[metric].mean()
+            row[f"{metric}_std"] = group[metric].std(ddof=1) if len(group) > 1 else 0.0
+        # How far training moved the fusion: epochs run, best epoch, V1's learned weight.
+        for metric in ("epochs", "best_epoch", "learned_weight"):
+            if metric in group:
+                row[f"{metric}_mean"] = group[metric].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def markdown_table(headline: pd.DataFrame) -> str:
     """The headline as a Markdown table for people, three decimals."""
     return headline.to_markdown(index=False, floatfmt=".3f") + "\n"
@@ -162,61 +187,3 @@ def save_figure(fig, path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-PROVENANCE_PACKAGES = (
-    "snakemake",
-    "tensorflow-cpu",
-    "tensorflow",
-    "keras",
-    "scikit-learn",
-    "skops",
-    "numpy",
-    "pandas",
-    "pillow",
-)
-
-
-def package_versions(names=PROVENANCE_PACKAGES) -> dict:
-    """Installed versions of the packages results depend on (absent ones are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_state(folder) -> dict:
-    """The workflow's git commit and whether its tracked files differ from it."""
-    import subprocess
-
-    def git(*args):
-        return subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=False
-        )
-
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-        return {"commit": None, "dirty": None}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-    return {"commit": head.stdout.strip(), "dirty": dirty}
-
-
-def data_hashes(samples_path, images: pd.DataFrame) -> dict:
-    """SHA-256 of the samples table and, per modality, one digest over every image used."""
-    import hashlib
-
-    from fusion_dag.artifacts import ID, file_sha256
-
-    hashes = {"samples": {"path": str(samples_path), "sha256": file_sha256(samples_path)}}
-    for modality in images.columns.drop(ID):
-        present = images[images[modality].notna()]
-        digest = hashlib.sha256()
-        for sample_id, path in zip(present[ID], present[modality], strict=True):
-            digest.update(f"{sample_id}\t{file_sha256(path)}\n".encode())
-        hashes[modality] = {"images": len(present), "sha256": digest.hexdigest()}
-    return hashes

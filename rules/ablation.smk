@@ -18,7 +18,7 @@ rule ablation_fold:
         runtime=job_resources("ablation_fold")["runtime"],
     params:
         classes=config["classes"],
-        settings=config["image_model"],
+        settings=lambda wildcards: modality_settings(PAIRS[wildcards.combination]),
         metadata_weight=config["fusion"]["metadata_weight"],
         seed=config["cv"]["seed"],
     script:

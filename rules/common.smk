@@ -1,18 +1,52 @@
 import re
 
-from jsonschema.exceptions import ValidationError
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
+SCHEMA_PATH = f"{workflow.basedir}/config/schema.yaml"
+
+
+def command_line_values(value, schema):
+    """``value`` with strings parsed as YAML wherever the schema expects no string.
+
+    Snakemake hands nested ``--config`` values over as text (``--config
+    'fusion={metadata_weight: 0.6}'`` gives ``'0.6'``), so ``0.6``, ``0``, ``null`` or
+    ``[[metadata]]`` are parsed the way a config file would have read them.
+    """
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            key: command_line_values(
+                item, properties.get(key, extra if isinstance(extra, dict) else {})
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [command_line_values(item, schema.get("items", {})) for item in value]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and types and "string" not in types:
+        parsed = yaml.safe_load(value)
+        return value if isinstance(parsed, str) else parsed
+    return value
+
+
 def validate_config(config):
     """Check the merged config against the schema; fail with one line naming the key."""
+    with open(SCHEMA_PATH) as handle:
+        schema = yaml.safe_load(handle)
+    config.update(command_line_values(dict(config), schema))
     try:
-        validate(config, schema="../config/schema.yaml")
+        validate(config, schema=SCHEMA_PATH)
     except WorkflowError as error:
-        cause = error.__context__
-        if not isinstance(cause, ValidationError):
+        if not isinstance(error.__context__, ValidationError):
             raise
+        cause = best_match(Draft202012Validator(schema).iter_errors(config))
         key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
         raise WorkflowError(f"Invalid config key '{key}': {cause.message}") from None
 
@@ -45,11 +79,32 @@ def selected_combinations(config):
 
 validate_config(config)
 COMBINATIONS = selected_combinations(config)
+def modality_column(name):
+    """The table column holding a modality's image paths."""
+    entry = config["modalities"][name]
+    return entry if isinstance(entry, str) else entry["column"]
+
+
+def modality_settings(name):
+    """A modality's image settings: ``image_model`` with the modality's own overrides."""
+    entry = config["modalities"][name]
+    overrides = {} if isinstance(entry, str) else entry
+    return {
+        **config["image_model"],
+        **{key: value for key, value in overrides.items() if key != "column"},
+    }
+
+
+# Modalities some selected combination uses: only these are read, validated and trained.
 MODALITIES = {
-    name: column
-    for name, column in config["modalities"].items()
+    name: modality_column(name)
+    for name in config["modalities"]
     if any(name in members for members in COMBINATIONS.values())
 }
+# Path columns of configured modalities not in use: never metadata features either.
+IGNORED_IMAGE_COLUMNS = sorted(
+    {modality_column(name) for name in config["modalities"]} - set(MODALITIES.values())
+)
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
 # Combinations of metadata with exactly one image: the ones diagnostics and the ablation study.
 PAIRS = {
@@ -89,13 +144,15 @@ def fusion_inputs(wildcards):
 def fusion_settings(wildcards):
     """Only the settings this combination's fusion uses, so that changing one re-runs only the
     fusion jobs it affects: the metadata weight when metadata meets an image, and the batch
-    size and seed of the frozen image branches' inference."""
+    size, TensorFlow intra-op threads and seed of the frozen image branches' inference.
+    """
     members = COMBINATIONS[wildcards.combination]
     settings = {}
     if "metadata" in members and len(members) > 1:
         settings["metadata_weight"] = config["fusion"]["metadata_weight"]
     if any(member in MODALITIES for member in members):
         settings["batch_size"] = config["image_model"]["batch_size"]
+        settings["intra_op_threads"] = config["image_model"]["intra_op_threads"]
         settings["seed"] = config["cv"]["seed"]
     return settings
 
@@ -114,6 +171,19 @@ def trained_models(wildcards):
     if any("metadata" in members for members in COMBINATIONS.values()):
         models += expand("results/metadata/fold{fold}/model.skops", fold=FOLDS)
     return models
+
+
+def run_metrics(wildcards):
+    """Every image and fusion job's metrics, which record how each job ran (threads)."""
+    return expand(
+        "results/image/{modality}/fold{fold}/metrics.json",
+        modality=MODALITIES,
+        fold=FOLDS,
+    ) + expand(
+        "results/fusion/{combination}/fold{fold}/metrics.json",
+        combination=COMBINATIONS,
+        fold=FOLDS,
+    )
 
 
 def diagnostic_image_probs(wildcards):

@@ -10,7 +10,7 @@ rule fusion:
     benchmark:
         "benchmarks/fusion/{combination}/fold{fold}.tsv"
     conda:
-        "../envs/tabular.yaml"
+        "../envs/tensorflow.yaml"
     threads: job_resources("fusion")["threads"]
     resources:
         mem_mb=job_resources("fusion")["mem_mb"],

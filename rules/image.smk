@@ -13,7 +13,8 @@ rule image_cache:
         mem_mb=job_resources("image_cache")["mem_mb"],
         runtime=job_resources("image_cache")["runtime"],
     params:
-        size=config["image_model"]["size"],
+        size=lambda wildcards: modality_settings(wildcards.modality)["size"],
+        value_range=lambda wildcards: modality_settings(wildcards.modality)["value_range"],
     script:
         "../workflow_scripts/image_cache.py"
 
@@ -41,7 +42,7 @@ rule image:
         runtime=job_resources("image")["runtime"],
     params:
         classes=config["classes"],
-        settings=config["image_model"],
+        settings=lambda wildcards: modality_settings(wildcards.modality),
         seed=config["cv"]["seed"],
     script:
         "../workflow_scripts/image.py"

@@ -17,6 +17,9 @@ rule prepare:
         columns=config["columns"],
         classes=config["classes"],
         modalities=MODALITIES,
+        ignored_columns=IGNORED_IMAGE_COLUMNS,
+        # Whether (not how) each modality is scaled: a new range never re-runs prepare.
+        scaled=[m for m in MODALITIES if modality_settings(m)["value_range"]],
         missing_images=config["missing_images"],
     script:
         "../workflow_scripts/prepare.py"
@@ -41,24 +44,3 @@ rule folds:
         classes=config["classes"],
     script:
         "../workflow_scripts/folds.py"
-
-
-rule provenance:
-    input:
-        table=config["samples"],
-        images="results/prepared/images.tsv",
-    output:
-        provenance="results/provenance.json",
-    log:
-        "logs/provenance/provenance.log",
-    conda:
-        "../envs/tabular.yaml"
-    threads: job_resources("provenance")["threads"]
-    resources:
-        mem_mb=job_resources("provenance")["mem_mb"],
-        runtime=job_resources("provenance")["runtime"],
-    params:
-        config=config,
-        workflow_dir=workflow.basedir,
-    script:
-        "../workflow_scripts/provenance.py"

@@ -120,3 +120,27 @@ rule plot_weight_sweep:
         metadata_weight=config["fusion"]["metadata_weight"],
     script:
         "../workflow_scripts/plot_weight_sweep.py"
+
+
+# A record of a completed run: written once the results it describes exist.
+rule provenance:
+    input:
+        table=config["samples"],
+        images="results/prepared/images.tsv",
+        headline=rules.aggregate_results.output.table,
+        metrics=run_metrics,
+    output:
+        provenance="results/provenance.json",
+    log:
+        "logs/provenance/provenance.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: job_resources("provenance")["threads"]
+    resources:
+        mem_mb=job_resources("provenance")["mem_mb"],
+        runtime=job_resources("provenance")["runtime"],
+    params:
+        config=config,
+        workflow_dir=workflow.basedir,
+    script:
+        "../workflow_scripts/provenance.py"

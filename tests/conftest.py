@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fusion_dag.cache import build_cache, load_cache
 from fusion_dag.demo import write_demo
 from fusion_dag.folds import assign_folds
-from fusion_dag.image import build_cache, configure_tensorflow, load_cache, train_branch
+from fusion_dag.image import BranchFold, configure_tensorflow, train_branch
 from fusion_dag.prepare import prepare_inputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ IMAGE_SETTINGS = {
     "learning_rate": 0.001,
     "patience": 2,
     "validation_fraction": 0.2,
+    "intra_op_threads": 1,
 }
 
 
@@ -50,21 +52,41 @@ def cached(demo_table, tmp_path_factory):
 
 def train_tiny_branch(cached, folder: Path, **overrides):
     """Train the thermal branch on fold 1 of the cached demo into ``folder``; return the model."""
+    configure_tensorflow(1, 1, 42)
+    task = branch_fold(cached, **overrides)
+    model, _ = train_branch(task, folder / "checkpoint.weights.h5", folder / "history.tsv")
+    return model
+
+
+def branch_fold(cached, fold=1, **overrides):
+    """The thermal branch's task on one fold of the cached demo, with settings overridden."""
     cache, positions, folds = cached
-    configure_tensorflow(1, 42)
-    model, _ = train_branch(
+    return BranchFold(
         cache,
         positions,
         folds,
-        1,
-        "thermal_map",
-        CLASSES,
-        {**IMAGE_SETTINGS, **overrides},
-        42,
-        folder / "checkpoint.weights.h5",
-        folder / "history.tsv",
+        fold=fold,
+        modality="thermal_map",
+        classes=CLASSES,
+        settings={**IMAGE_SETTINGS, **overrides},
+        seed=42,
     )
-    return model
+
+
+@pytest.fixture
+def keras_fits(monkeypatch):
+    """Every keras Model.fit call's training and validation inputs."""
+    import keras
+
+    calls = []
+    original = keras.Model.fit
+
+    def spy(self, x=None, y=None, validation_data=None, **kwargs):
+        calls.append((x, validation_data[0] if validation_data else None))
+        return original(self, x, y, validation_data=validation_data, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    return calls
 
 
 TINY = {
@@ -107,10 +129,16 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
 
 
 def scheduled_jobs(output: str) -> dict:
-    """Rule -> job count from the 'Job stats' table a (dry) run prints; empty if none."""
+    """Rule -> job count from the 'Job stats' table a (dry) run prints.
+
+    Empty only when Snakemake says there is nothing to be done; any other output without a job
+    table (an error, a changed message format) fails instead of passing as "no jobs".
+    """
     lines = output.splitlines()
     if "Job stats:" not in lines:
-        return {}
+        if "Nothing to be done" in output:
+            return {}
+        raise AssertionError(f"no job table in Snakemake's output:\n{output[-2000:]}")
     counts = {}
     for line in lines[lines.index("Job stats:") + 3 :]:
         parts = line.split()

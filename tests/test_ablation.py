@@ -2,14 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion_dag.ablation import (
-    ablation_table,
-    build_joint_model,
-    in_sample_forest_probs,
-)
+from fusion_dag.ablation import build_joint_model, in_sample_forest_probs
 from fusion_dag.folds import assign_folds
 from fusion_dag.metadata import fold_probabilities
 from fusion_dag.prepare import prepare_inputs
+from fusion_dag.report import ablation_table
 from tests.conftest import CLASSES, COLUMNS, TINY, run_snakemake, scheduled_jobs
 
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
@@ -75,6 +72,14 @@ def test_ablation_target_reuses_v3_and_builds_the_report(tiny_run):
         ("V2", "out_of_fold"),
         ("V3", "out_of_fold"),
     }
+    # How far training moved each variant is recorded, not claimed: V1's learned weight and
+    # every variant's epochs and best epoch.
+    by_strategy = table.set_index(["strategy", "rf_source"])
+    assert by_strategy.loc[("V1", "out_of_fold"), "learned_weight_mean"] == pytest.approx(
+        0.7, abs=0.3
+    )
+    assert by_strategy.loc[("V2", "out_of_fold"), ["learned_weight_mean"]].isna().all()
+    assert (by_strategy.loc[["V1", "V2"], "best_epoch_mean"] >= 1).all()
     headline = pd.read_csv(tiny_run / "results/fusion_results.tsv", sep="\t")
     fused = headline.set_index("combination").loc["metadata+thermal_map", "kappa_mean"]
     v3 = table.set_index("strategy").loc["V3", "kappa_mean"]

@@ -1,5 +1,6 @@
 """Stage caching, proven through Snakemake itself: dry runs after one completed tiny run."""
 
+import re
 import shutil
 
 import pytest
@@ -75,6 +76,32 @@ def test_deleted_checkpoint_retrains_exactly_that_image_job(completed, tmp_path)
         shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
     assert jobs.pop("image") == 1 and jobs.pop("fusion") == 2
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
+
+
+def test_changed_checkpoint_reruns_exactly_its_fusion_jobs(completed, tmp_path):
+    """The checkpoint itself is a declared input of fusion (not only the image probabilities).
+
+    Its bytes change (fold 1's weights copied over fold 2's); touching alone would not do, as
+    Snakemake compares checksums of small files before rerunning on a newer timestamp.
+    """
+    stage = completed / "results/image/thermal_map"
+    checkpoint = stage / "fold2/checkpoint.weights.h5"
+    shutil.copy2(checkpoint, tmp_path / "kept.weights.h5")
+    shutil.copyfile(stage / "fold1/checkpoint.weights.h5", checkpoint)
+    try:
+        result = run_snakemake(completed, "-n", "fusion_results", config=TINY)
+    finally:
+        shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    jobs = scheduled_jobs(output)
+    assert "image" not in jobs and jobs.pop("fusion") == 2
+    assert set(jobs) <= AGGREGATION
+    fusion_jobs = set(re.findall(r"rule fusion:\n(?:    .*\n)*?    wildcards: (.*)", output))
+    assert fusion_jobs == {
+        "combination=metadata+thermal_map, fold=2",
+        "combination=thermal_map, fold=2",
+    }
 
 
 def test_image_alone_needs_no_metadata(tmp_path):

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
+from fusion_dag.artifacts import InputError
 from fusion_dag.folds import assign_folds
-from fusion_dag.prepare import InputError
 from tests.conftest import CLASSES
 
 

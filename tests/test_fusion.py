@@ -1,25 +1,24 @@
 import logging
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_dag.checkpoint import CheckpointError, checkpoint_manifest, save_branch_weights
 from fusion_dag.fusion import (
-    CheckpointError,
+    ImageMember,
     build_fusion_model,
     freeze_branch,
-    fuse_probabilities,
     fuse_v3,
-    load_branch_weights,
+    log_weights,
     member_weights,
-    verify_checkpoint,
 )
-from fusion_dag.image import (
-    branch_probabilities,
-    build_image_branch,
-    checkpoint_manifest,
-)
-from tests.conftest import CLASSES, train_tiny_branch
+from fusion_dag.image import branch_probabilities, build_image_branch
+from tests.conftest import CLASSES, branch_fold, train_tiny_branch
+
+PROBS = [f"prob_{c}" for c in CLASSES]
+EXPECTED = {"fold": 1, "classes": CLASSES}
 
 
 def test_metadata_takes_its_weight_and_images_share_the_rest():
@@ -32,22 +31,11 @@ def test_metadata_takes_its_weight_and_images_share_the_rest():
     }
 
 
-def table(ids, probs):
-    frame = pd.DataFrame({"id": ids, "split": ["train"] * (len(ids) - 1) + ["val"]})
-    frame[[f"prob_{c}" for c in CLASSES]] = probs
-    return frame
-
-
-def test_fusion_is_the_weighted_sum_on_shared_rows():
-    rf = table(["a", "b", "c"], np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float))
-    image = table(["c", "a"], np.array([[1, 0, 0], [0, 0, 1]], dtype=float))
-    image["split"] = ["val", "train"]
-    fused = fuse_probabilities(
-        {"metadata": rf, "thermal_map": image}, {"metadata": 0.7, "thermal_map": 0.3}, CLASSES
-    )
-    assert fused["id"].tolist() == ["a", "c"]
-    np.testing.assert_allclose(fused.iloc[0, 2:].to_numpy(dtype=float), [0.7, 0.0, 0.3])
-    np.testing.assert_allclose(fused.iloc[1, 2:].to_numpy(dtype=float), [0.3, 0.0, 0.7])
+def test_weight_line_prints_each_members_own_weight(caplog):
+    with caplog.at_level(logging.INFO):
+        log_weights({"metadata": 0.7, "thermal_map": 0.2}, logging.getLogger("test"))
+    # The image weight is what the image member gets, not 1 - RF.
+    assert "Fusion weights: RF=0.70, Image=0.20 (metadata=0.70, thermal_map=0.20)" in caplog.text
 
 
 @pytest.fixture(scope="module")
@@ -56,102 +44,220 @@ def pretrained(cached, tmp_path_factory):
     cache, positions, folds = cached
     folder = tmp_path_factory.mktemp("pretrained")
     model = train_tiny_branch(cached, folder, epochs=2)
-    probs = branch_probabilities(model, cache, positions, folds, 1, CLASSES, 32)
+    probs = branch_probabilities(model, branch_fold(cached))
     checkpoint = folder / "checkpoint.weights.h5"
     manifest = checkpoint_manifest(model, "thermal_map", 1, CLASSES, checkpoint)
-    return checkpoint, probs, manifest
+    return checkpoint, probs, manifest, model
 
 
-def rf_table(image_probs):
-    """Stand-in forest probabilities: a fixed, row-dependent distribution."""
-    rf = image_probs[["id", "split"]].copy()
+def member(cached, pretrained, **changes):
+    cache, positions, _ = cached
+    checkpoint, probs, manifest, _ = pretrained
+    fields = {"probs": probs, "checkpoint": checkpoint, "manifest": manifest, **changes}
+    return {"thermal_map": ImageMember(cache, positions, **fields)}
+
+
+def rf_table(image_probs, extra_ids=()):
+    """Stand-in forest probabilities for the image rows plus rows the image does not have."""
+    rf = pd.concat(
+        [image_probs[["id", "split"]], pd.DataFrame({"id": list(extra_ids), "split": "val"})],
+        ignore_index=True,
+    )
     raw = np.random.default_rng(0).random((len(rf), len(CLASSES)))
-    rf[[f"prob_{c}" for c in CLASSES]] = raw / raw.sum(axis=1, keepdims=True)
+    rf[PROBS] = raw / raw.sum(axis=1, keepdims=True)
     return rf
 
 
-def test_v3_loads_freezes_checks_and_fuses_with_fixed_weights(cached, pretrained, caplog):
-    cache, positions, _ = cached
-    checkpoint, image_probs, manifest = pretrained
-    rf = rf_table(image_probs)
+def test_v3_loads_freezes_checks_and_fuses_shared_rows_with_fixed_weights(
+    cached, pretrained, caplog, keras_fits
+):
+    _, image_probs, _, _ = pretrained
+    rf = rf_table(image_probs, extra_ids=["no_image_1", "no_image_2"])
     weights = member_weights(["metadata", "thermal_map"], 0.7)
     with caplog.at_level(logging.INFO):
         fused = fuse_v3(
-            weights,
-            rf,
-            {"thermal_map": (cache, positions, image_probs, str(checkpoint), manifest)},
-            CLASSES,
-            32,
-            logging.getLogger("test"),
+            weights, rf, member(cached, pretrained), EXPECTED, 32, logging.getLogger("test")
         )
+    assert keras_fits == []  # no gradient step: fusion never fits
     text = caplog.text
     for layer in ("thermal_map_conv1", "thermal_map_conv3", "thermal_map_probs"):
         assert f"Loaded weights for layer: {layer}" in text
         assert f"Frozen layer: {layer}" in text
     assert "Fusion weights: RF=0.70, Image=0.30" in text
-    columns = [f"prob_{c}" for c in CLASSES]
-    expected = 0.7 * rf[columns].to_numpy() + 0.3 * image_probs[columns].to_numpy()
+    assert "reproduces the image stage: max abs diff" in text
+    # Rows the image does not have are not fused.
+    assert sorted(fused["id"]) == sorted(image_probs["id"])
+    expected = 0.7 * rf[PROBS].to_numpy()[: len(image_probs)] + 0.3 * image_probs[PROBS].to_numpy()
     aligned = image_probs[["id", "split"]].merge(fused, on=["id", "split"])
-    np.testing.assert_allclose(aligned[columns].to_numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(aligned[PROBS].to_numpy(), expected, atol=1e-6)
 
 
-def test_frozen_fusion_model_has_nothing_to_train(cached, pretrained):
-    model = build_fusion_model(["thermal_map"], 24, 3, {"metadata": 0.7, "thermal_map": 0.3})
-    load_branch_weights(model, "thermal_map", str(pretrained[0]), logging.getLogger("test"))
+def test_checkpoint_file_is_keyed_by_layer_name(pretrained):
+    checkpoint, _, _, model = pretrained
+    with h5py.File(checkpoint, "r") as handle:
+        stored = {
+            name: [group[k][()] for k in sorted(group)] for name, group in handle["layers"].items()
+        }
+    named = {layer.name: layer for layer in model.layers if layer.weights}
+    assert (
+        set(stored)
+        == set(named)
+        == {
+            "thermal_map_conv1",
+            "thermal_map_conv2",
+            "thermal_map_conv3",
+            "thermal_map_probs",
+        }
+    )
+    for name, values in stored.items():
+        for value, weight in zip(values, named[name].get_weights(), strict=True):
+            np.testing.assert_array_equal(value, weight)
+
+
+def load_into_fusion(path):
+    model = build_fusion_model({"thermal_map": 24}, 3, {"metadata": 0.7, "thermal_map": 0.3})
+    from fusion_dag.checkpoint import load_branch_weights
+
+    load_branch_weights(model, "thermal_map", path, logging.getLogger("test"))
+    return model
+
+
+def test_loaded_weights_are_the_files_and_nothing_is_left_to_train(pretrained):
+    checkpoint, _, _, trained = pretrained
+    model = load_into_fusion(checkpoint)
+    for name in ("thermal_map_conv2", "thermal_map_probs"):
+        for loaded, saved in zip(
+            model.get_layer(name).get_weights(), trained.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(loaded, saved)
     freeze_branch(model, "thermal_map", logging.getLogger("test"))
     assert model.trainable_weights == []
     assert {layer.name for layer in model.layers} >= {"rf_probs", "fusion_add"}
 
 
-def test_checkpoint_of_another_shape_is_a_hard_error(tmp_path):
-    other = build_image_branch("thermal_map", 24, 2)
-    other.save_weights(tmp_path / "two_classes.weights.h5")
-    model = build_fusion_model(["thermal_map"], 24, 3, {"metadata": 0.7, "thermal_map": 0.3})
-    with pytest.raises(CheckpointError, match="two_classes.weights.h5"):
-        load_branch_weights(
-            model, "thermal_map", str(tmp_path / "two_classes.weights.h5"), logging.getLogger("t")
-        )
+def rewrite(source, target, edit):
+    """Copy a checkpoint and change it with ``edit(h5py.File)``."""
+    target.write_bytes(source.read_bytes())
+    with h5py.File(target, "r+") as handle:
+        edit(handle)
+    return target
 
 
-def test_branch_that_does_not_reproduce_the_image_stage_is_refused(cached, pretrained):
-    cache, positions, _ = cached
-    checkpoint, image_probs, manifest = pretrained
-    tampered = image_probs.copy()
-    tampered["prob_I"] += 0.01
-    with pytest.raises(CheckpointError, match="differs from the image stage"):
+def test_checkpoint_of_another_modality_is_refused_naming_it(tmp_path):
+    depth = build_image_branch("depth_map", 24, 3)
+    save_branch_weights(depth, "depth_map", tmp_path / "depth.weights.h5")
+    with pytest.raises(
+        CheckpointError, match="holds the depth_map branch.*needs modality thermal_map"
+    ):
+        load_into_fusion(tmp_path / "depth.weights.h5")
+
+
+def test_another_branchs_layers_are_refused_even_with_a_forged_modality(
+    cached, pretrained, tmp_path
+):
+    """A depth_map file relabelled as thermal_map, with a sidecar made to match, is refused."""
+    depth = build_image_branch("depth_map", 24, 3)
+    path = tmp_path / "checkpoint.weights.h5"
+    save_branch_weights(depth, "depth_map", path)
+    rewrite(path, path, lambda handle: handle.attrs.modify("modality", "thermal_map"))
+    thermal = build_image_branch("thermal_map", 24, 3)
+    forged = checkpoint_manifest(thermal, "thermal_map", 1, CLASSES, path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"fusion model layers not in the file \['thermal_map_conv1'.*"
+        r"file layers not in the fusion model \['depth_map_conv1'",
+    ):
         fuse_v3(
             {"thermal_map": 1.0},
             None,
-            {"thermal_map": (cache, positions, tampered, str(checkpoint), manifest)},
-            CLASSES,
+            member(cached, pretrained, checkpoint=path, manifest=forged),
+            EXPECTED,
             32,
             logging.getLogger("test"),
         )
 
 
-def fusion_for(size):
-    return build_fusion_model(["thermal_map"], size, 3, {"metadata": 0.7, "thermal_map": 0.3})
+def test_missing_and_extra_layers_are_named(pretrained, tmp_path):
+    checkpoint = pretrained[0]
+    without = rewrite(
+        checkpoint, tmp_path / "a.weights.h5", lambda h: h["layers"].pop("thermal_map_conv2")
+    )
+    with pytest.raises(CheckpointError, match=r"not in the file \['thermal_map_conv2'\]"):
+        load_into_fusion(without)
+
+    def add_layer(handle):
+        handle["layers"].create_group("thermal_map_conv9").create_dataset("00000", data=[1.0])
+
+    extra = rewrite(checkpoint, tmp_path / "b.weights.h5", add_layer)
+    with pytest.raises(CheckpointError, match=r"not in the fusion model \['thermal_map_conv9'\]"):
+        load_into_fusion(extra)
 
 
-def test_checkpoint_matching_its_sidecar_is_accepted(pretrained):
-    checkpoint, _, manifest = pretrained
-    verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), manifest, CLASSES)
+def test_shape_mismatch_names_the_layer_and_shapes(tmp_path):
+    two_classes = build_image_branch("thermal_map", 24, 2)
+    save_branch_weights(two_classes, "thermal_map", tmp_path / "two.weights.h5")
+    with pytest.raises(
+        CheckpointError,
+        match=r"layer thermal_map_probs has weight shapes \[\(64, 2\), \(2,\)\] in the file, "
+        r"the fusion model expects \[\(64, 3\), \(3,\)\]",
+    ):
+        load_into_fusion(tmp_path / "two.weights.h5")
 
 
-def test_changed_checkpoint_bytes_are_refused(pretrained, tmp_path):
-    checkpoint, _, manifest = pretrained
+def test_a_plain_keras_weights_file_is_refused(tmp_path):
+    build_image_branch("thermal_map", 24, 3).save_weights(tmp_path / "keras.weights.h5")
+    with pytest.raises(CheckpointError, match="is not a fusion-dag branch checkpoint"):
+        load_into_fusion(tmp_path / "keras.weights.h5")
+
+
+def test_branch_that_does_not_reproduce_the_image_stage_is_refused(cached, pretrained):
+    tampered = pretrained[1].copy()
+    tampered["prob_I"] += 0.01
+    with pytest.raises(CheckpointError, match="differs from the image stage"):
+        fuse_v3(
+            {"thermal_map": 1.0},
+            None,
+            member(cached, pretrained, probs=tampered),
+            EXPECTED,
+            32,
+            logging.getLogger("test"),
+        )
+
+
+def refused(cached, pretrained, expected=EXPECTED, **changes):
+    with pytest.raises(CheckpointError) as error:
+        fuse_v3(
+            {"thermal_map": 1.0},
+            None,
+            member(cached, pretrained, **changes),
+            expected,
+            32,
+            logging.getLogger("test"),
+        )
+    return str(error.value)
+
+
+def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path):
+    checkpoint, _, manifest, _ = pretrained
     copy = tmp_path / "checkpoint.weights.h5"
     copy.write_bytes(checkpoint.read_bytes() + b"0")
-    with pytest.raises(CheckpointError, match="sha256 is"):
-        verify_checkpoint(fusion_for(24), "thermal_map", str(copy), manifest, CLASSES)
-
-
-def test_checkpoint_for_another_image_size_or_classes_is_refused(pretrained):
-    checkpoint, _, manifest = pretrained
-    with pytest.raises(CheckpointError, match="image_size is 24, the fusion model needs 32"):
-        verify_checkpoint(fusion_for(32), "thermal_map", str(checkpoint), manifest, CLASSES)
-    with pytest.raises(CheckpointError, match="classes is"):
-        verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), manifest, ["A", "B", "C"])
+    assert "sha256 is" in refused(cached, pretrained, checkpoint=copy)
+    assert "fold is 1, the fusion job needs 2" in refused(
+        cached, pretrained, expected={**EXPECTED, "fold": 2}
+    )
+    assert "classes is ['I', 'P', 'R'], the fusion job needs ['A', 'B', 'C']" in refused(
+        cached, pretrained, expected={"fold": 1, "classes": ["A", "B", "C"]}
+    )
+    other = {**manifest, "modality": "depth_map"}
+    assert "modality is 'depth_map', the fusion job needs 'thermal_map'" in refused(
+        cached, pretrained, manifest=other
+    )
     renamed = {**manifest, "layers": {**manifest["layers"], "thermal_map_conv9": [[1]]}}
-    with pytest.raises(CheckpointError, match="layers differ: thermal_map_conv9"):
-        verify_checkpoint(fusion_for(24), "thermal_map", str(checkpoint), renamed, CLASSES)
+    assert "layers differ: thermal_map_conv9" in refused(cached, pretrained, manifest=renamed)
+
+
+def test_sidecar_for_another_image_size_is_refused(cached, pretrained):
+    _, _, manifest, _ = pretrained
+    assert "image_size is 32, the fusion job needs 24" in refused(
+        cached, pretrained, manifest={**manifest, "image_size": 32}
+    )

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import skops.io
 from sklearn.metrics import cohen_kappa_score
+from sklearn.pipeline import Pipeline
 
 from fusion_dag.folds import assign_folds
 from fusion_dag.metadata import feature_frame, fold_probabilities, load_pipeline, save_pipeline
@@ -64,3 +65,46 @@ def test_same_inputs_give_identical_probabilities(fitted):
     samples, folds, probs, _ = fitted
     again, _ = fold_probabilities(samples, folds, 1, CLASSES, SETTINGS, 42, 2)
     np.testing.assert_array_equal(again[PROBS].to_numpy(), probs[PROBS].to_numpy())
+
+
+@pytest.fixture(scope="module")
+def forest_fits(demo_table):
+    """The rows every Pipeline.fit saw, for each outer fold: [(fold, ids), ...] in call order."""
+    samples, _ = prepare_inputs(demo_table, demo_table.parent, COLUMNS, CLASSES, {}, "error")
+    folds = assign_folds(samples, 3, 42, CLASSES)
+    calls = []
+    original = Pipeline.fit
+
+    def spy(self, X, y=None, **params):
+        calls.append((current_fold, samples.loc[X.index, "id"].tolist()))
+        return original(self, X, y, **params)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pipeline, "fit", spy)
+        for current_fold in (1, 2, 3):
+            fold_probabilities(samples, folds, current_fold, CLASSES, SETTINGS, 42, 1)
+    return samples, folds, calls
+
+
+def test_no_outer_validation_row_reaches_a_forest_fit(forest_fits):
+    _, folds, calls = forest_fits
+    # Per fold: one fit per inner fold (out-of-fold training probabilities) and the final fit.
+    assert [fold for fold, _ in calls] == [
+        f for f in (1, 2, 3) for _ in range(SETTINGS["inner_folds"] + 1)
+    ]
+    for fold, ids in calls:
+        validation = set(folds.loc[folds["fold"] == fold, "id"])
+        assert ids and not validation & set(ids), f"fold {fold}: validation rows in a fit"
+
+
+def test_inner_out_of_fold_splits_are_grouped_by_patient_in_every_fold(forest_fits):
+    samples, folds, calls = forest_fits
+    group_of = samples.set_index("id")["group"]
+    for fold in (1, 2, 3):
+        training = set(folds.loc[folds["fold"] != fold, "id"])
+        inner_fits = [set(ids) for f, ids in calls if f == fold][:-1]
+        for fitted in inner_fits:
+            held_out = training - fitted
+            assert held_out, f"fold {fold}: an inner split held nothing out"
+            shared = set(group_of[list(held_out)]) & set(group_of[list(fitted)])
+            assert not shared, f"fold {fold}: patients {sorted(shared)[:3]} on both inner sides"

@@ -1,3 +1,4 @@
+import logging
 import shutil
 
 import numpy as np
@@ -5,7 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fusion_dag.prepare import InputError, coerce_numeric, prepare_inputs
+from fusion_dag.artifacts import InputError
+from fusion_dag.cache import build_cache
+from fusion_dag.prepare import coerce_numeric, prepare_inputs
 from tests.conftest import CLASSES, COLUMNS
 
 MODALITIES = {"thermal_map": "thermal_map"}
@@ -24,6 +27,7 @@ def prepare(folder, table=None, name="samples.csv", modalities=MODALITIES, **ove
     if table is not None:
         table.to_csv(path, index=False, sep="\t" if name.endswith(".tsv") else ",")
     settings = {"columns": COLUMNS, "classes": CLASSES, "missing_images": "error"}
+    extras = {k: overrides.pop(k) for k in ("ignored_columns", "scaled") if k in overrides}
     settings.update(overrides)
     return prepare_inputs(
         path,
@@ -32,6 +36,7 @@ def prepare(folder, table=None, name="samples.csv", modalities=MODALITIES, **ove
         settings["classes"],
         modalities,
         settings["missing_images"],
+        **extras,
     )
 
 
@@ -54,7 +59,17 @@ def test_missing_table_is_named(tmp_path):
 
 def test_missing_configured_column_lists_available(workdir):
     table = original(workdir).drop(columns=["patient_id"])
-    with pytest.raises(InputError, match=r"no column 'patient_id' \(config columns/group\)"):
+    with pytest.raises(
+        InputError,
+        match=r"no column 'patient_id' \(config columns.group\); columns are 'sample_id', .*; "
+        "set columns.group to the column naming each row's patient",
+    ):
+        prepare(workdir, table)
+
+
+def test_missing_default_id_column_says_how_to_number_rows(workdir):
+    table = original(workdir).drop(columns=["sample_id"])
+    with pytest.raises(InputError, match=r"\(config columns.id\).*columns: \{id: null\}"):
         prepare(workdir, table)
 
 
@@ -155,11 +170,129 @@ def test_empty_image_cells_error_or_drop(workdir):
     assert images["thermal_map"].isna().sum() == 2 and len(samples) == len(table)
 
 
-def test_image_with_an_alpha_channel_is_refused(workdir):
+@pytest.mark.parametrize(
+    ("mode", "logged"),
+    [
+        ("RGBA", "1 RGBA images converted to RGB (alpha dropped)"),
+        ("P", "1 P images converted to RGB (palette)"),
+        ("LA", "1 LA images converted to grey-scale (alpha dropped)"),
+    ],
+)
+def test_alpha_and_palette_images_are_converted_and_counted(workdir, caplog, mode, logged):
     first = original(workdir)["thermal_map"].iloc[0]
-    Image.new("RGBA", (64, 64)).save(workdir / first)
-    with pytest.raises(InputError, match="has mode RGBA; expected 3-channel RGB or 1-channel"):
+    Image.new(mode, (64, 64)).save(workdir / first)
+    with caplog.at_level(logging.INFO):
+        _, images = prepare(workdir)
+    assert f"Modality thermal_map: {logged}" in caplog.text
+    build_cache(images["thermal_map"].iloc[:1], 8, workdir / "c.npy")
+    assert np.load(workdir / "c.npy").shape == (1, 8, 8, 3)
+
+
+def test_colour_images_among_grey_ones_are_counted_in_a_warning(workdir, caplog):
+    paths = original(workdir)["thermal_map"]
+    for path in paths.iloc[1:]:
+        Image.open(workdir / path).convert("L").save(workdir / path)
+    with caplog.at_level(logging.WARNING):
         prepare(workdir)
+    assert f"Modality thermal_map mixes 1 colour and {len(paths) - 1} grey-scale images" in (
+        caplog.text
+    )
+
+
+def write_16_bit(path, value):
+    Image.fromarray(np.full((20, 20), value, dtype=np.uint16)).save(path)
+
+
+def test_16_bit_grey_images_need_a_value_range(workdir):
+    paths = original(workdir)["thermal_map"]
+    for index, path in enumerate(paths):
+        write_16_bit(workdir / path, 1000 + index)
+    with pytest.raises(
+        InputError,
+        match=r"is high-bit-depth grey-scale \(mode I;16; \d+ images of this modality are\); "
+        r"set modalities.thermal_map.value_range: \[low, high\]",
+    ):
+        prepare(workdir)
+    _, images = prepare(workdir, scaled={"thermal_map"})
+    assert images["thermal_map"].notna().all()
+
+
+@pytest.mark.parametrize("kind", ["16-bit PNG", "float TIFF"])
+def test_value_range_scales_every_image_by_the_same_fixed_range(tmp_path, kind):
+    paths = []
+    for index, value in enumerate([1000, 2000, 5000]):
+        if kind == "16-bit PNG":
+            paths.append(tmp_path / f"{index}.png")
+            write_16_bit(paths[-1], value)
+        else:
+            paths.append(tmp_path / f"{index}.tiff")
+            Image.fromarray(np.full((20, 20), value / 100, dtype=np.float32)).save(paths[-1])
+    value_range = [0, 4000] if kind == "16-bit PNG" else [0, 40]
+    build_cache(pd.Series(paths), 8, tmp_path / "c.npy", value_range=value_range)
+    cache = np.load(tmp_path / "c.npy")
+    # 1000 and 2000 of 4000 keep their ratio; 5000 is above the range and clips to white.
+    assert cache[:, 4, 4, 0].tolist() == [64, 128, 255]
+    assert (cache[..., 0] == cache[..., 2]).all()
+
+
+def test_symlinked_image_dir_and_files_inside_it_are_followed(workdir, tmp_path):
+    link = tmp_path / "share"
+    link.symlink_to(workdir)
+    first = original(workdir)["thermal_map"].iloc[0]
+    (workdir / "elsewhere.png").write_bytes((workdir / first).read_bytes())
+    (workdir / first).unlink()
+    (workdir / first).symlink_to(workdir / "elsewhere.png")
+    samples, images = prepare_inputs(
+        workdir / "samples.csv", link, COLUMNS, CLASSES, MODALITIES, "error"
+    )
+    assert images["thermal_map"].notna().all()
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "thermal/../../x.png"])
+def test_paths_that_leave_image_dir_are_refused(workdir, path):
+    table = original(workdir)
+    table.loc[1, "thermal_map"] = path
+    with pytest.raises(InputError, match="points outside image_dir .* without '..'"):
+        prepare(workdir, table)
+
+
+def test_class_with_no_rows_is_refused_before_folds(workdir):
+    table = original(workdir)
+    table = table[table["label"] != "R"]
+    with pytest.raises(InputError, match="class R has no rows in column 'label'; remove it from"):
+        prepare(workdir, table)
+
+
+def test_class_in_one_patient_only_names_the_patient(workdir):
+    table = original(workdir)
+    rows = table["label"] == "R"
+    keep = table.loc[rows, "patient_id"].iloc[0]
+    table = table[~rows | (table["patient_id"] == keep)]
+    with pytest.raises(InputError, match=f"class R occurs in one patient only \\({keep}, "):
+        prepare(workdir, table)
+
+
+def test_unused_modality_columns_are_never_features(workdir):
+    samples, _ = prepare(workdir, modalities={}, ignored_columns=["thermal_map"])
+    assert "thermal_map" not in samples.columns
+
+
+def test_semicolon_csv_with_decimal_commas_is_read(workdir):
+    table = original(workdir)
+    table["bmi"] = table["bmi"].str.replace(".", ",", regex=False)
+    (workdir / "european.csv").write_text(table.to_csv(sep=";", index=False))
+    samples, _ = prepare(workdir, name="european.csv")
+    assert samples["bmi"].dtype == float
+    expected = pd.to_numeric(original(workdir)["bmi"]).to_numpy()
+    np.testing.assert_allclose(samples["bmi"].to_numpy(), expected)
+
+
+def test_unparseable_line_is_named_with_its_likely_cause(workdir):
+    text = (workdir / "samples.csv").read_text().splitlines()
+    text[7] += ",29,4"
+    (workdir / "broken.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(InputError, match=r"broken.csv: line 8 has more fields than the header"):
+        prepare(workdir, name="broken.csv")
 
 
 def test_image_of_size_zero_is_refused(workdir):
@@ -177,3 +310,15 @@ def test_non_utf8_table_is_named(workdir):
     (workdir / "latin1.csv").write_bytes(table.to_csv(index=False).encode("latin-1"))
     with pytest.raises(InputError, match="latin1.csv is not UTF-8 text"):
         prepare(workdir, name="latin1.csv")
+
+
+def test_non_utf8_byte_is_located_by_offset_and_line_in_a_large_file(workdir):
+    table = pd.concat([original(workdir)] * 40, ignore_index=True)
+    table["sample_id"] = [f"S{i}" for i in range(len(table))]
+    raw = table.to_csv(index=False).encode()
+    line = 901
+    offset = len(b"\n".join(raw.split(b"\n")[: line - 1])) + 1
+    (workdir / "late.csv").write_bytes(raw[:offset] + b"\xe9" + raw[offset + 1 :])
+    assert offset > 100_000
+    with pytest.raises(InputError, match=f"byte {offset:,}, line {line}:"):
+        prepare(workdir, name="late.csv")

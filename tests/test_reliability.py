@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,18 +20,22 @@ pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 IMAGE_LOG = "logs/image/thermal_map/fold{}.log"
 
 
-def kill_during_image_training(workdir, timeout=300):
-    """Start a run, SIGKILL its whole process group once an image job is mid-training."""
+def kill_during_image_training(workdir, timeout=300) -> int:
+    """Start a run, SIGKILL its whole process group once an image job is mid-training.
+
+    Returns the fold whose image job was killed mid-training.
+    """
     command = snakemake_command(workdir, "--cores", "2", "fusion_results", config=TINY)
     with open(workdir / "killed_run.log", "w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        logs = [workdir / IMAGE_LOG.format(fold) for fold in (1, 2, 3)]
-        if any(log.exists() and "Epoch 2/" in log.read_text() for log in logs):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return
+        for fold in (1, 2, 3):
+            log = workdir / IMAGE_LOG.format(fold)
+            if log.exists() and "Epoch 2/" in log.read_text():
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return fold
         if process.poll() is not None:
             raise AssertionError("the run finished before an image job could be killed")
         time.sleep(0.2)
@@ -42,12 +47,21 @@ def kill_during_image_training(workdir, timeout=300):
 def resumed(tmp_path_factory):
     """A run killed while training an image branch, then resumed."""
     workdir = tmp_path_factory.mktemp("killed")
-    kill_during_image_training(workdir)
+    fold = kill_during_image_training(workdir)
+    # The premise: the kill landed while that image job was incomplete (no checkpoint yet,
+    # and Snakemake's incomplete marker for it left behind).
+    stage = workdir / f"results/image/thermal_map/fold{fold}"
+    assert not (stage / "checkpoint.weights.h5").exists()
+    assert any((workdir / ".snakemake/incomplete").iterdir())
     assert not (workdir / "results/fusion_results.tsv").exists()
     # A SIGKILL leaves Snakemake's directory lock behind; --unlock only removes that lock.
     assert run_snakemake(workdir, "--unlock", config=TINY).returncode == 0
     result = run_snakemake(workdir, "--cores", "2", "--rerun-incomplete", config=TINY)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    # ...and the resumed run re-ran exactly that job.
+    reran = re.findall(r"rule image:\n(?:    .*\n)*?    wildcards: (.*)", output)
+    assert f"modality=thermal_map, fold={fold}" in reran, reran
     return workdir
 
 
@@ -56,8 +70,17 @@ def test_resumed_run_completes_without_partial_files(resumed):
     assert not list((resumed / "results").rglob("*.partial*"))
 
 
-def test_same_config_gives_identical_folds_and_metadata(resumed, tiny_run):
-    for path in ["results/folds.tsv", "results/metadata/fold1/probs.tsv"]:
+def test_same_config_gives_identical_folds_metadata_fusion_and_headline(resumed, tiny_run):
+    paths = [
+        "results/folds.tsv",
+        "results/fusion_results.tsv",
+        "results/fusion_results_per_fold.tsv",
+    ]
+    for fold in (1, 2, 3):
+        paths.append(f"results/metadata/fold{fold}/probs.tsv")
+        for combination in ("metadata", "thermal_map", "metadata+thermal_map"):
+            paths.append(f"results/fusion/{combination}/fold{fold}/probs.tsv")
+    for path in paths:
         assert (resumed / path).read_bytes() == (tiny_run / path).read_bytes(), path
 
 
@@ -75,8 +98,43 @@ def test_same_config_gives_identical_checkpoints_and_image_probabilities(resumed
 
 def test_provenance_records_config_versions_data_and_commit(tiny_run):
     record = json.loads((tiny_run / "results/provenance.json").read_text())
-    assert record["config"]["image_model"] == TINY["image_model"]
+    recorded = record["config"]["image_model"]
+    assert {key: recorded[key] for key in TINY["image_model"]} == TINY["image_model"]
     assert {"snakemake", "keras", "scikit-learn"} <= set(record["packages"])
     assert len(record["data"]["samples"]["sha256"]) == 64
     assert record["data"]["thermal_map"]["images"] > 0
     assert "commit" in record["workflow"]
+    image_job = record["jobs"]["results/image/thermal_map/fold1/metrics.json"]
+    assert image_job["intra_op_threads"] == TINY["image_model"]["intra_op_threads"]
+    assert image_job["op_determinism"] is True and image_job["threads"] >= 1
+    assert "results/fusion/metadata+thermal_map/fold2/metrics.json" in record["jobs"]
+
+
+def test_image_numbers_follow_the_config_not_the_cores(tmp_path):
+    """Byte-identical checkpoints with 1 and 2 job threads; another intra-op setting differs."""
+    target = "results/image/thermal_map/fold1/checkpoint.weights.h5"
+    config = {**TINY, "combinations": [["thermal_map"]]}
+
+    def train(cores, intra_op_threads, *extra):
+        settings = {**config["image_model"], "intra_op_threads": intra_op_threads}
+        result = run_snakemake(
+            tmp_path,
+            "--cores",
+            str(cores),
+            *extra,
+            target,
+            config={**config, "image_model": settings},
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = json.loads((tmp_path / target).with_name("metrics.json").read_text())
+        return file_sha256(tmp_path / target), metrics["runtime"]
+
+    one_core, runtime_one = train(1, 1)
+    two_cores, runtime_two = train(2, 1, "--forcerun", "image")
+    # The premise: the job really ran with other thread counts.
+    assert (runtime_one["threads"], runtime_two["threads"]) == (1, 2)
+    assert runtime_one["intra_op_threads"] == runtime_two["intra_op_threads"] == 1
+    assert one_core == two_cores
+    # ...and the setting, not --cores, is what decides the numbers.
+    other_setting, runtime = train(2, 2)
+    assert runtime["intra_op_threads"] == 2 and other_setting != one_core

@@ -1,7 +1,6 @@
-from fusion_dag.ablation import ablation_table
 from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
 from fusion_dag.joblog import job_log
-from fusion_dag.report import markdown_table
+from fusion_dag.report import ablation_table, markdown_table
 
 with job_log(snakemake.log[0]) as log:
     records = []

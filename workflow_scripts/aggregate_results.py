@@ -6,6 +6,7 @@ with job_log(snakemake.log[0]) as log:
     records = [read_json(path) for path in snakemake.input.metrics]
     for record in records:
         record.pop("weights")
+        record.pop("runtime", None)
     per_fold = per_fold_table(records)
     headline = headline_table(per_fold, snakemake.params.combinations, snakemake.params.classes)
     write_tsv(per_fold, snakemake.output.per_fold)

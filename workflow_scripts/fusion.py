@@ -1,6 +1,6 @@
 from fusion_dag.artifacts import read_json, read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.fusion import METADATA, fuse_probabilities, fuse_v3, log_weights, member_weights
+from fusion_dag.fusion import METADATA, ImageMember, fuse_v3, log_weights, member_weights
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
@@ -11,22 +11,27 @@ with job_log(snakemake.log[0]) as log:
     rf_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
     modalities = [m for m in members if m != METADATA]
     if modalities:
-        from fusion_dag.image import configure_tensorflow, load_cache
+        from fusion_dag.cache import load_cache
+        from fusion_dag.image import configure_tensorflow
 
-        configure_tensorflow(snakemake.threads, settings["seed"])
-        image_inputs = {
-            m: (
+        runtime = configure_tensorflow(
+            settings["intra_op_threads"], snakemake.threads, settings["seed"]
+        )
+        image_members = {
+            m: ImageMember(
                 *load_cache(snakemake.input[f"{m}_cache"], snakemake.input[f"{m}_ids"]),
-                read_tsv(snakemake.input[f"{m}_probs"]),
-                snakemake.input[f"{m}_checkpoint"],
-                read_json(snakemake.input[f"{m}_sidecar"]),
+                probs=read_tsv(snakemake.input[f"{m}_probs"]),
+                checkpoint=snakemake.input[f"{m}_checkpoint"],
+                manifest=read_json(snakemake.input[f"{m}_sidecar"]),
             )
             for m in modalities
         }
-        probs = fuse_v3(weights, rf_probs, image_inputs, classes, settings["batch_size"], log)
+        expected = {"fold": int(snakemake.wildcards.fold), "classes": classes}
+        probs = fuse_v3(weights, rf_probs, image_members, expected, settings["batch_size"], log)
     else:
+        runtime = None
         log_weights(weights, log)
-        probs = fuse_probabilities({METADATA: rf_probs}, weights, classes)
+        probs = rf_probs
     metrics = fold_metrics(probs, read_tsv(snakemake.input.samples), classes)
     log.info("Validation kappa %.3f, train kappa %.3f", metrics["kappa"], metrics["train_kappa"])
     write_tsv(probs, snakemake.output.probs)
@@ -36,6 +41,7 @@ with job_log(snakemake.log[0]) as log:
             "fold": int(snakemake.wildcards.fold),
             "weights": weights,
             **metrics,
+            **({"runtime": {"threads": snakemake.threads, **runtime}} if runtime else {}),
         },
         snakemake.output.metrics,
     )

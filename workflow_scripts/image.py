@@ -1,40 +1,38 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
+from fusion_dag.cache import load_cache
+from fusion_dag.checkpoint import checkpoint_manifest
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.image import (
+    BranchFold,
     best_epoch,
     branch_probabilities,
-    checkpoint_manifest,
     configure_tensorflow,
-    load_cache,
     train_branch,
 )
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
-    configure_tensorflow(snakemake.threads, snakemake.params.seed)
-    fold = int(snakemake.wildcards.fold)
-    classes = snakemake.params.classes
     settings = snakemake.params.settings
-    folds = read_tsv(snakemake.input.folds)
-    images, positions = load_cache(snakemake.input.cache, snakemake.input.ids)
+    runtime = configure_tensorflow(
+        settings["intra_op_threads"], snakemake.threads, snakemake.params.seed
+    )
+    task = BranchFold(
+        *load_cache(snakemake.input.cache, snakemake.input.ids),
+        folds=read_tsv(snakemake.input.folds),
+        fold=int(snakemake.wildcards.fold),
+        modality=snakemake.wildcards.modality,
+        classes=snakemake.params.classes,
+        settings=settings,
+        seed=snakemake.params.seed,
+    )
     model, images_per_second = train_branch(
-        images,
-        positions,
-        folds,
-        fold,
-        snakemake.wildcards.modality,
-        classes,
-        settings,
-        snakemake.params.seed,
-        snakemake.output.checkpoint,
-        snakemake.output.history,
+        task, snakemake.output.checkpoint, snakemake.output.history
     )
-    probs = branch_probabilities(
-        model, images, positions, folds, fold, classes, settings["batch_size"]
-    )
-    metrics = fold_metrics(probs, folds, classes)
+    probs = branch_probabilities(model, task)
+    metrics = fold_metrics(probs, task.folds, task.classes)
     metrics["best_epoch"] = best_epoch(snakemake.output.history)
     metrics["fit_images_per_second"] = images_per_second
+    metrics["runtime"] = {"threads": snakemake.threads, **runtime}
     log.info(
         "Best epoch %d: validation kappa %.3f, train kappa %.3f",
         metrics["best_epoch"],
@@ -44,7 +42,7 @@ with job_log(snakemake.log[0]) as log:
     write_json(metrics, snakemake.output.metrics)
     write_json(
         checkpoint_manifest(
-            model, snakemake.wildcards.modality, fold, classes, snakemake.output.checkpoint
+            model, task.modality, task.fold, task.classes, snakemake.output.checkpoint
         ),
         snakemake.output.sidecar,
     )

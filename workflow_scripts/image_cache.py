@@ -1,11 +1,16 @@
 from fusion_dag.artifacts import ID, read_tsv, write_tsv
-from fusion_dag.image import build_cache
+from fusion_dag.cache import build_cache
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     modality = snakemake.wildcards.modality
     images = read_tsv(snakemake.input.images)
     present = images[images[modality].notna()]
-    build_cache(present[modality], snakemake.params.size, snakemake.output.cache)
+    build_cache(
+        present[modality],
+        snakemake.params.size,
+        snakemake.output.cache,
+        value_range=snakemake.params.value_range,
+    )
     write_tsv(present[[ID]], snakemake.output.ids)
     log.info("Cached %d %s images at %d px", len(present), modality, snakemake.params.size)

@@ -10,6 +10,8 @@ with job_log(snakemake.log[0]):
         snakemake.params.classes,
         snakemake.params.modalities,
         snakemake.params.missing_images,
+        ignored_columns=snakemake.params.ignored_columns,
+        scaled=snakemake.params.scaled,
     )
     write_tsv(images, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)

@@ -1,9 +1,9 @@
 import platform
 from datetime import UTC, datetime
 
-from fusion_dag.artifacts import read_tsv, write_json
+from fusion_dag.artifacts import read_json, read_tsv, write_json
 from fusion_dag.joblog import job_log
-from fusion_dag.report import data_hashes, git_state, package_versions
+from fusion_dag.provenance import data_hashes, git_state, job_runtimes, package_versions
 
 with job_log(snakemake.log[0]) as log:
     record = {
@@ -14,6 +14,7 @@ with job_log(snakemake.log[0]) as log:
         "platform": platform.platform(),
         "packages": package_versions(),
         "data": data_hashes(snakemake.input.table, read_tsv(snakemake.input.images)),
+        "jobs": job_runtimes({path: read_json(path) for path in snakemake.input.metrics}),
     }
     write_json(record, snakemake.output.provenance)
     log.info("Provenance: commit %s, data %s", record["workflow"]["commit"], record["data"])

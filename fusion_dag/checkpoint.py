@@ -1,0 +1,155 @@
+"""The pretrained image branch on disk: weights keyed by layer name, plus a sidecar record.
+
+Why a format of its own: Keras 3 ``.weights.h5`` files key weights by layer *type and position*
+(``layers/conv2d_1/vars``), so ``load_weights`` happily copies a ``depth_map`` branch into a
+``thermal_map`` model of the same shape. The V3 contract is "load by layer name", so the file
+records each layer's name and the loader maps the names in the file onto the fusion model's
+names: a layer missing on either side, an unexpected layer or a shape mismatch is an error
+naming it. A nested ``keras.applications`` backbone is one named layer whose weights are stored
+and loaded as a whole.
+
+The file is plain HDF5 (h5py): one group per layer under ``/layers``, one dataset per weight in
+the layer's own weight order, the weight's Keras path as an attribute. It holds numbers and
+strings only; nothing in it is executed or unpickled on load. The sidecar ``checkpoint.json``
+(modality, fold, image size, classes, layer shapes, SHA-256) is a second line of defence.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fusion_dag.artifacts import file_sha256, partial_path
+
+FORMAT = "fusion-dag-named-weights/1"
+
+
+class CheckpointError(RuntimeError):
+    """A pretrained checkpoint that cannot be loaded exactly into the fusion model."""
+
+
+def branch_layers(model, modality: str) -> list:
+    """The layers of ``model`` that belong to one image branch (named ``{modality}_...``)."""
+    return [layer for layer in model.layers if layer.name.startswith(f"{modality}_")]
+
+
+def weighted_layers(model, modality: str) -> dict:
+    """Layer name -> layer, for the branch's layers that hold weights."""
+    return {layer.name: layer for layer in branch_layers(model, modality) if layer.weights}
+
+
+def layer_shapes(model, modality: str) -> dict:
+    """Weight shapes of every ``{modality}_`` layer that has weights, by layer name."""
+    return {
+        name: [list(w.shape) for w in layer.weights]
+        for name, layer in weighted_layers(model, modality).items()
+    }
+
+
+def save_branch_weights(model, modality: str, path: Path) -> None:
+    """Write the branch's weights, keyed by layer name, atomically (temporary name, rename)."""
+    import h5py
+
+    partial = partial_path(path)
+    with h5py.File(partial, "w") as handle:
+        handle.attrs["format"] = FORMAT
+        handle.attrs["modality"] = modality
+        layers = handle.create_group("layers")
+        for name, layer in weighted_layers(model, modality).items():
+            group = layers.create_group(name)
+            for index, weight in enumerate(layer.weights):
+                dataset = group.create_dataset(f"{index:05d}", data=np.asarray(weight))
+                dataset.attrs["path"] = weight.path
+    os.replace(partial, path)
+
+
+def read_branch_weights(path: Path) -> tuple[str | None, dict]:
+    """(modality recorded in the file, layer name -> list of weight arrays in layer order)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if handle.attrs.get("format") != FORMAT or "layers" not in handle:
+                raise CheckpointError(
+                    f"checkpoint {path} is not a fusion-dag branch checkpoint ({FORMAT}); "
+                    "retrain the image stage"
+                )
+            modality = handle.attrs.get("modality")
+            layers = {
+                name: [group[key][()] for key in sorted(group)]
+                for name, group in handle["layers"].items()
+            }
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
+    return modality, layers
+
+
+def load_branch_weights(model, modality: str, checkpoint: Path, log) -> None:
+    """Load a checkpoint into the fusion model's branch by mapping the file's layer names.
+
+    Every weighted ``{modality}_`` layer of the model must be in the file with the same number
+    and shapes of weights, and the file may hold no other layer: anything else is a
+    :class:`CheckpointError` that names the layer (never a silent random initialisation).
+    """
+    recorded, stored = read_branch_weights(checkpoint)
+    targets = weighted_layers(model, modality)
+    if recorded != modality:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} holds the {recorded} branch (layers "
+            f"{', '.join(sorted(stored)[:3])}, ...), the fusion model needs modality {modality}"
+        )
+    missing = sorted(set(targets) - set(stored))
+    extra = sorted(set(stored) - set(targets))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: fusion model layers not in the file {missing}, "
+            f"file layers not in the fusion model {extra}"
+        )
+    for name, layer in targets.items():
+        expected = [tuple(w.shape) for w in layer.weights]
+        found = [tuple(v.shape) for v in stored[name]]
+        if expected != found:
+            raise CheckpointError(
+                f"checkpoint {checkpoint}: layer {name} has weight shapes {found} in the file, "
+                f"the fusion model expects {expected}"
+            )
+        layer.set_weights(stored[name])
+        log.info("Loaded weights for layer: %s", name)
+
+
+def checkpoint_manifest(model, modality: str, fold: int, classes: list, checkpoint: Path) -> dict:
+    """The sidecar written next to a checkpoint: what it is for and what it must contain."""
+    return {
+        "modality": modality,
+        "fold": fold,
+        "image_size": int(model.get_layer(f"{modality}_input").output.shape[1]),
+        "classes": list(classes),
+        "layers": layer_shapes(model, modality),
+        "sha256": file_sha256(checkpoint),
+    }
+
+
+def verify_checkpoint(model, modality: str, checkpoint: Path, manifest: dict, expected: dict):
+    """Refuse a checkpoint that is not the one its sidecar describes, or not for this job.
+
+    ``expected`` holds what the fusion job needs (``fold``, ``classes``). Each difference is
+    named: changed bytes, another modality, fold, image size, class list or layer set/shape.
+    """
+    size = int(model.get_layer(f"{modality}_input").output.shape[1])
+    problems = []
+    actual = file_sha256(checkpoint)
+    if actual != manifest.get("sha256"):
+        problems.append(
+            f"sha256 is {actual[:12]}..., sidecar says {str(manifest.get('sha256'))[:12]}..."
+        )
+    needed = {"modality": modality, "image_size": size, **expected}
+    for key, value in needed.items():
+        if manifest.get(key) != value:
+            problems.append(f"{key} is {manifest.get(key)!r}, the fusion job needs {value!r}")
+    built = layer_shapes(model, modality)
+    stored = manifest.get("layers") or {}
+    if stored != built:
+        changed = sorted(n for n in set(stored) | set(built) if stored.get(n) != built.get(n))
+        problems.append(f"layers differ: {', '.join(changed)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
