@@ -6,7 +6,6 @@ from jsonschema.exceptions import ValidationError, best_match
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-
 SCHEMA_PATH = f"{workflow.basedir}/config/schema.yaml"
 
 
@@ -79,6 +78,8 @@ def selected_combinations(config):
 
 validate_config(config)
 COMBINATIONS = selected_combinations(config)
+
+
 def modality_column(name):
     """The table column holding a modality's image paths."""
     entry = config["modalities"][name]
@@ -93,6 +94,12 @@ def modality_settings(name):
         **config["image_model"],
         **{key: value for key, value in overrides.items() if key != "column"},
     }
+
+
+def image_setting(key):
+    """A params function: one setting of the job's modality, so that the rule re-runs only
+    when that setting changes."""
+    return lambda wildcards: modality_settings(wildcards.modality)[key]
 
 
 # Modalities some selected combination uses: only these are read, validated and trained.

@@ -13,8 +13,8 @@ rule image_cache:
         mem_mb=job_resources("image_cache")["mem_mb"],
         runtime=job_resources("image_cache")["runtime"],
     params:
-        size=lambda wildcards: modality_settings(wildcards.modality)["size"],
-        value_range=lambda wildcards: modality_settings(wildcards.modality)["value_range"],
+        size=image_setting("size"),
+        value_range=image_setting("value_range"),
     script:
         "../workflow_scripts/image_cache.py"
 
