@@ -79,3 +79,22 @@ def test_bad_config_names_the_key(tmp_path, override, key):
     result = run_snakemake(tmp_path, "-n", config={**TINY, **override})
     assert result.returncode != 0
     assert f"Invalid config key '{key}'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "cv={folds: 0, seed: 42}",
+            "Invalid config key 'cv.folds': 0 is less than the minimum of 2",
+        ),
+        (
+            "fusion={metadata_weight: 1.5}",
+            "'fusion.metadata_weight': 1.5 is greater than the maximum",
+        ),
+    ],
+)
+def test_nested_command_line_values_are_read_as_numbers(tmp_path, override, message):
+    """Snakemake passes nested --config values as text; they are checked as numbers."""
+    result = run_snakemake(tmp_path, "-n", "--config", override, config=TINY)
+    assert result.returncode != 0 and message in result.stdout + result.stderr
