@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated data in a temporary directory, never the user's results."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from fusion_dag.image import BranchFold, configure_tensorflow, train_branch
 from fusion_dag.prepare import prepare_inputs
 
 REPO = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 CLASSES = ["I", "P", "R"]
 COLUMNS = {"id": "sample_id", "group": "patient_id", "label": "label", "exclude": []}
 
@@ -111,9 +113,20 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture
+def tiny_copy(tiny_run, tmp_path):
+    """A private copy of the finished tiny run, for a test that changes or adds files.
+
+    Timestamps are kept (``copy2``), so Snakemake sees the copy as finished too.
+    """
+    copy = tmp_path / "tiny_copy"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    return copy
+
+
 def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list:
     """The command that runs this repository's workflow in ``workdir``."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE)]
     command += ["--directory", str(workdir), *args]
     if config is not None:
         configfile = workdir / "test_config.yaml"
@@ -126,6 +139,12 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None):
     """Run this repository's workflow in ``workdir``; return the completed process."""
     command = snakemake_command(workdir, *args, config=config)
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def run_command(workdir: Path, arguments: list):
+    """Run ``snakemake`` with ``arguments`` in ``workdir`` (its own Snakefile, if any)."""
+    command = [sys.executable, "-m", "snakemake", *arguments]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
 
 
 def scheduled_jobs(output: str) -> dict:

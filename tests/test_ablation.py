@@ -57,13 +57,13 @@ def test_ablation_table_has_mean_and_std_per_variant():
     assert table.loc[0, "n_folds"] == 2
 
 
-def test_ablation_target_reuses_v3_and_builds_the_report(tiny_run):
-    result = run_snakemake(tiny_run, "--cores", "2", "ablation", config=TINY)
+def test_ablation_target_reuses_v3_and_builds_the_report(tiny_copy):
+    result = run_snakemake(tiny_copy, "--cores", "2", "ablation", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     # V3 is the fusion rule's finished result: nothing but the V1/V2 training re-runs.
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert jobs == {"ablation_fold": 3, "aggregate_ablation": 1, "ablation": 1}
-    table = pd.read_csv(tiny_run / "results/ablation.tsv", sep="\t")
+    table = pd.read_csv(tiny_copy / "results/ablation.tsv", sep="\t")
     variants = set(zip(table["strategy"], table["rf_source"], strict=True))
     assert variants == {
         ("V1", "in_sample"),
@@ -80,14 +80,14 @@ def test_ablation_target_reuses_v3_and_builds_the_report(tiny_run):
     )
     assert by_strategy.loc[("V2", "out_of_fold"), ["learned_weight_mean"]].isna().all()
     assert (by_strategy.loc[["V1", "V2"], "best_epoch_mean"] >= 1).all()
-    headline = pd.read_csv(tiny_run / "results/fusion_results.tsv", sep="\t")
+    headline = pd.read_csv(tiny_copy / "results/fusion_results.tsv", sep="\t")
     fused = headline.set_index("combination").loc["metadata+thermal_map", "kappa_mean"]
     v3 = table.set_index("strategy").loc["V3", "kappa_mean"]
     assert v3 == pytest.approx(fused)
 
-    report = tiny_run / "report.html"
+    report = tiny_copy / "report.html"
     result = run_snakemake(
-        tiny_run, "--report", str(report), "fusion_results", "ablation", config=TINY
+        tiny_copy, "--report", str(report), "fusion_results", "ablation", config=TINY
     )
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text()
@@ -100,3 +100,13 @@ def test_ablation_target_reuses_v3_and_builds_the_report(tiny_run):
         "ablation.tsv",
     ):
         assert name in html, name
+
+
+def test_fusion_weight_layer_is_a_registered_keras_object():
+    import keras
+
+    from fusion_dag.ablation import WeightedFusion
+
+    config = keras.saving.serialize_keras_object(WeightedFusion(0.7, learned=True))
+    restored = keras.saving.deserialize_keras_object(config)
+    assert (restored.initial_weight, restored.learned) == (0.7, True)

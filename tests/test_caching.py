@@ -23,75 +23,60 @@ AGGREGATION = {
 }
 
 
-@pytest.fixture(scope="module")
-def completed(tiny_run):
-    return tiny_run
-
-
 def dry_run(workdir, config):
     result = run_snakemake(workdir, "-n", "fusion_results", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     return scheduled_jobs(result.stdout + result.stderr)
 
 
-def test_full_run_writes_three_rows_and_contract_logs(completed):
-    table = (completed / "results/fusion_results.tsv").read_text().splitlines()
+def test_full_run_writes_three_rows_and_contract_logs(tiny_run):
+    table = (tiny_run / "results/fusion_results.tsv").read_text().splitlines()
     assert [line.split("\t")[0] for line in table[1:]] == [
         "metadata",
         "thermal_map",
         "metadata+thermal_map",
     ]
-    log = (completed / "logs/fusion/metadata+thermal_map/fold2.log").read_text()
+    log = (tiny_run / "logs/fusion/metadata+thermal_map/fold2.log").read_text()
     assert "Loaded weights for layer: thermal_map_conv1" in log
     assert "Frozen layer: thermal_map_probs" in log
     assert "Fusion weights: RF=0.70, Image=0.30" in log
-    assert (completed / "results/image/thermal_map/fold3/checkpoint.weights.h5").is_file()
-    assert "Epoch 1/3" in (completed / "logs/image/thermal_map/fold1.log").read_text()
+    assert (tiny_run / "results/image/thermal_map/fold3/checkpoint.weights.h5").is_file()
+    assert "Epoch 1/3" in (tiny_run / "logs/image/thermal_map/fold1.log").read_text()
 
 
-def test_nothing_changed_schedules_nothing(completed):
-    assert dry_run(completed, TINY) == {}
+def test_nothing_changed_schedules_nothing(tiny_run):
+    assert dry_run(tiny_run, TINY) == {}
 
 
-def test_fusion_weight_change_reruns_only_fusion(completed):
-    jobs = dry_run(completed, {**TINY, "fusion": {"metadata_weight": 0.5}})
+def test_fusion_weight_change_reruns_only_fusion(tiny_run):
+    jobs = dry_run(tiny_run, {**TINY, "fusion": {"metadata_weight": 0.5}})
     # Only the three folds of metadata+thermal_map use the weight.
     assert jobs.pop("fusion") == 3
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
-def test_image_setting_change_never_reruns_metadata(completed):
-    jobs = dry_run(completed, {**TINY, "image_model": {**TINY["image_model"], "epochs": 4}})
+def test_image_setting_change_never_reruns_metadata(tiny_run):
+    jobs = dry_run(tiny_run, {**TINY, "image_model": {**TINY["image_model"], "epochs": 4}})
     assert jobs.pop("image") == 3 and jobs.pop("fusion") == 6
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
-def test_deleted_checkpoint_retrains_exactly_that_image_job(completed, tmp_path):
-    checkpoint = completed / "results/image/thermal_map/fold2/checkpoint.weights.h5"
-    shutil.copy2(checkpoint, tmp_path / "kept.weights.h5")
-    checkpoint.unlink()
-    try:
-        jobs = dry_run(completed, TINY)
-    finally:
-        shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
+def test_deleted_checkpoint_retrains_exactly_that_image_job(tiny_copy):
+    (tiny_copy / "results/image/thermal_map/fold2/checkpoint.weights.h5").unlink()
+    jobs = dry_run(tiny_copy, TINY)
     assert jobs.pop("image") == 1 and jobs.pop("fusion") == 2
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
-def test_changed_checkpoint_reruns_exactly_its_fusion_jobs(completed, tmp_path):
+def test_changed_checkpoint_reruns_exactly_its_fusion_jobs(tiny_copy):
     """The checkpoint itself is a declared input of fusion (not only the image probabilities).
 
     Its bytes change (fold 1's weights copied over fold 2's); touching alone would not do, as
     Snakemake compares checksums of small files before rerunning on a newer timestamp.
     """
-    stage = completed / "results/image/thermal_map"
-    checkpoint = stage / "fold2/checkpoint.weights.h5"
-    shutil.copy2(checkpoint, tmp_path / "kept.weights.h5")
-    shutil.copyfile(stage / "fold1/checkpoint.weights.h5", checkpoint)
-    try:
-        result = run_snakemake(completed, "-n", "fusion_results", config=TINY)
-    finally:
-        shutil.copy2(tmp_path / "kept.weights.h5", checkpoint)
+    stage = tiny_copy / "results/image/thermal_map"
+    shutil.copyfile(stage / "fold1/checkpoint.weights.h5", stage / "fold2/checkpoint.weights.h5")
+    result = run_snakemake(tiny_copy, "-n", "fusion_results", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     jobs = scheduled_jobs(output)

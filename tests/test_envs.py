@@ -6,6 +6,8 @@ import yaml
 
 from tests.conftest import REPO
 
+SCRIPTS = REPO / "workflow/scripts"
+
 
 def pins(lines) -> dict:
     found = {}
@@ -18,7 +20,7 @@ def pins(lines) -> dict:
 
 def test_conda_envs_agree_with_requirements():
     required = pins((REPO / "requirements.txt").read_text().splitlines())
-    envs = sorted((REPO / "envs").glob("*.yaml"))
+    envs = sorted((REPO / "workflow/envs").glob("*.yaml"))
     assert envs
     for env in envs:
         spec = yaml.safe_load(env.read_text())
@@ -31,9 +33,9 @@ def test_conda_envs_agree_with_requirements():
 
 
 def test_every_rule_environment_exists():
-    for rules in (REPO / "rules").glob("*.smk"):
+    for rules in (REPO / "workflow/rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*"\.\./(envs/[^"]+)"', rules.read_text()):
-            assert (REPO / env).is_file(), f"{rules.name} names missing {env}"
+            assert (REPO / "workflow" / env).is_file(), f"{rules.name} names missing {env}"
 
 
 # Import name -> the package that provides it, for every third-party import in the code.
@@ -71,7 +73,7 @@ def imported_packages(path, seen=None) -> set:
         for name in names:
             top = name.split(".")[0]
             if top == "fusion_dag":
-                module = REPO / (name.replace(".", "/") + ".py")
+                module = SCRIPTS / (name.replace(".", "/") + ".py")
                 found |= imported_packages(module, seen)
             elif top not in sys.stdlib_module_names:
                 found.add(top)
@@ -81,13 +83,16 @@ def imported_packages(path, seen=None) -> set:
 def rule_environments() -> dict:
     """Rule -> (conda env file, script file) for every rule with both."""
     rules = {}
-    for smk in (REPO / "rules").glob("*.smk"):
+    for smk in (REPO / "workflow/rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule )", smk.read_text()):
             name = re.match(r"rule (\w+):", block)
             env = re.search(r'conda:\s*"\.\./(envs/[^"]+)"', block)
             script = re.search(r'script:\s*"\.\./([^"]+)"', block)
             if name and env and script:
-                rules[name.group(1)] = (REPO / env.group(1), REPO / script.group(1))
+                rules[name.group(1)] = (
+                    SCRIPTS.parent / env.group(1),
+                    SCRIPTS.parent / script.group(1),
+                )
     return rules
 
 

@@ -6,10 +6,10 @@ from PIL import Image
 from fusion_dag.cache import build_cache
 from fusion_dag.checkpoint import read_branch_weights
 from fusion_dag.image import (
+    CohenKappa,
     best_epoch,
     branch_probabilities,
     build_image_branch,
-    cohen_kappa_metric,
     inner_split,
 )
 from tests.conftest import CLASSES, branch_fold, train_tiny_branch
@@ -108,7 +108,7 @@ def test_kappa_metric_matches_scikit_learn():
     truth = rng.integers(0, 3, 200)
     probs = rng.random((200, 3))
     probs[np.arange(200), truth] += rng.random(200)  # partly right
-    metric = cohen_kappa_metric(3)
+    metric = CohenKappa(3)
     metric.update_state(truth[:120], probs[:120])
     metric.update_state(truth[120:], probs[120:])
     expected = cohen_kappa_score(truth, probs.argmax(axis=1))
@@ -159,3 +159,11 @@ def test_no_outer_validation_row_reaches_an_image_fit(cached, keras_fits, tmp_pa
         fit, stop = fitted_ids(x, positions), fitted_ids(early_stopping, positions)
         assert fit and stop and not fit & stop
         assert fit | stop == training, "outer validation rows reached a fit or early stopping"
+
+
+def test_kappa_metric_is_a_registered_keras_object():
+    import keras
+
+    config = keras.saving.serialize_keras_object(CohenKappa(4))
+    restored = keras.saving.deserialize_keras_object(config)
+    assert isinstance(restored, CohenKappa) and restored.n_classes == 4

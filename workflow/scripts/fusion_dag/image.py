@@ -17,6 +17,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
+# TensorFlow's C++ start-up notices are not job output; this must be set before it loads.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
 from fusion_dag.cache import CHANNELS
 from fusion_dag.checkpoint import save_branch_weights
@@ -38,8 +43,6 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int, seed: int
     runs independent ops side by side and cannot change a result. Must run before TensorFlow
     creates its thread pools, so before any model is built.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import tensorflow as tf
 
     try:
@@ -75,9 +78,6 @@ def build_image_branch(modality: str, size: int, n_classes: int):
 
     The names are the contract with the fusion stage, which loads these layers by name.
     """
-    import keras
-    from keras import layers
-
     inputs = keras.Input(shape=(size, size, CHANNELS), name=f"{modality}_input")
     x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(inputs)
     x = layers.RandomFlip("horizontal", name=f"{modality}_flip")(x)
@@ -137,7 +137,8 @@ def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> n
     return mask
 
 
-def cohen_kappa_metric(n_classes: int, name: str = "kappa"):
+@keras.saving.register_keras_serializable(package="fusion_dag")
+class CohenKappa(keras.metrics.Metric):
     """Unweighted Cohen's kappa as a streaming Keras metric (a confusion matrix per epoch).
 
     Keras evaluates it during the training and validation passes it already makes, so the
@@ -145,33 +146,32 @@ def cohen_kappa_metric(n_classes: int, name: str = "kappa"):
     accumulated batch by batch while the weights change, with dropout active, as with any Keras
     training metric. Class weights are not applied to it.
     """
-    import keras
-    from keras import ops
 
-    class CohenKappa(keras.metrics.Metric):
-        def __init__(self, **kwargs):
-            super().__init__(name=name, **kwargs)
-            self.confusion = self.add_variable(
-                shape=(n_classes, n_classes), initializer="zeros", name="confusion"
-            )
+    def __init__(self, n_classes: int, name: str = "kappa", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_classes = n_classes
+        self.confusion = self.add_variable(
+            shape=(n_classes, n_classes), initializer="zeros", name="confusion"
+        )
 
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            truth = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes)
-            predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), n_classes)
-            self.confusion.assign_add(ops.matmul(ops.transpose(truth), predicted))
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        truth = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.n_classes)
+        predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.n_classes)
+        self.confusion.assign_add(ops.matmul(ops.transpose(truth), predicted))
 
-        def result(self):
-            total = ops.maximum(ops.sum(self.confusion), 1.0)
-            observed = ops.trace(self.confusion) / total
-            expected = ops.sum(ops.sum(self.confusion, 1) * ops.sum(self.confusion, 0)) / (
-                total * total
-            )
-            return ops.where(expected < 1.0, (observed - expected) / (1.0 - expected), 0.0)
+    def result(self):
+        total = ops.maximum(ops.sum(self.confusion), 1.0)
+        observed = ops.trace(self.confusion) / total
+        expected = ops.sum(ops.sum(self.confusion, 1) * ops.sum(self.confusion, 0)) / (
+            total * total
+        )
+        return ops.where(expected < 1.0, (observed - expected) / (1.0 - expected), 0.0)
 
-        def reset_state(self):
-            self.confusion.assign(ops.zeros((n_classes, n_classes)))
+    def reset_state(self):
+        self.confusion.assign(ops.zeros((self.n_classes, self.n_classes)))
 
-    return CohenKappa()
+    def get_config(self):
+        return {**super().get_config(), "n_classes": self.n_classes}
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,6 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     are restored and written, keyed by layer name, once training has finished. Returns
     (model with the best epoch's weights, training throughput in images per second).
     """
-    import keras
-
     settings = task.settings
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
@@ -233,7 +231,7 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", cohen_kappa_metric(len(task.classes))],
+        metrics=["accuracy", CohenKappa(len(task.classes))],
     )
     history_partial = partial_path(history_path)
     callbacks = [

@@ -69,8 +69,5 @@ def read_tsv(path: Path) -> pd.DataFrame:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, read in blocks so large files do not fill memory."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

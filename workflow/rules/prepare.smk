@@ -8,10 +8,10 @@ rule prepare:
         "logs/prepare/prepare.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("prepare")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("prepare")["mem_mb"],
-        runtime=job_resources("prepare")["runtime"],
+        mem_mb=4000,
+        runtime=60,
     params:
         image_dir=image_dir,
         columns=config["columns"],
@@ -22,7 +22,7 @@ rule prepare:
         scaled=[m for m in MODALITIES if modality_settings(m)["value_range"]],
         missing_images=config["missing_images"],
     script:
-        "../workflow_scripts/prepare.py"
+        "../scripts/prepare.py"
 
 
 rule folds:
@@ -34,13 +34,13 @@ rule folds:
         "logs/folds/folds.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("folds")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("folds")["mem_mb"],
-        runtime=job_resources("folds")["runtime"],
+        mem_mb=1000,
+        runtime=10,
     params:
         folds=config["cv"]["folds"],
         seed=config["cv"]["seed"],
         classes=config["classes"],
     script:
-        "../workflow_scripts/folds.py"
+        "../scripts/folds.py"

@@ -9,13 +9,13 @@ rule metadata:
         "logs/metadata/fold{fold}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("metadata")["threads"]
+    threads: 4
     resources:
-        mem_mb=job_resources("metadata")["mem_mb"],
-        runtime=job_resources("metadata")["runtime"],
+        mem_mb=4000,
+        runtime=60,
     params:
         classes=config["classes"],
         settings=config["metadata_model"],
         seed=config["cv"]["seed"],
     script:
-        "../workflow_scripts/metadata.py"
+        "../scripts/metadata.py"

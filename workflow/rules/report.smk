@@ -10,15 +10,15 @@ rule diagnostics:
         "logs/diagnostics/{combination}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("diagnostics")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("diagnostics")["mem_mb"],
-        runtime=job_resources("diagnostics")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         classes=config["classes"],
         metadata_weight=config["fusion"]["metadata_weight"],
     script:
-        "../workflow_scripts/diagnostics.py"
+        "../scripts/diagnostics.py"
 
 
 rule plot_fold_kappa:
@@ -34,14 +34,14 @@ rule plot_fold_kappa:
         "logs/plot_fold_kappa/plot_fold_kappa.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("plot_fold_kappa")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("plot_fold_kappa")["mem_mb"],
-        runtime=job_resources("plot_fold_kappa")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         combinations=list(COMBINATIONS),
     script:
-        "../workflow_scripts/plot_fold_kappa.py"
+        "../scripts/plot_fold_kappa.py"
 
 
 rule plot_confusion_matrices:
@@ -62,15 +62,15 @@ rule plot_confusion_matrices:
         "logs/plot_confusion_matrices/plot_confusion_matrices.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("plot_confusion_matrices")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("plot_confusion_matrices")["mem_mb"],
-        runtime=job_resources("plot_confusion_matrices")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
     script:
-        "../workflow_scripts/plot_confusion_matrices.py"
+        "../scripts/plot_confusion_matrices.py"
 
 
 rule plot_learning_curves:
@@ -89,14 +89,14 @@ rule plot_learning_curves:
         "logs/plot_learning_curves/{modality}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("plot_learning_curves")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("plot_learning_curves")["mem_mb"],
-        runtime=job_resources("plot_learning_curves")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         folds=FOLDS,
     script:
-        "../workflow_scripts/plot_learning_curves.py"
+        "../scripts/plot_learning_curves.py"
 
 
 rule plot_weight_sweep:
@@ -112,14 +112,14 @@ rule plot_weight_sweep:
         "logs/plot_weight_sweep/{combination}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("plot_weight_sweep")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("plot_weight_sweep")["mem_mb"],
-        runtime=job_resources("plot_weight_sweep")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         metadata_weight=config["fusion"]["metadata_weight"],
     script:
-        "../workflow_scripts/plot_weight_sweep.py"
+        "../scripts/plot_weight_sweep.py"
 
 
 # A record of a completed run: written once the results it describes exist.
@@ -135,12 +135,12 @@ rule provenance:
         "logs/provenance/provenance.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("provenance")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("provenance")["mem_mb"],
-        runtime=job_resources("provenance")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         config=config,
         workflow_dir=workflow.basedir,
     script:
-        "../workflow_scripts/provenance.py"
+        "../scripts/provenance.py"

@@ -9,6 +9,7 @@ overfitting. V3 is the ``fusion`` rule's own result and is not recomputed here.
 
 import logging
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -52,36 +53,42 @@ def initial_logit(weight: float) -> float:
     return float(np.log(start / (1.0 - start)))
 
 
-def fusion_weight_layer(initial_weight: float, learned: bool):
-    """``w * rf + (1 - w) * image``; with ``learned``, ``w = sigmoid(logit)`` is trained (V1)."""
-    import keras
+@keras.saving.register_keras_serializable(package="fusion_dag")
+class WeightedFusion(keras.layers.Layer):
+    """``w * rf + (1 - w) * image``; with ``learned``, ``w = sigmoid(logit)`` is trained (V1),
+    starting from ``initial_weight``; without, it stays fixed (V2)."""
 
-    logit = initial_logit(initial_weight)
+    def __init__(self, initial_weight: float, learned: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_weight = initial_weight
+        self.learned = learned
 
-    class WeightedFusion(keras.layers.Layer):
-        def build(self, input_shape):
-            self.logit = self.add_weight(
-                shape=(),
-                initializer=keras.initializers.Constant(logit),
-                trainable=learned,
-                name="logit",
-            )
+    def build(self, input_shape):
+        self.logit = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(initial_logit(self.initial_weight)),
+            trainable=self.learned,
+            name="logit",
+        )
 
-        def call(self, inputs):
-            rf, image = inputs
-            weight = keras.ops.sigmoid(self.logit)
-            return weight * rf + (1.0 - weight) * image
+    def call(self, inputs):
+        rf, image = inputs
+        weight = keras.ops.sigmoid(self.logit)
+        return weight * rf + (1.0 - weight) * image
 
-    return WeightedFusion(name="fusion_weighted")
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "initial_weight": self.initial_weight,
+            "learned": self.learned,
+        }
 
 
 def build_joint_model(modality: str, size: int, n_classes: int, weight: float, learned: bool):
     """Image branch from random initialisation plus ``rf_probs``, fused inside one model."""
-    import keras
-
     branch = build_image_branch(modality, size, n_classes)
     rf_probs = keras.Input(shape=(n_classes,), name="rf_probs")
-    fused = fusion_weight_layer(weight, learned)([rf_probs, branch.output])
+    fused = WeightedFusion(weight, learned, name="fusion_weighted")([rf_probs, branch.output])
     return keras.Model([rf_probs, branch.input], fused, name=f"fusion_joint_{modality}")
 
 
@@ -95,8 +102,6 @@ def train_joint(
     optimizer, epochs, class weights and inner patient-grouped early stopping as the image
     branch, so the strategies differ only in how fusion is trained.
     """
-    import keras
-
     settings = task.settings
     keras.utils.set_random_seed(task.seed)
     columns = [f"prob_{c}" for c in task.classes]

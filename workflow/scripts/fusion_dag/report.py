@@ -40,27 +40,19 @@ def headline_table(per_fold: pd.DataFrame, combinations: list, classes: list) ->
 
 def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
     """Mean and std over folds of validation kappa, train kappa and gap per variant, with the
-    mean epochs run, best epoch and (V1) learned metadata weight."""
+    mean epochs run, best epoch and (V1) learned metadata weight: how far training moved it."""
     frame = pd.DataFrame(records + v3_records)
-    rows = []
-    for (combination, strategy, source), group in frame.groupby(
-        ["combination", "strategy", "rf_source"], sort=False
-    ):
-        row = {
-            "combination": combination,
-            "strategy": strategy,
-            "rf_source": source,
-            "n_folds": len(group),
-        }
-        for metric in ("kappa", "train_kappa", "gap"):
-            row[f"{metric}_mean"] = group[metric].mean()
-            row[f"{metric}_std"] = group[metric].std(ddof=1) if len(group) > 1 else 0.0
-        # How far training moved the fusion: epochs run, best epoch, V1's learned weight.
-        for metric in ("epochs", "best_epoch", "learned_weight"):
-            if metric in group:
-                row[f"{metric}_mean"] = group[metric].mean()
-        rows.append(row)
-    return pd.DataFrame(rows)
+    columns = {"n_folds": ("kappa", "size")}
+    for metric in ("kappa", "train_kappa", "gap"):
+        columns[f"{metric}_mean"] = (metric, "mean")
+        columns[f"{metric}_std"] = (metric, "std")
+    for metric in ("epochs", "best_epoch", "learned_weight"):
+        if metric in frame:
+            columns[f"{metric}_mean"] = (metric, "mean")
+    table = frame.groupby(["combination", "strategy", "rf_source"], sort=False).agg(**columns)
+    spreads = [name for name in table if name.endswith("_std")]
+    table.loc[table["n_folds"] == 1, spreads] = 0.0
+    return table.reset_index()
 
 
 def markdown_table(headline: pd.DataFrame) -> str:

@@ -11,15 +11,15 @@ rule fusion:
         "benchmarks/fusion/{combination}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
-    threads: job_resources("fusion")["threads"]
+    threads: 2
     resources:
-        mem_mb=job_resources("fusion")["mem_mb"],
-        runtime=job_resources("fusion")["runtime"],
+        mem_mb=4000,
+        runtime=30,
     params:
         classes=config["classes"],
         settings=fusion_settings,
     script:
-        "../workflow_scripts/fusion.py"
+        "../scripts/fusion.py"
 
 
 rule aggregate_results:
@@ -41,12 +41,12 @@ rule aggregate_results:
         "logs/aggregate_results/aggregate_results.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("aggregate_results")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("aggregate_results")["mem_mb"],
-        runtime=job_resources("aggregate_results")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
     script:
-        "../workflow_scripts/aggregate_results.py"
+        "../scripts/aggregate_results.py"

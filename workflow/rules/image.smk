@@ -8,15 +8,15 @@ rule image_cache:
         "logs/image_cache/{modality}.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("image_cache")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("image_cache")["mem_mb"],
-        runtime=job_resources("image_cache")["runtime"],
+        mem_mb=4000,
+        runtime=60,
     params:
         size=image_setting("size"),
         value_range=image_setting("value_range"),
     script:
-        "../workflow_scripts/image_cache.py"
+        "../scripts/image_cache.py"
 
 
 rule image:
@@ -36,13 +36,13 @@ rule image:
         "benchmarks/image/{modality}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
-    threads: job_resources("image")["threads"]
+    threads: 4
     resources:
-        mem_mb=job_resources("image")["mem_mb"],
-        runtime=job_resources("image")["runtime"],
+        mem_mb=8000,
+        runtime=240,
     params:
         classes=config["classes"],
         settings=lambda wildcards: modality_settings(wildcards.modality),
         seed=config["cv"]["seed"],
     script:
-        "../workflow_scripts/image.py"
+        "../scripts/image.py"

@@ -12,17 +12,17 @@ rule ablation_fold:
         "logs/ablation_fold/{combination}/fold{fold}.log",
     conda:
         "../envs/tensorflow.yaml"
-    threads: job_resources("ablation_fold")["threads"]
+    threads: 4
     resources:
-        mem_mb=job_resources("ablation_fold")["mem_mb"],
-        runtime=job_resources("ablation_fold")["runtime"],
+        mem_mb=8000,
+        runtime=480,
     params:
         classes=config["classes"],
         settings=lambda wildcards: modality_settings(PAIRS[wildcards.combination]),
         metadata_weight=config["fusion"]["metadata_weight"],
         seed=config["cv"]["seed"],
     script:
-        "../workflow_scripts/ablation_fold.py"
+        "../scripts/ablation_fold.py"
 
 
 rule aggregate_ablation:
@@ -42,11 +42,11 @@ rule aggregate_ablation:
         "logs/aggregate_ablation/aggregate_ablation.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("aggregate_ablation")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("aggregate_ablation")["mem_mb"],
-        runtime=job_resources("aggregate_ablation")["runtime"],
+        mem_mb=2000,
+        runtime=10,
     params:
         combinations=list(PAIRS),
     script:
-        "../workflow_scripts/aggregate_ablation.py"
+        "../scripts/aggregate_ablation.py"

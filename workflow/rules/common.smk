@@ -6,7 +6,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-SCHEMA_PATH = f"{workflow.basedir}/config/schema.yaml"
+SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 
 
 def command_line_values(value, schema):
@@ -230,12 +230,6 @@ def ablation_inputs(pattern):
         return expand(pattern, combination=PAIRS, fold=FOLDS)
 
     return inputs
-
-
-def job_resources(rule_name):
-    """Threads, mem_mb and runtime for a rule: its `resources` entry over the default."""
-    settings = config["resources"]
-    return {**settings["default"], **settings.get(rule_name, {})}
 
 
 def image_dir(wildcards):

@@ -6,12 +6,12 @@ rule demo_data:
         "logs/demo_data/demo_data.log",
     conda:
         "../envs/tabular.yaml"
-    threads: job_resources("demo_data")["threads"]
+    threads: 1
     resources:
-        mem_mb=job_resources("demo_data")["mem_mb"],
-        runtime=job_resources("demo_data")["runtime"],
+        mem_mb=2000,
+        runtime=30,
     params:
         patients=config["demo"]["patients"],
         seed=config["demo"]["seed"],
     script:
-        "../workflow_scripts/demo_data.py"
+        "../scripts/demo_data.py"

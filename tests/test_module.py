@@ -1,0 +1,48 @@
+"""The workflow reused as a Snakemake module from another folder, with the user's own config."""
+
+import copy
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO, SNAKEFILE, TINY, run_command
+
+pytestmark = pytest.mark.workflow
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``override`` over ``base``, mappings merged key by key (as Snakemake merges configs)."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def test_module_deployed_from_another_folder_runs_the_tiny_case(tmp_path):
+    defaults = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    user_config = merged(defaults, {**TINY, "combinations": [["metadata", "thermal_map"]]})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(user_config))
+    (tmp_path / "Snakefile").write_text(
+        f'''configfile: "config.yaml"
+
+
+module fusion_dag:
+    snakefile:
+        "{SNAKEFILE}"
+    config:
+        config
+
+
+use rule * from fusion_dag
+'''
+    )
+    result = run_command(tmp_path, ["--cores", "2", "fusion_results"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
+    assert headline["combination"].tolist() == ["metadata+thermal_map"]
+    log = (tmp_path / "logs/fusion/metadata+thermal_map/fold1.log").read_text()
+    assert "Loaded weights for layer: thermal_map_conv1" in log
