@@ -103,7 +103,7 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
     from fusion_dag.image import build_image_branch, configure_tensorflow, inner_split
 
     settings = config["image_model"]
-    stage = workdir / f"results/image/thermal_map/fold{fold}"
+    stage = workdir / f"results/image/thermal_map/repeat1/fold{fold}"
     job_metrics = read_json(stage / "metrics.json")
     epochs = len(pd.read_csv(stage / "history.tsv", sep="\t"))
     configure_tensorflow(settings["intra_op_threads"], 2, config["cv"]["seed"])
@@ -113,7 +113,7 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
         workdir / "results/prepared/images/thermal_map.npy",
         workdir / "results/prepared/images/thermal_map.ids.tsv",
     )
-    folds = read_tsv(workdir / "results/folds.tsv")
+    folds = read_tsv(workdir / "results/folds/repeat1.tsv")
     train = folds[split_rows(folds, fold) == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], config["cv"]["seed"])
 
@@ -158,14 +158,14 @@ def v2_fit_seconds(workdir: Path, config: dict, fold: int, epochs: int) -> float
             workdir / "results/prepared/images/thermal_map.npy",
             workdir / "results/prepared/images/thermal_map.ids.tsv",
         ),
-        folds=read_tsv(workdir / "results/folds.tsv"),
+        folds=read_tsv(workdir / "results/folds/repeat1.tsv"),
         fold=fold,
         modality="thermal_map",
         classes=config["classes"],
         settings={**config["image_model"], "epochs": epochs, "patience": epochs},
         seed=config["cv"]["seed"],
     )
-    rf_probs = read_tsv(workdir / f"results/metadata/fold{fold}/probs.tsv")
+    rf_probs = read_tsv(workdir / f"results/metadata/repeat1/fold{fold}/probs.tsv")
     start = time.perf_counter()
     train_joint(task, "V2", rf_probs, config["fusion"]["metadata_weight"])
     return time.perf_counter() - start
@@ -216,6 +216,7 @@ def main() -> None:
         config["demo"]["patients"] = 40
         config["metadata_model"]["n_estimators"] = 30
         config["image_model"].update({"size": 24, "epochs": 2})
+        config["cv"]["repeats"] = 1
         scales, repeats = [1], 1
     else:
         scales, repeats = [1, 2, 4], args.repeats
@@ -224,8 +225,8 @@ def main() -> None:
     reruns = measure_rerun_costs(root, config, repeats)
     workdir = reruns["workdir"]
     throughput = plain_fit_throughput(workdir, config, 1, repeats)
-    image_seconds = benchmark_seconds(workdir, "image/thermal_map/fold1.tsv")
-    fusion_seconds = benchmark_seconds(workdir, "fusion/metadata+thermal_map/fold1.tsv")
+    image_seconds = benchmark_seconds(workdir, "image/thermal_map/repeat1/fold1.tsv")
+    fusion_seconds = benchmark_seconds(workdir, "fusion/metadata+thermal_map/repeat1/fold1.tsv")
     v2_seconds = v2_fit_seconds(workdir, config, 1, throughput["epochs"])
     growth = measure_growth(root, config, scales)
 

@@ -93,6 +93,8 @@ def keras_fits(monkeypatch):
 
 TINY = {
     "demo": {"patients": 40, "seed": 7},
+    # One partition keeps the end-to-end tests fast; tests of repeats raise it themselves.
+    "cv": {"folds": 3, "repeats": 1, "seed": 42},
     "combinations": [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]],
     "metadata_model": {
         "n_estimators": 30,

@@ -12,6 +12,9 @@ pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 # Jobs that only summarise cached results: tables, diagnostics, figures and the target.
 AGGREGATION = {
+    "fold_table",
+    "oof",
+    "plot_evaluation",
     "aggregate_results",
     "diagnostics",
     "plot_fold_kappa",
@@ -36,12 +39,12 @@ def test_full_run_writes_three_rows_and_contract_logs(tiny_run):
         "thermal_map",
         "metadata+thermal_map",
     ]
-    log = (tiny_run / "logs/fusion/metadata+thermal_map/fold2.log").read_text()
+    log = (tiny_run / "logs/fusion/metadata+thermal_map/repeat1/fold2.log").read_text()
     assert "Loaded weights for layer: thermal_map_conv1" in log
     assert "Frozen layer: thermal_map_probs" in log
     assert "Fusion weights: RF=0.70, Image=0.30" in log
-    assert (tiny_run / "results/image/thermal_map/fold3/checkpoint.weights.h5").is_file()
-    assert "Epoch 1/3" in (tiny_run / "logs/image/thermal_map/fold1.log").read_text()
+    assert (tiny_run / "results/image/thermal_map/repeat1/fold3/checkpoint.weights.h5").is_file()
+    assert "Epoch 1/3" in (tiny_run / "logs/image/thermal_map/repeat1/fold1.log").read_text()
 
 
 def test_nothing_changed_schedules_nothing(tiny_run):
@@ -62,7 +65,7 @@ def test_image_setting_change_never_reruns_metadata(tiny_run):
 
 
 def test_deleted_checkpoint_retrains_exactly_that_image_job(tiny_copy):
-    (tiny_copy / "results/image/thermal_map/fold2/checkpoint.weights.h5").unlink()
+    (tiny_copy / "results/image/thermal_map/repeat1/fold2/checkpoint.weights.h5").unlink()
     jobs = dry_run(tiny_copy, TINY)
     assert jobs.pop("image") == 1 and jobs.pop("fusion") == 2
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
@@ -75,7 +78,9 @@ def test_changed_checkpoint_reruns_exactly_its_fusion_jobs(tiny_copy):
     Snakemake compares checksums of small files before rerunning on a newer timestamp.
     """
     stage = tiny_copy / "results/image/thermal_map"
-    shutil.copyfile(stage / "fold1/checkpoint.weights.h5", stage / "fold2/checkpoint.weights.h5")
+    shutil.copyfile(
+        stage / "repeat1/fold1/checkpoint.weights.h5", stage / "repeat1/fold2/checkpoint.weights.h5"
+    )
     result = run_snakemake(tiny_copy, "-n", "fusion_results", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -84,9 +89,26 @@ def test_changed_checkpoint_reruns_exactly_its_fusion_jobs(tiny_copy):
     assert set(jobs) <= AGGREGATION
     fusion_jobs = set(re.findall(r"rule fusion:\n(?:    .*\n)*?    wildcards: (.*)", output))
     assert fusion_jobs == {
-        "combination=metadata+thermal_map, fold=2",
-        "combination=thermal_map, fold=2",
+        "combination=metadata+thermal_map, repeat=1, fold=2",
+        "combination=thermal_map, repeat=1, fold=2",
     }
+
+
+def test_raising_repeats_trains_only_the_new_partition(tiny_run):
+    config = {**TINY, "cv": {**TINY["cv"], "repeats": 2}}
+    result = run_snakemake(tiny_run, "-n", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    jobs = scheduled_jobs(output)
+    assert (jobs.pop("folds"), jobs.pop("metadata"), jobs.pop("image")) == (1, 3, 3)
+    assert jobs.pop("fusion") == 9 and set(jobs) <= AGGREGATION
+    trained = re.findall(
+        r"rule (?:folds|metadata|image|fusion):\n(?:    .*\n)*?    wildcards: (.*)", output
+    )
+    assert trained and all("repeat=2" in wildcards for wildcards in trained)
+    ablation = run_snakemake(tiny_run, "-n", "ablation", config=config)
+    assert ablation.returncode == 0, ablation.stderr[-3000:]
+    assert scheduled_jobs(ablation.stdout + ablation.stderr)["ablation_fold"] == 6
 
 
 def test_image_alone_needs_no_metadata(tmp_path):
@@ -110,3 +132,10 @@ def test_fusion_waits_for_the_pretrained_checkpoint(tmp_path):
             edges.add((source, target))
     rules = {(nodes[a], nodes[b]) for a, b in edges}
     assert ("image", "fusion") in rules and ("metadata", "fusion") in rules
+
+
+def test_job_counts_come_from_a_job_table_or_an_explicit_nothing_to_do():
+    nothing = "Building DAG of jobs...\nNothing to be done (all requested files are present)."
+    assert scheduled_jobs(nothing) == {}
+    with pytest.raises(AssertionError, match="no job table"):
+        scheduled_jobs("WorkflowError: the DAG could not be built")

@@ -18,7 +18,7 @@ from fusion_dag.image import branch_probabilities, build_image_branch
 from tests.conftest import CLASSES, branch_fold, train_tiny_branch
 
 PROBS = [f"prob_{c}" for c in CLASSES]
-EXPECTED = {"fold": 1, "classes": CLASSES}
+EXPECTED = {"repeat": 1, "fold": 1, "classes": CLASSES}
 
 
 def test_metadata_takes_its_weight_and_images_share_the_rest():
@@ -46,7 +46,7 @@ def pretrained(cached, tmp_path_factory):
     model = train_tiny_branch(cached, folder, epochs=2)
     probs = branch_probabilities(model, branch_fold(cached))
     checkpoint = folder / "checkpoint.weights.h5"
-    manifest = checkpoint_manifest(model, "thermal_map", 1, CLASSES, checkpoint)
+    manifest = checkpoint_manifest(model, "thermal_map", 1, 1, CLASSES, checkpoint)
     return checkpoint, probs, manifest, model
 
 
@@ -161,7 +161,7 @@ def test_another_branchs_layers_are_refused_even_with_a_forged_modality(
     save_branch_weights(depth, "depth_map", path)
     rewrite(path, path, lambda handle: handle.attrs.modify("modality", "thermal_map"))
     thermal = build_image_branch("thermal_map", 24, 3)
-    forged = checkpoint_manifest(thermal, "thermal_map", 1, CLASSES, path)
+    forged = checkpoint_manifest(thermal, "thermal_map", 1, 1, CLASSES, path)
     with pytest.raises(
         CheckpointError,
         match=r"fusion model layers not in the file \['thermal_map_conv1'.*"
@@ -245,8 +245,11 @@ def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path
     assert "fold is 1, the fusion job needs 2" in refused(
         cached, pretrained, expected={**EXPECTED, "fold": 2}
     )
+    assert "repeat is 1, the fusion job needs 3" in refused(
+        cached, pretrained, expected={**EXPECTED, "repeat": 3}
+    )
     assert "classes is ['I', 'P', 'R'], the fusion job needs ['A', 'B', 'C']" in refused(
-        cached, pretrained, expected={"fold": 1, "classes": ["A", "B", "C"]}
+        cached, pretrained, expected={**EXPECTED, "classes": ["A", "B", "C"]}
     )
     other = {**manifest, "modality": "depth_map"}
     assert "modality is 'depth_map', the fusion job needs 'thermal_map'" in refused(

@@ -7,7 +7,13 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.pipeline import Pipeline
 
 from fusion_dag.folds import assign_folds
-from fusion_dag.metadata import feature_frame, fold_probabilities, load_pipeline, save_pipeline
+from fusion_dag.metadata import (
+    feature_frame,
+    fit_probabilities,
+    fold_probabilities,
+    load_pipeline,
+    save_pipeline,
+)
 from fusion_dag.prepare import prepare_inputs
 from tests.conftest import CLASSES, COLUMNS
 
@@ -42,6 +48,15 @@ def test_training_probabilities_are_out_of_fold(fitted):
     out_of_fold_kappa = cohen_kappa_score(truth, train[PROBS].to_numpy().argmax(axis=1))
     assert in_sample_kappa > 0.8
     assert out_of_fold_kappa < in_sample_kappa - 0.3
+
+
+def test_fit_probabilities_are_the_training_rows_in_sample(fitted):
+    samples, _, probs, pipeline = fitted
+    fit = fit_probabilities(pipeline, samples, probs, CLASSES)
+    train = probs[probs["split"] == "train"]
+    assert fit["id"].tolist() == train["id"].tolist() and set(fit["split"]) == {"train"}
+    merged = train.merge(fit, on=["id", "split"], suffixes=("_oof", "_fit"))
+    assert (merged["prob_I_oof"] != merged["prob_I_fit"]).mean() > 0.9
 
 
 def test_pipeline_round_trips_through_skops(fitted, tmp_path):

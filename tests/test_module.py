@@ -24,7 +24,15 @@ def merged(base: dict, override: dict) -> dict:
 
 def test_module_deployed_from_another_folder_runs_the_tiny_case(tmp_path):
     defaults = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    user_config = merged(defaults, {**TINY, "combinations": [["metadata", "thermal_map"]]})
+    # Two repeats: the module run is also the end-to-end test of repeated partitions.
+    user_config = merged(
+        defaults,
+        {
+            **TINY,
+            "combinations": [["metadata"], ["metadata", "thermal_map"]],
+            "cv": {"folds": 3, "repeats": 2, "seed": 42},
+        },
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(user_config))
     (tmp_path / "Snakefile").write_text(
         f'''configfile: "config.yaml"
@@ -43,6 +51,23 @@ use rule * from fusion_dag
     result = run_command(tmp_path, ["--cores", "2", "fusion_results"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
-    assert headline["combination"].tolist() == ["metadata+thermal_map"]
-    log = (tmp_path / "logs/fusion/metadata+thermal_map/fold1.log").read_text()
+    assert headline["combination"].tolist() == ["metadata", "metadata+thermal_map"]
+    assert headline["n_repeats"].tolist() == [2, 2]
+    log = (tmp_path / "logs/fusion/metadata+thermal_map/repeat2/fold1.log").read_text()
     assert "Loaded weights for layer: thermal_map_conv1" in log
+    folds = pd.read_csv(tmp_path / "results/folds.tsv", sep="\t")
+    # No patient in two folds within a repeat; the two repeats are different partitions.
+    assert folds.groupby(["repeat", "group"])["fold"].nunique().max() == 1
+    by_repeat = folds.pivot(index="id", columns="repeat", values="fold")
+    assert (by_repeat[1] != by_repeat[2]).mean() > 0.3
+    oof = pd.read_csv(tmp_path / "results/fusion/metadata+thermal_map/oof.tsv", sep="\t")
+    assert oof.groupby("repeat")["id"].nunique().tolist() == [folds["id"].nunique()] * 2
+    comparisons = pd.read_csv(tmp_path / "results/comparisons.tsv", sep="\t")
+    assert (
+        comparisons["versus"].tolist() == ["metadata"]
+        and comparisons["p_value"].between(0, 1).all()
+    )
+    sweep = pd.read_csv(
+        tmp_path / "results/diagnostics/metadata+thermal_map/weight_sweep.tsv", sep="\t"
+    )
+    assert sweep.groupby("repeat")["fold"].nunique().tolist() == [3, 3]

@@ -17,7 +17,7 @@ from tests.conftest import TINY, run_snakemake, snakemake_command
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
-IMAGE_LOG = "logs/image/thermal_map/fold{}.log"
+IMAGE_LOG = "logs/image/thermal_map/repeat1/fold{}.log"
 
 
 def kill_during_image_training(workdir, timeout=300) -> int:
@@ -50,7 +50,7 @@ def resumed(tmp_path_factory):
     fold = kill_during_image_training(workdir)
     # The premise: the kill landed while that image job was incomplete (no checkpoint yet,
     # and Snakemake's incomplete marker for it left behind).
-    stage = workdir / f"results/image/thermal_map/fold{fold}"
+    stage = workdir / f"results/image/thermal_map/repeat1/fold{fold}"
     assert not (stage / "checkpoint.weights.h5").exists()
     assert any((workdir / ".snakemake/incomplete").iterdir())
     assert not (workdir / "results/fusion_results.tsv").exists()
@@ -61,7 +61,7 @@ def resumed(tmp_path_factory):
     assert result.returncode == 0, output[-5000:]
     # ...and the resumed run re-ran exactly that job.
     reran = re.findall(r"rule image:\n(?:    .*\n)*?    wildcards: (.*)", output)
-    assert f"modality=thermal_map, fold={fold}" in reran, reran
+    assert f"modality=thermal_map, repeat=1, fold={fold}" in reran, reran
     return workdir
 
 
@@ -77,16 +77,16 @@ def test_same_config_gives_identical_folds_metadata_fusion_and_headline(resumed,
         "results/fusion_results_per_fold.tsv",
     ]
     for fold in (1, 2, 3):
-        paths.append(f"results/metadata/fold{fold}/probs.tsv")
+        paths.append(f"results/metadata/repeat1/fold{fold}/probs.tsv")
         for combination in ("metadata", "thermal_map", "metadata+thermal_map"):
-            paths.append(f"results/fusion/{combination}/fold{fold}/probs.tsv")
+            paths.append(f"results/fusion/{combination}/repeat1/fold{fold}/probs.tsv")
     for path in paths:
         assert (resumed / path).read_bytes() == (tiny_run / path).read_bytes(), path
 
 
 def test_same_config_gives_identical_checkpoints_and_image_probabilities(resumed, tiny_run):
     for fold in (1, 2, 3):
-        stage = f"results/image/thermal_map/fold{fold}"
+        stage = f"results/image/thermal_map/repeat1/fold{fold}"
         first = pd.read_csv(tiny_run / stage / "probs.tsv", sep="\t")
         again = pd.read_csv(resumed / stage / "probs.tsv", sep="\t")
         assert first["id"].tolist() == again["id"].tolist()
@@ -104,15 +104,15 @@ def test_provenance_records_config_versions_data_and_commit(tiny_run):
     assert len(record["data"]["samples"]["sha256"]) == 64
     assert record["data"]["thermal_map"]["images"] > 0
     assert "commit" in record["workflow"]
-    image_job = record["jobs"]["results/image/thermal_map/fold1/metrics.json"]
+    image_job = record["jobs"]["results/image/thermal_map/repeat1/fold1/metrics.json"]
     assert image_job["intra_op_threads"] == TINY["image_model"]["intra_op_threads"]
     assert image_job["op_determinism"] is True and image_job["threads"] >= 1
-    assert "results/fusion/metadata+thermal_map/fold2/metrics.json" in record["jobs"]
+    assert "results/fusion/metadata+thermal_map/repeat1/fold2/metrics.json" in record["jobs"]
 
 
 def test_image_numbers_follow_the_config_not_the_cores(tmp_path):
     """Byte-identical checkpoints with 1 and 2 job threads; another intra-op setting differs."""
-    target = "results/image/thermal_map/fold1/checkpoint.weights.h5"
+    target = "results/image/thermal_map/repeat1/fold1/checkpoint.weights.h5"
     config = {**TINY, "combinations": [["thermal_map"]]}
 
     def train(cores, intra_op_threads, *extra):

@@ -74,9 +74,9 @@ def test_cluster_jobs_go_through_sbatch_and_results_match_a_local_run(slurm, tmp
     }
     for path in [
         "results/folds.tsv",
-        "results/metadata/fold1/probs.tsv",
-        "results/metadata/fold3/probs.tsv",
-        "results/fusion/metadata/fold2/metrics.json",
+        "results/metadata/repeat1/fold1/probs.tsv",
+        "results/metadata/repeat1/fold3/probs.tsv",
+        "results/fusion/metadata/repeat1/fold2/metrics.json",
         "results/fusion_results.tsv",
     ]:
         assert (cluster / path).read_bytes() == (local / path).read_bytes(), path

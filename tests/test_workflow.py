@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import CLASSES, TINY, run_snakemake
 
+PROBS = [f"prob_{c}" for c in CLASSES]
+
 pytestmark = pytest.mark.workflow
 
 METADATA_ONLY = {**TINY, "combinations": [["metadata"]]}
@@ -16,23 +18,41 @@ METADATA_ONLY = {**TINY, "combinations": [["metadata"]]}
 def test_outputs_follow_the_contract(tiny_run):
     results = tiny_run / "results"
     folds = pd.read_csv(results / "folds.tsv", sep="\t")
-    assert list(folds.columns) == ["id", "group", "label", "fold"]
-    assert folds.groupby("group")["fold"].nunique().max() == 1
-    probs = pd.read_csv(results / "metadata/fold2/probs.tsv", sep="\t")
+    assert list(folds.columns) == ["id", "group", "label", "repeat", "fold"]
+    assert folds.groupby(["repeat", "group"])["fold"].nunique().max() == 1
+    probs = pd.read_csv(results / "metadata/repeat1/fold2/probs.tsv", sep="\t")
     assert list(probs.columns) == ["id", "split", *[f"prob_{c}" for c in CLASSES]]
-    assert (results / "metadata/fold2/model.skops").is_file()
-    metrics = json.loads((results / "fusion/metadata/fold1/metrics.json").read_text())
-    assert metrics["combination"] == "metadata" and metrics["fold"] == 1
+    assert (results / "metadata/repeat1/fold2/model.skops").is_file()
+    metrics = json.loads((results / "fusion/metadata/repeat1/fold1/metrics.json").read_text())
+    assert (metrics["combination"], metrics["repeat"], metrics["fold"]) == ("metadata", 1, 1)
     headline = pd.read_csv(results / "fusion_results.tsv", sep="\t")
     assert headline["combination"].tolist() == ["metadata", "thermal_map", "metadata+thermal_map"]
-    assert {"kappa_mean", "kappa_std", "qwk_mean", "gap_mean", "pred_frac_R"} <= set(headline)
-    assert headline.loc[0, "n_folds"] == 3
+    assert headline.loc[0, ["n_folds", "n_repeats"]].tolist() == [3, 1]
+    # Every interval holds its point estimate.
+    for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "brier", "log_loss", "ece"):
+        low, point, high = (headline[f"{metric}_{part}"] for part in ("ci_low", "mean", "ci_high"))
+        assert ((low <= point) & (point <= high)).all(), metric
+    # Forests memorise: in-sample kappa is far above the out-of-fold train kappa.
+    assert headline.loc[0, "fit_kappa_mean"] > headline.loc[0, "train_kappa_mean"] + 0.3
     per_fold = pd.read_csv(results / "fusion_results_per_fold.tsv", sep="\t")
     metadata = per_fold[per_fold["combination"] == "metadata"]
-    assert metadata["fold"].tolist() == [1, 2, 3]
-    assert headline.loc[0, "kappa_mean"] == pytest.approx(metadata["kappa"].mean())
+    assert metadata[["repeat", "fold"]].values.tolist() == [[1, 1], [1, 2], [1, 3]]
+    oof = pd.read_csv(results / "fusion/metadata/oof.tsv", sep="\t")
+    assert list(oof.columns) == ["repeat", "fold", "id", "group", "label", *PROBS]
+    assert sorted(oof["id"]) == sorted(folds["id"]) and headline.loc[0, "n_rows"] == len(oof)
+    comparisons = pd.read_csv(results / "comparisons.tsv", sep="\t")
+    assert comparisons[["combination", "versus"]].values.tolist() == [
+        ["metadata+thermal_map", "metadata"],
+        ["metadata+thermal_map", "thermal_map"],
+    ]
+    # Both sides of each comparison are scored on the same rows: all of them here.
+    assert (comparisons["n_rows"] == len(oof)).all()
     assert "| metadata" in (results / "fusion_results.md").read_text()
-    for log in ["prepare/prepare.log", "metadata/fold1.log", "fusion/metadata/fold3.log"]:
+    for log in [
+        "prepare/prepare.log",
+        "metadata/repeat1/fold1.log",
+        "fusion/metadata/repeat1/fold3.log",
+    ]:
         assert (tiny_run / "logs" / log).stat().st_size > 0
 
 

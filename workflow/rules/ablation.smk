@@ -1,15 +1,15 @@
 rule ablation_fold:
     input:
         samples="results/prepared/samples.tsv",
-        folds="results/folds.tsv",
-        metadata="results/metadata/fold{fold}/probs.tsv",
-        model="results/metadata/fold{fold}/model.skops",
+        folds="results/folds/repeat{repeat}.tsv",
+        metadata="results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
+        fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
         cache=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.npy",
         ids=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.ids.tsv",
     output:
-        metrics="results/ablation/{combination}/fold{fold}/metrics.tsv",
+        metrics="results/ablation/{combination}/repeat{repeat}/fold{fold}/metrics.tsv",
     log:
-        "logs/ablation_fold/{combination}/fold{fold}.log",
+        "logs/ablation_fold/{combination}/repeat{repeat}/fold{fold}.log",
     conda:
         "../envs/tensorflow.yaml"
     threads: 4
@@ -28,9 +28,11 @@ rule ablation_fold:
 rule aggregate_ablation:
     input:
         ablation=ablation_inputs(
-            "results/ablation/{combination}/fold{fold}/metrics.tsv"
+            "results/ablation/{combination}/repeat{repeat}/fold{fold}/metrics.tsv"
         ),
-        v3=ablation_inputs("results/fusion/{combination}/fold{fold}/metrics.json"),
+        v3=ablation_inputs(
+            "results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json"
+        ),
     output:
         table=report(
             "results/ablation.tsv",

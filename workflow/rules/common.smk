@@ -112,7 +112,10 @@ MODALITIES = {
 IGNORED_IMAGE_COLUMNS = sorted(
     {modality_column(name) for name in config["modalities"]} - set(MODALITIES.values())
 )
+REPEATS = list(range(1, config["cv"]["repeats"] + 1))
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
+# (repeat, fold) of every partition's fold, in the order expand() lists their files.
+PARTITIONS = [(repeat, fold) for repeat in REPEATS for fold in FOLDS]
 # Combinations of metadata with exactly one image: the ones diagnostics and the ablation study.
 PAIRS = {
     name: members[1]
@@ -123,23 +126,33 @@ DEMO_TABLE = "resources/demo/samples.csv"
 
 
 wildcard_constraints:
+    repeat=r"\d+",
     fold=r"\d+",
     combination="|".join(re.escape(name) for name in COMBINATIONS),
     modality="|".join(re.escape(name) for name in MODALITIES) or "(?!)",
 
 
+def partition_seed(wildcards):
+    """The seed of one repeat's partition: cv.seed for repeat 1, then cv.seed + 1, ..."""
+    return config["cv"]["seed"] + int(wildcards.repeat) - 1
+
+
 def fusion_inputs(wildcards):
-    """What a combination fuses: the fold's metadata probabilities and, for each image member,
+    """What a combination fuses: the fold's metadata probabilities (out-of-fold and in-sample,
+    for fit_kappa) and, for each image member,
     its pretrained checkpoint (so fusion cannot run before the image stage), probabilities and
     image cache."""
     members = COMBINATIONS[wildcards.combination]
-    fold = wildcards.fold
+    repeat, fold = wildcards.repeat, wildcards.fold
     inputs = {}
     if "metadata" in members:
-        inputs["metadata"] = f"results/metadata/fold{fold}/probs.tsv"
+        inputs["metadata"] = f"results/metadata/repeat{repeat}/fold{fold}/probs.tsv"
+        inputs["metadata_fit"] = (
+            f"results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv"
+        )
     for modality in members:
         if modality != "metadata":
-            stage = f"results/image/{modality}/fold{fold}"
+            stage = f"results/image/{modality}/repeat{repeat}/fold{fold}"
             inputs[f"{modality}_checkpoint"] = f"{stage}/checkpoint.weights.h5"
             inputs[f"{modality}_sidecar"] = f"{stage}/checkpoint.json"
             inputs[f"{modality}_probs"] = f"{stage}/probs.tsv"
@@ -171,24 +184,31 @@ def trained_models(wildcards):
     it does rebuild a missing input of a target rule that has no outputs of its own.
     """
     models = expand(
-        "results/image/{modality}/fold{fold}/checkpoint.weights.h5",
+        "results/image/{modality}/repeat{repeat}/fold{fold}/checkpoint.weights.h5",
         modality=MODALITIES,
+        repeat=REPEATS,
         fold=FOLDS,
     )
     if any("metadata" in members for members in COMBINATIONS.values()):
-        models += expand("results/metadata/fold{fold}/model.skops", fold=FOLDS)
+        models += expand(
+            "results/metadata/repeat{repeat}/fold{fold}/model.skops",
+            repeat=REPEATS,
+            fold=FOLDS,
+        )
     return models
 
 
 def run_metrics(wildcards):
     """Every image and fusion job's metrics, which record how each job ran (threads)."""
     return expand(
-        "results/image/{modality}/fold{fold}/metrics.json",
+        "results/image/{modality}/repeat{repeat}/fold{fold}/metrics.json",
         modality=MODALITIES,
+        repeat=REPEATS,
         fold=FOLDS,
     ) + expand(
-        "results/fusion/{combination}/fold{fold}/metrics.json",
+        "results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json",
         combination=COMBINATIONS,
+        repeat=REPEATS,
         fold=FOLDS,
     )
 
@@ -196,8 +216,9 @@ def run_metrics(wildcards):
 def diagnostic_image_probs(wildcards):
     """Every fold's image probabilities for the image in a metadata + image combination."""
     return expand(
-        "results/image/{modality}/fold{fold}/probs.tsv",
+        "results/image/{modality}/repeat{repeat}/fold{fold}/probs.tsv",
         modality=PAIRS[wildcards.combination],
+        repeat=REPEATS,
         fold=FOLDS,
     )
 
@@ -205,6 +226,11 @@ def diagnostic_image_probs(wildcards):
 def report_figures(wildcards):
     """Figures and diagnostics the fusion_results target produces for this selection."""
     figures = ["results/plots/fold_kappa.png", "results/plots/confusion_matrices.png"]
+    figures += [
+        "results/plots/kappa_intervals.png",
+        "results/plots/comparisons.png",
+        "results/plots/reliability.png",
+    ]
     figures += expand(
         "results/plots/learning_curves_{modality}.png", modality=MODALITIES
     )
@@ -227,7 +253,7 @@ def ablation_inputs(pattern):
                 "The ablation compares fusions of metadata with one image modality: add a "
                 "combination such as [metadata, thermal_map] to 'combinations'"
             )
-        return expand(pattern, combination=PAIRS, fold=FOLDS)
+        return expand(pattern, combination=PAIRS, repeat=REPEATS, fold=FOLDS)
 
     return inputs
 

@@ -3,12 +3,12 @@ rule fusion:
         unpack(fusion_inputs),
         samples="results/prepared/samples.tsv",
     output:
-        probs="results/fusion/{combination}/fold{fold}/probs.tsv",
-        metrics="results/fusion/{combination}/fold{fold}/metrics.json",
+        probs="results/fusion/{combination}/repeat{repeat}/fold{fold}/probs.tsv",
+        metrics="results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json",
     log:
-        "logs/fusion/{combination}/fold{fold}.log",
+        "logs/fusion/{combination}/repeat{repeat}/fold{fold}.log",
     benchmark:
-        "benchmarks/fusion/{combination}/fold{fold}.tsv"
+        "benchmarks/fusion/{combination}/repeat{repeat}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
     threads: 2
@@ -22,13 +22,41 @@ rule fusion:
         "../scripts/fusion.py"
 
 
+# Each row's validation prediction from the fold that held it out, per repeat.
+rule oof:
+    input:
+        folds="results/folds.tsv",
+        probs=expand(
+            "results/fusion/{{combination}}/repeat{repeat}/fold{fold}/probs.tsv",
+            repeat=REPEATS,
+            fold=FOLDS,
+        ),
+    output:
+        oof="results/fusion/{combination}/oof.tsv",
+    log:
+        "logs/oof/{combination}.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        partitions=PARTITIONS,
+        classes=config["classes"],
+    script:
+        "../scripts/oof.py"
+
+
 rule aggregate_results:
     input:
         metrics=expand(
-            "results/fusion/{combination}/fold{fold}/metrics.json",
+            "results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json",
             combination=COMBINATIONS,
+            repeat=REPEATS,
             fold=FOLDS,
         ),
+        oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
     output:
         per_fold="results/fusion_results_per_fold.tsv",
         table=report(
@@ -37,6 +65,12 @@ rule aggregate_results:
             category="Results",
         ),
         markdown="results/fusion_results.md",
+        comparisons=report(
+            "results/comparisons.tsv",
+            caption="../report/comparisons.rst",
+            category="Results",
+        ),
+        comparisons_markdown="results/comparisons.md",
     log:
         "logs/aggregate_results/aggregate_results.log",
     conda:
@@ -44,9 +78,11 @@ rule aggregate_results:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=30,
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
+        evaluation=config["evaluation"],
+        seed=config["cv"]["seed"],
     script:
         "../scripts/aggregate_results.py"

@@ -23,17 +23,17 @@ rule image:
     input:
         cache="results/prepared/images/{modality}.npy",
         ids="results/prepared/images/{modality}.ids.tsv",
-        folds="results/folds.tsv",
+        folds="results/folds/repeat{repeat}.tsv",
     output:
-        checkpoint="results/image/{modality}/fold{fold}/checkpoint.weights.h5",
-        sidecar="results/image/{modality}/fold{fold}/checkpoint.json",
-        probs="results/image/{modality}/fold{fold}/probs.tsv",
-        history="results/image/{modality}/fold{fold}/history.tsv",
-        metrics="results/image/{modality}/fold{fold}/metrics.json",
+        checkpoint="results/image/{modality}/repeat{repeat}/fold{fold}/checkpoint.weights.h5",
+        sidecar="results/image/{modality}/repeat{repeat}/fold{fold}/checkpoint.json",
+        probs="results/image/{modality}/repeat{repeat}/fold{fold}/probs.tsv",
+        history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv",
+        metrics="results/image/{modality}/repeat{repeat}/fold{fold}/metrics.json",
     log:
-        "logs/image/{modality}/fold{fold}.log",
+        "logs/image/{modality}/repeat{repeat}/fold{fold}.log",
     benchmark:
-        "benchmarks/image/{modality}/fold{fold}.tsv"
+        "benchmarks/image/{modality}/repeat{repeat}/fold{fold}.tsv"
     conda:
         "../envs/tensorflow.yaml"
     threads: 4

@@ -1,12 +1,13 @@
 rule metadata:
     input:
         samples="results/prepared/samples.tsv",
-        folds="results/folds.tsv",
+        folds="results/folds/repeat{repeat}.tsv",
     output:
-        probs="results/metadata/fold{fold}/probs.tsv",
-        model="results/metadata/fold{fold}/model.skops",
+        probs="results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
+        model="results/metadata/repeat{repeat}/fold{fold}/model.skops",
+        fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
     log:
-        "logs/metadata/fold{fold}.log",
+        "logs/metadata/repeat{repeat}/fold{fold}.log",
     conda:
         "../envs/tabular.yaml"
     threads: 4

@@ -25,13 +25,15 @@ rule prepare:
         "../scripts/prepare.py"
 
 
+# One partition per repeat, in a file of its own: raising cv.repeats adds partitions and
+# trains only their models.
 rule folds:
     input:
         samples="results/prepared/samples.tsv",
     output:
-        folds="results/folds.tsv",
+        folds="results/folds/repeat{repeat}.tsv",
     log:
-        "logs/folds/folds.log",
+        "logs/folds/repeat{repeat}.log",
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -40,7 +42,25 @@ rule folds:
         runtime=10,
     params:
         folds=config["cv"]["folds"],
-        seed=config["cv"]["seed"],
+        seed=partition_seed,
         classes=config["classes"],
     script:
         "../scripts/folds.py"
+
+
+# The contract table of every partition: id, group, label, repeat, fold.
+rule fold_table:
+    input:
+        folds=expand("results/folds/repeat{repeat}.tsv", repeat=REPEATS),
+    output:
+        folds="results/folds.tsv",
+    log:
+        "logs/fold_table/fold_table.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/fold_table.py"

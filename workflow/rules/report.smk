@@ -1,7 +1,11 @@
 rule diagnostics:
     input:
         folds="results/folds.tsv",
-        metadata=expand("results/metadata/fold{fold}/probs.tsv", fold=FOLDS),
+        metadata=expand(
+            "results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
+            repeat=REPEATS,
+            fold=FOLDS,
+        ),
         image=diagnostic_image_probs,
     output:
         sweep="results/diagnostics/{combination}/weight_sweep.tsv",
@@ -17,6 +21,7 @@ rule diagnostics:
     params:
         classes=config["classes"],
         metadata_weight=config["fusion"]["metadata_weight"],
+        partitions=PARTITIONS,
     script:
         "../scripts/diagnostics.py"
 
@@ -46,12 +51,7 @@ rule plot_fold_kappa:
 
 rule plot_confusion_matrices:
     input:
-        folds="results/folds.tsv",
-        probs=expand(
-            "results/fusion/{combination}/fold{fold}/probs.tsv",
-            combination=COMBINATIONS,
-            fold=FOLDS,
-        ),
+        oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
     output:
         report(
             "results/plots/confusion_matrices.png",
@@ -76,7 +76,8 @@ rule plot_confusion_matrices:
 rule plot_learning_curves:
     input:
         histories=expand(
-            "results/image/{{modality}}/fold{fold}/history.tsv",
+            "results/image/{{modality}}/repeat{repeat}/fold{fold}/history.tsv",
+            repeat=REPEATS,
             fold=FOLDS,
         ),
     output:
@@ -94,7 +95,7 @@ rule plot_learning_curves:
         mem_mb=2000,
         runtime=10,
     params:
-        folds=FOLDS,
+        partitions=PARTITIONS,
     script:
         "../scripts/plot_learning_curves.py"
 
@@ -144,3 +145,41 @@ rule provenance:
         workflow_dir=workflow.basedir,
     script:
         "../scripts/provenance.py"
+
+
+# The headline's intervals, the paired differences and calibration, as figures.
+rule plot_evaluation:
+    input:
+        headline=rules.aggregate_results.output.table,
+        comparisons=rules.aggregate_results.output.comparisons,
+        oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
+    output:
+        intervals=report(
+            "results/plots/kappa_intervals.png",
+            caption="../report/kappa_intervals.rst",
+            category="Results",
+        ),
+        comparisons=report(
+            "results/plots/comparisons.png",
+            caption="../report/comparisons_plot.rst",
+            category="Results",
+        ),
+        reliability=report(
+            "results/plots/reliability.png",
+            caption="../report/reliability.rst",
+            category="Results",
+        ),
+    log:
+        "logs/plot_evaluation/plot_evaluation.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        combinations=list(COMBINATIONS),
+        classes=config["classes"],
+        confidence=config["evaluation"]["confidence"],
+    script:
+        "../scripts/plot_evaluation.py"

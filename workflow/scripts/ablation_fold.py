@@ -1,13 +1,14 @@
 import pandas as pd
 
-from fusion_dag.ablation import ablation_fold
 from fusion_dag.artifacts import read_tsv, write_tsv
 from fusion_dag.cache import load_cache
-from fusion_dag.image import BranchFold, configure_tensorflow
 from fusion_dag.joblog import job_log
-from fusion_dag.metadata import load_pipeline
 
 with job_log(snakemake.log[0]):
+    # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
+    from fusion_dag.ablation import ablation_fold
+    from fusion_dag.image import BranchFold, configure_tensorflow
+
     settings = snakemake.params.settings
     configure_tensorflow(settings["intra_op_threads"], snakemake.threads, snakemake.params.seed)
     task = BranchFold(
@@ -23,9 +24,10 @@ with job_log(snakemake.log[0]):
         task,
         read_tsv(snakemake.input.samples),
         read_tsv(snakemake.input.metadata),
-        load_pipeline(snakemake.input.model),
+        read_tsv(snakemake.input.fit_probs),
         snakemake.params.metadata_weight,
     )
     table = pd.DataFrame(records)
     table.insert(0, "combination", snakemake.wildcards.combination)
+    table.insert(1, "repeat", int(snakemake.wildcards.repeat))
     write_tsv(table, snakemake.output.metrics)

@@ -6,15 +6,17 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     classes = snakemake.params.classes
-    labels = read_tsv(snakemake.input.folds)
+    labels = read_tsv(snakemake.input.folds).drop_duplicates("id")
     sweeps, agreements = [], []
-    for fold, (rf_path, image_path) in enumerate(
-        zip(snakemake.input.metadata, snakemake.input.image, strict=True), start=1
+    for (repeat, fold), rf_path, image_path in zip(
+        snakemake.params.partitions, snakemake.input.metadata, snakemake.input.image, strict=True
     ):
         rf, image = read_tsv(rf_path), read_tsv(image_path)
-        sweeps.append(weight_sweep(rf, image, labels, classes).assign(fold=fold))
-        agreements.append({"fold": fold, **branch_agreement(rf, image, labels, classes)})
-    sweep = pd.concat(sweeps, ignore_index=True)[["fold", "metadata_weight", "kappa"]]
+        partition = {"repeat": repeat, "fold": fold}
+        sweeps.append(weight_sweep(rf, image, labels, classes).assign(**partition))
+        agreements.append({**partition, **branch_agreement(rf, image, labels, classes)})
+    sweep = pd.concat(sweeps, ignore_index=True)
+    sweep = sweep[["repeat", "fold", "metadata_weight", "kappa"]]
     mean = sweep.groupby("metadata_weight")["kappa"].mean()
     configured = snakemake.params.metadata_weight
     at_configured = mean.iloc[(mean.index.to_series() - configured).abs().argmin()]
@@ -25,8 +27,14 @@ with job_log(snakemake.log[0]) as log:
         configured,
         at_configured,
     )
-    for fold, rows in sweep.groupby("fold"):
+    for (repeat, fold), rows in sweep.groupby(["repeat", "fold"]):
         best = rows.loc[rows["kappa"].idxmax()]
-        log.info("Fold %d: best w=%.2f (kappa %.3f)", fold, best["metadata_weight"], best["kappa"])
+        log.info(
+            "Repeat %d, fold %d: best w=%.2f (kappa %.3f)",
+            repeat,
+            fold,
+            best["metadata_weight"],
+            best["kappa"],
+        )
     write_tsv(sweep, snakemake.output.sweep)
     write_tsv(pd.DataFrame(agreements), snakemake.output.agreement)

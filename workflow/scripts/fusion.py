@@ -1,15 +1,26 @@
 from fusion_dag.artifacts import read_json, read_tsv, write_json, write_tsv
-from fusion_dag.evaluate import fold_metrics
-from fusion_dag.fusion import METADATA, ImageMember, fuse_v3, log_weights, member_weights
+from fusion_dag.evaluate import fit_kappa, fold_metrics
+from fusion_dag.fusion import (
+    METADATA,
+    ImageMember,
+    fuse_v3,
+    log_weights,
+    member_weights,
+    weighted_sum,
+)
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     members = snakemake.wildcards.combination.split("+")
+    repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
     classes = snakemake.params.classes
     settings = snakemake.params.settings
     weights = member_weights(members, settings.get("metadata_weight"))
     rf_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
+    # In-sample probabilities of every fitted member on its training rows (memorisation).
+    fitted = {METADATA: read_tsv(snakemake.input.metadata_fit)} if rf_probs is not None else {}
     modalities = [m for m in members if m != METADATA]
+    runtime = None
     if modalities:
         from fusion_dag.cache import load_cache
         from fusion_dag.image import configure_tensorflow
@@ -26,19 +37,27 @@ with job_log(snakemake.log[0]) as log:
             )
             for m in modalities
         }
-        expected = {"fold": int(snakemake.wildcards.fold), "classes": classes}
+        expected = {"repeat": repeat, "fold": fold, "classes": classes}
         probs = fuse_v3(weights, rf_probs, image_members, expected, settings["batch_size"], log)
+        fitted.update({m: member.probs for m, member in image_members.items()})
     else:
-        runtime = None
         log_weights(weights, log)
         probs = rf_probs
-    metrics = fold_metrics(probs, read_tsv(snakemake.input.samples), classes)
-    log.info("Validation kappa %.3f, train kappa %.3f", metrics["kappa"], metrics["train_kappa"])
+    labels = read_tsv(snakemake.input.samples)
+    metrics = fold_metrics(probs, labels, classes)
+    metrics["fit_kappa"] = fit_kappa(weighted_sum(fitted, weights, classes), labels, classes)
+    log.info(
+        "Validation kappa %.3f, train kappa %.3f, fit kappa %.3f",
+        metrics["kappa"],
+        metrics["train_kappa"],
+        metrics["fit_kappa"],
+    )
     write_tsv(probs, snakemake.output.probs)
     write_json(
         {
             "combination": snakemake.wildcards.combination,
-            "fold": int(snakemake.wildcards.fold),
+            "repeat": repeat,
+            "fold": fold,
             "weights": weights,
             **metrics,
             **({"runtime": {"threads": snakemake.threads, **runtime}} if runtime else {}),

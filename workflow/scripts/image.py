@@ -2,16 +2,18 @@ from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.cache import load_cache
 from fusion_dag.checkpoint import checkpoint_manifest
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.image import (
-    BranchFold,
-    best_epoch,
-    branch_probabilities,
-    configure_tensorflow,
-    train_branch,
-)
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
+    # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
+    from fusion_dag.image import (
+        BranchFold,
+        best_epoch,
+        branch_probabilities,
+        configure_tensorflow,
+        train_branch,
+    )
+
     settings = snakemake.params.settings
     runtime = configure_tensorflow(
         settings["intra_op_threads"], snakemake.threads, snakemake.params.seed
@@ -42,7 +44,12 @@ with job_log(snakemake.log[0]) as log:
     write_json(metrics, snakemake.output.metrics)
     write_json(
         checkpoint_manifest(
-            model, task.modality, task.fold, task.classes, snakemake.output.checkpoint
+            model,
+            task.modality,
+            int(snakemake.wildcards.repeat),
+            task.fold,
+            task.classes,
+            snakemake.output.checkpoint,
         ),
         snakemake.output.sidecar,
     )

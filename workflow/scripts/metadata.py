@@ -1,10 +1,11 @@
 from fusion_dag.artifacts import read_tsv, write_tsv
 from fusion_dag.joblog import job_log
-from fusion_dag.metadata import fold_probabilities, save_pipeline
+from fusion_dag.metadata import fit_probabilities, fold_probabilities, save_pipeline
 
 with job_log(snakemake.log[0]):
+    samples = read_tsv(snakemake.input.samples)
     probs, pipeline = fold_probabilities(
-        read_tsv(snakemake.input.samples),
+        samples,
         read_tsv(snakemake.input.folds),
         int(snakemake.wildcards.fold),
         snakemake.params.classes,
@@ -13,4 +14,8 @@ with job_log(snakemake.log[0]):
         snakemake.threads,
     )
     save_pipeline(pipeline, snakemake.output.model)
+    write_tsv(
+        fit_probabilities(pipeline, samples, probs, snakemake.params.classes),
+        snakemake.output.fit_probs,
+    )
     write_tsv(probs, snakemake.output.probs)

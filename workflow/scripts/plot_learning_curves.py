@@ -4,8 +4,10 @@ from fusion_dag.report import plot_learning_curves, save_figure
 
 with job_log(snakemake.log[0]):
     histories = {
-        fold: read_tsv(path)
-        for fold, path in zip(snakemake.params.folds, snakemake.input.histories, strict=True)
+        tuple(partition): read_tsv(path)
+        for partition, path in zip(
+            snakemake.params.partitions, snakemake.input.histories, strict=True
+        )
     }
     figure = plot_learning_curves(histories, snakemake.wildcards.modality)
     save_figure(figure, snakemake.output[0])

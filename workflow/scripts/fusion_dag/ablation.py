@@ -15,27 +15,12 @@ import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, probability_table
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.image import BranchFold, balanced_class_weights, build_image_branch, inner_split
-from fusion_dag.metadata import feature_frame
+from fusion_dag.image import BranchFold, build_image_branch, fit_with_early_stopping, inner_split
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("V1", "V2")
 RF_SOURCES = ("in_sample", "out_of_fold")
-
-
-def in_sample_forest_probs(
-    pipeline, samples: pd.DataFrame, oof_probs: pd.DataFrame, classes: list
-) -> pd.DataFrame:
-    """Forest probabilities with training rows predicted by the forest that saw them.
-
-    Validation rows keep the fold's own validation probabilities (the same forest).
-    """
-    train_ids = oof_probs.loc[oof_probs["split"] == "train", ID]
-    train = samples.set_index(ID).loc[train_ids].reset_index()
-    probs = pipeline.predict_proba(feature_frame(train))
-    in_sample = probability_table(train[ID], ["train"] * len(train), probs, classes)
-    return pd.concat([in_sample, oof_probs[oof_probs["split"] == "val"]], ignore_index=True)
 
 
 # V1 starts its learned weight from the configured one, as a logit; the ends 0 and 1 have no
@@ -129,20 +114,7 @@ def train_joint(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
     )
-    history = model.fit(
-        x_fit,
-        y_fit,
-        validation_data=(x_stop, y_stop),
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        class_weight=balanced_class_weights(y_fit),
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=settings["patience"], restore_best_weights=True
-            )
-        ],
-        verbose=2,
-    )
+    history = fit_with_early_stopping(model, (x_fit, y_fit), (x_stop, y_stop), settings)
     x_all, _ = arrays(table)
     probs = model.predict(x_all, batch_size=settings["batch_size"], verbose=0)
     run = {
@@ -167,16 +139,20 @@ def ablation_fold(
     task: BranchFold,
     samples: pd.DataFrame,
     oof_probs: pd.DataFrame,
-    pipeline,
+    fit_probs: pd.DataFrame,
     metadata_weight: float,
 ) -> list:
     """Metrics of every V1/V2 variant on one fold, as records for the ablation table.
 
-    ``oof_probs`` and ``pipeline`` are the fold's forest probabilities and fitted forest.
+    ``oof_probs`` are the fold's forest probabilities (out-of-fold on training rows);
+    ``fit_probs`` the training rows predicted by the forest that saw them (in-sample), which
+    is how the original study fed its fusion.
     """
     classes, folds, fold = task.classes, task.folds, task.fold
     sources = {
-        "in_sample": in_sample_forest_probs(pipeline, samples, oof_probs, classes),
+        "in_sample": pd.concat(
+            [fit_probs, oof_probs[oof_probs["split"] == "val"]], ignore_index=True
+        ),
         "out_of_fold": oof_probs,
     }
     records = []

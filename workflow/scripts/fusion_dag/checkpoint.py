@@ -11,7 +11,7 @@ and loaded as a whole.
 The file is plain HDF5 (h5py): one group per layer under ``/layers``, one dataset per weight in
 the layer's own weight order, the weight's Keras path as an attribute. It holds numbers and
 strings only; nothing in it is executed or unpickled on load. The sidecar ``checkpoint.json``
-(modality, fold, image size, classes, layer shapes, SHA-256) is a second line of defence.
+(modality, repeat, fold, image size, classes, layer shapes, SHA-256) is a second line of defence.
 """
 
 import os
@@ -117,10 +117,13 @@ def load_branch_weights(model, modality: str, checkpoint: Path, log) -> None:
         log.info("Loaded weights for layer: %s", name)
 
 
-def checkpoint_manifest(model, modality: str, fold: int, classes: list, checkpoint: Path) -> dict:
+def checkpoint_manifest(
+    model, modality: str, repeat: int, fold: int, classes: list, checkpoint: Path
+) -> dict:
     """The sidecar written next to a checkpoint: what it is for and what it must contain."""
     return {
         "modality": modality,
+        "repeat": repeat,
         "fold": fold,
         "image_size": int(model.get_layer(f"{modality}_input").output.shape[1]),
         "classes": list(classes),
@@ -132,8 +135,9 @@ def checkpoint_manifest(model, modality: str, fold: int, classes: list, checkpoi
 def verify_checkpoint(model, modality: str, checkpoint: Path, manifest: dict, expected: dict):
     """Refuse a checkpoint that is not the one its sidecar describes, or not for this job.
 
-    ``expected`` holds what the fusion job needs (``fold``, ``classes``). Each difference is
-    named: changed bytes, another modality, fold, image size, class list or layer set/shape.
+    ``expected`` holds what the fusion job needs (``repeat``, ``fold``, ``classes``). Each
+    difference is named: changed bytes, another modality, repeat, fold, image size, class list
+    or layer set/shape.
     """
     size = int(model.get_layer(f"{modality}_input").output.shape[1])
     problems = []

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
-from fusion_dag.artifacts import ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL
 
 
 def predicted_index(probs: pd.DataFrame, classes: list) -> np.ndarray:
@@ -58,6 +58,19 @@ def fold_metrics(probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> di
     shares = np.bincount(predicted[val], minlength=n) / max(int(val.sum()), 1)
     metrics.update({f"pred_frac_{c}": float(s) for c, s in zip(classes, shares, strict=True)})
     return metrics
+
+
+def fit_kappa(fit_probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> float:
+    """Kappa of in-sample probabilities on the training rows they were fit on (memorisation).
+
+    Not a measure of quality: a forest scores near 1 here by construction. It is reported next
+    to ``train_kappa`` so the difference between the two is visible.
+    """
+    table = fit_probs[fit_probs["split"] == "train"].merge(
+        labels[[ID, LABEL]], on=ID, validate="one_to_one"
+    )
+    truth = table[LABEL].map(classes.index).to_numpy()
+    return kappa(truth, predicted_index(table, classes), len(classes))
 
 
 def validation_predictions(probs: pd.DataFrame, labels: pd.DataFrame, classes: list):
@@ -114,3 +127,164 @@ def branch_agreement(rf_probs, image_probs, labels, classes) -> dict:
         "both_wrong_if_independent": float(rf_wrong.mean() * image_wrong.mean()),
         "prediction_kappa": kappa(rf.argmax(axis=1), image.argmax(axis=1), len(classes)),
     }
+
+
+# --- Pooled out-of-fold evaluation with patient-bootstrap intervals ------------------------
+#
+# Every metric below is computed from row weights, so one code path gives the point estimate
+# (all weights 1) and each bootstrap resample (weights = how often the row's patient was
+# drawn). Resampling patients, not rows, keeps each patient's visits together, as the folds
+# do (a cluster bootstrap: Field and Welsh 2007, JRSS-B 69:369). Confusion-matrix metrics are
+# the formulas of scikit-learn's cohen_kappa_score, balanced_accuracy_score, f1_score and
+# recall_score with sample_weight (tests/test_evaluate.py checks they agree), evaluated for all
+# resamples at once as one matrix product instead of 2,000 calls per metric.
+
+CALIBRATION_BINS = 10
+PROBABILITY_FLOOR = 1e-15
+
+
+def oof_table(fold_probs: list, folds: pd.DataFrame, classes: list) -> pd.DataFrame:
+    """Pooled out-of-fold predictions: each row's validation probabilities from the fold that
+    held it out, per repeat. ``fold_probs`` holds ``(repeat, fold, probability table)``."""
+    columns = [f"prob_{c}" for c in classes]
+    parts = []
+    for repeat, fold, probs in fold_probs:
+        validation = probs.loc[probs["split"] == "val", [ID, *columns]]
+        parts.append(validation.assign(repeat=repeat, fold=fold))
+    pooled = pd.concat(parts, ignore_index=True).merge(
+        folds[[ID, GROUP, LABEL, "repeat", "fold"]], on=[ID, "repeat", "fold"], validate="1:1"
+    )
+    return pooled[["repeat", "fold", ID, GROUP, LABEL, *columns]]
+
+
+def weighted_metrics(weights: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> dict:
+    """Metrics for each row of ``weights`` (resamples x rows): name -> array (resamples,).
+
+    ``truth`` are class indices and ``probs`` the predicted probabilities of the same rows.
+    """
+    n_classes = probs.shape[1]
+    predicted = probs.argmax(axis=1)
+    cells = np.zeros((len(truth), n_classes * n_classes))
+    cells[np.arange(len(truth)), truth * n_classes + predicted] = 1.0
+    confusion = (weights @ cells).reshape(-1, n_classes, n_classes)
+    total = confusion.sum(axis=(1, 2))
+    actual, chosen = confusion.sum(axis=2), confusion.sum(axis=1)
+    expected = actual[:, :, None] * chosen[:, None, :] / total[:, None, None]
+    index = np.arange(n_classes)
+    distance = {
+        "kappa": (index[:, None] != index[None, :]).astype(float),
+        "qwk": (index[:, None] - index[None, :]) ** 2.0,
+    }
+    metrics = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, cost in distance.items():
+            metrics[name] = 1.0 - (confusion * cost).sum(axis=(1, 2)) / (expected * cost).sum(
+                axis=(1, 2)
+            )
+        hits = np.diagonal(confusion, axis1=1, axis2=2)
+        recall = np.where(actual > 0, hits / actual, np.nan)
+        metrics["balanced_accuracy"] = np.nanmean(recall, axis=1)
+        f1_denominator = actual + chosen
+        f1 = np.where(f1_denominator > 0, 2.0 * hits / f1_denominator, 0.0)
+        metrics["macro_f1"] = f1.mean(axis=1)
+        metrics["accuracy"] = hits.sum(axis=1) / total
+        for k in range(n_classes):
+            metrics[f"recall_{k}"] = np.nan_to_num(recall[:, k])
+            metrics[f"f1_{k}"] = f1[:, k]
+    onehot = np.eye(n_classes)[truth]
+    clipped = np.clip(probs, PROBABILITY_FLOOR, 1.0)
+    clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    metrics["brier"] = weights @ ((probs - onehot) ** 2).sum(axis=1) / total
+    metrics["log_loss"] = weights @ -np.log(clipped[np.arange(len(truth)), truth]) / total
+    metrics["ece"] = calibration_error(weights, truth, probs)
+    return metrics
+
+
+def calibration_bins(probs: np.ndarray) -> np.ndarray:
+    """Top-label confidence bin of each row: CALIBRATION_BINS equal-width bins over [0, 1]."""
+    confidence = probs.max(axis=1)
+    return np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+
+
+def calibration_error(weights: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Expected calibration error of the top label (Guo et al. 2017, ICML): the row-weighted
+    mean over confidence bins of |accuracy - mean confidence|."""
+    members = np.eye(CALIBRATION_BINS)[calibration_bins(probs)]
+    correct = (probs.argmax(axis=1) == truth).astype(float)
+    count = weights @ members
+    gap = weights @ (members * correct[:, None]) - weights @ (members * probs.max(axis=1)[:, None])
+    return np.abs(gap).sum(axis=1) / count.sum(axis=1)
+
+
+def patient_weights(groups_by_repeat: list, n_resamples: int, seed: int) -> list:
+    """Row weights of ``n_resamples`` patient-bootstrap resamples, one matrix per repeat.
+
+    Patients are drawn with replacement once per resample and the same draw weights every
+    repeat's rows (and both sides of a paired comparison), so differences are paired.
+    """
+    patients = np.unique(np.concatenate(groups_by_repeat))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(patients), size=(n_resamples, len(patients)))
+    counts = np.zeros((n_resamples, len(patients)))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return [counts[:, np.searchsorted(patients, groups)] for groups in groups_by_repeat]
+
+
+def repeat_arrays(oof: pd.DataFrame, classes: list) -> list:
+    """(groups, truth, probs) per repeat of a pooled out-of-fold table, in repeat order."""
+    columns = [f"prob_{c}" for c in classes]
+    return [
+        (
+            rows[GROUP].astype(str).to_numpy(),
+            rows[LABEL].map(classes.index).to_numpy(),
+            rows[columns].to_numpy(dtype=float),
+        )
+        for _, rows in oof.sort_values(["repeat", ID]).groupby("repeat", sort=True)
+    ]
+
+
+def bootstrap_metrics(oof: pd.DataFrame, classes: list, n_resamples: int, seed: int) -> dict:
+    """Point estimate and patient-bootstrap samples of every pooled metric.
+
+    Returns name -> (point, samples): the point is the mean over repeats of the metric on that
+    repeat's pooled out-of-fold rows; each sample is the same mean on one patient resample.
+    """
+    arrays = repeat_arrays(oof, classes)
+    weights = patient_weights([groups for groups, _, _ in arrays], n_resamples, seed)
+    points, samples = [], []
+    for (_, truth, probs), resampled in zip(arrays, weights, strict=True):
+        points.append(weighted_metrics(np.ones((1, len(truth))), truth, probs))
+        samples.append(weighted_metrics(resampled, truth, probs))
+    return {
+        name: (
+            float(np.mean([p[name][0] for p in points])),
+            np.mean([s[name] for s in samples], axis=0),
+        )
+        for name in points[0]
+    }
+
+
+def interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples (resamples with an undefined metric skipped)."""
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.nanpercentile(samples, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def corrected_resampled_ttest(differences, test_share: float) -> tuple[float, float]:
+    """Nadeau and Bengio's corrected resampled t-test (Machine Learning 52:239, 2003).
+
+    ``differences`` are the J = repeats x folds per-fold differences of a metric between two
+    models scored on the same rows; ``test_share`` is n_test / n_train of a fold. The variance
+    is inflated by ``1/J + n_test/n_train`` because overlapping training sets make the folds'
+    differences correlated; the statistic has J - 1 degrees of freedom. Returns (t, p) with a
+    two-sided p-value.
+    """
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    variance = d.var(ddof=1) * (1.0 / len(d) + test_share)
+    if variance == 0.0:
+        return 0.0, 1.0
+    t = float(d.mean() / np.sqrt(variance))
+    return t, float(2.0 * stats.t.sf(abs(t), df=len(d) - 1))

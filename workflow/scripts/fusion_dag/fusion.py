@@ -107,6 +107,19 @@ def aligned_probs(keys: pd.DataFrame, table: pd.DataFrame, columns: list) -> np.
     return keys.merge(table, on=[ID, "split"], how="left")[columns].to_numpy(dtype="float32")
 
 
+def weighted_sum(tables: dict, weights: dict, classes: list) -> pd.DataFrame:
+    """``sum_m weights[m] * tables[m]`` on the rows every member's table has.
+
+    The V3 fusion computed from probability tables, with no model: used for the members'
+    in-sample probabilities, whose fused kappa is the combination's ``fit_kappa``.
+    """
+    columns = [f"prob_{c}" for c in classes]
+    keys = shared_rows(list(tables.values()))
+    result = keys.copy()
+    result[columns] = sum(weights[m] * aligned_probs(keys, t, columns) for m, t in tables.items())
+    return result
+
+
 def fuse_v3(
     weights: dict,
     rf_probs: pd.DataFrame | None,

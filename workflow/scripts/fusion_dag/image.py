@@ -204,6 +204,28 @@ class BranchFold:
         return rows[LABEL].map(self.classes.index).to_numpy()
 
 
+def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *callbacks):
+    """Fit on ``fit`` (x, y) with balanced class weights, stopping early on ``stop`` (the inner
+    patient-grouped split); the best epoch's weights are restored when training ends, stopped
+    early or not. Shared by the image stage and the ablation, so the strategies differ only in
+    what they train, not how."""
+    x_fit, y_fit = fit
+    stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=settings["patience"], restore_best_weights=True
+    )
+    return model.fit(
+        x_fit,
+        y_fit,
+        validation_data=stop,
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        class_weight=balanced_class_weights(y_fit),
+        callbacks=[*callbacks, stopping],
+        shuffle=True,
+        verbose=2,
+    )
+
+
 def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     """Train one modality's branch on one outer fold's training rows; return the best model.
 
@@ -234,24 +256,13 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
         metrics=["accuracy", CohenKappa(len(task.classes))],
     )
     history_partial = partial_path(history_path)
-    callbacks = [
-        keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
-        # Keras restores the best epoch's weights when training ends, stopped early or not.
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings["patience"], restore_best_weights=True
-        ),
-    ]
     started = time.perf_counter()
-    history = model.fit(
-        x_fit,
-        y_fit,
-        validation_data=(x_stop, y_stop),
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        class_weight=balanced_class_weights(y_fit),
-        callbacks=callbacks,
-        shuffle=True,
-        verbose=2,
+    history = fit_with_early_stopping(
+        model,
+        (x_fit, y_fit),
+        (x_stop, y_stop),
+        settings,
+        keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
     )
     images_per_second = len(x_fit) * len(history.epoch) / (time.perf_counter() - started)
     log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)

@@ -137,6 +137,20 @@ def fold_probabilities(
     return probs, pipeline
 
 
+def fit_probabilities(
+    pipeline: Pipeline, samples: pd.DataFrame, probs: pd.DataFrame, classes: list
+) -> pd.DataFrame:
+    """The training rows predicted by the forest that was fit on them (in-sample).
+
+    Never what fusion sees: it measures memorisation (``fit_kappa``) and is the input of the
+    ablation's in-sample variants, which reproduce the original study's mistake.
+    """
+    train_ids = probs.loc[probs["split"] == "train", ID]
+    train = samples.set_index(ID).loc[train_ids].reset_index()
+    predicted = pipeline.predict_proba(feature_frame(train))
+    return probability_table(train[ID], ["train"] * len(train), predicted, classes)
+
+
 def save_pipeline(pipeline: Pipeline, path: Path) -> None:
     """Persist with skops, which loads without executing code (unlike pickle)."""
     partial = partial_path(path)

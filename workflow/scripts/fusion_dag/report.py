@@ -1,41 +1,170 @@
-"""Aggregation of per-fold metrics into the headline results table.
+"""Aggregation: the headline table, paired comparisons and the report's figures.
 
-The headline is a mean over patient-grouped folds with its standard deviation, because with
-three folds of about 50 patients a single fold's kappa moves by several hundredths.
+Why intervals and paired tests: on one 3-fold partition of a clinical table a forest's kappa
+moves by 0.05 with the partition seed alone, so a mean over folds cannot tell a real gain from
+noise. The headline averages repeated partitions and gives each metric a patient-bootstrap
+interval; a claim that one combination beats another rests on a paired comparison on the
+same rows (a paired bootstrap interval and the corrected resampled t-test).
 """
 
 import numpy as np
 import pandas as pd
 
-MEAN_METRICS = ("kappa", "qwk", "accuracy", "macro_f1")
+from fusion_dag.artifacts import ID
+from fusion_dag.evaluate import (
+    bootstrap_metrics,
+    corrected_resampled_ttest,
+    interval,
+    kappa,
+    patient_weights,
+    repeat_arrays,
+    weighted_metrics,
+)
+
+# Metrics with a patient-bootstrap interval in the headline, the primary one first.
+INTERVAL_METRICS = ("kappa", "qwk", "balanced_accuracy", "macro_f1", "brier", "log_loss", "ece")
+SIGNIFICANCE = 0.05
 
 
 def per_fold_table(records: list) -> pd.DataFrame:
-    """One row per combination and fold from ``{"combination", "fold", **metrics}`` records."""
+    """One row per combination, repeat and fold from the fusion jobs' metrics records."""
     table = pd.DataFrame(records)
-    return table.sort_values(["combination", "fold"], kind="stable").reset_index(drop=True)
+    order = ["combination", "repeat", "fold"]
+    return table.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-def headline_table(per_fold: pd.DataFrame, combinations: list, classes: list) -> pd.DataFrame:
-    """One row per combination, in the given order, with the contracted columns."""
+def headline_table(
+    per_fold: pd.DataFrame, oofs: dict, classes: list, evaluation: dict, seed: int
+) -> pd.DataFrame:
+    """One row per combination (in the order of ``oofs``) with the contracted columns.
+
+    Pooled metrics come from each repeat's out-of-fold predictions (mean over repeats, with a
+    patient-bootstrap interval); ``kappa_std`` is the spread over all folds of all repeats;
+    train and fit kappa are means over folds, and ``gap_mean`` is train kappa minus the pooled
+    validation kappa.
+    """
     rows = []
-    for name in combinations:
+    for name, oof in oofs.items():
         folds = per_fold[per_fold["combination"] == name]
-        row = {"combination": name, "n_folds": len(folds)}
-        row["kappa_mean"] = folds["kappa"].mean()
-        row["kappa_std"] = folds["kappa"].std(ddof=1) if len(folds) > 1 else 0.0
-        for metric in MEAN_METRICS[1:]:
-            row[f"{metric}_mean"] = folds[metric].mean()
-        for c in classes:
-            row[f"f1_{c}_mean"] = folds[f"f1_{c}"].mean()
+        estimates = bootstrap_metrics(oof, classes, evaluation["bootstrap"], seed)
+        row = {
+            "combination": name,
+            "n_folds": int(folds["fold"].nunique()),
+            "n_repeats": int(oof["repeat"].nunique()),
+            "n_rows": int(oof[ID].nunique()),
+        }
+        for metric in INTERVAL_METRICS:
+            point, samples = estimates[metric]
+            row[f"{metric}_mean"] = point
+            if metric == "kappa":
+                row["kappa_std"] = folds["kappa"].std(ddof=1) if len(folds) > 1 else 0.0
+            low, high = interval(samples, evaluation["confidence"])
+            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
+        row["accuracy_mean"] = estimates["accuracy"][0]
+        for index, name_of_class in enumerate(classes):
+            row[f"f1_{name_of_class}_mean"] = estimates[f"f1_{index}"][0]
+            row[f"recall_{name_of_class}_mean"] = estimates[f"recall_{index}"][0]
         row["train_kappa_mean"] = folds["train_kappa"].mean()
-        row["gap_mean"] = folds["gap"].mean()
-        for c in classes:
-            # Pooled share over all validation rows, so a small fold does not count double.
-            counts = folds[f"pred_frac_{c}"] * folds["n_val"]
-            row[f"pred_frac_{c}"] = counts.sum() / folds["n_val"].sum()
+        row["gap_mean"] = row["train_kappa_mean"] - row["kappa_mean"]
+        row["fit_kappa_mean"] = folds["fit_kappa"].mean()
+        predicted = np.concatenate(
+            [probs.argmax(axis=1) for _, _, probs in repeat_arrays(oof, classes)]
+        )
+        shares = np.bincount(predicted, minlength=len(classes)) / len(predicted)
+        for name_of_class, share in zip(classes, shares, strict=True):
+            row[f"pred_frac_{name_of_class}"] = float(share)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_rows(first: pd.DataFrame, second: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two out-of-fold tables restricted to the (repeat, id) rows both scored."""
+    keys = first[["repeat", ID]].merge(second[["repeat", ID]], on=["repeat", ID])
+    return (
+        keys.merge(first, on=["repeat", ID], validate="1:1"),
+        keys.merge(second, on=["repeat", ID], validate="1:1"),
+    )
+
+
+def fold_kappa_differences(first, second, classes: list) -> np.ndarray:
+    """Per (repeat, fold) validation kappa of ``first`` minus ``second``.
+
+    The tables are row-aligned (as :func:`paired_rows` returns them).
+    """
+    columns = [f"prob_{c}" for c in classes]
+    truth = first["label"].map(classes.index).to_numpy()
+    mine = first[columns].to_numpy().argmax(axis=1)
+    theirs = second[columns].to_numpy().argmax(axis=1)
+    differences = []
+    for rows in first.groupby(["repeat", "fold"], sort=True).indices.values():
+        differences.append(
+            kappa(truth[rows], mine[rows], len(classes))
+            - kappa(truth[rows], theirs[rows], len(classes))
+        )
+    return np.asarray(differences)
+
+
+def compare(
+    first: pd.DataFrame, second: pd.DataFrame, classes: list, evaluation: dict, seed: int
+) -> dict:
+    """Paired comparison of two combinations' validation kappa on the rows both scored.
+
+    The difference is the mean over repeats of (kappa of ``first`` - kappa of ``second``); its
+    interval resamples patients once for both sides (a paired patient bootstrap); the p-value
+    is the corrected resampled t-test over the repeats x folds differences.
+    """
+    first, second = paired_rows(first, second)
+    sides = [repeat_arrays(table, classes) for table in (first, second)]
+    groups = [groups for groups, _, _ in sides[0]]
+    weights = patient_weights(groups, evaluation["bootstrap"], seed)
+    points, samples = [], []
+    for (_, truth, mine), (_, _, theirs), resampled in zip(*sides, weights, strict=True):
+        ones = np.ones((1, len(truth)))
+        points.append(
+            weighted_metrics(ones, truth, mine)["kappa"]
+            - weighted_metrics(ones, truth, theirs)["kappa"]
+        )
+        samples.append(
+            weighted_metrics(resampled, truth, mine)["kappa"]
+            - weighted_metrics(resampled, truth, theirs)["kappa"]
+        )
+    difference = float(np.mean(points))
+    low, high = interval(np.mean(samples, axis=0), evaluation["confidence"])
+    fold_rows = first.groupby(["repeat", "fold"]).size()
+    repeat_rows = first.groupby("repeat").size()
+    test_share = float(
+        np.mean(fold_rows / (repeat_rows.reindex(fold_rows.index, level=0) - fold_rows))
+    )
+    t, p = corrected_resampled_ttest(fold_kappa_differences(first, second, classes), test_share)
+    if p < SIGNIFICANCE:
+        verdict = "fusion better" if difference > 0 else "fusion worse"
+    else:
+        verdict = "no evidence of a difference"
+    return {
+        "n_rows": int(first[ID].nunique()),
+        "kappa_diff": difference,
+        "kappa_diff_ci_low": low,
+        "kappa_diff_ci_high": high,
+        "t_corrected": t,
+        "p_value": p,
+        "verdict": verdict,
+    }
+
+
+def comparisons_table(oofs: dict, classes: list, evaluation: dict, seed: int) -> pd.DataFrame:
+    """Each combination of several members against each of its members run alone."""
+    rows = []
+    for name, oof in oofs.items():
+        members = name.split("+")
+        if len(members) < 2:
+            continue
+        for member in members:
+            if member in oofs:
+                result = compare(oof, oofs[member], classes, evaluation, seed)
+                rows.append({"combination": name, "versus": member, **result})
+    columns = ["combination", "versus", "n_rows", "kappa_diff", "kappa_diff_ci_low"]
+    columns += ["kappa_diff_ci_high", "t_corrected", "p_value", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
@@ -129,15 +258,19 @@ def plot_confusion_matrices(pooled: dict, classes: list):
 
 
 def plot_learning_curves(histories: dict, modality: str):
-    """Loss and kappa per epoch for each fold: training rows and the inner early-stopping rows."""
+    """Loss and kappa per epoch for each (repeat, fold): training rows (dashed) and the inner
+    early-stopping rows (solid)."""
     plt = figure_style()
     fig, (loss_ax, kappa_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (fold, history), colour in zip(sorted(histories.items()), colours, strict=False):
+    for index, ((repeat, fold), history) in enumerate(sorted(histories.items())):
+        colour = colours[index % len(colours)]
         epoch = history["epoch"] + 1
         for ax, metric in ((loss_ax, "loss"), (kappa_ax, "kappa")):
             ax.plot(epoch, history[metric], color=colour, linestyle="--", linewidth=1)
-            ax.plot(epoch, history[f"val_{metric}"], color=colour, label=f"fold {fold}")
+            ax.plot(
+                epoch, history[f"val_{metric}"], color=colour, label=f"repeat {repeat}, fold {fold}"
+            )
         best = history["val_loss"].idxmin()
         loss_ax.scatter(epoch[best], history["val_loss"][best], color=colour, zorder=3)
     loss_ax.set_ylabel("Cross-entropy loss")
@@ -155,17 +288,96 @@ def plot_weight_sweep(sweep: pd.DataFrame, configured: float, combination: str):
     """Validation kappa against the metadata weight, per fold and on average."""
     plt = figure_style()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for fold, rows in sweep.groupby("fold"):
-        ax.plot(
-            rows["metadata_weight"], rows["kappa"], linewidth=1, alpha=0.6, label=f"fold {fold}"
-        )
+    for _, rows in sweep.groupby(["repeat", "fold"]):
+        ax.plot(rows["metadata_weight"], rows["kappa"], linewidth=1, alpha=0.4, color="#6baed6")
     mean = sweep.groupby("metadata_weight")["kappa"].mean()
-    ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=2.2, label="mean")
+    ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=2.2, label="mean (thin: folds)")
     ax.axvline(configured, color="#d62728", linestyle=":", label=f"configured ({configured:.2f})")
     ax.set_xlabel("Metadata (random forest) weight w")
     ax.set_ylabel("Cohen's kappa (validation)")
     ax.set_title(f"{combination}: w x RF + (1 - w) x image")
     ax.legend(frameon=False, fontsize=9)
+    return fig
+
+
+def plot_kappa_intervals(headline: pd.DataFrame):
+    """Forest plot: each combination's pooled validation kappa with its bootstrap interval."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * len(headline)))
+    y = np.arange(len(headline))[::-1]
+    low = headline["kappa_mean"] - headline["kappa_ci_low"]
+    high = headline["kappa_ci_high"] - headline["kappa_mean"]
+    ax.errorbar(headline["kappa_mean"], y, xerr=[low, high], fmt="o", color="#08519c", capsize=4)
+    ax.set_yticks(y, headline["combination"])
+    ax.set_xlabel("Cohen's kappa (pooled out-of-fold validation), with interval")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_title("Validation kappa per combination")
+    return fig
+
+
+def plot_comparisons(comparisons: pd.DataFrame):
+    """Paired kappa differences with their bootstrap intervals and corrected p-values."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * max(len(comparisons), 1)))
+    y = np.arange(len(comparisons))[::-1]
+    labels = [
+        f"{c} vs {v}"
+        for c, v in zip(comparisons["combination"], comparisons["versus"], strict=True)
+    ]
+    low = comparisons["kappa_diff"] - comparisons["kappa_diff_ci_low"]
+    high = comparisons["kappa_diff_ci_high"] - comparisons["kappa_diff"]
+    ax.errorbar(comparisons["kappa_diff"], y, xerr=[low, high], fmt="s", color="#a50f15", capsize=4)
+    for row, (difference, p) in enumerate(
+        zip(comparisons["kappa_diff"], comparisons["p_value"], strict=True)
+    ):
+        ax.annotate(
+            f"p = {p:.3f}",
+            (difference, y[row]),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+        )
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.6, len(comparisons) - 0.2)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("Kappa difference (paired, same rows)")
+    ax.set_title("Does the combination beat its members?")
+    return fig
+
+
+def plot_reliability(oofs: dict, classes: list):
+    """Reliability diagram per combination: accuracy against top-label confidence per bin."""
+    from fusion_dag.evaluate import calibration_bins, calibration_error, repeat_arrays
+
+    plt = figure_style()
+    fig, axes = plt.subplots(1, len(oofs), figsize=(3.6 * len(oofs), 3.6), squeeze=False)
+    for ax, (name, oof) in zip(axes[0], oofs.items(), strict=True):
+        arrays = repeat_arrays(oof, classes)
+        truth = np.concatenate([t for _, t, _ in arrays])
+        probs = np.concatenate([p for _, _, p in arrays])
+        bins = calibration_bins(probs)
+        correct = probs.argmax(axis=1) == truth
+        confidence = probs.max(axis=1)
+        frame = pd.DataFrame({"bin": bins, "correct": correct, "confidence": confidence})
+        summary = frame.groupby("bin").agg(
+            accuracy=("correct", "mean"), confidence=("confidence", "mean"), n=("correct", "size")
+        )
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        ax.scatter(
+            summary["confidence"],
+            summary["accuracy"],
+            s=10 + 200 * summary["n"] / summary["n"].sum(),
+            color="#08519c",
+        )
+        ax.plot(summary["confidence"], summary["accuracy"], color="#08519c", linewidth=1)
+        ece = float(calibration_error(np.ones((1, len(truth))), truth, probs)[0])
+        ax.set_title(f"{name}\nECE {ece:.3f}")
+        ax.set_xlabel("Top-label confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("Accuracy")
+    fig.tight_layout()
     return fig
 
 

@@ -1,0 +1,16 @@
+from fusion_dag.artifacts import read_tsv
+from fusion_dag.joblog import job_log
+from fusion_dag.report import plot_comparisons, plot_kappa_intervals, plot_reliability, save_figure
+
+with job_log(snakemake.log[0]):
+    oofs = {
+        name: read_tsv(path)
+        for name, path in zip(snakemake.params.combinations, snakemake.input.oof, strict=True)
+    }
+    save_figure(
+        plot_kappa_intervals(read_tsv(snakemake.input.headline)), snakemake.output.intervals
+    )
+    save_figure(
+        plot_comparisons(read_tsv(snakemake.input.comparisons)), snakemake.output.comparisons
+    )
+    save_figure(plot_reliability(oofs, snakemake.params.classes), snakemake.output.reliability)
