@@ -63,6 +63,13 @@ def test_ablation_target_reuses_v3_and_builds_the_report(tiny_copy):
     )
     assert by_strategy.loc[("V2", "out_of_fold"), ["learned_weight_mean"]].isna().all()
     assert (by_strategy.loc[["V1", "V2"], "best_epoch_mean"] >= 1).all()
+    # Each variant is compared with V3 on the same rows; V3 is not compared with itself.
+    gains = table.set_index("strategy")
+    assert gains.loc[["V1", "V2"], "v3_p_value"].between(0, 1).all()
+    assert (
+        gains.loc[["V1", "V2"], "v3_kappa_gain_ci_low"] <= gains.loc[["V1", "V2"], "v3_kappa_gain"]
+    ).all()
+    assert pd.isna(gains.loc["V3", "v3_kappa_gain"])
     # V3 is the fusion rule's per-fold result (the ablation averages folds, like its V1/V2).
     per_fold = pd.read_csv(tiny_copy / "results/fusion_results_per_fold.tsv", sep="\t")
     fused = per_fold.loc[per_fold["combination"] == "metadata+thermal_map", "kappa"].mean()

@@ -1,6 +1,5 @@
 rule ablation_fold:
     input:
-        samples="results/prepared/samples.tsv",
         folds="results/folds/repeat{repeat}.tsv",
         metadata="results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
         fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
@@ -8,6 +7,7 @@ rule ablation_fold:
         ids=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.ids.tsv",
     output:
         metrics="results/ablation/{combination}/repeat{repeat}/fold{fold}/metrics.tsv",
+        probs="results/ablation/{combination}/repeat{repeat}/fold{fold}/probs.tsv",
     log:
         "logs/ablation_fold/{combination}/repeat{repeat}/fold{fold}.log",
     conda:
@@ -33,6 +33,13 @@ rule aggregate_ablation:
         v3=ablation_inputs(
             "results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json"
         ),
+        variant_probs=ablation_inputs(
+            "results/ablation/{combination}/repeat{repeat}/fold{fold}/probs.tsv"
+        ),
+        v3_oof=lambda wildcards: expand(
+            "results/fusion/{combination}/oof.tsv", combination=PAIRS
+        ),
+        folds="results/folds.tsv",
     output:
         table=report(
             "results/ablation.tsv",
@@ -50,5 +57,9 @@ rule aggregate_ablation:
         runtime=10,
     params:
         combinations=list(PAIRS),
+        partitions=PARTITIONS,
+        classes=config["classes"],
+        evaluation=config["evaluation"],
+        seed=config["cv"]["seed"],
     script:
         "../scripts/aggregate_ablation.py"

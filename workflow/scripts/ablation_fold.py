@@ -20,13 +20,13 @@ with job_log(snakemake.log[0]):
         settings=settings,
         seed=snakemake.params.seed,
     )
-    records = ablation_fold(
+    records, probs = ablation_fold(
         task,
-        read_tsv(snakemake.input.samples),
         read_tsv(snakemake.input.metadata),
         read_tsv(snakemake.input.fit_probs),
         snakemake.params.metadata_weight,
     )
+    write_tsv(probs, snakemake.output.probs)
     table = pd.DataFrame(records)
     table.insert(0, "combination", snakemake.wildcards.combination)
     table.insert(1, "repeat", int(snakemake.wildcards.repeat))

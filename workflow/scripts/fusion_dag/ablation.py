@@ -136,17 +136,14 @@ def train_joint(
 
 
 def ablation_fold(
-    task: BranchFold,
-    samples: pd.DataFrame,
-    oof_probs: pd.DataFrame,
-    fit_probs: pd.DataFrame,
-    metadata_weight: float,
-) -> list:
-    """Metrics of every V1/V2 variant on one fold, as records for the ablation table.
+    task: BranchFold, oof_probs: pd.DataFrame, fit_probs: pd.DataFrame, metadata_weight: float
+) -> tuple[list, pd.DataFrame]:
+    """Every V1/V2 variant on one fold: (metrics records, probabilities of every variant).
 
     ``oof_probs`` are the fold's forest probabilities (out-of-fold on training rows);
     ``fit_probs`` the training rows predicted by the forest that saw them (in-sample), which
-    is how the original study fed its fusion.
+    is how the original study fed its fusion. The probabilities (with ``strategy`` and
+    ``rf_source`` columns) let the aggregation compare each variant with V3 on the same rows.
     """
     classes, folds, fold = task.classes, task.folds, task.fold
     sources = {
@@ -155,11 +152,12 @@ def ablation_fold(
         ),
         "out_of_fold": oof_probs,
     }
-    records = []
+    records, tables = [], []
     for strategy in STRATEGIES:
         for source in RF_SOURCES:
             log.info("Fold %d: training %s with %s forest probabilities", fold, strategy, source)
             probs, run = train_joint(task, strategy, sources[source], metadata_weight)
+            tables.append(probs.assign(strategy=strategy, rf_source=source))
             metrics = fold_metrics(probs, folds, classes)
             records.append(
                 {
@@ -170,4 +168,4 @@ def ablation_fold(
                     **metrics,
                 }
             )
-    return records
+    return records, pd.concat(tables, ignore_index=True)

@@ -184,6 +184,32 @@ def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
     return table.reset_index()
 
 
+def versus_v3(
+    v3_oof: pd.DataFrame, variant_oofs: dict, classes: list, evaluation: dict, seed: int
+) -> pd.DataFrame:
+    """V3's pooled kappa minus each ablation variant's, paired on the same rows.
+
+    ``variant_oofs`` maps ``(strategy, rf_source)`` to that variant's pooled out-of-fold table.
+    The columns carry :func:`compare`'s interval and corrected p-value; the verdict names V3.
+    """
+    wording = {"fusion better": "V3 better", "fusion worse": "V3 worse"}
+    rows = []
+    for (strategy, source), oof in variant_oofs.items():
+        result = compare(v3_oof, oof, classes, evaluation, seed)
+        rows.append(
+            {
+                "strategy": strategy,
+                "rf_source": source,
+                "v3_kappa_gain": result["kappa_diff"],
+                "v3_kappa_gain_ci_low": result["kappa_diff_ci_low"],
+                "v3_kappa_gain_ci_high": result["kappa_diff_ci_high"],
+                "v3_p_value": result["p_value"],
+                "v3_verdict": wording.get(result["verdict"], result["verdict"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def markdown_table(headline: pd.DataFrame) -> str:
     """The headline as a Markdown table for people, three decimals."""
     return headline.to_markdown(index=False, floatfmt=".3f") + "\n"
