@@ -79,7 +79,8 @@ def read_table(path: Path) -> pd.DataFrame:
         where = re.search(r"line (\d+)", str(error))
         line = f"line {where.group(1)}" if where else "a line"
         raise InputError(
-            f"samples table {path}: {line} has more fields than the header ({error}); "
+            f"samples table {path}: {line} has more fields than the header "
+            f"({' '.join(str(error).split())}); "
             f"the separator is {separator!r}: check for an unquoted {separator!r} inside a cell "
             "(for example a decimal comma in a comma-separated file)"
         ) from None
@@ -188,7 +189,7 @@ def check_class_coverage(labels, groups, classes, column: str, source: Path) -> 
         if len(patients) == 1:
             raise InputError(
                 f"samples table {source}: class {name} occurs in one patient only "
-                f"({patients[0]}, {int((labels == name).sum())} rows); patient-grouped "
+                f"({patients[0]}, rows: {int((labels == name).sum())}); patient-grouped "
                 "cross-validation cannot both train on and validate it: add patients with "
                 "that class or remove it from 'classes'"
             )
@@ -362,7 +363,7 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
     for mode, target in CONVERTED_MODES.items():
         count = int((modes == mode).sum())
         if count:
-            log.info("Modality %s: %d %s images converted to %s", modality, count, mode, target)
+            log.info("Modality %s: %s images converted to %s: %d", modality, mode, target, count)
     colour = modes.isin(COLOUR_MODES | {m for m, t in CONVERTED_MODES.items() if "RGB" in t})
     if colour.any() and not colour.all():
         log.warning(
