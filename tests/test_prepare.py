@@ -154,13 +154,6 @@ def test_truncated_image_is_refused(workdir):
         prepare(workdir)
 
 
-def test_image_outside_image_dir_is_refused(workdir):
-    table = original(workdir)
-    table.loc[1, "thermal_map"] = "../../etc/passwd"
-    with pytest.raises(InputError, match="outside image_dir"):
-        prepare(workdir, table)
-
-
 def test_empty_image_cells_error_or_drop(workdir):
     table = original(workdir)
     table.loc[[0, 1], "thermal_map"] = None
@@ -248,7 +241,9 @@ def test_symlinked_image_dir_and_files_inside_it_are_followed(workdir, tmp_path)
     assert images["thermal_map"].notna().all()
 
 
-@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "thermal/../../x.png"])
+@pytest.mark.parametrize(
+    "path", ["../outside.png", "../../etc/passwd", "/etc/passwd", "thermal/../../x.png"]
+)
 def test_paths_that_leave_image_dir_are_refused(workdir, path):
     table = original(workdir)
     table.loc[1, "thermal_map"] = path
