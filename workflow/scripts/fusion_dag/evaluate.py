@@ -73,12 +73,6 @@ def fit_kappa(fit_probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> f
     return kappa(truth, predicted_index(table, classes), len(classes))
 
 
-def validation_predictions(probs: pd.DataFrame, labels: pd.DataFrame, classes: list):
-    """(truth, predicted) class indices on the validation rows of one probability table."""
-    table = probs[probs["split"] == "val"].merge(labels[[ID, LABEL]], on=ID, validate="one_to_one")
-    return table[LABEL].map(classes.index).to_numpy(), predicted_index(table, classes)
-
-
 def aligned_validation(rf_probs: pd.DataFrame, image_probs: pd.DataFrame, labels, classes):
     """Validation rows present in both branches: (truth, rf probabilities, image probabilities)."""
     columns = [f"prob_{c}" for c in classes]

@@ -16,9 +16,8 @@ from fusion_dag.evaluate import (
     corrected_resampled_ttest,
     interval,
     kappa,
-    patient_weights,
+    oof_table,
     repeat_arrays,
-    weighted_metrics,
 )
 
 # Metrics with a patient-bootstrap interval in the headline, the primary one first.
@@ -114,22 +113,13 @@ def compare(
     is the corrected resampled t-test over the repeats x folds differences.
     """
     first, second = paired_rows(first, second)
-    sides = [repeat_arrays(table, classes) for table in (first, second)]
-    groups = [groups for groups, _, _ in sides[0]]
-    weights = patient_weights(groups, evaluation["bootstrap"], seed)
-    points, samples = [], []
-    for (_, truth, mine), (_, _, theirs), resampled in zip(*sides, weights, strict=True):
-        ones = np.ones((1, len(truth)))
-        points.append(
-            weighted_metrics(ones, truth, mine)["kappa"]
-            - weighted_metrics(ones, truth, theirs)["kappa"]
-        )
-        samples.append(
-            weighted_metrics(resampled, truth, mine)["kappa"]
-            - weighted_metrics(resampled, truth, theirs)["kappa"]
-        )
-    difference = float(np.mean(points))
-    low, high = interval(np.mean(samples, axis=0), evaluation["confidence"])
+    # The same rows, hence the same patients and seed: both sides get the same patient draws.
+    mine, theirs = (
+        bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)["kappa"]
+        for table in (first, second)
+    )
+    difference = mine[0] - theirs[0]
+    low, high = interval(mine[1] - theirs[1], evaluation["confidence"])
     fold_rows = first.groupby(["repeat", "fold"]).size()
     repeat_rows = first.groupby("repeat").size()
     test_share = float(
@@ -185,17 +175,28 @@ def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
 
 
 def versus_v3(
-    v3_oof: pd.DataFrame, variant_oofs: dict, classes: list, evaluation: dict, seed: int
+    v3_oof: pd.DataFrame,
+    variant_probs: list,
+    folds: pd.DataFrame,
+    classes: list,
+    evaluation: dict,
+    seed: int,
 ) -> pd.DataFrame:
     """V3's pooled kappa minus each ablation variant's, paired on the same rows.
 
-    ``variant_oofs`` maps ``(strategy, rf_source)`` to that variant's pooled out-of-fold table.
-    The columns carry :func:`compare`'s interval and corrected p-value; the verdict names V3.
+    ``variant_probs`` holds ``(repeat, fold, table)`` of the ablation's per-fold probabilities
+    (every variant, told apart by ``strategy`` and ``rf_source``). The columns carry
+    :func:`compare`'s interval and corrected p-value; the verdict names V3.
     """
     wording = {"fusion better": "V3 better", "fusion worse": "V3 worse"}
+    variants = variant_probs[0][2][["strategy", "rf_source"]].drop_duplicates()
     rows = []
-    for (strategy, source), oof in variant_oofs.items():
-        result = compare(v3_oof, oof, classes, evaluation, seed)
+    for strategy, source in variants.itertuples(index=False):
+        parts = [
+            (r, k, table[(table["strategy"] == strategy) & (table["rf_source"] == source)])
+            for r, k, table in variant_probs
+        ]
+        result = compare(v3_oof, oof_table(parts, folds, classes), classes, evaluation, seed)
         rows.append(
             {
                 "strategy": strategy,
