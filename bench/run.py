@@ -125,7 +125,9 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
     validation = arrays(train[held_out])
     rates = []
     for _ in range(repeats):
-        model = build_image_branch("thermal_map", images.shape[1], len(config["classes"]))
+        model = build_image_branch(
+            "thermal_map", images.shape[1:], len(config["classes"]), settings
+        )
         model.compile(
             keras.optimizers.Adam(settings["learning_rate"]), "sparse_categorical_crossentropy"
         )

@@ -39,17 +39,21 @@ IMAGE_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="session")
-def cached(demo_table, tmp_path_factory):
-    """The demo's thermal maps cached at 24 px, with folds."""
-    folder = tmp_path_factory.mktemp("cache")
+def cache_modality(demo_table, folder: Path, size: int, channels: int):
+    """The demo thermal maps cached at ``size`` px, ``channels`` deep: (cache, positions, folds)."""
     samples, images = prepare_inputs(
         demo_table, demo_table.parent, COLUMNS, CLASSES, {"thermal_map": "thermal_map"}, "error"
     )
-    build_cache(images["thermal_map"], IMAGE_SETTINGS["size"], folder / "thermal_map.npy")
+    build_cache(images["thermal_map"], size, folder / "thermal_map.npy", channels=channels)
     images[["id"]].to_csv(folder / "ids.tsv", sep="\t", index=False)
     cache, positions = load_cache(folder / "thermal_map.npy", folder / "ids.tsv")
     return cache, positions, assign_folds(samples, 3, 42, CLASSES)
+
+
+@pytest.fixture(scope="session")
+def cached(demo_table, tmp_path_factory):
+    """The demo's thermal maps cached at 24 px with 3 channels, with folds."""
+    return cache_modality(demo_table, tmp_path_factory.mktemp("cache"), 24, channels=3)
 
 
 def train_tiny_branch(cached, folder: Path, **overrides):

@@ -4,15 +4,16 @@ import pytest
 
 from fusion_dag.ablation import build_joint_model
 from fusion_dag.report import ablation_table
-from tests.conftest import TINY, run_snakemake, scheduled_jobs
+from tests.conftest import TINY, branch_fold, run_snakemake, scheduled_jobs
 
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 
-def test_v1_learns_one_weight_and_v2_none():
-    v1 = build_joint_model("thermal_map", 16, 3, 0.7, learned=True)
-    v2 = build_joint_model("thermal_map", 16, 3, 0.7, learned=False)
+def test_v1_learns_one_weight_and_v2_none(cached):
+    task = branch_fold(cached)
+    v1 = build_joint_model(task, 0.7, learned=True)
+    v2 = build_joint_model(task, 0.7, learned=False)
     layer = v1.get_layer("fusion_weighted")
     assert len(layer.trainable_weights) == 1
     assert float(1 / (1 + np.exp(-layer.logit.numpy()))) == pytest.approx(0.7)

@@ -12,13 +12,15 @@ from fusion_dag.fusion import (
     freeze_branch,
     fuse_v3,
     log_weights,
-    member_weights,
 )
 from fusion_dag.image import branch_probabilities, build_image_branch
+from fusion_dag.weights import member_weights
 from tests.conftest import CLASSES, branch_fold, train_tiny_branch
 
 PROBS = [f"prob_{c}" for c in CLASSES]
 EXPECTED = {"repeat": 1, "fold": 1, "classes": CLASSES}
+SHAPE = (24, 24, 3)  # the cached demo's image shape
+SMALL_CNN = {"backbone": "small_cnn"}
 
 
 def test_metadata_takes_its_weight_and_images_share_the_rest():
@@ -29,6 +31,16 @@ def test_metadata_takes_its_weight_and_images_share_the_rest():
         "thermal_map": 0.5,
         "depth_map": 0.5,
     }
+
+
+def test_configured_member_weights_are_rescaled_within_each_combination():
+    weights = {"metadata": 0.7, "thermal_map": 0.15, "depth_map": 0.05, "wound_photo": 0.1}
+    assert member_weights(list(weights), 0.5, weights) == pytest.approx(weights)
+    pair = member_weights(["metadata", "thermal_map"], 0.5, weights)
+    assert pair == pytest.approx({"metadata": 0.7 / 0.85, "thermal_map": 0.15 / 0.85})
+    assert member_weights(["depth_map"], 0.5, weights) == {"depth_map": 1.0}
+    with pytest.raises(ValueError, match="combination depth_map weight 0"):
+        member_weights(["depth_map"], 0.5, {**weights, "depth_map": 0.0})
 
 
 def test_weight_line_prints_each_members_own_weight(caplog):
@@ -46,14 +58,20 @@ def pretrained(cached, tmp_path_factory):
     model = train_tiny_branch(cached, folder, epochs=2)
     probs = branch_probabilities(model, branch_fold(cached))
     checkpoint = folder / "checkpoint.weights.h5"
-    manifest = checkpoint_manifest(model, "thermal_map", 1, 1, CLASSES, checkpoint)
+    manifest = checkpoint_manifest(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
     return checkpoint, probs, manifest, model
 
 
 def member(cached, pretrained, **changes):
     cache, positions, _ = cached
     checkpoint, probs, manifest, _ = pretrained
-    fields = {"probs": probs, "checkpoint": checkpoint, "manifest": manifest, **changes}
+    fields = {
+        "probs": probs,
+        "checkpoint": checkpoint,
+        "manifest": manifest,
+        "settings": SMALL_CNN,
+        **changes,
+    }
     return {"thermal_map": ImageMember(cache, positions, **fields)}
 
 
@@ -115,7 +133,9 @@ def test_checkpoint_file_is_keyed_by_layer_name(pretrained):
 
 
 def load_into_fusion(path):
-    model = build_fusion_model({"thermal_map": 24}, 3, {"metadata": 0.7, "thermal_map": 0.3})
+    model = build_fusion_model(
+        {"thermal_map": (SHAPE, SMALL_CNN)}, 3, {"metadata": 0.7, "thermal_map": 0.3}
+    )
     from fusion_dag.checkpoint import load_branch_weights
 
     load_branch_weights(model, "thermal_map", path, logging.getLogger("test"))
@@ -144,7 +164,7 @@ def rewrite(source, target, edit):
 
 
 def test_checkpoint_of_another_modality_is_refused_naming_it(tmp_path):
-    depth = build_image_branch("depth_map", 24, 3)
+    depth = build_image_branch("depth_map", SHAPE, 3)
     save_branch_weights(depth, "depth_map", tmp_path / "depth.weights.h5")
     with pytest.raises(
         CheckpointError, match="holds the depth_map branch.*needs modality thermal_map"
@@ -156,12 +176,12 @@ def test_another_branchs_layers_are_refused_even_with_a_forged_modality(
     cached, pretrained, tmp_path
 ):
     """A depth_map file relabelled as thermal_map, with a sidecar made to match, is refused."""
-    depth = build_image_branch("depth_map", 24, 3)
+    depth = build_image_branch("depth_map", SHAPE, 3)
     path = tmp_path / "checkpoint.weights.h5"
     save_branch_weights(depth, "depth_map", path)
     rewrite(path, path, lambda handle: handle.attrs.modify("modality", "thermal_map"))
-    thermal = build_image_branch("thermal_map", 24, 3)
-    forged = checkpoint_manifest(thermal, "thermal_map", 1, 1, CLASSES, path)
+    thermal = build_image_branch("thermal_map", SHAPE, 3)
+    forged = checkpoint_manifest(thermal, "thermal_map", "small_cnn", (1, 1), CLASSES, path)
     with pytest.raises(
         CheckpointError,
         match=r"fusion model layers not in the file \['thermal_map_conv1'.*"
@@ -194,7 +214,7 @@ def test_missing_and_extra_layers_are_named(pretrained, tmp_path):
 
 
 def test_shape_mismatch_names_the_layer_and_shapes(tmp_path):
-    two_classes = build_image_branch("thermal_map", 24, 2)
+    two_classes = build_image_branch("thermal_map", SHAPE, 2)
     save_branch_weights(two_classes, "thermal_map", tmp_path / "two.weights.h5")
     with pytest.raises(
         CheckpointError,
@@ -205,7 +225,7 @@ def test_shape_mismatch_names_the_layer_and_shapes(tmp_path):
 
 
 def test_a_plain_keras_weights_file_is_refused(tmp_path):
-    build_image_branch("thermal_map", 24, 3).save_weights(tmp_path / "keras.weights.h5")
+    build_image_branch("thermal_map", SHAPE, 3).save_weights(tmp_path / "keras.weights.h5")
     with pytest.raises(CheckpointError, match="is not a fusion-dag branch checkpoint"):
         load_into_fusion(tmp_path / "keras.weights.h5")
 
@@ -259,8 +279,11 @@ def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path
     assert "layers differ: thermal_map_conv9" in refused(cached, pretrained, manifest=renamed)
 
 
-def test_sidecar_for_another_image_size_is_refused(cached, pretrained):
+def test_sidecar_for_another_size_or_channel_count_is_refused(cached, pretrained):
     _, _, manifest, _ = pretrained
     assert "image_size is 32, the fusion job needs 24" in refused(
         cached, pretrained, manifest={**manifest, "image_size": 32}
+    )
+    assert "channels is 1, the fusion job needs 3" in refused(
+        cached, pretrained, manifest={**manifest, "channels": 1}
     )

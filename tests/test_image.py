@@ -1,3 +1,6 @@
+import logging
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +15,7 @@ from fusion_dag.image import (
     build_image_branch,
     inner_split,
 )
-from tests.conftest import CLASSES, branch_fold, train_tiny_branch
+from tests.conftest import CLASSES, branch_fold, cache_modality, train_tiny_branch
 
 
 def test_cache_is_memory_mapped_uint8(cached, demo_table):
@@ -33,7 +36,7 @@ def test_grayscale_images_get_three_channels(tmp_path):
 
 
 def test_every_layer_is_named_after_the_modality():
-    model = build_image_branch("depth_map", 32, 3)
+    model = build_image_branch("depth_map", (32, 32, 1), 3, {"augmentation": {"flip": "vertical"}})
     assert all(layer.name.startswith("depth_map_") for layer in model.layers)
     assert model.output.shape[-1] == 3
 
@@ -167,3 +170,183 @@ def test_kappa_metric_is_a_registered_keras_object():
     config = keras.saving.serialize_keras_object(CohenKappa(4))
     restored = keras.saving.deserialize_keras_object(config)
     assert isinstance(restored, CohenKappa) and restored.n_classes == 4
+
+
+# Real backbones accept 32 px and up; one short epoch on the 40-patient demo is enough to prove
+# the contract (train alone, checkpoint, load by name, freeze, reproduce).
+BACKBONE_SETTINGS = {"size": 32, "epochs": 1, "batch_size": 16, "patience": 1}
+
+
+@pytest.fixture(scope="module")
+def cached32(demo_table, tmp_path_factory):
+    """The demo's thermal maps cached at 32 px with 3 channels, with folds."""
+    return cache_modality(demo_table, tmp_path_factory.mktemp("cache32"), 32, channels=3)
+
+
+def trained_backbone(cached32, folder, **settings):
+    """Train the thermal branch on fold 1 with a backbone; return (model, task)."""
+    from fusion_dag.image import configure_tensorflow, train_branch
+
+    configure_tensorflow(1, 1, 42)
+    task = branch_fold(cached32, **{**BACKBONE_SETTINGS, **settings})
+    model, _ = train_branch(task, folder / "checkpoint.weights.h5", folder / "history.tsv")
+    return model, task
+
+
+@pytest.mark.parametrize(
+    "backbone", ["EfficientNetB0", "MobileNetV3Small", "ResNet50V2", "DenseNet121"]
+)
+def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
+    backbone, cached32, tmp_path, caplog
+):
+    from fusion_dag.checkpoint import CheckpointError, checkpoint_manifest
+    from fusion_dag.fusion import ImageMember, fuse_v3
+
+    model, task = trained_backbone(cached32, tmp_path, backbone=backbone, fine_tune="all")
+    nested = model.get_layer("thermal_map_backbone")
+    assert len(nested.layers) > 100 and nested.trainable_weights
+    checkpoint = tmp_path / "checkpoint.weights.h5"
+    probs = branch_probabilities(model, task)
+    member = ImageMember(
+        *cached32[:2],
+        probs=probs,
+        checkpoint=checkpoint,
+        manifest=checkpoint_manifest(model, "thermal_map", backbone, (1, 1), CLASSES, checkpoint),
+        settings={"backbone": backbone},
+    )
+    expected = {"repeat": 1, "fold": 1, "classes": CLASSES}
+    with caplog.at_level(logging.INFO):
+        fused = fuse_v3(
+            {"thermal_map": 1.0}, None, {"thermal_map": member}, expected, 16, logging.getLogger()
+        )
+    label = f"thermal_map_backbone (nested model, {len(nested.weights)} weights)"
+    assert f"Loaded weights for layer: {label}" in caplog.text
+    assert f"Frozen layer: {label}" in caplog.text
+    # One line for the backbone, not one per inner layer: backbone and softmax head.
+    assert caplog.text.count("Loaded weights for layer:") == 2
+    with pytest.raises(CheckpointError, match=f"backbone is '{backbone}', the fusion job needs"):
+        fuse_v3(
+            {"thermal_map": 1.0},
+            None,
+            {"thermal_map": replace(member, settings={"backbone": "small_cnn"})},
+            expected,
+            16,
+            logging.getLogger(),
+        )
+    # fuse_v3 refuses a branch that does not reproduce; the fused output is that branch.
+    aligned = probs.merge(fused, on=["id", "split"], suffixes=("", "_fused"))
+    np.testing.assert_allclose(
+        aligned[[f"prob_{c}_fused" for c in CLASSES]].to_numpy(),
+        aligned[[f"prob_{c}" for c in CLASSES]].to_numpy(),
+        atol=1e-6,
+    )
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """A MobileNetV3Small weights file made here, and its weights by layer name."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    reference = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
+    path = tmp_path_factory.mktemp("backbone") / "mobilenet.weights.h5"
+    reference.save_weights(path)
+    return path, {layer.name: layer.get_weights() for layer in reference.layers if layer.weights}
+
+
+def changed_layers(model, stored: dict) -> set:
+    """Names of the backbone layers whose weights differ from ``stored``."""
+    backbone = model.get_layer("thermal_map_backbone")
+    return {
+        name
+        for name, weights in stored.items()
+        if any(
+            not np.array_equal(a, b)
+            for a, b in zip(backbone.get_layer(name).get_weights(), weights, strict=True)
+        )
+    }
+
+
+def test_backbone_weights_file_is_loaded_and_frozen_leaves_it_unchanged(
+    cached32, backbone_file, tmp_path
+):
+    path, stored = backbone_file
+    settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path)}
+    untrained = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
+    from fusion_dag.image import load_backbone_weights
+
+    load_backbone_weights(untrained, "thermal_map", settings)
+    assert changed_layers(untrained, stored) == set()  # every weight is the file's
+    head_before = untrained.get_layer("thermal_map_probs").get_weights()[0]
+    model, _ = trained_backbone(cached32, tmp_path, **settings, fine_tune="frozen", epochs=2)
+    assert changed_layers(model, stored) == set()
+    assert not np.array_equal(model.get_layer("thermal_map_probs").get_weights()[0], head_before)
+
+
+def test_top_k_fine_tuning_changes_only_the_top_layers(cached32, backbone_file, tmp_path):
+    path, stored = backbone_file
+    settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path), "fine_tune": 6}
+    model, _ = trained_backbone(cached32, tmp_path, **settings, learning_rate=0.01)
+    backbone = model.get_layer("thermal_map_backbone")
+    top = {layer.name for layer in backbone.layers[-6:]}
+    trainable = {layer.name for layer in backbone.layers if layer.trainable_weights}
+    assert trainable and trainable <= top
+    assert not any("BatchNorm" in type(backbone.get_layer(n)).__name__ for n in trainable)
+    changed = changed_layers(model, stored)
+    assert changed and changed <= trainable
+
+
+def test_grey_images_enter_a_pretrained_backbone_on_three_channels():
+    model = build_image_branch("depth_map", (32, 32, 1), 3, {"backbone": "ResNet50V2"})
+    assert model.input.shape[-1] == 1
+    assert model.get_layer("depth_map_grey_to_rgb").output.shape[-1] == 3
+    assert model.get_layer("depth_map_backbone").input.shape[-1] == 3
+
+
+@pytest.mark.parametrize(
+    ("backbone", "module"),
+    [("ResNet50V2", "resnet_v2"), ("DenseNet121", "densenet"), ("EfficientNetB0", "efficientnet")],
+)
+def test_each_backbone_gets_its_own_preprocess_input(backbone, module):
+    import keras
+
+    model = build_image_branch("photo", (32, 32, 3), 3, {"backbone": backbone})
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    step = keras.Model(model.input, model.get_layer("photo_preprocess").output)
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    np.testing.assert_allclose(step.predict(pixels, verbose=0), expected, atol=1e-5)
+
+
+def test_augmentation_is_active_in_training_only():
+    augmentation = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.2}
+    model = build_image_branch("photo", (32, 32, 3), 3, {"augmentation": augmentation})
+    names = {layer.name for layer in model.layers}
+    assert {"photo_flip", "photo_rotation", "photo_zoom", "photo_contrast"} <= names
+    augmented = keras_submodel(model, "photo_contrast")
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    # predict (inference) passes images through unchanged, and twice gives the same output.
+    np.testing.assert_array_equal(augmented.predict(pixels, verbose=0), pixels)
+    np.testing.assert_array_equal(
+        model.predict(pixels, verbose=0), model.predict(pixels, verbose=0)
+    )
+    # In training (what fit runs) the same images come out transformed.
+    assert not np.allclose(np.asarray(augmented(pixels, training=True)), pixels)
+
+
+def keras_submodel(model, layer_name):
+    """The part of ``model`` from its input to one named layer's output."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(layer_name).output)
+
+
+def test_mixed_precision_branch_computes_in_float16_and_outputs_float32(cached, tmp_path):
+    model = train_tiny_branch(cached, tmp_path, epochs=1, mixed_precision=True)
+    assert model.get_layer("thermal_map_conv1").compute_dtype == "float16"
+    assert model.get_layer("thermal_map_conv1").variable_dtype == "float32"
+    assert model.output.dtype == "float32"
+    # The policy is restored for whatever is built next.
+    plain = build_image_branch("depth_map", (24, 24, 3), 3)
+    assert plain.get_layer("depth_map_conv1").compute_dtype == "float32"

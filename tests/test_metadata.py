@@ -6,6 +6,7 @@ import skops.io
 from sklearn.metrics import cohen_kappa_score
 from sklearn.pipeline import Pipeline
 
+from fusion_dag.demo import MODALITY_FOLDERS
 from fusion_dag.folds import assign_folds
 from fusion_dag.metadata import (
     feature_frame,
@@ -19,11 +20,14 @@ from tests.conftest import CLASSES, COLUMNS
 
 SETTINGS = {"n_estimators": 40, "min_samples_leaf": 2, "class_weight": "balanced", "inner_folds": 3}
 PROBS = [f"prob_{c}" for c in CLASSES]
+IMAGES = list(MODALITY_FOLDERS)  # the demo's image path columns: never features
 
 
 @pytest.fixture(scope="module")
 def fitted(demo_table):
-    samples, _ = prepare_inputs(demo_table, demo_table.parent, COLUMNS, CLASSES, {}, "error")
+    samples, _ = prepare_inputs(
+        demo_table, demo_table.parent, COLUMNS, CLASSES, {}, "error", ignored_columns=IMAGES
+    )
     folds = assign_folds(samples, 3, 42, CLASSES)
     probs, pipeline = fold_probabilities(samples, folds, 1, CLASSES, SETTINGS, 42, 1)
     return samples, folds, probs, pipeline

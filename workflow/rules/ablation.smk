@@ -1,5 +1,6 @@
 rule ablation_fold:
     input:
+        unpack(backbone_weights_input(lambda wildcards: PAIRS[wildcards.combination])),
         folds="results/folds/repeat{repeat}.tsv",
         metadata="results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
         fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
@@ -19,7 +20,7 @@ rule ablation_fold:
     params:
         classes=config["classes"],
         settings=lambda wildcards: modality_settings(PAIRS[wildcards.combination]),
-        metadata_weight=config["fusion"]["metadata_weight"],
+        weights=pair_weight_settings,
         seed=config["cv"]["seed"],
     script:
         "../scripts/ablation_fold.py"

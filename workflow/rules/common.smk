@@ -1,4 +1,6 @@
+import itertools
 import re
+from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -9,27 +11,63 @@ from snakemake.utils import validate
 SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 
 
-def command_line_values(value, schema):
+def schema_branch(value, schema, root):
+    """The part of ``schema`` that describes ``value``: ``$ref`` resolved against ``root``'s
+    ``$defs``, and of ``oneOf`` alternatives the one for a mapping when ``value`` is one.
+    """
+    if "$ref" in schema:
+        referenced = root["$defs"][schema["$ref"].split("/")[-1]]
+        properties = {
+            **referenced.get("properties", {}),
+            **schema.get("properties", {}),
+        }
+        schema = {**referenced, **schema, "properties": properties}
+    if "oneOf" in schema and isinstance(value, dict):
+        for option in schema["oneOf"]:
+            option = schema_branch(value, option, root)
+            if option.get("type") == "object":
+                return option
+    return schema
+
+
+def accepted_types(schema):
+    """The JSON types a schema (or any of its ``oneOf`` alternatives) accepts."""
+    types = schema.get("type", [])
+    types = {types} if isinstance(types, str) else set(types)
+    for allowed in [schema["const"]] if "const" in schema else schema.get("enum", []):
+        types.add("string" if isinstance(allowed, str) else "number")
+    for option in schema.get("oneOf", []):
+        types |= accepted_types(option)
+    return types
+
+
+def command_line_values(value, schema, root=None):
     """``value`` with strings parsed as YAML wherever the schema expects no string.
 
     Snakemake hands nested ``--config`` values over as text (``--config
     'fusion={metadata_weight: 0.6}'`` gives ``'0.6'``), so ``0.6``, ``0``, ``null`` or
-    ``[[metadata]]`` are parsed the way a config file would have read them.
+    ``[[metadata]]`` are parsed the way a config file would have read them. A text that
+    parses to a string (``all``, ``frozen``) stays as it is.
     """
+    root = schema if root is None else root
+    schema = schema_branch(value, schema, root)
     if isinstance(value, dict):
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         return {
             key: command_line_values(
-                item, properties.get(key, extra if isinstance(extra, dict) else {})
+                item,
+                properties.get(key, extra if isinstance(extra, dict) else {}),
+                root,
             )
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [command_line_values(item, schema.get("items", {})) for item in value]
-    types = schema.get("type", [])
-    types = [types] if isinstance(types, str) else types
-    if isinstance(value, str) and types and "string" not in types:
+        return [
+            command_line_values(item, schema.get("items", {}), root) for item in value
+        ]
+    types = accepted_types(schema)
+    if isinstance(value, str) and types and types != {"string"}:
         parsed = yaml.safe_load(value)
         return value if isinstance(parsed, str) else parsed
     return value
@@ -53,16 +91,24 @@ def validate_config(config):
 def selected_combinations(config):
     """Name -> members of each combination to run, metadata first, images in config order.
 
-    Default: metadata alone, each image alone, metadata + each image. Selection is a list so
-    a --configfile can narrow it (Snakemake merges mappings but replaces lists).
+    Default: metadata alone, each image alone, metadata + each image; ``all``: every non-empty
+    subset of metadata and the modalities (31 for metadata and four modalities). Selection is
+    a list so a --configfile can narrow it (Snakemake merges mappings but replaces lists).
     """
     modalities = list(config["modalities"])
-    chosen = config["combinations"] or (
-        [["metadata"]]
-        + [[m] for m in modalities]
-        + [["metadata", m] for m in modalities]
-    )
     order = ["metadata"] + modalities
+    if config["combinations"] == "all":
+        chosen = [
+            list(members)
+            for size in range(1, len(order) + 1)
+            for members in itertools.combinations(order, size)
+        ]
+    else:
+        chosen = config["combinations"] or (
+            [["metadata"]]
+            + [[m] for m in modalities]
+            + [["metadata", m] for m in modalities]
+        )
     combinations = {}
     for members in chosen:
         unknown = [m for m in members if m not in order]
@@ -76,24 +122,91 @@ def selected_combinations(config):
     return combinations
 
 
+def modality_settings(name):
+    """A modality's image settings: ``image_model`` with the modality's own overrides.
+
+    ``backbone_weights: none`` (the word) means no pretrained weights, like null.
+    """
+    entry = config["modalities"][name]
+    overrides = {} if isinstance(entry, str) else entry
+    settings = {
+        **config["image_model"],
+        **{key: value for key, value in overrides.items() if key != "column"},
+    }
+    if str(settings.get("backbone_weights")).lower() == "none":
+        settings["backbone_weights"] = None
+    return settings
+
+
+def setting_key(name, key):
+    """Where a modality's setting comes from, for error messages."""
+    entry = config["modalities"][name]
+    own = isinstance(entry, dict) and key in entry
+    return f"modalities.{name}.{key}" if own else f"image_model.{key}"
+
+
+def validate_image_settings(modalities):
+    """Settings the schema cannot check alone, each error naming the key."""
+    for name in modalities:
+        settings = modality_settings(name)
+        weights = settings["backbone_weights"]
+        if settings["backbone"] == "small_cnn" and weights is not None:
+            raise WorkflowError(
+                f"Invalid config key '{setting_key(name, 'backbone_weights')}': {weights!r} "
+                f"needs a keras.applications backbone; modality {name} uses small_cnn, which "
+                "has no pretrained weights (set backbone_weights: null)"
+            )
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            raise WorkflowError(
+                f"Invalid config key '{setting_key(name, 'backbone_weights')}': {weights} is "
+                "not a file (give imagenet, null, or the path of a Keras .weights.h5 file of "
+                f"{settings['backbone']} built with include_top=False)"
+            )
+        if settings["size"] < 32 and settings["backbone"] != "small_cnn":
+            raise WorkflowError(
+                f"Invalid config key '{setting_key(name, 'size')}': {settings['size']} px is "
+                f"below the 32 px keras.applications backbones ({settings['backbone']}) accept"
+            )
+
+
+def validate_fusion_weights(combinations):
+    """``fusion.weights``, when given: one weight per member in use, summing to 1."""
+    weights = config["fusion"].get("weights")
+    if not weights:
+        return
+    used = sorted({member for members in combinations.values() for member in members})
+    missing = [member for member in used if member not in weights]
+    unknown = [
+        member
+        for member in weights
+        if member not in ["metadata", *config["modalities"]]
+    ]
+    if missing or unknown:
+        raise WorkflowError(
+            f"Invalid config key 'fusion.weights': members without a weight {missing}, "
+            f"names that are neither metadata nor a modality {unknown}"
+        )
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        raise WorkflowError(
+            f"Invalid config key 'fusion.weights': the weights sum to {total:g}, not 1"
+        )
+    for name, members in combinations.items():
+        if sum(weights[m] for m in members) <= 0:
+            raise WorkflowError(
+                f"Invalid config key 'fusion.weights': combination {name} has total weight 0"
+            )
+
+
 validate_config(config)
 COMBINATIONS = selected_combinations(config)
+validate_fusion_weights(COMBINATIONS)
 
 
 def modality_column(name):
     """The table column holding a modality's image paths."""
     entry = config["modalities"][name]
     return entry if isinstance(entry, str) else entry["column"]
-
-
-def modality_settings(name):
-    """A modality's image settings: ``image_model`` with the modality's own overrides."""
-    entry = config["modalities"][name]
-    overrides = {} if isinstance(entry, str) else entry
-    return {
-        **config["image_model"],
-        **{key: value for key, value in overrides.items() if key != "column"},
-    }
 
 
 def image_setting(key):
@@ -108,6 +221,7 @@ MODALITIES = {
     for name in config["modalities"]
     if any(name in members for members in COMBINATIONS.values())
 }
+validate_image_settings(MODALITIES)
 # Path columns of configured modalities not in use: never metadata features either.
 IGNORED_IMAGE_COLUMNS = sorted(
     {modality_column(name) for name in config["modalities"]} - set(MODALITIES.values())
@@ -156,25 +270,69 @@ def fusion_inputs(wildcards):
             inputs[f"{modality}_checkpoint"] = f"{stage}/checkpoint.weights.h5"
             inputs[f"{modality}_sidecar"] = f"{stage}/checkpoint.json"
             inputs[f"{modality}_probs"] = f"{stage}/probs.tsv"
-            inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
-            inputs[f"{modality}_ids"] = f"results/prepared/images/{modality}.ids.tsv"
+            if len(members) > 1:
+                inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
+                inputs[f"{modality}_ids"] = (
+                    f"results/prepared/images/{modality}.ids.tsv"
+                )
     return inputs
+
+
+def weight_settings(members):
+    """What decides a combination's member weights: ``fusion.weights`` restricted to its
+    members when given, else ``fusion.metadata_weight`` (only when metadata meets an image);
+    nothing for a member alone.
+    Only these are a job's params, so changing one weight re-runs only the jobs it affects.
+    """
+    weights = config["fusion"].get("weights")
+    if len(members) == 1:
+        return {}  # a member alone weighs 1
+    if weights:
+        return {"weights": {member: weights[member] for member in members}}
+    if "metadata" in members:
+        return {"metadata_weight": config["fusion"]["metadata_weight"]}
+    return {}
+
+
+def pair_weight_settings(wildcards):
+    """weight_settings of a metadata + image combination (diagnostics, ablation)."""
+    return weight_settings(COMBINATIONS[wildcards.combination])
+
+
+# The settings a branch is rebuilt from in fusion (size and channels come from the cache).
+BRANCH_KEYS = ["backbone", "augmentation", "mixed_precision"]
 
 
 def fusion_settings(wildcards):
     """Only the settings this combination's fusion uses, so that changing one re-runs only the
-    fusion jobs it affects: the metadata weight when metadata meets an image, and the batch
-    size, TensorFlow intra-op threads and seed of the frozen image branches' inference.
+    fusion jobs it affects: the member weights, each image member's branch architecture, and
+    the batch size, TensorFlow intra-op threads and seed of the frozen branches' inference
+    (none for an image alone, whose probabilities are the image stage's).
     """
     members = COMBINATIONS[wildcards.combination]
-    settings = {}
-    if "metadata" in members and len(members) > 1:
-        settings["metadata_weight"] = config["fusion"]["metadata_weight"]
-    if any(member in MODALITIES for member in members):
+    settings = {"weights": weight_settings(members)}
+    images = [member for member in members if member in MODALITIES]
+    if images:
+        settings["branches"] = {
+            m: {key: modality_settings(m)[key] for key in BRANCH_KEYS} for m in images
+        }
+    if len(members) > 1 and images:
         settings["batch_size"] = config["image_model"]["batch_size"]
         settings["intra_op_threads"] = config["image_model"]["intra_op_threads"]
         settings["seed"] = config["cv"]["seed"]
     return settings
+
+
+def backbone_weights_input(modality):
+    """An input function: a modality's pretrained backbone file, when it is a path, so a new
+    file re-runs the jobs that train that modality's branch (image stage, ablation)."""
+
+    def inputs(wildcards):
+        name = modality(wildcards)
+        weights = modality_settings(name)["backbone_weights"]
+        return {} if weights in (None, "imagenet") else {"backbone_weights": weights}
+
+    return inputs
 
 
 def trained_models(wildcards):

@@ -1,7 +1,9 @@
 rule demo_data:
     output:
         table=DEMO_TABLE,
-        images=directory("resources/demo/thermal"),
+        thermal=directory("resources/demo/thermal"),
+        depth=directory("resources/demo/depth"),
+        photo=directory("resources/demo/photo"),
     log:
         "logs/demo_data/demo_data.log",
     conda:

@@ -14,6 +14,7 @@ rule image_cache:
         runtime=60,
     params:
         size=image_setting("size"),
+        channels=image_setting("channels"),
         value_range=image_setting("value_range"),
     script:
         "../scripts/image_cache.py"
@@ -21,6 +22,7 @@ rule image_cache:
 
 rule image:
     input:
+        unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
         cache="results/prepared/images/{modality}.npy",
         ids="results/prepared/images/{modality}.ids.tsv",
         folds="results/folds/repeat{repeat}.tsv",

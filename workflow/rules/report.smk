@@ -20,7 +20,7 @@ rule diagnostics:
         runtime=10,
     params:
         classes=config["classes"],
-        metadata_weight=config["fusion"]["metadata_weight"],
+        weights=pair_weight_settings,
         partitions=PARTITIONS,
     script:
         "../scripts/diagnostics.py"
@@ -118,7 +118,7 @@ rule plot_weight_sweep:
         mem_mb=2000,
         runtime=10,
     params:
-        metadata_weight=config["fusion"]["metadata_weight"],
+        weights=pair_weight_settings,
     script:
         "../scripts/plot_weight_sweep.py"
 

@@ -8,14 +8,16 @@ with job_log(snakemake.log[0]):
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
     from fusion_dag.ablation import ablation_fold
     from fusion_dag.image import BranchFold, configure_tensorflow
+    from fusion_dag.weights import METADATA, member_weights
 
     settings = snakemake.params.settings
     configure_tensorflow(settings["intra_op_threads"], snakemake.threads, snakemake.params.seed)
+    members = snakemake.wildcards.combination.split("+")
     task = BranchFold(
         *load_cache(snakemake.input.cache, snakemake.input.ids),
         folds=read_tsv(snakemake.input.folds),
         fold=int(snakemake.wildcards.fold),
-        modality=snakemake.wildcards.combination.split("+")[1],
+        modality=members[1],
         classes=snakemake.params.classes,
         settings=settings,
         seed=snakemake.params.seed,
@@ -24,7 +26,7 @@ with job_log(snakemake.log[0]):
         task,
         read_tsv(snakemake.input.metadata),
         read_tsv(snakemake.input.fit_probs),
-        snakemake.params.metadata_weight,
+        member_weights(members, **snakemake.params.weights)[METADATA],
     )
     write_tsv(probs, snakemake.output.probs)
     table = pd.DataFrame(records)

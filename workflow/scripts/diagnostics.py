@@ -3,6 +3,7 @@ import pandas as pd
 from fusion_dag.artifacts import read_tsv, write_tsv
 from fusion_dag.evaluate import branch_agreement, weight_sweep
 from fusion_dag.joblog import job_log
+from fusion_dag.weights import METADATA, member_weights
 
 with job_log(snakemake.log[0]) as log:
     classes = snakemake.params.classes
@@ -18,7 +19,8 @@ with job_log(snakemake.log[0]) as log:
     sweep = pd.concat(sweeps, ignore_index=True)
     sweep = sweep[["repeat", "fold", "metadata_weight", "kappa"]]
     mean = sweep.groupby("metadata_weight")["kappa"].mean()
-    configured = snakemake.params.metadata_weight
+    members = snakemake.wildcards.combination.split("+")
+    configured = member_weights(members, **snakemake.params.weights)[METADATA]
     at_configured = mean.iloc[(mean.index.to_series() - configured).abs().argmin()]
     log.info(
         "Weight sweep: best mean kappa %.3f at w=%.2f; configured w=%.2f gives %.3f",

@@ -1,27 +1,41 @@
 from fusion_dag.artifacts import read_json, read_tsv, write_json, write_tsv
+from fusion_dag.checkpoint import verify_sidecar
 from fusion_dag.evaluate import fit_kappa, fold_metrics
-from fusion_dag.fusion import (
-    METADATA,
-    ImageMember,
-    fuse_v3,
-    log_weights,
-    member_weights,
-    weighted_sum,
-)
+from fusion_dag.fusion import ImageMember, fuse_v3, log_weights, weighted_sum
 from fusion_dag.joblog import job_log
+from fusion_dag.weights import METADATA, member_weights
 
 with job_log(snakemake.log[0]) as log:
     members = snakemake.wildcards.combination.split("+")
     repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
     classes = snakemake.params.classes
     settings = snakemake.params.settings
-    weights = member_weights(members, settings.get("metadata_weight"))
+    weights = member_weights(members, **settings["weights"])
+    expected = {"repeat": repeat, "fold": fold, "classes": classes}
     rf_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
     # In-sample probabilities of every fitted member on its training rows (memorisation).
     fitted = {METADATA: read_tsv(snakemake.input.metadata_fit)} if rf_probs is not None else {}
     modalities = [m for m in members if m != METADATA]
     runtime = None
-    if modalities:
+    if members == modalities[:1]:
+        # One image alone has nothing to fuse: its probabilities are the image stage's, and the
+        # checkpoint they came from is checked against its sidecar without building a model.
+        (modality,) = modalities
+        verify_sidecar(
+            snakemake.input[f"{modality}_checkpoint"],
+            read_json(snakemake.input[f"{modality}_sidecar"]),
+            {
+                "modality": modality,
+                **expected,
+                "backbone": settings["branches"][modality]["backbone"],
+            },
+        )
+        log.info(
+            "%s alone: the image stage's probabilities (checkpoint matches its sidecar)", modality
+        )
+        log_weights(weights, log)
+        probs = fitted[modality] = read_tsv(snakemake.input[f"{modality}_probs"])
+    elif modalities:
         from fusion_dag.cache import load_cache
         from fusion_dag.image import configure_tensorflow
 
@@ -34,10 +48,10 @@ with job_log(snakemake.log[0]) as log:
                 probs=read_tsv(snakemake.input[f"{m}_probs"]),
                 checkpoint=snakemake.input[f"{m}_checkpoint"],
                 manifest=read_json(snakemake.input[f"{m}_sidecar"]),
+                settings=settings["branches"][m],
             )
             for m in modalities
         }
-        expected = {"repeat": repeat, "fold": fold, "classes": classes}
         probs = fuse_v3(weights, rf_probs, image_members, expected, settings["batch_size"], log)
         fitted.update({m: member.probs for m, member in image_members.items()})
     else:

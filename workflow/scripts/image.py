@@ -46,8 +46,8 @@ with job_log(snakemake.log[0]) as log:
         checkpoint_manifest(
             model,
             task.modality,
-            int(snakemake.wildcards.repeat),
-            task.fold,
+            settings["backbone"],
+            (int(snakemake.wildcards.repeat), task.fold),
             task.classes,
             snakemake.output.checkpoint,
         ),

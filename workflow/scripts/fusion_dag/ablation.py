@@ -15,7 +15,14 @@ import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, probability_table
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.image import BranchFold, build_image_branch, fit_with_early_stopping, inner_split
+from fusion_dag.image import (
+    BranchFold,
+    build_image_branch,
+    fit_with_early_stopping,
+    inner_split,
+    load_backbone_weights,
+    set_fine_tuning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +76,13 @@ class WeightedFusion(keras.layers.Layer):
         }
 
 
-def build_joint_model(modality: str, size: int, n_classes: int, weight: float, learned: bool):
-    """Image branch from random initialisation plus ``rf_probs``, fused inside one model."""
-    branch = build_image_branch(modality, size, n_classes)
+def build_joint_model(task: BranchFold, weight: float, learned: bool):
+    """The task's image branch (pretrained backbone weights and fine-tuning as in the image
+    stage) plus ``rf_probs``, fused inside one model that trains both."""
+    modality, n_classes = task.modality, len(task.classes)
+    branch = build_image_branch(modality, task.images.shape[1:], n_classes, task.settings)
+    load_backbone_weights(branch, modality, task.settings)
+    set_fine_tuning(branch, modality, task.settings)
     rf_probs = keras.Input(shape=(n_classes,), name="rf_probs")
     fused = WeightedFusion(weight, learned, name="fusion_weighted")([rf_probs, branch.output])
     return keras.Model([rf_probs, branch.input], fused, name=f"fusion_joint_{modality}")
@@ -103,13 +114,7 @@ def train_joint(
 
     x_fit, y_fit = arrays(train[~held_out])
     x_stop, y_stop = arrays(train[held_out])
-    model = build_joint_model(
-        task.modality,
-        task.images.shape[1],
-        len(task.classes),
-        metadata_weight,
-        learned=strategy == "V1",
-    )
+    model = build_joint_model(task, metadata_weight, learned=strategy == "V1")
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",

@@ -2,8 +2,9 @@
 
 Why a stage of its own: decoding and resizing thousands of images per fold would dominate the
 image jobs, and holding them all in memory would not fit at scale. The cache is a ``uint8``
-``.npy`` array at the modality's image size that every image job memory-maps; it depends on the
-image size and value range only, so changing either never re-runs prepare or the forest.
+``.npy`` array at the modality's image size and channel count that every image job
+memory-maps; it depends on the size, channels and value range only, so changing any of them
+never re-runs prepare or the forest.
 """
 
 import os
@@ -15,14 +16,13 @@ from PIL import Image
 
 from fusion_dag.artifacts import ID, InputError, partial_path
 
-CHANNELS = 3
 # Pillow modes holding one value per pixel: scaled by a modality's value_range when it has one.
 SINGLE_CHANNEL_MODES = {"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
 def scaled_grey(image: Image.Image, size: int, value_range) -> np.ndarray:
     """A single-channel image resized in its raw units, then mapped from ``value_range`` to
-    0-255 (clipped) and repeated over three channels.
+    0-255 (clipped); shape (size, size).
 
     One fixed range for every image of a modality keeps absolute differences between images
     (a hotter wound stays brighter), which per-image normalisation would erase.
@@ -31,31 +31,51 @@ def scaled_grey(image: Image.Image, size: int, value_range) -> np.ndarray:
     raw = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
     resized = np.asarray(raw.resize((size, size), Image.Resampling.BILINEAR))
     scaled = np.clip((resized - low) / (high - low), 0.0, 1.0) * 255.0
-    return np.repeat(np.round(scaled).astype(np.uint8)[..., None], CHANNELS, axis=2)
+    return np.round(scaled).astype(np.uint8)
 
 
-def build_cache(paths: pd.Series, size: int, cache_path: Path, value_range=None) -> None:
-    """Decode and resize every image once into a uint8 array of shape (n, size, size, 3).
+def decoded(image: Image.Image, size: int, channels: int, value_range) -> np.ndarray:
+    """One image as uint8 (size, size, channels).
 
-    The array is saved as ``.npy`` so image jobs can memory-map it instead of holding
-    every image in memory. Grey-scale images are repeated over three channels; with a
-    ``value_range``, single-channel images (8-bit, 16-bit or float) are scaled by it.
-    Palette and alpha images are converted to RGB or grey-scale (alpha dropped).
+    With ``channels: 1`` colour images become grey-scale (Pillow's ITU-R 601 luminance); with
+    ``channels: 3`` grey-scale images are repeated over three channels. Single-channel images
+    (8-bit, 16-bit or float) are scaled by ``value_range`` when there is one.
+    """
+    if value_range is not None and image.mode in SINGLE_CHANNEL_MODES:
+        grey = scaled_grey(image, size, value_range)
+        return np.repeat(grey[..., None], channels, axis=2)
+    mode = "L" if channels == 1 else "RGB"
+    resized = np.asarray(
+        image.convert(mode).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
+    )
+    return resized.reshape(size, size, channels)
+
+
+def build_cache(
+    paths: pd.Series, size: int, cache_path: Path, channels: int = 3, value_range=None
+) -> dict:
+    """Decode and resize every image once into a uint8 array of shape (n, size, size, channels).
+
+    The array is saved as ``.npy`` so image jobs can memory-map it instead of holding every
+    image in memory. Palette and alpha images are converted to RGB or grey-scale (alpha
+    dropped). Returns how many images were converted between colour and grey-scale, for the
+    log: {"to_grey": n} with one channel, {"grey_repeated": n} with three.
     """
     partial = partial_path(cache_path)
     cache = np.lib.format.open_memmap(
-        partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, CHANNELS)
+        partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels)
     )
+    colour = 0
     for row, path in enumerate(paths):
         with Image.open(path) as image:
-            if value_range is not None and image.mode in SINGLE_CHANNEL_MODES:
-                cache[row] = scaled_grey(image, size, value_range)
-                continue
-            resized = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-        cache[row] = np.asarray(resized, dtype=np.uint8)
+            colour += image.mode not in SINGLE_CHANNEL_MODES | {"LA", "1"}
+            cache[row] = decoded(image, size, channels, value_range)
     cache.flush()
     del cache
     os.replace(partial, cache_path)
+    if channels == 1:
+        return {"to_grey": colour}
+    return {"grey_repeated": len(paths) - colour}
 
 
 def load_cache(cache_path: Path, ids_path: Path) -> tuple[np.ndarray, pd.Series]:

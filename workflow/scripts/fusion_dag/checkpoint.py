@@ -11,7 +11,8 @@ and loaded as a whole.
 The file is plain HDF5 (h5py): one group per layer under ``/layers``, one dataset per weight in
 the layer's own weight order, the weight's Keras path as an attribute. It holds numbers and
 strings only; nothing in it is executed or unpickled on load. The sidecar ``checkpoint.json``
-(modality, repeat, fold, image size, classes, layer shapes, SHA-256) is a second line of defence.
+(modality, repeat, fold, backbone, image size, channels, classes, layer shapes, SHA-256) is a
+second line of defence.
 """
 
 import os
@@ -44,6 +45,19 @@ def layer_shapes(model, modality: str) -> dict:
         name: [list(w.shape) for w in layer.weights]
         for name, layer in weighted_layers(model, modality).items()
     }
+
+
+def layer_label(layer) -> str:
+    """A layer's name for the contract's log lines; a nested model also states its weight count
+    (one line for a backbone, not one per inner layer)."""
+    if hasattr(layer, "layers"):
+        return f"{layer.name} (nested model, {len(layer.weights)} weights)"
+    return layer.name
+
+
+def input_shape(model, modality: str) -> list:
+    """(size, size, channels) of the branch's image input."""
+    return [int(n) for n in model.get_layer(f"{modality}_input").output.shape[1:]]
 
 
 def save_branch_weights(model, modality: str, path: Path) -> None:
@@ -114,42 +128,64 @@ def load_branch_weights(model, modality: str, checkpoint: Path, log) -> None:
                 f"the fusion model expects {expected}"
             )
         layer.set_weights(stored[name])
-        log.info("Loaded weights for layer: %s", name)
+        log.info("Loaded weights for layer: %s", layer_label(layer))
 
 
 def checkpoint_manifest(
-    model, modality: str, repeat: int, fold: int, classes: list, checkpoint: Path
+    model, modality: str, backbone: str, placement: tuple, classes: list, checkpoint: Path
 ) -> dict:
-    """The sidecar written next to a checkpoint: what it is for and what it must contain."""
+    """The sidecar written next to a checkpoint: what it is for and what it must contain.
+
+    ``placement`` is the (repeat, fold) the branch was trained on.
+    """
+    size, _, channels = input_shape(model, modality)
+    repeat, fold = placement
     return {
         "modality": modality,
         "repeat": repeat,
         "fold": fold,
-        "image_size": int(model.get_layer(f"{modality}_input").output.shape[1]),
+        "backbone": backbone,
+        "image_size": size,
+        "channels": channels,
         "classes": list(classes),
         "layers": layer_shapes(model, modality),
         "sha256": file_sha256(checkpoint),
     }
 
 
-def verify_checkpoint(model, modality: str, checkpoint: Path, manifest: dict, expected: dict):
-    """Refuse a checkpoint that is not the one its sidecar describes, or not for this job.
-
-    ``expected`` holds what the fusion job needs (``repeat``, ``fold``, ``classes``). Each
-    difference is named: changed bytes, another modality, repeat, fold, image size, class list
-    or layer set/shape.
-    """
-    size = int(model.get_layer(f"{modality}_input").output.shape[1])
+def sidecar_problems(checkpoint: Path, manifest: dict, needed: dict) -> list:
+    """What differs between a checkpoint, its sidecar and what a job needs: changed bytes, or
+    any ``needed`` field (modality, repeat, fold, classes, backbone, size, channels)."""
     problems = []
     actual = file_sha256(checkpoint)
     if actual != manifest.get("sha256"):
         problems.append(
             f"sha256 is {actual[:12]}..., sidecar says {str(manifest.get('sha256'))[:12]}..."
         )
-    needed = {"modality": modality, "image_size": size, **expected}
     for key, value in needed.items():
         if manifest.get(key) != value:
             problems.append(f"{key} is {manifest.get(key)!r}, the fusion job needs {value!r}")
+    return problems
+
+
+def verify_sidecar(checkpoint: Path, manifest: dict, needed: dict) -> None:
+    """Refuse a checkpoint whose bytes or sidecar do not match what the job needs; no model
+    is built (a combination of one image uses the image stage's probabilities as they are)."""
+    problems = sidecar_problems(checkpoint, manifest, needed)
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
+
+
+def verify_checkpoint(model, modality: str, checkpoint: Path, manifest: dict, expected: dict):
+    """Refuse a checkpoint that is not the one its sidecar describes, or not for this job.
+
+    ``expected`` holds what the fusion job needs (``repeat``, ``fold``, ``classes``,
+    ``backbone``). Each difference is named: changed bytes, another modality, repeat, fold,
+    backbone, image size, channel count, class list or layer set/shape.
+    """
+    size, _, channels = input_shape(model, modality)
+    needed = {"modality": modality, "image_size": size, "channels": channels, **expected}
+    problems = sidecar_problems(checkpoint, manifest, needed)
     built = layer_shapes(model, modality)
     stored = manifest.get("layers") or {}
     if stored != built:

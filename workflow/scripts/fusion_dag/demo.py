@@ -6,9 +6,13 @@ need data with known structure. The generator reproduces what makes the real pro
 * ordinal, imbalanced classes (I < P < R at about 29/60/11 %) cut from a latent severity;
 * a patient-level effect shared by every visit of a patient, so a row-level split would leak;
 * about 20 mixed numeric/text metadata columns with about 10 % missing cells;
-* one colour-mapped 64x64 thermal map per visit whose wound contrast, size and texture follow
-  the latent severity through noise independent of the metadata's noise, so each branch holds
-  partial, partly independent signal and their fusion can beat either alone.
+* three images per visit, each seeing the latent severity through noise of its own (independent
+  of the metadata's), so each branch holds partial, partly independent signal and their fusion
+  can beat any one alone: a colour-mapped 64x64 thermal map (wound contrast, size, texture); a
+  16-bit depth map (distance from the camera in 0.1 mm: wound depth and width), the format
+  real depth cameras export; and an RGB wound photograph (slough, granulation and epithelium
+  colours, periwound redness);
+* some visits without a depth map or a photograph (empty cells), as in real collections.
 """
 
 from pathlib import Path
@@ -29,9 +33,16 @@ MISSING_SHARE = 0.10
 # validation kappa of about 0.25 and the thermal map alone about 0.15, as in the original study.
 METADATA_NOISE = 1.5
 IMAGE_NOISE = 1.4
+DEPTH_NOISE = 1.5
+PHOTO_NOISE = 1.6
 TEMPERATURE_RANGE_C = (20.0, 37.0)
+# Depth maps: camera distance in 0.1 mm units (uint16); the config's value_range for them.
+DEPTH_RANGE = (4100, 4500)
+# Share of visits without that image (empty cell in the table).
+MISSING_IMAGE_SHARE = {"depth_map": 0.08, "wound_photo": 0.05}
 
-NON_FEATURE_COLUMNS = ("sample_id", "patient_id", "label", "thermal_map")
+MODALITY_FOLDERS = {"thermal_map": "thermal", "depth_map": "depth", "wound_photo": "photo"}
+NON_FEATURE_COLUMNS = ("sample_id", "patient_id", "label", *MODALITY_FOLDERS)
 
 
 def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -127,6 +138,11 @@ def metadata_table(visits: pd.DataFrame, rng: np.random.Generator) -> pd.DataFra
     return table
 
 
+def inflammation(signal: float) -> float:
+    """0 (healing) to 1 (inflamed): how strongly an image shows the inflammatory phase."""
+    return 1.0 / (1.0 + np.exp(1.4 * signal))
+
+
 def thermal_map(image_signal: float, rng: np.random.Generator, size: int = IMAGE_SIZE):
     """One colour-mapped thermal image (uint8, size x size x 3) of a foot with a wound.
 
@@ -138,16 +154,16 @@ def thermal_map(image_signal: float, rng: np.random.Generator, size: int = IMAGE
     cx, cy = 0.5 + rng.normal(0, 0.03), 0.52 + rng.normal(0, 0.03)
     foot = ((x - cx) / 0.23) ** 2 + ((y - cy) / 0.42) ** 2 <= 1.0
     temperature[foot] = 30.0 + 1.5 * (y[foot] - 0.3) + rng.normal(0, 0.3)
-    inflammation = 1.0 / (1.0 + np.exp(1.4 * image_signal))
+    level = inflammation(image_signal)
     wx = cx + rng.uniform(-0.1, 0.1)
     wy = cy + rng.uniform(-0.25, 0.25)
-    radius = 0.05 + 0.07 * inflammation + rng.normal(0, 0.01)
+    radius = 0.05 + 0.07 * level + rng.normal(0, 0.01)
     distance = np.sqrt((x - wx) ** 2 + (y - wy) ** 2)
     wound = distance <= radius
     ring = (distance > radius) & (distance <= 1.8 * radius) & foot
-    contrast = 0.5 + 3.5 * inflammation
-    temperature[wound] += contrast + rng.normal(0, 0.2 + 0.8 * inflammation, wound.sum())
-    temperature[ring] += 0.5 * contrast * inflammation
+    contrast = 0.5 + 3.5 * level
+    temperature[wound] += contrast + rng.normal(0, 0.2 + 0.8 * level, wound.sum())
+    temperature[ring] += 0.5 * contrast * level
     temperature += rng.normal(0, 0.35, (size, size))
     low, high = TEMPERATURE_RANGE_C
     scaled = np.clip((temperature - low) / (high - low), 0.0, 1.0)
@@ -155,8 +171,97 @@ def thermal_map(image_signal: float, rng: np.random.Generator, size: int = IMAGE
     return np.round(rgb * 255).astype(np.uint8)
 
 
+def foot_outline(size: int, rng: np.random.Generator):
+    """Pixel coordinates (x, y in 0-1), the foot mask and its centre, slightly jittered."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    cx, cy = 0.5 + rng.normal(0, 0.03), 0.52 + rng.normal(0, 0.03)
+    foot = ((x - cx) / 0.23) ** 2 + ((y - cy) / 0.42) ** 2 <= 1.0
+    return x, y, foot, (cx, cy)
+
+
+def depth_map(depth_signal: float, rng: np.random.Generator, size: int = IMAGE_SIZE):
+    """One 16-bit depth map (uint16, size x size): camera distance in 0.1 mm.
+
+    The foot is a dome about 42 cm from the camera; pixels beyond the sensor's range read 0
+    (no measurement), as depth cameras export them. An inflamed (earlier-phase) wound is a
+    deeper, wider crater with a rougher bed.
+    """
+    x, y, foot, (cx, cy) = foot_outline(size, rng)
+    distance = np.zeros((size, size))
+    dome = ((x - cx) / 0.23) ** 2 + ((y - cy) / 0.42) ** 2
+    distance[foot] = 4200.0 + 120.0 * dome[foot]
+    level = inflammation(depth_signal)
+    wx, wy = cx + rng.uniform(-0.1, 0.1), cy + rng.uniform(-0.25, 0.25)
+    radius = 0.06 + 0.08 * level + rng.normal(0, 0.01)
+    r = np.sqrt((x - wx) ** 2 + (y - wy) ** 2) / max(radius, 0.02)
+    crater = (r <= 1.0) & foot
+    depth = 30.0 + 150.0 * level
+    distance[crater] += depth * (1.0 - r[crater] ** 2)
+    distance[crater] += rng.normal(0, 3.0 + 12.0 * level, crater.sum())
+    distance[foot] += rng.normal(0, 3.0, foot.sum())
+    return np.round(np.clip(distance, 0, 65535)).astype(np.uint16)
+
+
+SLOUGH_RGB = np.array([225.0, 200.0, 95.0])
+GRANULATION_RGB = np.array([185.0, 40.0, 50.0])
+EPITHELIUM_RGB = np.array([235.0, 160.0, 160.0])
+
+
+def wound_photo(photo_signal: float, rng: np.random.Generator, size: int = IMAGE_SIZE):
+    """One RGB wound photograph (uint8, size x size x 3).
+
+    The wound bed mixes yellow slough (inflammatory phase), red granulation (proliferative)
+    and pink epithelium (remodelling) by the photo's signal; an inflamed wound is larger with a
+    red periwound ring. Skin tone and lighting vary between visits, as in clinic photographs.
+    """
+    x, y, foot, (cx, cy) = foot_outline(size, rng)
+    skin = np.array([205.0, 160.0, 130.0]) * rng.uniform(0.6, 1.1)
+    image = np.empty((size, size, 3))
+    image[:] = np.array([70.0, 80.0, 95.0])
+    image[foot] = skin
+    level = inflammation(photo_signal)
+    slough = 1.0 / (1.0 + np.exp(2.0 * (photo_signal + 0.6)))
+    epithelium = 1.0 / (1.0 + np.exp(-2.0 * (photo_signal - 0.9)))
+    granulation = max(0.0, 1.0 - slough - epithelium)
+    bed = (slough * SLOUGH_RGB + granulation * GRANULATION_RGB + epithelium * EPITHELIUM_RGB) / (
+        slough + granulation + epithelium
+    )
+    wx, wy = cx + rng.uniform(-0.1, 0.1), cy + rng.uniform(-0.25, 0.25)
+    radius = 0.05 + 0.07 * level + rng.normal(0, 0.01)
+    distance = np.sqrt((x - wx) ** 2 + (y - wy) ** 2)
+    wound = (distance <= radius) & foot
+    ring = (distance > radius) & (distance <= 1.7 * radius) & foot
+    image[wound] = bed + rng.normal(0, 18, (wound.sum(), 3))
+    image[ring] = image[ring] * (1 - 0.5 * level) + np.array([200.0, 60.0, 60.0]) * 0.5 * level
+    image *= rng.uniform(0.8, 1.2)
+    image += rng.normal(0, 6, image.shape)
+    return np.round(np.clip(image, 0, 255)).astype(np.uint8)
+
+
+def write_images(folder: Path, visits: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Write the depth maps and photographs; return their relative paths (empty where a visit
+    has none). Drawn from generators of their own, so the table and thermal maps do not
+    depend on them."""
+    paths = pd.DataFrame(index=visits.index)
+    makers = {"depth_map": (depth_map, DEPTH_NOISE), "wound_photo": (wound_photo, PHOTO_NOISE)}
+    for stream, (modality, (make, noise)) in enumerate(makers.items(), start=1):
+        rng = np.random.default_rng([seed, stream])
+        signal = visits["severity"] + noise * rng.normal(size=len(visits))
+        missing = rng.random(len(visits)) < MISSING_IMAGE_SHARE[modality]
+        (folder / MODALITY_FOLDERS[modality]).mkdir(parents=True, exist_ok=True)
+        column = []
+        for sample_id, value, absent in zip(visits["sample_id"], signal, missing, strict=True):
+            image = make(value, rng)
+            relative = f"{MODALITY_FOLDERS[modality]}/{sample_id}.png"
+            if not absent:
+                Image.fromarray(image).save(folder / relative)
+            column.append(None if absent else relative)
+        paths[modality] = column
+    return paths
+
+
 def write_demo(table_path: Path, patients: int, seed: int) -> pd.DataFrame:
-    """Write the demo samples table and its thermal maps; return the table.
+    """Write the demo samples table and its images; return the table.
 
     Image paths in the table are relative to the table's folder, which is the default
     ``image_dir``. The images are written before the table so a table never names an image
@@ -166,14 +271,17 @@ def write_demo(table_path: Path, patients: int, seed: int) -> pd.DataFrame:
     visits = simulate_visits(patients, rng)
     table = metadata_table(visits, rng)
     table_path = Path(table_path)
-    image_folder = table_path.parent / "thermal"
+    image_folder = table_path.parent / MODALITY_FOLDERS["thermal_map"]
     image_folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for sample_id, signal in zip(table["sample_id"], visits["image_signal"], strict=True):
-        relative = f"thermal/{sample_id}.png"
+        relative = f"{MODALITY_FOLDERS['thermal_map']}/{sample_id}.png"
         Image.fromarray(thermal_map(signal, rng)).save(table_path.parent / relative)
         paths.append(relative)
     table.insert(3, "thermal_map", paths)
+    others = write_images(table_path.parent, visits.assign(sample_id=table["sample_id"]), seed)
+    table.insert(4, "depth_map", others["depth_map"])
+    table.insert(5, "wound_photo", others["wound_photo"])
     partial = partial_path(table_path)
     table.to_csv(partial, index=False)
     partial.replace(table_path)

@@ -16,34 +16,22 @@ from fusion_dag.artifacts import ID
 from fusion_dag.checkpoint import (
     CheckpointError,
     branch_layers,
+    layer_label,
     load_branch_weights,
     verify_checkpoint,
 )
-
-METADATA = "metadata"
-
-
-def member_weights(members: list, metadata_weight: float) -> dict:
-    """Weight of each member's probabilities.
-
-    Metadata takes ``metadata_weight`` when images are also present; images share the rest
-    equally. A single-kind combination weighs its members equally.
-    """
-    images = [m for m in members if m != METADATA]
-    if METADATA in members and images:
-        share = (1.0 - metadata_weight) / len(images)
-        return {METADATA: metadata_weight, **{m: share for m in images}}
-    return {m: 1.0 / len(members) for m in members}
+from fusion_dag.weights import METADATA
 
 
-def build_fusion_model(image_sizes: dict, n_classes: int, weights: dict):
+def build_fusion_model(branches: dict, n_classes: int, weights: dict):
     """Image branches plus an ``rf_probs`` input, combined by fixed weights.
 
-    ``image_sizes`` maps each image member to its image size. Each weight is a ``Rescaling``
-    layer (a constant, not a variable) and the terms are added, so the model has nothing a
-    gradient step could change once the branches are frozen. The model outputs the fused
-    probabilities (``fused``) and each branch's own probabilities (``{modality}``), so one pass
-    both fuses and checks the branches against the image stage.
+    ``branches`` maps each image member to (image shape, its image settings), so each branch
+    is rebuilt exactly as the image stage built it. Each weight is a ``Rescaling`` layer (a
+    constant, not a variable) and the terms are added, so the model has nothing a gradient
+    step could change once the branches are frozen. The model outputs the fused probabilities
+    (``fused``) and each branch's own probabilities (``{modality}``), so one pass both fuses and
+    checks the branches against the image stage.
     """
     import keras
     from keras import layers
@@ -55,8 +43,8 @@ def build_fusion_model(image_sizes: dict, n_classes: int, weights: dict):
         rf_probs = keras.Input(shape=(n_classes,), name="rf_probs")
         inputs.append(rf_probs)
         terms.append(layers.Rescaling(weights[METADATA], name="fusion_weight_metadata")(rf_probs))
-    for modality, size in image_sizes.items():
-        branch = build_image_branch(modality, size, n_classes)
+    for modality, (image_shape, settings) in branches.items():
+        branch = build_image_branch(modality, image_shape, n_classes, settings)
         inputs.append(branch.input)
         outputs[modality] = branch.output
         scaled = layers.Rescaling(weights[modality], name=f"fusion_weight_{modality}")
@@ -69,7 +57,7 @@ def freeze_branch(model, modality: str, log) -> None:
     """Make every layer of the branch non-trainable and prove no weight is left trainable."""
     for layer in branch_layers(model, modality):
         layer.trainable = False
-        log.info("Frozen layer: %s", layer.name)
+        log.info("Frozen layer: %s", layer_label(layer))
     trainable = sum(len(layer.trainable_weights) for layer in branch_layers(model, modality))
     if trainable:
         raise CheckpointError(f"{modality} branch still has {trainable} trainable weights")
@@ -84,7 +72,8 @@ class ImageMember:
 
     ``images`` is the memory-mapped cache and ``positions`` the cache row of each id; ``probs``
     the image stage's probability table; ``checkpoint`` and ``manifest`` the branch's weights
-    file and its sidecar record.
+    file and its sidecar record; ``settings`` the modality's image settings the branch is
+    rebuilt from (``backbone``, ``augmentation``, ``mixed_precision``).
     """
 
     images: np.ndarray
@@ -92,6 +81,7 @@ class ImageMember:
     probs: pd.DataFrame
     checkpoint: Path
     manifest: dict
+    settings: dict
 
 
 def shared_rows(tables: list) -> pd.DataFrame:
@@ -139,11 +129,14 @@ def fuse_v3(
     columns = [f"prob_{c}" for c in classes]
     tables = [m.probs for m in image_members.values()]
     keys = shared_rows(tables if rf_probs is None else [rf_probs, *tables])
-    sizes = {modality: member.images.shape[1] for modality, member in image_members.items()}
-    model = build_fusion_model(sizes, len(classes), weights)
+    branches = {
+        m: (member.images.shape[1:], member.settings) for m, member in image_members.items()
+    }
+    model = build_fusion_model(branches, len(classes), weights)
     model_inputs = {}
     for modality, member in image_members.items():
-        verify_checkpoint(model, modality, member.checkpoint, member.manifest, expected)
+        needed = {**expected, "backbone": member.settings["backbone"]}
+        verify_checkpoint(model, modality, member.checkpoint, member.manifest, needed)
         log.info(
             "Checkpoint %s matches its sidecar (sha256 %s)",
             member.checkpoint,

@@ -1,14 +1,21 @@
-"""The image branch: an image cache per modality and a small CNN trained alone per fold.
+"""The image branch: a small CNN or a ``keras.applications`` backbone trained alone per fold.
 
 Why train the branch alone: a CNN trained inside the fusion model learns weak "complementary"
 features that fit the training rows only (train kappa 0.96, validation 0.02 in the original
 study). Trained alone, with early stopping on an inner patient-grouped split of the training
 rows, it learns what the images themselves say; the fusion stage then loads it frozen.
+
+A branch is, in order: the image input (uint8 values 0-255 from the cache), optional
+augmentation layers (active in ``fit`` only), the backbone's own preprocessing, the backbone
+(``small_cnn`` or one nested ``keras.applications`` model named ``{modality}_backbone``), and a
+pooling, dropout and softmax head. Every layer is named ``{modality}_...``: the names are the
+contract with the fusion stage, which loads the branch by layer name.
 """
 
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +30,32 @@ import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
-from fusion_dag.cache import CHANNELS
 from fusion_dag.checkpoint import save_branch_weights
 from fusion_dag.folds import split_rows
 
 log = logging.getLogger(__name__)
 
+SMALL_CNN = "small_cnn"
 FILTERS = (16, 32, 64)
+# keras.applications backbones -> the module whose preprocess_input maps 0-255 pixels to the
+# range the backbone was trained on (EfficientNet and MobileNetV3 rescale inside the model and
+# take 0-255; ResNet50V2 takes [-1, 1]; DenseNet121 ImageNet-normalised values).
+BACKBONES = {
+    "EfficientNetB0": "efficientnet",
+    "EfficientNetB2": "efficientnet",
+    "MobileNetV3Small": "mobilenet_v3",
+    "MobileNetV3Large": "mobilenet_v3",
+    "ResNet50V2": "resnet_v2",
+    "DenseNet121": "densenet",
+}
+# What the branch is built from when a setting is absent (the config's defaults).
+BRANCH_DEFAULTS = {
+    "backbone": SMALL_CNN,
+    "backbone_weights": None,
+    "fine_tune": "frozen",
+    "augmentation": None,
+    "mixed_precision": False,
+}
 
 
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int, seed: int) -> dict:
@@ -73,23 +99,160 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int, seed: int
     return used
 
 
-def build_image_branch(modality: str, size: int, n_classes: int):
-    """A compact CNN whose layers are all named ``{modality}_...``.
+@keras.saving.register_keras_serializable(package="fusion_dag")
+class BackbonePreprocessing(layers.Layer):
+    """A backbone's own ``keras.applications.<module>.preprocess_input`` as a named layer.
 
-    The names are the contract with the fusion stage, which loads these layers by name.
+    A layer (not a Lambda) so the branch holds no code a weights file could carry, and the
+    preprocessing travels with the architecture: the image stage, the fusion stage and a
+    prediction all apply exactly the function the backbone's weights were trained with.
     """
-    inputs = keras.Input(shape=(size, size, CHANNELS), name=f"{modality}_input")
-    x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(inputs)
-    x = layers.RandomFlip("horizontal", name=f"{modality}_flip")(x)
+
+    def __init__(self, module: str, **kwargs):
+        super().__init__(**kwargs)
+        self.module = module
+
+    def call(self, inputs):
+        return getattr(keras.applications, self.module).preprocess_input(inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "module": self.module}
+
+
+@contextmanager
+def dtype_policy(mixed_precision: bool):
+    """Build layers under ``mixed_float16`` (float16 compute, float32 weights) or ``float32``.
+
+    Set per branch and restored after, so one modality's setting never leaks into another's.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def augmentation_layers(modality: str, augmentation: dict | None) -> list:
+    """Keras preprocessing layers for the configured augmentation (none when not set).
+
+    They transform images in ``fit`` only; ``predict`` and the fusion stage pass images through
+    unchanged. ``flip`` is a RandomFlip mode; ``rotation``, ``zoom`` and ``contrast`` are the
+    layers' factors (fractions of a full turn, of the size and of the contrast).
+    """
+    augmentation = augmentation or {}
+    made = {
+        "flip": lambda v: layers.RandomFlip(v, name=f"{modality}_flip"),
+        "rotation": lambda v: layers.RandomRotation(v, name=f"{modality}_rotation"),
+        "zoom": lambda v: layers.RandomZoom(v, name=f"{modality}_zoom"),
+        "contrast": lambda v: layers.RandomContrast(v, name=f"{modality}_contrast"),
+    }
+    return [made[key](value) for key, value in augmentation.items() if value]
+
+
+def small_cnn(x, modality: str):
+    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU."""
+    x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(x)
     for block, filters in enumerate(FILTERS, start=1):
         x = layers.Conv2D(
             filters, 3, padding="same", activation="relu", name=f"{modality}_conv{block}"
         )(x)
         x = layers.MaxPooling2D(name=f"{modality}_pool{block}")(x)
-    x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
-    x = layers.Dropout(0.3, name=f"{modality}_dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", name=f"{modality}_probs")(x)
+    return x
+
+
+def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
+    """A ``keras.applications`` backbone as one nested layer ``{modality}_backbone``.
+
+    Grey-scale images are repeated over the three channels the backbone's weights expect (a
+    named Concatenate layer), then the backbone's own ``preprocess_input`` is applied. With
+    pretrained weights the backbone runs in inference mode (``training=False``), so its
+    BatchNormalization statistics stay those it was trained with even when layers are
+    fine-tuned, as keras.io's transfer-learning guide recommends; trained from scratch
+    (``backbone_weights: null``) it learns its own statistics.
+    """
+    name = settings["backbone"]
+    size = image_shape[0]
+    if image_shape[-1] == 1:
+        x = layers.Concatenate(name=f"{modality}_grey_to_rgb")([x, x, x])
+    x = BackbonePreprocessing(BACKBONES[name], name=f"{modality}_preprocess")(x)
+    backbone = getattr(keras.applications, name)(
+        include_top=False, weights=None, input_shape=(size, size, 3), name=f"{modality}_backbone"
+    )
+    pretrained = settings.get("backbone_weights") is not None
+    return backbone(x, training=False) if pretrained else backbone(x)
+
+
+def build_image_branch(modality: str, image_shape: tuple, n_classes: int, settings=None):
+    """One modality's branch for images of ``image_shape`` (size, size, channels).
+
+    ``settings`` are the modality's image settings (``backbone``, ``augmentation``,
+    ``mixed_precision``, ``backbone_weights``; absent keys take :data:`BRANCH_DEFAULTS`). The
+    weights are randomly initialised: pretrained backbone weights are loaded by
+    :func:`load_backbone_weights`, a trained branch by the checkpoint loader.
+    """
+    settings = {**BRANCH_DEFAULTS, **(settings or {})}
+    with dtype_policy(settings["mixed_precision"]):
+        inputs = keras.Input(shape=tuple(image_shape), name=f"{modality}_input")
+        x = inputs
+        for layer in augmentation_layers(modality, settings["augmentation"]):
+            x = layer(x)
+        if settings["backbone"] == SMALL_CNN:
+            x = small_cnn(x, modality)
+        else:
+            x = pretrained_backbone(x, modality, tuple(image_shape), settings)
+        x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
+        x = layers.Dropout(0.3, name=f"{modality}_dropout")(x)
+        # Probabilities in float32 whatever the compute precision, as Keras advises.
+        outputs = layers.Dense(
+            n_classes, activation="softmax", dtype="float32", name=f"{modality}_probs"
+        )(x)
     return keras.Model(inputs, outputs, name=f"{modality}_branch")
+
+
+def load_backbone_weights(model, modality: str, settings: dict) -> None:
+    """Load the configured pretrained weights into the branch's nested backbone.
+
+    ``imagenet``: Keras's own ImageNet weights (downloaded once into ``~/.keras/models`` on the
+    user's machine); a path: a Keras ``.weights.h5`` file of the same backbone built with
+    ``include_top=False`` (no network needed). Nothing to load for ``small_cnn`` or
+    ``backbone_weights: null``.
+    """
+    source = settings.get("backbone_weights")
+    if settings.get("backbone", SMALL_CNN) == SMALL_CNN or source is None:
+        return
+    backbone = model.get_layer(f"{modality}_backbone")
+    if source == "imagenet":
+        reference = getattr(keras.applications, settings["backbone"])(
+            include_top=False, weights="imagenet", input_shape=backbone.input.shape[1:]
+        )
+        backbone.set_weights(reference.get_weights())
+    else:
+        backbone.load_weights(source)
+    log.info("Backbone %s: weights loaded from %s", settings["backbone"], source)
+
+
+def set_fine_tuning(model, modality: str, settings: dict) -> None:
+    """Choose which backbone layers train: ``frozen`` (the head only), ``all``, or an integer k
+    (the top k layers of the backbone, BatchNormalization layers excepted, as in keras.io's
+    EfficientNet fine-tuning example). ``small_cnn`` always trains all its layers.
+    """
+    if settings.get("backbone", SMALL_CNN) == SMALL_CNN:
+        return
+    backbone = model.get_layer(f"{modality}_backbone")
+    fine_tune = settings.get("fine_tune", "frozen")
+    backbone.trainable = fine_tune != "frozen"
+    if isinstance(fine_tune, int):
+        for position, layer in enumerate(backbone.layers):
+            top = position >= len(backbone.layers) - fine_tune
+            layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
+    log.info(
+        "Backbone %s, fine_tune %s: %d of %d backbone weights trainable",
+        settings["backbone"],
+        fine_tune,
+        len(backbone.trainable_weights),
+        len(backbone.weights),
+    )
 
 
 def image_rows(folds: pd.DataFrame, positions: pd.Series, fold: int) -> pd.DataFrame:
@@ -249,7 +412,9 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
         len(stop_rows),
         stop_rows[GROUP].nunique(),
     )
-    model = build_image_branch(task.modality, task.images.shape[1], len(task.classes))
+    model = build_image_branch(task.modality, task.images.shape[1:], len(task.classes), settings)
+    load_backbone_weights(model, task.modality, settings)
+    set_fine_tuning(model, task.modality, settings)
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",

@@ -367,8 +367,8 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
     colour = modes.isin(COLOUR_MODES | {m for m, t in CONVERTED_MODES.items() if "RGB" in t})
     if colour.any() and not colour.all():
         log.warning(
-            "Modality %s mixes %d colour and %d grey-scale images (colour: ids %s); grey-scale "
-            "images are repeated over three channels",
+            "Modality %s mixes %d colour and %d grey-scale images (colour: ids %s); the image "
+            "cache converts them all to the modality's channels (1: luminance, 3: grey repeated)",
             modality,
             int(colour.sum()),
             int((~colour).sum()),

@@ -1,0 +1,135 @@
+"""Several image modalities in one run: 1- and 3-channel branches, 16-bit depth maps, every
+combination, per-member fusion weights and per-modality settings that re-run only their own
+jobs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_snakemake, scheduled_jobs
+
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("modalities")]
+
+# Config order: the test's config file lists modalities alphabetically.
+ALL = ["metadata", "depth_map", "thermal_map", "metadata+depth_map+thermal_map"]
+# Thermal maps on three channels, 16-bit depth maps on one, each alone and fused with metadata
+# (the configured wound photographs are in no combination, so never read). Two folds keep the
+# run small; the headline rows and the dry runs below need no more.
+MODALITIES = {
+    **TINY,
+    "cv": {"folds": 2, "repeats": 1, "seed": 42},
+    "modalities": {
+        "thermal_map": {"column": "thermal_map", "channels": 3},
+        "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
+    },
+    "combinations": [name.split("+") for name in ALL],
+}
+
+
+@pytest.fixture(scope="module")
+def modalities_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("modalities")
+    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=MODALITIES)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
+
+
+def dry_run(workdir, config):
+    result = run_snakemake(workdir, "-n", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_one_and_three_channel_branches_fuse_in_one_run(modalities_run):
+    headline = pd.read_csv(modalities_run / "results/fusion_results.tsv", sep="\t")
+    assert headline["combination"].tolist() == ALL
+    for modality, shape in [("thermal_map", (24, 24, 3)), ("depth_map", (24, 24, 1))]:
+        cache = pd.read_csv(
+            modalities_run / f"results/prepared/images/{modality}.ids.tsv", sep="\t"
+        )
+        images = np.load(modalities_run / f"results/prepared/images/{modality}.npy", mmap_mode="r")
+        assert images.shape == (len(cache), *shape)
+    # Visits without a depth map are left out of the combinations that use it, not failed.
+    rows = headline.set_index("combination")["n_rows"]
+    assert rows["depth_map"] < rows["thermal_map"] == rows["metadata"]
+    log = modalities_run / "logs/fusion/metadata+depth_map+thermal_map/repeat1/fold1.log"
+    text = log.read_text()
+    assert (
+        "Fusion weights: RF=0.70, Image=0.30 (metadata=0.70, depth_map=0.15, thermal_map=0.15)"
+        in text
+    )
+    for modality in ("thermal_map", "depth_map"):
+        assert f"Frozen {modality} branch reproduces the image stage" in text
+
+
+def test_one_modalitys_setting_reruns_only_its_image_and_fusion_jobs(modalities_run):
+    changed = {
+        **MODALITIES,
+        "modalities": {
+            **MODALITIES["modalities"],
+            "depth_map": {**MODALITIES["modalities"]["depth_map"], "epochs": 2},
+        },
+    }
+    output = dry_run(modalities_run, changed)
+    jobs = scheduled_jobs(output)
+    assert jobs["image"] == 2 and "metadata" not in jobs and "image_cache" not in jobs
+    depth = [name for name in ALL if "depth_map" in name]
+    assert jobs["fusion"] == 2 * len(depth)
+    scheduled = set(pd.Series(output.splitlines()).str.extract(r"combination=([\w+]+)")[0].dropna())
+    assert scheduled == set(depth)
+    assert "modality=thermal_map" not in output
+
+
+def test_fusion_weights_per_member_rescale_within_each_combination(modalities_run):
+    weights = {"metadata": 0.6, "thermal_map": 0.3, "depth_map": 0.1}
+    output = dry_run(
+        modalities_run, {**MODALITIES, "fusion": {"metadata_weight": 0.7, "weights": weights}}
+    )
+    jobs = scheduled_jobs(output)
+    # Only the combination that fuses: a member alone weighs 1 whatever is configured.
+    assert jobs["fusion"] == 2 and "image" not in jobs
+
+
+@pytest.mark.parametrize(
+    ("fusion", "message"),
+    [
+        (
+            {
+                "metadata_weight": 0.7,
+                "weights": {"metadata": 0.7, "thermal_map": 0.2, "depth_map": 0.2},
+            },
+            "Invalid config key 'fusion.weights': the weights sum to 1.1, not 1",
+        ),
+        (
+            {"metadata_weight": 0.7, "weights": {"metadata": 0.7, "thermal_map": 0.3}},
+            "members without a weight ['depth_map']",
+        ),
+    ],
+)
+def test_bad_fusion_weights_are_refused_naming_the_key(tmp_path, fusion, message):
+    result = run_snakemake(tmp_path, "-n", config={**MODALITIES, "fusion": fusion})
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_pretrained_weights_need_a_keras_backbone(tmp_path):
+    config = {
+        **MODALITIES,
+        "modalities": {"thermal_map": {"column": "thermal_map", "backbone_weights": "imagenet"}},
+        "combinations": [["thermal_map"]],
+    }
+    result = run_snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert (
+        "Invalid config key 'modalities.thermal_map.backbone_weights': 'imagenet' needs a "
+        "keras.applications backbone" in result.stdout + result.stderr
+    )
+
+
+def test_combinations_all_runs_every_subset_of_metadata_and_the_modalities(tmp_path):
+    result = run_snakemake(tmp_path, "-n", "fusion_results", config={**TINY, "combinations": "all"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    names = set(pd.Series(output.splitlines()).str.extract(r"combination=([\w+]+)")[0].dropna())
+    # Metadata and the demo's three modalities: 2**4 - 1 subsets, in config order.
+    assert len(names) == 15 and "metadata+thermal_map+depth_map+wound_photo" in names
+    assert scheduled_jobs(output)["fusion"] == 15 * 3
