@@ -110,13 +110,18 @@ TINY = {
 }
 
 
+def finished_run(tmp_path_factory, name: str, config: dict) -> Path:
+    """A completed ``fusion_results`` run of ``config`` in a new temporary folder."""
+    workdir = tmp_path_factory.mktemp(name)
+    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=config)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished tiny run with metadata, thermal and their fusion (shared, read-only)."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=TINY)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory, "tiny_run", TINY)
 
 
 @pytest.fixture

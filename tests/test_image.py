@@ -350,3 +350,33 @@ def test_mixed_precision_branch_computes_in_float16_and_outputs_float32(cached, 
     # The policy is restored for whatever is built next.
     plain = build_image_branch("depth_map", (24, 24, 3), 3)
     assert plain.get_layer("depth_map_conv1").compute_dtype == "float32"
+
+
+def test_imagenet_weights_are_requested_from_keras_and_copied_into_the_branch(monkeypatch):
+    """No network here: Keras's constructor is replaced by one that records what it was asked
+    for and returns a seeded model standing in for the downloaded weights."""
+    import keras
+
+    from fusion_dag.image import load_backbone_weights
+
+    original = keras.applications.MobileNetV3Small
+    calls = []
+
+    def downloaded(**kwargs):
+        calls.append(kwargs)
+        keras.utils.set_random_seed(11)
+        return original(**{**kwargs, "weights": None})
+
+    settings = {"backbone": "MobileNetV3Small", "backbone_weights": "imagenet"}
+    model = build_image_branch("photo", (32, 32, 1), 3, settings)
+    monkeypatch.setattr(keras.applications, "MobileNetV3Small", downloaded)
+    load_backbone_weights(model, "photo", settings)
+    (call,) = calls
+    assert call["weights"] == "imagenet" and call["include_top"] is False
+    assert tuple(call["input_shape"]) == (32, 32, 3)  # grey images enter on three channels
+    keras.utils.set_random_seed(11)
+    reference = original(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for loaded, expected in zip(
+        model.get_layer("photo_backbone").get_weights(), reference.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(loaded, expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_snakemake, scheduled_jobs
+from tests.conftest import TINY, finished_run, run_snakemake, scheduled_jobs
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("modalities")]
 
@@ -28,10 +28,7 @@ MODALITIES = {
 
 @pytest.fixture(scope="module")
 def modalities_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("modalities")
-    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=MODALITIES)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return workdir
+    return finished_run(tmp_path_factory, "modalities", MODALITIES)
 
 
 def dry_run(workdir, config):
