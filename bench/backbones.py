@@ -85,6 +85,11 @@ def plain_throughput(task) -> float:
     return len(x) * task.settings["epochs"] / (time.perf_counter() - start)
 
 
+def spread(values: list) -> str:
+    """Median with the range of repeated measurements."""
+    return f"{statistics.median(values):.1f} [{min(values):.1f}, {max(values):.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="32 px, one backbone, one repeat")
@@ -133,17 +138,17 @@ def main() -> None:
         f"TensorFlow intra-op threads {runtime['intra_op_threads']}; {size} px RGB, "
         f"{len(cache)} demo photographs ({patients} patients), fold 1's training rows, "
         f"batch 32, {epochs} epochs, backbone_weights null, fine_tune all; median of "
-        f"{repeats} runs. `python bench/backbones.py{' --tiny' if args.tiny else ''}`.",
+        f"{repeats} runs, min to max in brackets. Throughput: training images per second of "
+        "`fit` wall time, the first epoch (function tracing) and validation passes included "
+        f"on both sides. `python bench/backbones.py{' --tiny' if args.tiny else ''}`.",
         "",
-        "| backbone | image stage (images/s) | plain model.fit (images/s) | ratio (target 0.95) |",
+        "| backbone | image stage, images/s | plain model.fit, images/s | ratio, target >= 0.95 |",
         "|:--|--:|--:|--:|",
     ]
     for backbone, stage, plain, ratio in rows:
-        plain_text = f"{statistics.median(plain):.1f}" if plain else "not measured"
+        plain_text = spread(plain) if plain else "not measured"
         ratio_text = f"{ratio:.2f}" if ratio else ""
-        lines.append(
-            f"| {backbone} | {statistics.median(stage):.1f} | {plain_text} | {ratio_text} |"
-        )
+        lines.append(f"| {backbone} | {spread(stage)} | {plain_text} | {ratio_text} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.tiny:
