@@ -287,3 +287,18 @@ def test_sidecar_for_another_size_or_channel_count_is_refused(cached, pretrained
     assert "channels is 1, the fusion job needs 3" in refused(
         cached, pretrained, manifest={**manifest, "channels": 1}
     )
+
+
+def test_an_image_alone_is_the_image_stage_with_its_checkpoint_checked(pretrained, tmp_path):
+    from fusion_dag.fusion import image_alone
+
+    checkpoint, probs, manifest, _ = pretrained
+    expected = {**EXPECTED, "backbone": "small_cnn"}
+    log = logging.getLogger("test")
+    assert image_alone("thermal_map", probs, checkpoint, manifest, expected, log) is probs
+    changed = tmp_path / "checkpoint.weights.h5"
+    changed.write_bytes(checkpoint.read_bytes() + b"0")
+    with pytest.raises(CheckpointError, match="sha256 is"):
+        image_alone("thermal_map", probs, changed, manifest, expected, log)
+    with pytest.raises(CheckpointError, match="backbone is 'small_cnn', the fusion job needs"):
+        image_alone("thermal_map", probs, checkpoint, manifest, {**expected, "backbone": "x"}, log)

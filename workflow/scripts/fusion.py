@@ -1,7 +1,6 @@
 from fusion_dag.artifacts import read_json, read_tsv, write_json, write_tsv
-from fusion_dag.checkpoint import verify_sidecar
 from fusion_dag.evaluate import fit_kappa, fold_metrics
-from fusion_dag.fusion import ImageMember, fuse_v3, log_weights, weighted_sum
+from fusion_dag.fusion import ImageMember, fuse_v3, image_alone, log_weights, weighted_sum
 from fusion_dag.joblog import job_log
 from fusion_dag.weights import METADATA, member_weights
 
@@ -18,23 +17,15 @@ with job_log(snakemake.log[0]) as log:
     modalities = [m for m in members if m != METADATA]
     runtime = None
     if members == modalities[:1]:
-        # One image alone has nothing to fuse: its probabilities are the image stage's, and the
-        # checkpoint they came from is checked against its sidecar without building a model.
         (modality,) = modalities
-        verify_sidecar(
+        probs = fitted[modality] = image_alone(
+            modality,
+            read_tsv(snakemake.input[f"{modality}_probs"]),
             snakemake.input[f"{modality}_checkpoint"],
             read_json(snakemake.input[f"{modality}_sidecar"]),
-            {
-                "modality": modality,
-                **expected,
-                "backbone": settings["branches"][modality]["backbone"],
-            },
+            {**expected, "backbone": settings["branches"][modality]["backbone"]},
+            log,
         )
-        log.info(
-            "%s alone: the image stage's probabilities (checkpoint matches its sidecar)", modality
-        )
-        log_weights(weights, log)
-        probs = fitted[modality] = read_tsv(snakemake.input[f"{modality}_probs"])
     elif modalities:
         from fusion_dag.cache import load_cache
         from fusion_dag.image import configure_tensorflow

@@ -19,6 +19,7 @@ from fusion_dag.checkpoint import (
     layer_label,
     load_branch_weights,
     verify_checkpoint,
+    verify_sidecar,
 )
 from fusion_dag.weights import METADATA
 
@@ -165,6 +166,21 @@ def fuse_v3(
     result = keys.copy()
     result[columns] = outputs["fused"]
     return result
+
+
+def image_alone(
+    modality: str, probs: pd.DataFrame, checkpoint: Path, manifest: dict, expected: dict, log
+) -> pd.DataFrame:
+    """A combination of one image: its probabilities are the image stage's ``probs``.
+
+    There is nothing to fuse, so no model is built; the checkpoint those probabilities came
+    from is still checked against its sidecar (bytes, modality, repeat, fold, classes,
+    backbone), as every fusion job checks its inputs.
+    """
+    verify_sidecar(checkpoint, manifest, {"modality": modality, **expected})
+    log.info("%s alone: the image stage's probabilities (checkpoint matches its sidecar)", modality)
+    log_weights({modality: 1.0}, log)
+    return probs
 
 
 def log_weights(weights: dict, log) -> None:
