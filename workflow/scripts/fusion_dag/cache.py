@@ -18,6 +18,8 @@ from fusion_dag.artifacts import ID, InputError, partial_path
 
 # Pillow modes holding one value per pixel: scaled by a modality's value_range when it has one.
 SINGLE_CHANNEL_MODES = {"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# Modes without colour (with alpha, or 1-bit): what "colour" conversions do not count.
+COLOURLESS_MODES = SINGLE_CHANNEL_MODES | {"LA", "1"}
 
 
 def scaled_grey(image: Image.Image, size: int, value_range) -> np.ndarray:
@@ -68,7 +70,7 @@ def build_cache(
     colour = 0
     for row, path in enumerate(paths):
         with Image.open(path) as image:
-            colour += image.mode not in SINGLE_CHANNEL_MODES | {"LA", "1"}
+            colour += image.mode not in COLOURLESS_MODES
             cache[row] = decoded(image, size, channels, value_range)
     cache.flush()
     del cache
