@@ -251,31 +251,49 @@ def partition_seed(wildcards):
     return config["cv"]["seed"] + int(wildcards.repeat) - 1
 
 
-def fusion_inputs(wildcards):
-    """What a combination fuses: the fold's metadata probabilities (out-of-fold and in-sample,
-    for fit_kappa) and, for each image member,
-    its pretrained checkpoint (so fusion cannot run before the image stage), probabilities and
-    image cache."""
-    members = COMBINATIONS[wildcards.combination]
-    repeat, fold = wildcards.repeat, wildcards.fold
-    inputs = {}
-    if "metadata" in members:
-        inputs["metadata"] = f"results/metadata/repeat{repeat}/fold{fold}/probs.tsv"
-        inputs["metadata_fit"] = (
-            f"results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv"
-        )
+def combination_inputs(members, metadata, stage):
+    """What a combination fuses: the metadata probabilities ``metadata`` (name -> file) and, for
+    each image member, its pretrained checkpoint and sidecar (so fusion cannot run before the
+    image stage), its probabilities and, when it meets another member, its image cache.
+    ``stage(modality)`` is the folder of that member's image stage."""
+    inputs = dict(metadata) if "metadata" in members else {}
     for modality in members:
         if modality != "metadata":
-            stage = f"results/image/{modality}/repeat{repeat}/fold{fold}"
-            inputs[f"{modality}_checkpoint"] = f"{stage}/checkpoint.weights.h5"
-            inputs[f"{modality}_sidecar"] = f"{stage}/checkpoint.json"
-            inputs[f"{modality}_probs"] = f"{stage}/probs.tsv"
+            inputs[f"{modality}_checkpoint"] = (
+                f"{stage(modality)}/checkpoint.weights.h5"
+            )
+            inputs[f"{modality}_sidecar"] = f"{stage(modality)}/checkpoint.json"
+            inputs[f"{modality}_probs"] = f"{stage(modality)}/probs.tsv"
             if len(members) > 1:
                 inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
                 inputs[f"{modality}_ids"] = (
                     f"results/prepared/images/{modality}.ids.tsv"
                 )
     return inputs
+
+
+def fusion_inputs(wildcards):
+    """A fold's fusion inputs: the fold's metadata probabilities (out-of-fold and in-sample,
+    for fit_kappa) and the fold's image stages."""
+    place = f"repeat{wildcards.repeat}/fold{wildcards.fold}"
+    metadata = {
+        "metadata": f"results/metadata/{place}/probs.tsv",
+        "metadata_fit": f"results/metadata/{place}/fit_probs.tsv",
+    }
+    return combination_inputs(
+        COMBINATIONS[wildcards.combination],
+        metadata,
+        lambda modality: f"results/image/{modality}/{place}",
+    )
+
+
+def final_fusion_inputs(wildcards):
+    """The final fusion's inputs: the final forest's and final branches' outputs."""
+    return combination_inputs(
+        COMBINATIONS[wildcards.combination],
+        {"metadata": "results/final/metadata/probs.tsv"},
+        lambda modality: f"results/final/image/{modality}",
+    )
 
 
 def weight_settings(members):
@@ -423,3 +441,61 @@ def image_dir(wildcards):
     workflow assumes a file system shared by all jobs (as on a SLURM cluster).
     """
     return config["image_dir"]
+
+
+def spec_modalities():
+    """Each modality in use: its path column and image settings, as the model spec records."""
+    return {
+        m: {"column": column, **modality_settings(m)}
+        for m, column in MODALITIES.items()
+    }
+
+
+def bundle_inputs(wildcards):
+    """The final models a bundle holds: the forest (when a combination uses metadata) and
+    each modality's final checkpoint and sidecar."""
+    inputs = {}
+    if any("metadata" in members for members in COMBINATIONS.values()):
+        inputs["forest"] = "results/final/metadata/model.skops"
+    for modality in MODALITIES:
+        inputs[f"{modality}_checkpoint"] = (
+            f"results/final/image/{modality}/checkpoint.weights.h5"
+        )
+        inputs[f"{modality}_sidecar"] = (
+            f"results/final/image/{modality}/checkpoint.json"
+        )
+    return inputs
+
+
+DEFAULT_BUNDLE = "results/final/bundle"
+
+
+def predict_bundle(wildcards):
+    """The bundle predict applies: predict.bundle, or the one final_models builds."""
+    return config["predict"]["bundle"] or DEFAULT_BUNDLE
+
+
+def predict_spec(wildcards):
+    """The model spec a new table is checked against before any model is loaded: a given
+    bundle's manifest, or (for the bundle this run builds) the spec that bundle will hold, so a
+    bad table fails before the final models are trained."""
+    bundle = predict_bundle(wildcards)
+    if Path(bundle) == Path(DEFAULT_BUNDLE):
+        return "results/final/model_spec.json"
+    return f"{bundle}/manifest.json"
+
+
+def predict_samples(wildcards):
+    """The new table to predict (predict.samples), required by the predict target."""
+    samples = config["predict"]["samples"]
+    if not samples:
+        raise WorkflowError(
+            "Invalid config key 'predict.samples': the predict target needs the new table, "
+            "e.g. --config predict='{samples: new_visits.csv}'"
+        )
+    return samples
+
+
+def predict_image_dir(wildcards):
+    """The folder the new table's image paths are relative to (default: image_dir)."""
+    return config["predict"]["image_dir"] or config["image_dir"]

@@ -53,6 +53,17 @@ def decoded(image: Image.Image, size: int, channels: int, value_range) -> np.nda
     return resized.reshape(size, size, channels)
 
 
+def decode_into(target: np.ndarray, paths, size: int, channels: int, value_range) -> int:
+    """Decode each image of ``paths`` into the matching row of ``target``; return how many were
+    colour images. The one decoding both the image cache and prediction on new images use."""
+    colour = 0
+    for row, path in enumerate(paths):
+        with Image.open(path) as image:
+            colour += image.mode not in COLOURLESS_MODES
+            target[row] = decoded(image, size, channels, value_range)
+    return colour
+
+
 def build_cache(
     paths: pd.Series, size: int, cache_path: Path, channels: int = 3, value_range=None
 ) -> dict:
@@ -67,11 +78,7 @@ def build_cache(
     cache = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels)
     )
-    colour = 0
-    for row, path in enumerate(paths):
-        with Image.open(path) as image:
-            colour += image.mode not in COLOURLESS_MODES
-            cache[row] = decoded(image, size, channels, value_range)
+    colour = decode_into(cache, paths, size, channels, value_range)
     cache.flush()
     del cache
     os.replace(partial, cache_path)

@@ -50,3 +50,20 @@ def check_training_classes(folds: pd.DataFrame, classes: list) -> None:
 def split_rows(folds: pd.DataFrame, fold: int) -> pd.Series:
     """``train`` or ``val`` for each row of ``folds``, for outer fold ``fold``."""
     return folds["fold"].eq(fold).map({True: "val", False: "train"})
+
+
+# The final models' placement (repeat, fold): cross-validation numbers both from 1, and the
+# final models hold out fold 0 of repeat 0, which no row is in, so they train on every row.
+FINAL_PLACEMENT = (0, 0)
+
+
+def final_fold_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """``id``, ``group``, ``label``, ``repeat``, ``fold`` with every row in fold 1 of repeat 0.
+
+    Holding out fold 0 of this table (:data:`FINAL_PLACEMENT`) leaves every labelled row
+    training, so the final models go through the same stage code as the fold models.
+    """
+    table = samples[[ID, GROUP, LABEL]].copy()
+    table["repeat"] = FINAL_PLACEMENT[0]
+    table["fold"] = 1
+    return table

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import ID
+from fusion_dag.artifacts import ID, read_json, read_tsv
 from fusion_dag.checkpoint import (
     CheckpointError,
     branch_layers,
@@ -193,3 +193,55 @@ def log_weights(weights: dict, log) -> None:
     image = sum(w for member, w in weights.items() if member != METADATA)
     members = ", ".join(f"{member}={w:.2f}" for member, w in weights.items())
     log.info("Fusion weights: RF=%.2f, Image=%.2f (%s)", rf, image, members)
+
+
+def fuse_combination(
+    members: list,
+    weights: dict,
+    rf_probs: pd.DataFrame | None,
+    inputs,
+    expected: dict,
+    settings: dict,
+    threads: int,
+    log,
+) -> tuple[pd.DataFrame, dict, dict | None]:
+    """One fusion job, fold or final: (fused probabilities, each image member's probabilities,
+    TensorFlow runtime settings or None).
+
+    ``inputs`` maps ``{modality}_checkpoint``, ``_sidecar``, ``_probs`` (and, to fuse,
+    ``_cache`` and ``_ids``) to files, as the fusion rules name them; ``expected`` is what each
+    sidecar must say (repeat, fold, classes); ``settings`` the job's fusion settings. A member
+    alone passes its probabilities through (an image's after its sidecar check); images are
+    fused with frozen branches by :func:`fuse_v3`.
+    """
+    modalities = [m for m in members if m != METADATA]
+    if not modalities:
+        log_weights(weights, log)
+        return rf_probs, {}, None
+    if members == modalities[:1]:
+        (modality,) = modalities
+        probs = image_alone(
+            modality,
+            read_tsv(inputs[f"{modality}_probs"]),
+            inputs[f"{modality}_checkpoint"],
+            read_json(inputs[f"{modality}_sidecar"]),
+            {**expected, "backbone": settings["branches"][modality]["backbone"]},
+            log,
+        )
+        return probs, {modality: probs}, None
+    from fusion_dag.cache import load_cache
+    from fusion_dag.image import configure_tensorflow
+
+    runtime = configure_tensorflow(settings["intra_op_threads"], threads, settings["seed"])
+    image_members = {
+        m: ImageMember(
+            *load_cache(inputs[f"{m}_cache"], inputs[f"{m}_ids"]),
+            probs=read_tsv(inputs[f"{m}_probs"]),
+            checkpoint=inputs[f"{m}_checkpoint"],
+            manifest=read_json(inputs[f"{m}_sidecar"]),
+            settings=settings["branches"][m],
+        )
+        for m in modalities
+    }
+    probs = fuse_v3(weights, rf_probs, image_members, expected, settings["batch_size"], log)
+    return probs, {m: member.probs for m, member in image_members.items()}, runtime

@@ -45,14 +45,12 @@ def feature_frame(samples: pd.DataFrame) -> pd.DataFrame:
     return features
 
 
-def build_pipeline(
-    n_estimators: int,
-    min_samples_leaf: int,
-    class_weight: str | None,
-    seed: int,
-    n_jobs: int,
-) -> Pipeline:
-    """Median-impute numbers, one-hot encode text (missing as its own level), then a forest."""
+def build_pipeline(settings: dict, seed: int) -> Pipeline:
+    """Median-impute numbers, one-hot encode text (missing as its own level), then a forest.
+
+    ``settings`` is ``metadata_model`` (``n_estimators``, ``min_samples_leaf``,
+    ``class_weight``); the forest predicts on one thread until :func:`fit_on` fits it.
+    """
     encode = ColumnTransformer(
         [
             (
@@ -71,11 +69,11 @@ def build_pipeline(
         ]
     )
     forest = RandomForestClassifier(
-        n_estimators=n_estimators,
-        min_samples_leaf=min_samples_leaf,
-        class_weight=class_weight,
+        n_estimators=settings["n_estimators"],
+        min_samples_leaf=settings["min_samples_leaf"],
+        class_weight=settings["class_weight"],
         random_state=seed,
-        n_jobs=n_jobs,
+        n_jobs=1,
     )
     return Pipeline([("encode", encode), ("forest", forest)])
 
@@ -106,13 +104,7 @@ def fold_probabilities(
     # Trees are built in parallel, but probabilities are always summed on one thread: a forest
     # predicting on several threads adds tree votes in a racy order, and the last bits differ
     # between runs. The inner cross-validation parallelises over folds instead.
-    pipeline = build_pipeline(
-        settings["n_estimators"],
-        settings["min_samples_leaf"],
-        settings["class_weight"],
-        seed,
-        n_jobs=1,
-    )
+    pipeline = build_pipeline(settings, seed)
     inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
     log.info("Fold %d: out-of-fold training probabilities, %d inner folds", fold, inner_folds)
     train_probs = cross_val_predict(
@@ -125,8 +117,7 @@ def fold_probabilities(
         n_jobs=min(n_jobs, inner_folds),
     )
     log.info("Fold %d: fitting on %d training rows", fold, len(train))
-    pipeline.set_params(forest__n_jobs=n_jobs).fit(feature_frame(train), y_train)
-    pipeline.set_params(forest__n_jobs=1)
+    fit_on(pipeline, train, y_train, n_jobs)
     validation_probs = pipeline.predict_proba(feature_frame(validation))
     probs = probability_table(
         pd.concat([train[ID], validation[ID]]),
@@ -135,6 +126,30 @@ def fold_probabilities(
         classes,
     )
     return probs, pipeline
+
+
+def fit_on(pipeline: Pipeline, rows: pd.DataFrame, y: np.ndarray, n_jobs: int) -> Pipeline:
+    """Fit with ``n_jobs`` tree builders, then predict on one thread (see fold_probabilities)."""
+    pipeline.set_params(forest__n_jobs=n_jobs).fit(feature_frame(rows), y)
+    return pipeline.set_params(forest__n_jobs=1)
+
+
+def final_pipeline(
+    samples: pd.DataFrame, classes: list, settings: dict, seed: int, n_jobs: int
+) -> tuple[Pipeline, pd.DataFrame]:
+    """The forest fit on every labelled row, and its in-sample probabilities (``split`` train).
+
+    No inner cross-validation: the final fusion has no validation rows and learns nothing, so
+    out-of-fold training probabilities would feed no decision. The in-sample probabilities are
+    what the bundle predicts for these visits; they measure memorisation (``fit_kappa``), not
+    quality, which the cross-validation estimates.
+    """
+    pipeline = build_pipeline(settings, seed)
+    log.info("Final forest: fitting on all %d labelled rows", len(samples))
+    fit_on(pipeline, samples, samples[LABEL].map(classes.index).to_numpy(), n_jobs)
+    predicted = pipeline.predict_proba(feature_frame(samples))
+    probs = probability_table(samples[ID], ["train"] * len(samples), predicted, classes)
+    return pipeline, probs
 
 
 def fit_probabilities(

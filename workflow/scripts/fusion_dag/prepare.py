@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
+from fusion_dag.weights import METADATA
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,37 @@ def check_class_coverage(labels, groups, classes, column: str, source: Path) -> 
             )
 
 
+def clean_ids(table: pd.DataFrame, id_column: str | None, source: Path) -> pd.Series:
+    """The rows' ids as text: the id column (unique, never empty) or row numbers from 1."""
+    if not id_column:
+        return pd.Series([str(i + 1) for i in range(len(table))], index=table.index)
+    ids = stripped(table[id_column])
+    if blank(ids).any():
+        raise InputError(
+            f"samples table {source}: id column '{id_column}' is empty in data rows "
+            f"{describe_rows(row_names(blank(ids)))}"
+        )
+    repeated = ids.duplicated(keep=False)
+    if repeated.any():
+        raise InputError(
+            f"samples table {source}: id column '{id_column}' repeats ids "
+            f"{describe_rows(sorted(set(ids[repeated].astype(str))))} in data rows "
+            f"{describe_rows(row_names(repeated))}; ids must be unique"
+        )
+    return ids.astype(str)
+
+
+def clean_groups(table: pd.DataFrame, group_column: str, source: Path) -> pd.Series:
+    """The rows' groups (patients) as text; an empty cell is an error naming the rows."""
+    groups = stripped(table[group_column])
+    if blank(groups).any():
+        raise InputError(
+            f"samples table {source}: group column '{group_column}' is empty in data rows "
+            f"{describe_rows(row_names(blank(groups)))}; every row needs its patient"
+        )
+    return groups.astype(str)
+
+
 def clean_samples(
     table: pd.DataFrame,
     columns: dict,
@@ -221,29 +253,8 @@ def clean_samples(
     if table.empty:
         raise InputError(f"samples table {source} has no data rows")
 
-    if id_column:
-        ids = stripped(table[id_column])
-        if blank(ids).any():
-            raise InputError(
-                f"samples table {source}: id column '{id_column}' is empty in data rows "
-                f"{describe_rows(row_names(blank(ids)))}"
-            )
-        repeated = ids.duplicated(keep=False)
-        if repeated.any():
-            raise InputError(
-                f"samples table {source}: id column '{id_column}' repeats ids "
-                f"{describe_rows(sorted(set(ids[repeated].astype(str))))} in data rows "
-                f"{describe_rows(row_names(repeated))}; ids must be unique"
-            )
-    else:
-        ids = pd.Series([str(i + 1) for i in range(len(table))], index=table.index)
-
-    groups = stripped(table[group_column])
-    if blank(groups).any():
-        raise InputError(
-            f"samples table {source}: group column '{group_column}' is empty in data rows "
-            f"{describe_rows(row_names(blank(groups)))}; every row needs its patient"
-        )
+    ids = clean_ids(table, id_column, source)
+    groups = clean_groups(table, group_column, source)
     if groups.nunique() < 2:
         raise InputError(
             f"samples table {source}: group column '{group_column}' holds a single group "
@@ -445,3 +456,88 @@ def prepare_inputs(
         ", ".join(f"{c}={n}" for c, n in counts.items()),
     )
     return samples, images
+
+
+# A new table for prediction: the same validation as the training table, against the bundle's
+# model spec. A new clinic's table has the same byte-order marks, decimal commas and stray
+# spaces, plus its own surprises (a renamed column, a class spelled differently, an image
+# outside the image folder); each is one error naming the file, column and rows.
+
+
+def new_samples(
+    path: Path, image_dir: Path, spec: dict, members: list
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate a new table against the bundle's spec; return (samples, image paths).
+
+    Needed: the group column, the id column when training had one, the forest's feature
+    columns (when ``members`` include metadata) and each image member's path column. The label
+    column is optional; other columns are ignored. A feature that was numeric in training must
+    be numeric here; empty cells are imputed as in training, and text categories the forest has
+    not seen are ignored by its encoder. Empty image cells mean the visit has no such image.
+    """
+    table = read_table(path)
+    columns = spec["columns"]
+    features = spec["features"] if METADATA in members else []
+    modalities = {m: spec["modalities"][m]["column"] for m in members if m != METADATA}
+    wanted = [("columns.group", columns["group"])]
+    if columns["id"]:
+        wanted.append(("columns.id", columns["id"]))
+    wanted += [(f"modalities.{name}", column) for name, column in modalities.items()]
+    require_columns(table, wanted, path)
+    missing = [f["name"] for f in features if f["name"] not in table.columns]
+    if missing:
+        raise InputError(
+            f"samples table {path}: no feature column {', '.join(repr(m) for m in missing)}; "
+            f"the bundle's forest was trained on {', '.join(f['name'] for f in features)} "
+            "(add the column; empty cells are imputed as in training)"
+        )
+    if table.empty:
+        raise InputError(f"samples table {path} has no data rows")
+    ids = clean_ids(table, columns["id"], path)
+    samples = pd.DataFrame({ID: ids, GROUP: clean_groups(table, columns["group"], path)})
+    if columns["label"] in table.columns:
+        samples[LABEL] = normalise_labels(
+            table[columns["label"]], spec["classes"], columns["label"], path
+        )
+    else:
+        samples[LABEL] = np.nan
+        log.info("No label column '%s': predictions only, no metrics", columns["label"])
+    for feature in features:
+        samples[feature["name"]] = typed_column(table, feature, path)
+    images = pd.DataFrame({ID: ids})
+    for modality, column in modalities.items():
+        resolved = resolve_images(
+            table,
+            ids,
+            modality,
+            column,
+            image_dir,
+            "drop",
+            path,
+            scaled=spec["modalities"][modality]["value_range"] is not None,
+        )
+        images[modality] = ids.map(resolved)
+    return samples, images
+
+
+def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
+    """A feature column read as the type it had in training (numeric or text)."""
+    name = feature["name"]
+    if feature["type"] == "text":
+        return stripped(table[name]).astype(object)
+    column = coerce_numeric(table[name])
+    if column.dtype == object:
+        text = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+        values = ", ".join(repr(v) for v in sorted(set(column[text].astype(str)))[:5])
+        raise InputError(
+            f"samples table {path}: feature column '{name}' was numeric in training but holds "
+            f"text ({values}) in data rows {describe_rows(row_names(text))}; fix the cells "
+            "or empty them"
+        )
+    return column
+
+
+def read_new_samples(path: Path, spec: dict) -> pd.DataFrame:
+    """Read a validated new table back with text features as text."""
+    text = {f["name"]: str for f in spec["features"] if f["type"] == "text"}
+    return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str, **text})

@@ -10,7 +10,7 @@ same rows (a paired bootstrap interval and the corrected resampled t-test).
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import ID
+from fusion_dag.artifacts import GROUP, ID, LABEL
 from fusion_dag.evaluate import (
     bootstrap_metrics,
     corrected_resampled_ttest,
@@ -52,17 +52,11 @@ def headline_table(
             "n_repeats": int(oof["repeat"].nunique()),
             "n_rows": int(oof[ID].nunique()),
         }
-        for metric in INTERVAL_METRICS:
-            point, samples = estimates[metric]
-            row[f"{metric}_mean"] = point
-            if metric == "kappa":
-                row["kappa_std"] = folds["kappa"].std(ddof=1) if len(folds) > 1 else 0.0
-            low, high = interval(samples, evaluation["confidence"])
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
-        row["accuracy_mean"] = estimates["accuracy"][0]
-        for index, name_of_class in enumerate(classes):
-            row[f"f1_{name_of_class}_mean"] = estimates[f"f1_{index}"][0]
-            row[f"recall_{name_of_class}_mean"] = estimates[f"recall_{index}"][0]
+        kappa_std = folds["kappa"].std(ddof=1) if len(folds) > 1 else 0.0
+        for column, value in metric_columns(estimates, classes, evaluation, "_mean").items():
+            row[column] = value
+            if column == "kappa_mean":
+                row["kappa_std"] = kappa_std
         row["train_kappa_mean"] = folds["train_kappa"].mean()
         row["gap_mean"] = row["train_kappa_mean"] - row["kappa_mean"]
         row["fit_kappa_mean"] = folds["fit_kappa"].mean()
@@ -72,6 +66,61 @@ def headline_table(
         shares = np.bincount(predicted, minlength=len(classes)) / len(predicted)
         for name_of_class, share in zip(classes, shares, strict=True):
             row[f"pred_frac_{name_of_class}"] = float(share)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_columns(estimates: dict, classes: list, evaluation: dict, suffix: str) -> dict:
+    """Point estimates (named ``{metric}{suffix}``) with percentile intervals of the interval
+    metrics, then accuracy and per-class F1 and recall, from :func:`bootstrap_metrics`."""
+    columns = {}
+    for metric in INTERVAL_METRICS:
+        point, samples = estimates[metric]
+        columns[f"{metric}{suffix}"] = point
+        low, high = interval(samples, evaluation["confidence"])
+        columns[f"{metric}_ci_low"], columns[f"{metric}_ci_high"] = low, high
+    columns[f"accuracy{suffix}"] = estimates["accuracy"][0]
+    for index, name_of_class in enumerate(classes):
+        columns[f"f1_{name_of_class}{suffix}"] = estimates[f"f1_{index}"][0]
+        columns[f"recall_{name_of_class}{suffix}"] = estimates[f"recall_{index}"][0]
+    return columns
+
+
+def external_metrics(
+    predictions: pd.DataFrame, members: list, classes: list, evaluation: dict, seed: int
+) -> pd.DataFrame:
+    """Metrics of a labelled new table, with patient-bootstrap intervals.
+
+    One row for the fused predictions (each row scored by the members it has) and one per
+    member on the rows it scored, so a team sees what each input contributes on the new
+    patients. ``n_unscored`` counts labelled rows the predictor could not score.
+    """
+    labelled = predictions[predictions[LABEL].notna()]
+    if labelled.empty:
+        return pd.DataFrame(columns=["predictor", "n_rows", "n_groups", "n_unscored"])
+    predictors = {"+".join(members): ""} | (
+        {m: f"{m}_" for m in members} if len(members) > 1 else {}
+    )
+    rows = []
+    for name, prefix in predictors.items():
+        columns = [f"{prefix}prob_{c}" for c in classes]
+        scored = labelled[labelled[columns].notna().all(axis=1)]
+        table = scored[[ID, GROUP, LABEL]].assign(repeat=1)
+        table[[f"prob_{c}" for c in classes]] = scored[columns].to_numpy()
+        row = {
+            "predictor": name,
+            "n_rows": len(scored),
+            "n_groups": int(scored[GROUP].nunique()),
+            "n_unscored": len(labelled) - len(scored),
+        }
+        if len(scored):
+            estimates = bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
+            row.update(metric_columns(estimates, classes, evaluation, ""))
+            shares = np.bincount(
+                table[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1),
+                minlength=len(classes),
+            ) / len(table)
+            row.update({f"pred_frac_{c}": float(s) for c, s in zip(classes, shares, strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
 

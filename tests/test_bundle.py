@@ -1,0 +1,115 @@
+"""The model spec, bundle choices and prediction arithmetic, without a workflow run."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_dag.artifacts import InputError
+from fusion_dag.bundle import BundleError, choose_combination, load_bundle, model_spec
+from fusion_dag.predict import fuse_rows
+from fusion_dag.prepare import typed_column
+from fusion_dag.report import external_metrics
+
+CLASSES = ["I", "P", "R"]
+SAMPLES = pd.DataFrame(
+    {
+        "id": ["a", "b", "c", "d"],
+        "group": ["p1", "p1", "p2", "p3"],
+        "label": ["I", "P", "R", "P"],
+        "age": [60.0, 70.0, np.nan, 55.0],
+        "sex": ["M", "F", "F", None],
+    }
+)
+COMBINATIONS = {
+    "metadata": ["metadata"],
+    "metadata+thermal_map+depth_map": ["metadata", "thermal_map", "depth_map"],
+}
+SETTINGS = {
+    "column": "thermal",
+    "size": 24,
+    "channels": 3,
+    "value_range": None,
+    "backbone": "small_cnn",
+    "augmentation": None,
+    "mixed_precision": False,
+}
+
+
+def spec(weights=None):
+    modalities = {"thermal_map": SETTINGS, "depth_map": {**SETTINGS, "column": "depth"}}
+    columns = {"id": "sample_id", "group": "patient_id", "label": "label", "exclude": []}
+    fusion = {"metadata_weight": 0.7, "weights": weights}
+    return model_spec(SAMPLES, columns, CLASSES, modalities, COMBINATIONS, fusion)
+
+
+def test_spec_records_feature_order_and_types_and_the_largest_combination():
+    recorded = spec()
+    assert recorded["features"] == [
+        {"name": "age", "type": "numeric"},
+        {"name": "sex", "type": "text"},
+    ]
+    assert recorded["default_combination"] == "metadata+thermal_map+depth_map"
+    assert choose_combination(recorded, "metadata") == ["metadata"]
+    with pytest.raises(BundleError, match=r"'metadata\+thermal_map' is not in the bundle"):
+        choose_combination(recorded, "metadata+thermal_map")
+
+
+def probs(ids, rows):
+    table = pd.DataFrame({"id": ids})
+    table[[f"prob_{c}" for c in CLASSES]] = np.array(rows, dtype=float)
+    return table
+
+
+def test_rows_missing_an_image_are_fused_from_the_members_they_have():
+    members = ["metadata", "thermal_map", "depth_map"]
+    member_probs = {
+        "metadata": probs(["a", "b", "c", "d"], [[1, 0, 0]] * 4),
+        "thermal_map": probs(["a", "b", "c"], [[0, 1, 0]] * 3),
+        "depth_map": probs(["a", "c"], [[0, 0, 1]] * 2),
+    }
+    weights = {"metadata": 0.5, "thermal_map": 0.3, "depth_map": 0.2}
+    for fusion, expected_b in [
+        ({"metadata_weight": 0.7, "weights": None}, [0.7, 0.3, 0.0]),
+        ({"metadata_weight": 0.7, "weights": weights}, [0.625, 0.375, 0.0]),
+    ]:
+        table = fuse_rows(SAMPLES, member_probs, members, {**spec(), "fusion": fusion})
+        assert table["members_used"].tolist() == [
+            "metadata+thermal_map+depth_map",
+            "metadata+thermal_map",
+            "metadata+thermal_map+depth_map",
+            "metadata",
+        ]
+        fused = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+        assert np.allclose(fused[1], expected_b)
+        assert np.allclose(fused[3], [1, 0, 0])
+        assert np.allclose(fused.sum(axis=1), 1.0)
+    assert table["predicted"].tolist()[3] == "I"
+
+
+def test_a_row_without_any_member_is_kept_unscored(caplog):
+    member_probs = {"thermal_map": probs(["a"], [[0.2, 0.5, 0.3]])}
+    with caplog.at_level(logging.WARNING):
+        table = fuse_rows(SAMPLES, member_probs, ["thermal_map"], spec())
+    assert len(table) == 4
+    assert table["members_used"].tolist() == ["thermal_map", "", "", ""]
+    assert table["prob_I"].isna().tolist() == [False, True, True, True]
+    assert "3 rows have none of the members thermal_map" in caplog.text
+    metrics = external_metrics(
+        table, ["thermal_map"], CLASSES, {"bootstrap": 100, "confidence": 0.9}, 0
+    )
+    assert metrics.loc[0, "n_rows"] == 1 and metrics.loc[0, "n_unscored"] == 3
+
+
+def test_a_numeric_feature_with_text_is_one_error_naming_rows():
+    table = pd.DataFrame({"age": ["61", "seventy", "3,5"]})
+    with pytest.raises(InputError, match=r"'age' was numeric in training.*'seventy'.*rows 2"):
+        typed_column(table, {"name": "age", "type": "numeric"}, "new.csv")
+    text = typed_column(pd.DataFrame({"sex": [" M", "1"]}), {"name": "sex", "type": "text"}, "x")
+    assert text.tolist() == ["M", "1"]
+
+
+def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        load_bundle(tmp_path)

@@ -1,0 +1,198 @@
+"""Final models, the model bundle and ``predict``: an external validation on held-out patients.
+
+The demo's first 120 patients train the final models (``snakemake predict`` builds them, then
+the bundle); the other 40 patients, with labels, are the new table.
+"""
+
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion_dag.bundle import BundleError, checkpoint_files, load_bundle
+from fusion_dag.demo import write_demo
+from fusion_dag.predict import score_table
+from fusion_dag.prepare import new_samples
+from tests.conftest import TINY, run_snakemake, scheduled_jobs
+
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("predict")]
+
+COMBINATION = "metadata+depth_map+thermal_map"
+PROBS = ["prob_I", "prob_P", "prob_R"]
+# Metadata fused with thermal maps (3 channels) and 16-bit depth maps (some visits have none).
+EXTERNAL = {
+    **TINY,
+    "samples": "train.csv",
+    "image_dir": ".",
+    "modalities": {
+        "thermal_map": {"column": "thermal_map", "channels": 3},
+        "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
+    },
+    "combinations": [["metadata", "thermal_map"], COMBINATION.split("+")],
+    "evaluation": {"bootstrap": 200, "confidence": 0.95},
+    "predict": {"samples": "new.csv"},
+}
+
+
+@pytest.fixture(scope="module")
+def external_run(tmp_path_factory):
+    """The demo split by patient (120 train, 40 new) and a finished ``predict`` run."""
+    workdir = tmp_path_factory.mktemp("external")
+    write_demo(workdir / "demo.csv", patients=160, seed=7)
+    table = pd.read_csv(workdir / "demo.csv", dtype=str)
+    patients = sorted(table["patient_id"].unique())
+    new = table["patient_id"].isin(patients[120:])
+    table[~new].to_csv(workdir / "train.csv", index=False)
+    table[new].to_csv(workdir / "new.csv", index=False)
+    result = run_snakemake(workdir, "--cores", "2", "predict", config=EXTERNAL)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir
+
+
+def test_every_new_row_is_predicted_with_the_members_it_has(external_run):
+    new = pd.read_csv(external_run / "new.csv", dtype=str)
+    predictions = pd.read_csv(external_run / "results/predict/predictions.tsv", sep="\t")
+    assert predictions["id"].tolist() == new["sample_id"].tolist()
+    assert predictions[PROBS].notna().all().all()
+    assert np.allclose(predictions[PROBS].sum(axis=1), 1.0)
+    no_depth = new["depth_map"].isna().to_numpy()
+    assert no_depth.any() and not no_depth.all()
+    used = predictions["members_used"]
+    assert (used[no_depth] == "metadata+thermal_map").all()
+    assert (used[~no_depth] == COMBINATION).all()
+    assert predictions.loc[no_depth, "depth_map_prob_I"].isna().all()
+    # A visit without a depth map is scored as metadata + thermal map is in training: 0.7/0.3.
+    row = predictions[no_depth].iloc[0]
+    expected = [0.7 * row[f"metadata_{c}"] + 0.3 * row[f"thermal_map_{c}"] for c in PROBS]
+    assert np.allclose(row[PROBS].to_numpy(dtype=float), expected)
+    assert (
+        predictions["predicted"]
+        == np.array(["I", "P", "R"])[predictions[PROBS].to_numpy().argmax(axis=1)]
+    ).all()
+
+
+def test_labelled_new_table_gets_metrics_with_patient_intervals(external_run):
+    metrics = pd.read_csv(external_run / "results/predict/metrics.tsv", sep="\t")
+    assert metrics["predictor"].tolist() == [COMBINATION, "metadata", "depth_map", "thermal_map"]
+    fused = metrics.iloc[0]
+    assert fused["n_rows"] == len(pd.read_csv(external_run / "new.csv"))
+    assert fused["n_groups"] == 40 and fused["n_unscored"] == 0
+    for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "ece"):
+        assert metrics[f"{metric}_ci_low"].le(metrics[metric]).all()
+        assert metrics[metric].le(metrics[f"{metric}_ci_high"]).all()
+    assert metrics.set_index("predictor").loc["depth_map", "n_unscored"] > 0
+    summary = (external_run / "results/predict/summary.md").read_text()
+    assert "patient-bootstrap" in summary and "metadata+thermal_map" in summary
+
+
+def test_final_fusion_keeps_the_v3_contract(external_run):
+    log = (external_run / f"logs/final_fusion/{COMBINATION}.log").read_text()
+    for modality in ("depth_map", "thermal_map"):
+        assert f"Loaded weights for layer: {modality}_conv1" in log
+        assert f"Frozen layer: {modality}_conv1" in log
+        assert f"Frozen {modality} branch reproduces the image stage" in log
+    assert "Fusion weights: RF=0.70, Image=0.30" in log
+    # Final models train on every labelled row: no cross-validation job ran.
+    assert not (external_run / "results/folds.tsv").exists()
+    assert not (external_run / "results/image").exists()
+
+
+def bundle_predictions(bundle, table, workdir):
+    """Predict ``table`` in this process with ``bundle`` (what the predict job does)."""
+    spec = load_bundle(bundle)
+    members = spec["combinations"][COMBINATION]
+    samples, images = new_samples(table, workdir, spec, members)
+    log = logging.getLogger("test")
+    return score_table(bundle, spec, members, samples, images, (1, 1), log)
+
+
+def test_predicting_the_training_table_reproduces_the_final_fusion(external_run):
+    bundle = external_run / "results/final/bundle"
+    predictions = bundle_predictions(bundle, external_run / "train.csv", external_run)
+    final = pd.read_csv(external_run / f"results/final/fusion/{COMBINATION}/probs.tsv", sep="\t")
+    both = final.merge(predictions, on="id", suffixes=("_final", ""))
+    assert len(both) == len(final) > 300
+    difference = np.abs(both[PROBS].to_numpy() - both[[f"{c}_final" for c in PROBS]].to_numpy())
+    assert difference.max() <= 1e-6
+
+
+def test_a_copied_bundle_predicts_identically(external_run, tmp_path):
+    copy = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(external_run / "results/final/bundle", copy)
+    moved = bundle_predictions(copy, external_run / "new.csv", external_run)
+    here = bundle_predictions(
+        external_run / "results/final/bundle", external_run / "new.csv", external_run
+    )
+    pd.testing.assert_frame_equal(moved, here)
+    # And the predict job wrote the same (its table holds float32 values as text).
+    written = pd.read_csv(external_run / "results/predict/predictions.tsv", sep="\t")
+    columns = [c for c in written.columns if "prob_" in c]
+    assert np.allclose(moved[columns], written[columns], atol=1e-7, equal_nan=True)
+    assert moved["members_used"].tolist() == written["members_used"].tolist()
+
+
+def test_a_tampered_bundle_is_refused_naming_the_file(external_run, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(external_run / "results/final/bundle", copy)
+    checkpoint = copy / checkpoint_files("thermal_map")[0]
+    data = bytearray(checkpoint.read_bytes())
+    data[-1] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"thermal_map/checkpoint.weights.h5 does not match"):
+        load_bundle(copy)
+
+
+def test_swapped_checkpoints_are_refused_even_with_matching_hashes(external_run, tmp_path):
+    """The manifest's hashes rewritten to fit swapped files: the sidecars still name them."""
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(external_run / "results/final/bundle", copy)
+    thermal, depth = checkpoint_files("thermal_map"), checkpoint_files("depth_map")
+    for a, b in zip(thermal, depth, strict=True):
+        (copy / a).rename(copy / "swap")
+        (copy / b).rename(copy / a)
+        (copy / "swap").rename(copy / b)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for a, b in zip(thermal, depth, strict=True):
+        manifest["files"][a], manifest["files"][b] = manifest["files"][b], manifest["files"][a]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"checkpoint.json does not match.*modality"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.drop(columns=["age"]), "no feature column 'age'"),
+        (lambda t: t.assign(label=t["label"].replace("R", "X")), "labels outside classes"),
+        (
+            lambda t: t.assign(thermal_map="../" + t["thermal_map"]),
+            "points outside image_dir",
+        ),
+    ],
+    ids=["missing feature", "unknown label", "image outside image_dir"],
+)
+def test_bad_new_table_is_one_error_and_no_predictions(external_run, tmp_path, change, message):
+    workdir = tmp_path / "run"
+    shutil.copytree(external_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / "results/predict")
+    change(pd.read_csv(workdir / "new.csv", dtype=str)).to_csv(workdir / "bad.csv", index=False)
+    config = {**EXTERNAL, "predict": {"samples": "bad.csv"}}
+    result = run_snakemake(workdir, "--cores", "1", "predict", config=config)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "fusion-dag input error" in line]
+    assert len(errors) == 1 and message in errors[0] and "bad.csv" in errors[0], result.stderr
+    assert not (workdir / "results/predict/predictions.tsv").exists()
+    assert not (workdir / "results/predict/samples.tsv").exists()
+
+
+def test_a_fusion_weight_change_retrains_no_final_model(external_run):
+    config = {**EXTERNAL, "fusion": {"metadata_weight": 0.6, "weights": None}}
+    result = run_snakemake(external_run, "-n", "predict", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = scheduled_jobs(result.stdout + result.stderr)
+    assert "final_image" not in jobs and "final_metadata" not in jobs
+    assert jobs["final_fusion"] == 2 and jobs["bundle"] == 1 and jobs["predictions"] == 1

@@ -1,0 +1,129 @@
+# The final models: every stage fit on all labelled patients, under the same V3 contract.
+rule final_metadata:
+    input:
+        samples="results/prepared/samples.tsv",
+    output:
+        model="results/final/metadata/model.skops",
+        probs="results/final/metadata/probs.tsv",
+    log:
+        "logs/final_metadata/final_metadata.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        classes=config["classes"],
+        settings=config["metadata_model"],
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/final_metadata.py"
+
+
+# The image branch alone on every row; early stopping on an inner patient-grouped split.
+rule final_image:
+    input:
+        unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
+        cache="results/prepared/images/{modality}.npy",
+        ids="results/prepared/images/{modality}.ids.tsv",
+        samples="results/prepared/samples.tsv",
+    output:
+        checkpoint="results/final/image/{modality}/checkpoint.weights.h5",
+        sidecar="results/final/image/{modality}/checkpoint.json",
+        probs="results/final/image/{modality}/probs.tsv",
+        history="results/final/image/{modality}/history.tsv",
+        metrics="results/final/image/{modality}/metrics.json",
+    log:
+        "logs/final_image/{modality}.log",
+    benchmark:
+        "benchmarks/final_image/{modality}.tsv"
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        classes=config["classes"],
+        settings=lambda wildcards: modality_settings(wildcards.modality),
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/final_image.py"
+
+
+# Loads each final checkpoint by layer name, freezes and verifies it, as the fold fusions do.
+rule final_fusion:
+    input:
+        unpack(final_fusion_inputs),
+        samples="results/prepared/samples.tsv",
+    output:
+        probs="results/final/fusion/{combination}/probs.tsv",
+        metrics="results/final/fusion/{combination}/metrics.json",
+    log:
+        "logs/final_fusion/{combination}.log",
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        classes=config["classes"],
+        settings=fusion_settings,
+    script:
+        "../scripts/final_fusion.py"
+
+
+# What applying the models needs besides the models: columns, feature types, preprocessing.
+rule model_spec:
+    input:
+        samples="results/prepared/samples.tsv",
+    output:
+        spec="results/final/model_spec.json",
+    log:
+        "logs/model_spec/model_spec.log",
+    # Before the final models: predict checks a new table against this spec first.
+    priority: 50
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        columns=config["columns"],
+        classes=config["classes"],
+        modalities=spec_modalities(),
+        combinations=COMBINATIONS,
+        fusion=config["fusion"],
+    script:
+        "../scripts/model_spec.py"
+
+
+rule bundle:
+    input:
+        unpack(bundle_inputs),
+        spec="results/final/model_spec.json",
+        fusion_metrics=expand(
+            "results/final/fusion/{combination}/metrics.json",
+            combination=COMBINATIONS,
+        ),
+        table=config["samples"],
+        images="results/prepared/images.tsv",
+    output:
+        bundle=directory(DEFAULT_BUNDLE),
+    log:
+        "logs/bundle/bundle.log",
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        modalities=list(MODALITIES),
+        config={key: value for key, value in config.items() if key != "predict"},
+        workflow_dir=workflow.basedir,
+    script:
+        "../scripts/bundle.py"

@@ -1,0 +1,52 @@
+# A new table checked against the model spec before any model is loaded (or trained).
+rule predict_table:
+    input:
+        table=predict_samples,
+        spec=predict_spec,
+    output:
+        samples="results/predict/samples.tsv",
+        images="results/predict/images.tsv",
+    log:
+        "logs/predict_table/predict_table.log",
+    priority: 50
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        image_dir=predict_image_dir,
+        combination=config["predict"]["combination"],
+    script:
+        "../scripts/predict_table.py"
+
+
+rule predictions:
+    input:
+        bundle=predict_bundle,
+        samples="results/predict/samples.tsv",
+        images="results/predict/images.tsv",
+    output:
+        predictions="results/predict/predictions.tsv",
+        metrics="results/predict/metrics.tsv",
+        summary=report(
+            "results/predict/summary.md",
+            caption="../report/predictions.rst",
+            category="Prediction",
+        ),
+    log:
+        "logs/predictions/predictions.log",
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        combination=config["predict"]["combination"],
+        intra_op_threads=config["image_model"]["intra_op_threads"],
+        evaluation=config["evaluation"],
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/predict.py"

@@ -1,0 +1,30 @@
+import platform
+
+from fusion_dag.artifacts import read_json, read_tsv
+from fusion_dag.bundle import write_bundle
+from fusion_dag.joblog import job_log
+from fusion_dag.provenance import data_hashes, git_state, package_versions
+
+with job_log(snakemake.log[0]) as log:
+    checks = [read_json(path) for path in snakemake.input.fusion_metrics]
+    provenance = {
+        "workflow": git_state(snakemake.params.workflow_dir),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "data": data_hashes(snakemake.input.table, read_tsv(snakemake.input.images)),
+        "final_fusion": {c["combination"]: {"fit_kappa": c["fit_kappa"]} for c in checks},
+    }
+    manifest = write_bundle(
+        snakemake.output.bundle,
+        read_json(snakemake.input.spec),
+        snakemake.input.get("forest"),
+        {
+            m: (snakemake.input[f"{m}_checkpoint"], snakemake.input[f"{m}_sidecar"])
+            for m in snakemake.params.modalities
+        },
+        snakemake.params.config,
+        provenance,
+    )
+    log.info("Bundle %s: %d files", snakemake.output.bundle, len(manifest["files"]))
+    for relative, digest in manifest["files"].items():
+        log.info("  %s sha256 %s", relative, digest)

@@ -1,0 +1,198 @@
+"""The model bundle: the final models and everything needed to apply them, in one folder.
+
+Why a folder of its own: a team validates on another clinic's table, or scores next month's
+visits, on a machine that has neither the training data nor the workflow's results. The bundle
+holds the final forest (skops), each modality's final branch checkpoint with its sidecar, and a
+``manifest.json`` with the model spec (classes, table columns, feature columns and their types,
+each modality's image preprocessing and branch settings, the combinations and fusion weights),
+the merged config, provenance (data hashes, package versions, git commit) and the SHA-256 of
+every file. Loading verifies every file against the manifest before anything is read; nothing in
+the bundle is unpickled or executed (skops with an explicit trusted-type list, HDF5 weights read
+by layer name, JSON).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, file_sha256, read_json, write_json
+from fusion_dag.folds import FINAL_PLACEMENT
+from fusion_dag.weights import METADATA
+
+FORMAT = "fusion-dag-bundle/1"
+MANIFEST = "manifest.json"
+FOREST = "metadata/model.skops"
+# What predicting needs of each modality's settings: how its images are read, and the branch
+# architecture the checkpoint is loaded into.
+IMAGE_KEYS = ("size", "channels", "value_range", "backbone", "augmentation", "mixed_precision")
+
+
+class BundleError(InputError):
+    """A bundle that is incomplete, altered, or not what the prediction needs."""
+
+
+def feature_types(samples: pd.DataFrame) -> list:
+    """The forest's feature columns in training order, each ``numeric`` or ``text``.
+
+    The order matters (the fitted column transformer checks names and order) and so does the
+    type: a new table's column is read as the type it had in training.
+    """
+    features = samples.drop(columns=[ID, GROUP, LABEL])
+    return [
+        {"name": name, "type": "numeric" if pd.api.types.is_numeric_dtype(kind) else "text"}
+        for name, kind in features.dtypes.items()
+    ]
+
+
+def model_spec(
+    samples: pd.DataFrame,
+    columns: dict,
+    classes: list,
+    modalities: dict,
+    combinations: dict,
+    fusion: dict,
+) -> dict:
+    """What applying the final models needs to know, apart from the models themselves.
+
+    ``modalities`` maps each modality in use to its image settings plus ``column``;
+    ``combinations`` each selected combination to its members; ``fusion`` holds
+    ``metadata_weight`` and ``weights``. The default combination for prediction is the one with
+    the most members (the first listed among equals).
+    """
+    uses_metadata = any(METADATA in members for members in combinations.values())
+    return {
+        "format": FORMAT,
+        "classes": list(classes),
+        "columns": {key: columns.get(key) for key in ("id", "group", "label")},
+        "features": feature_types(samples) if uses_metadata else [],
+        "modalities": {
+            name: {"column": settings["column"], **{k: settings[k] for k in IMAGE_KEYS}}
+            for name, settings in modalities.items()
+        },
+        "combinations": {name: list(members) for name, members in combinations.items()},
+        "default_combination": max(combinations, key=lambda name: len(combinations[name])),
+        "fusion": {
+            "metadata_weight": fusion["metadata_weight"],
+            "weights": fusion.get("weights"),
+        },
+    }
+
+
+def choose_combination(spec: dict, requested: str | None) -> list:
+    """The members of the combination to predict with: ``requested`` or the spec's default."""
+    name = requested or spec["default_combination"]
+    if name not in spec["combinations"]:
+        raise BundleError(
+            f"predict.combination '{name}' is not in the bundle; it holds "
+            f"{', '.join(spec['combinations'])}"
+        )
+    return spec["combinations"][name]
+
+
+def checkpoint_files(modality: str) -> tuple[str, str]:
+    """A modality's checkpoint and sidecar, relative to the bundle folder."""
+    return f"image/{modality}/checkpoint.weights.h5", f"image/{modality}/checkpoint.json"
+
+
+def write_bundle(
+    folder: Path,
+    spec: dict,
+    forest: Path | None,
+    checkpoints: dict,
+    config: dict,
+    provenance: dict,
+) -> dict:
+    """Copy the final models into ``folder`` with their manifest; return the manifest.
+
+    ``checkpoints`` maps each modality to its (checkpoint, sidecar) files. The folder is
+    written under a temporary name and renamed, so an interrupted job never leaves a bundle
+    that looks complete.
+    """
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    sources = {FOREST: forest} if forest is not None else {}
+    for modality, (checkpoint, sidecar) in checkpoints.items():
+        sources.update(dict(zip(checkpoint_files(modality), (checkpoint, sidecar), strict=True)))
+    for relative, source in sources.items():
+        (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, partial / relative)
+    write_json(config, partial / "config.json")
+    files = {relative: file_sha256(partial / relative) for relative in [*sources, "config.json"]}
+    manifest = {**spec, "provenance": provenance, "files": dict(sorted(files.items()))}
+    write_json(manifest, partial / MANIFEST)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return manifest
+
+
+def load_bundle(folder: Path, members: list | None = None) -> dict:
+    """Read and verify a bundle's manifest; return it.
+
+    Every file the manifest lists must exist with its recorded SHA-256; the files the
+    combination ``members`` needs (the forest, each modality's checkpoint and sidecar) must be
+    listed; each sidecar must describe its checkpoint (hash, modality, final placement, classes,
+    image size and channels). Anything else is a :class:`BundleError` naming the file.
+    """
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"bundle {folder} has no {MANIFEST}; build one with final_models")
+    try:
+        manifest = read_json(manifest_path)
+    except json.JSONDecodeError as error:
+        raise BundleError(f"bundle manifest {manifest_path} is not JSON: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"bundle manifest {manifest_path} has format {manifest.get('format')!r}, "
+            f"this workflow reads {FORMAT}"
+        )
+    for relative, digest in manifest["files"].items():
+        path = folder / relative
+        if not path.is_file():
+            raise BundleError(f"bundle file {path} is missing (listed in {manifest_path})")
+        if file_sha256(path) != digest:
+            raise BundleError(
+                f"bundle file {path} does not match its manifest (sha256 {file_sha256(path)[:12]}"
+                f"..., manifest {digest[:12]}...); the bundle was altered: rebuild or re-copy it"
+            )
+    members = members or sorted({m for ms in manifest["combinations"].values() for m in ms})
+    needed = [FOREST] if METADATA in members else []
+    for modality in (m for m in members if m != METADATA):
+        needed += checkpoint_files(modality)
+    unlisted = [relative for relative in needed if relative not in manifest["files"]]
+    if unlisted:
+        raise BundleError(f"bundle {folder} lacks {', '.join(unlisted)} (not in its manifest)")
+    for modality in (m for m in members if m != METADATA):
+        check_sidecar(folder, manifest, modality)
+    return manifest
+
+
+def check_sidecar(folder: Path, manifest: dict, modality: str) -> None:
+    """A bundled checkpoint's sidecar must describe it and agree with the manifest."""
+    checkpoint, sidecar = (folder / name for name in checkpoint_files(modality))
+    record = read_json(sidecar)
+    settings = manifest["modalities"][modality]
+    repeat, fold = FINAL_PLACEMENT
+    wanted = {
+        "sha256": file_sha256(checkpoint),
+        "modality": modality,
+        "repeat": repeat,
+        "fold": fold,
+        "classes": manifest["classes"],
+        "image_size": settings["size"],
+        "channels": settings["channels"],
+        "backbone": settings["backbone"],
+    }
+    wrong = [
+        f"{key} is {record.get(key)!r}, expected {value!r}"
+        for key, value in wanted.items()
+        if record.get(key) != value
+    ]
+    if wrong:
+        raise BundleError(
+            f"bundle file {sidecar} does not match {checkpoint.name}: " + "; ".join(wrong)
+        )

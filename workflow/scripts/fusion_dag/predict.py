@@ -1,0 +1,195 @@
+"""Applying a model bundle to a validated new table: each member's probabilities, then fusion.
+
+The new table is validated first, by :func:`fusion_dag.prepare.new_samples`, before any model
+is loaded. A visit without one of the images is scored by the members it has, with the weights
+that combination of members has in training (``members_used`` says which); no row is dropped.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.bundle import FOREST, checkpoint_files
+from fusion_dag.folds import FINAL_PLACEMENT
+from fusion_dag.prepare import describe_rows
+from fusion_dag.weights import METADATA, member_weights
+
+log = logging.getLogger(__name__)
+
+
+def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.DataFrame:
+    """``id`` and ``prob_{class}`` of every row from the bundle's forest.
+
+    Text categories the forest never saw are encoded as no known category (as in training's
+    ``handle_unknown="ignore"``); the log counts them per column.
+    """
+    from fusion_dag.metadata import feature_frame, load_pipeline
+
+    pipeline = load_pipeline(Path(bundle) / FOREST)
+    features = feature_frame(samples[[ID, GROUP, LABEL, *(f["name"] for f in spec["features"])]])
+    encode = pipeline.named_steps["encode"]
+    (text_columns,) = [cols for name, _, cols in encode.transformers_ if name == "text"]
+    known_categories = encode.named_transformers_["text"][-1].categories_
+    for name, known in zip(text_columns, known_categories, strict=True):
+        unseen = features[name].notna() & ~features[name].isin(known)
+        if unseen.any():
+            log.info(
+                "Feature %s: %d rows have categories the forest never saw (%s)",
+                name,
+                int(unseen.sum()),
+                ", ".join(sorted(set(features.loc[unseen, name].astype(str)))[:5]),
+            )
+    probs = pipeline.predict_proba(features)
+    return probability_frame(samples[ID], probs, spec["classes"])
+
+
+def probability_frame(ids, probs: np.ndarray, classes: list) -> pd.DataFrame:
+    """``id`` and ``prob_{class}`` columns."""
+    table = pd.DataFrame({ID: list(ids)})
+    for index, name in enumerate(classes):
+        table[f"prob_{name}"] = probs[:, index]
+    return table
+
+
+def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Series, log):
+    """``id`` and ``prob_{class}`` of the rows with an image, from the bundled branch.
+
+    The branch is built as in training, its checkpoint verified against its sidecar (layer
+    names and shapes included), loaded by layer name and frozen, as in the fusion stage; images
+    are decoded exactly as the image cache decodes them.
+    """
+    from fusion_dag.artifacts import read_json
+    from fusion_dag.cache import decode_into
+    from fusion_dag.checkpoint import load_branch_weights, verify_checkpoint
+    from fusion_dag.fusion import freeze_branch
+    from fusion_dag.image import build_image_branch
+
+    settings = spec["modalities"][modality]
+    present = paths.dropna()
+    size, channels = settings["size"], settings["channels"]
+    images = np.empty((len(present), size, size, channels), dtype=np.uint8)
+    decode_into(images, present, size, channels, settings["value_range"])
+    checkpoint, sidecar = (Path(bundle) / name for name in checkpoint_files(modality))
+    classes = spec["classes"]
+    model = build_image_branch(modality, images.shape[1:], len(classes), settings)
+    repeat, fold = FINAL_PLACEMENT
+    needed = {"repeat": repeat, "fold": fold, "classes": classes, "backbone": settings["backbone"]}
+    verify_checkpoint(model, modality, checkpoint, read_json(sidecar), needed)
+    load_branch_weights(model, modality, checkpoint, log)
+    freeze_branch(model, modality, log)
+    probs = model.predict(images, batch_size=32, verbose=0)
+    log.info(
+        "%s: %d images scored, %d rows without one", modality, len(present), paths.isna().sum()
+    )
+    return probability_frame(present.index, probs, classes)
+
+
+def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: dict) -> pd.DataFrame:
+    """The predictions table: each row fused from the members it has.
+
+    Columns: ``id``, ``group``, ``label`` (empty without labels), ``members_used``
+    (``+``-joined, empty when a row has none), ``predicted``, fused ``prob_{class}`` and each
+    member's ``{member}_prob_{class}``. A row's weights are those its members have as a
+    combination in training (``fusion.weights`` rescaled, or ``metadata_weight`` and equal image
+    shares), so a visit with every image gets exactly the combination's fusion.
+    """
+    classes = spec["classes"]
+    columns = [f"prob_{c}" for c in classes]
+    table = samples[[ID, GROUP, LABEL]].reset_index(drop=True)
+    stacked = {}
+    for member in members:
+        aligned = table[[ID]].merge(member_probs[member], on=ID, how="left")[columns]
+        stacked[member] = aligned.to_numpy(dtype=float)
+        for column in columns:
+            table[f"{member}_{column}"] = aligned[column].to_numpy()
+    present = np.column_stack([~np.isnan(stacked[m]).any(axis=1) for m in members])
+    fused = np.full((len(table), len(classes)), np.nan)
+    used = np.full(len(table), "", dtype=object)
+    for pattern in np.unique(present, axis=0):
+        rows = (present == pattern).all(axis=1)
+        chosen = [m for m, has in zip(members, pattern, strict=True) if has]
+        if not chosen:
+            continue
+        weights = member_weights(chosen, **spec["fusion"])
+        fused[rows] = sum(weights[m] * stacked[m][rows] for m in chosen)
+        used[rows] = "+".join(chosen)
+        log.info(
+            "%d rows scored by %s (weights %s)",
+            int(rows.sum()),
+            "+".join(chosen),
+            ", ".join(f"{m}={w:.3f}" for m, w in weights.items()),
+        )
+    unscored = used == ""
+    if unscored.any():
+        log.warning(
+            "%d rows have none of the members %s and get no prediction: ids %s",
+            int(unscored.sum()),
+            "+".join(members),
+            describe_rows(table.loc[unscored, ID].tolist()),
+        )
+    table.insert(3, "members_used", used)
+    predicted = np.where(
+        unscored, "", np.array(classes, dtype=object)[np.nan_to_num(fused).argmax(axis=1)]
+    )
+    table.insert(4, "predicted", predicted)
+    for index, column in enumerate(columns):
+        table.insert(5 + index, column, fused[:, index])
+    return table
+
+
+def score_table(
+    bundle: Path,
+    spec: dict,
+    members: list,
+    samples: pd.DataFrame,
+    images: pd.DataFrame,
+    threads: tuple,
+    log,
+) -> pd.DataFrame:
+    """The predictions table of a validated new table (see :func:`fuse_rows`).
+
+    ``threads`` is (TensorFlow intra-op threads, inter-op threads) for the image branches.
+    """
+    member_probs = {}
+    if METADATA in members:
+        member_probs[METADATA] = forest_probabilities(bundle, spec, samples)
+    modalities = [m for m in members if m != METADATA]
+    if modalities:
+        from fusion_dag.image import configure_tensorflow
+
+        configure_tensorflow(*threads, seed=0)
+        for modality in modalities:
+            paths = images.set_index(ID)[modality]
+            member_probs[modality] = image_probabilities(bundle, spec, modality, paths, log)
+    return fuse_rows(samples, member_probs, members, spec)
+
+
+def prediction_summary(
+    predictions: pd.DataFrame, metrics: pd.DataFrame, members: list, bundle: Path
+) -> str:
+    """A short Markdown section for people: what was scored, by which members, how well."""
+    counts = predictions["members_used"].replace("", "(none: no prediction)").value_counts()
+    lines = [
+        "# Predictions on a new table",
+        "",
+        f"Bundle `{bundle}`, combination `{'+'.join(members)}`: {len(predictions)} rows, "
+        f"{predictions[GROUP].nunique()} patients.",
+        "",
+        counts.rename_axis("members_used").reset_index(name="rows").to_markdown(index=False),
+        "",
+    ]
+    if len(metrics) and "kappa" in metrics:
+        shown = ["predictor", "n_rows", "n_groups"]
+        for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "ece"):
+            shown += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+        lines += [
+            "Metrics on the labelled rows, with patient-bootstrap intervals:",
+            "",
+            metrics[shown].to_markdown(index=False, floatfmt=".3f"),
+        ]
+    else:
+        lines.append("The table has no labels: no metrics.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,28 @@
+from fusion_dag.artifacts import read_tsv, write_text, write_tsv
+from fusion_dag.bundle import choose_combination, load_bundle
+from fusion_dag.joblog import job_log
+from fusion_dag.predict import prediction_summary, score_table
+from fusion_dag.prepare import read_new_samples
+from fusion_dag.report import external_metrics
+
+with job_log(snakemake.log[0]) as log:
+    bundle = snakemake.input.bundle
+    spec = load_bundle(bundle)
+    members = choose_combination(spec, snakemake.params.combination)
+    samples = read_new_samples(snakemake.input.samples, spec)
+    predictions = score_table(
+        bundle,
+        spec,
+        members,
+        samples,
+        read_tsv(snakemake.input.images),
+        (snakemake.params.intra_op_threads, snakemake.threads),
+        log,
+    )
+    evaluation = snakemake.params.evaluation
+    metrics = external_metrics(
+        predictions, members, spec["classes"], evaluation, snakemake.params.seed
+    )
+    write_tsv(predictions, snakemake.output.predictions)
+    write_tsv(metrics, snakemake.output.metrics)
+    write_text(prediction_summary(predictions, metrics, members, bundle), snakemake.output.summary)
