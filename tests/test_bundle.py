@@ -113,3 +113,17 @@ def test_a_numeric_feature_with_text_is_one_error_naming_rows():
 def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="has no manifest.json"):
         load_bundle(tmp_path)
+
+
+def test_a_forest_file_that_would_run_code_is_refused(tmp_path):
+    """A skops file naming a callable (here os.system) is refused, not executed."""
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    from fusion_dag.metadata import load_pipeline
+
+    skops.io.dump(FunctionTransformer(func=os.system), tmp_path / "model.skops")
+    with pytest.raises(Exception, match="[Uu]ntrusted"):
+        load_pipeline(tmp_path / "model.skops")

@@ -380,3 +380,19 @@ def test_imagenet_weights_are_requested_from_keras_and_copied_into_the_branch(mo
         model.get_layer("photo_backbone").get_weights(), reference.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(loaded, expected)
+
+
+def test_a_branch_predicting_one_class_is_warned_about(caplog):
+    from fusion_dag.image import warn_if_collapsed
+
+    probs = pd.DataFrame(
+        {"id": ["a", "b", "c"], "split": ["train", "train", "val"], "prob_I": [0.2, 0.3, 0.9]}
+    )
+    probs["prob_P"], probs["prob_R"] = 0.6, 1 - probs["prob_I"] - 0.6
+    with caplog.at_level(logging.WARNING):
+        warn_if_collapsed(probs, ["I", "P", "R"], 1, "wound_photo")
+    assert "wound_photo branch predicts class P for every training row" in caplog.text
+    caplog.clear()
+    probs.loc[0, ["prob_I", "prob_P"]] = [0.7, 0.1]
+    warn_if_collapsed(probs, ["I", "P", "R"], 4, "wound_photo")
+    assert caplog.text == ""

@@ -196,3 +196,9 @@ def test_a_fusion_weight_change_retrains_no_final_model(external_run):
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert "final_image" not in jobs and "final_metadata" not in jobs
     assert jobs["final_fusion"] == 2 and jobs["bundle"] == 1 and jobs["predictions"] == 1
+
+
+def test_predict_without_a_table_names_the_key(tmp_path):
+    result = run_snakemake(tmp_path, "-n", "predict", config=TINY)
+    assert result.returncode != 0
+    assert "Invalid config key 'predict.samples'" in result.stderr

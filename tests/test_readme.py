@@ -5,7 +5,7 @@ they use validates and that their targets build a DAG, in seconds. ``--report`` 
 run, so its command is dry-run without ``--report``; the report itself is built from a real run
 in tests/test_ablation.py. Config files the docs show (a ``yaml`` block whose first line is
 ``# name.yaml``) are written before the commands run, with empty stand-ins for the tables they
-name.
+name (``samples`` and ``predict.samples``).
 """
 
 import re
@@ -70,10 +70,11 @@ def clone(tmp_path_factory):
         match = re.fullmatch(r"# ([\w.-]+\.yaml)", first.strip())
         if match:
             (folder / match.group(1)).write_text(block)
-            samples = yaml.safe_load(block).get("samples")
-            if samples:
-                (folder / samples).parent.mkdir(parents=True, exist_ok=True)
-                (folder / samples).touch()
+            shown_config = yaml.safe_load(block)
+            tables = [shown_config.get("samples"), shown_config.get("predict", {}).get("samples")]
+            for table in filter(None, tables):
+                (folder / table).parent.mkdir(parents=True, exist_ok=True)
+                (folder / table).touch()
     return folder
 
 

@@ -13,6 +13,7 @@ with job_log(snakemake.log[0]) as log:
         branch_probabilities,
         configure_tensorflow,
         train_branch,
+        warn_if_collapsed,
     )
 
     settings = snakemake.params.settings
@@ -40,6 +41,7 @@ with job_log(snakemake.log[0]) as log:
         "fit_images_per_second": images_per_second,
         "runtime": {"threads": snakemake.threads, **runtime},
     }
+    warn_if_collapsed(probs, task.classes, metrics["best_epoch"], task.modality)
     log.info(
         "Final %s branch: best epoch %d, in-sample kappa %.3f on %d rows",
         task.modality,

@@ -12,6 +12,7 @@ with job_log(snakemake.log[0]) as log:
         branch_probabilities,
         configure_tensorflow,
         train_branch,
+        warn_if_collapsed,
     )
 
     settings = snakemake.params.settings
@@ -33,6 +34,7 @@ with job_log(snakemake.log[0]) as log:
     probs = branch_probabilities(model, task)
     metrics = fold_metrics(probs, task.folds, task.classes)
     metrics["best_epoch"] = best_epoch(snakemake.output.history)
+    warn_if_collapsed(probs, task.classes, metrics["best_epoch"], task.modality)
     metrics["fit_images_per_second"] = images_per_second
     metrics["runtime"] = {"threads": snakemake.threads, **runtime}
     log.info(

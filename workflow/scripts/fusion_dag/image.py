@@ -447,3 +447,22 @@ def branch_probabilities(model, task: BranchFold) -> pd.DataFrame:
     table = task.rows()
     probs = model.predict(task.pixels(table), batch_size=task.settings["batch_size"], verbose=0)
     return probability_table(table[ID], table["split"], probs, task.classes)
+
+
+def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modality: str):
+    """Log a warning when the branch predicts one class for every training row.
+
+    A small network can stop at its first plateau (best epoch 1, the class prior), which no
+    error catches: its kappa is 0 and fusion then only shifts the forest's probabilities.
+    """
+    train = probs[probs["split"] == "train"]
+    predicted = train[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1)
+    if len(train) and len(np.unique(predicted)) == 1:
+        log.warning(
+            "%s branch predicts class %s for every training row (best epoch %d): it has not "
+            "learned from the images; raise modalities.%s.patience or epochs, or check the images",
+            modality,
+            classes[predicted[0]],
+            best_epoch,
+            modality,
+        )
