@@ -1,7 +1,9 @@
 """Benchmarks: what running fusion-dag as a DAG saves, measured side by side in one run.
 
-    python bench/run.py            # the full measurements, written to bench/RESULTS.md
-    python bench/run.py --tiny     # a quick pass on a tiny config (CI keeps it working)
+    python bench/run.py                 # the demo-size measurements, written to bench/RESULTS.md
+    python bench/run.py --tiny          # a quick pass on a tiny config (CI keeps it working)
+    python bench/run.py --scale study   # the original study's size (268 patients, ~890 visits)
+    python bench/run.py --scale 4x      # four times the study's size
 
 Every figure is a ratio of two timings taken in the same run on the same machine. Timings
 under a minute are repeated (median and spread over --repeats runs). Nothing here asserts a
@@ -10,6 +12,7 @@ time: targets are printed next to the measurements.
 
 import argparse
 import collections
+import copy
 import json
 import os
 import platform
@@ -29,6 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 DEMO_PATIENTS = 160
+# Patients of the demo generator at the original study's size (268 patients, about 890 visits)
+# and at four times it; images at 128 px, the size a user of pretrained backbones would choose.
+SCALES = {"study": 268, "4x": 4 * 268}
+SCALE_IMAGE_SIZE = 128
 
 
 def snakemake(workdir: Path, *args: str, config: dict, cores: int = 2) -> tuple[float, dict]:
@@ -194,6 +201,108 @@ def measure_growth(root: Path, config: dict, scales: list) -> dict:
     return {"times": times, "one_core": one_core}
 
 
+def job_memory(workdir: Path) -> dict:
+    """Rule -> (jobs, largest peak resident memory in MB, median wall seconds) from Snakemake's
+    ``benchmark:`` files."""
+    import pandas as pd
+
+    kinds = {}
+    for path in sorted((workdir / "benchmarks").rglob("*.tsv")):
+        rule = path.relative_to(workdir / "benchmarks").parts[0]
+        record = pd.read_csv(path, sep="\t").iloc[0]
+        kinds.setdefault(rule, []).append((float(record["max_rss"]), float(record["s"])))
+    return {
+        rule: (len(values), max(m for m, _ in values), statistics.median(s for _, s in values))
+        for rule, values in kinds.items()
+    }
+
+
+def measure_scale(root: Path, config: dict, one_core: bool) -> dict:
+    """The rerun costs at a scale, side by side in one work folder, in this order: full run;
+    a fusion.metadata_weight change; one modality's image setting; cv.repeats + 1; a no-op."""
+    workdir = fresh_dir(root, "scale")
+    runs = {"full run": snakemake(workdir, "fusion_results", config=config)}
+    changed = copy.deepcopy(config)
+    changed["fusion"]["metadata_weight"] = 0.6
+    runs["rerun after fusion.metadata_weight change"] = snakemake(
+        workdir, "fusion_results", config=changed
+    )
+    changed["modalities"]["depth_map"]["patience"] -= 1
+    runs["rerun after modalities.depth_map.patience change"] = snakemake(
+        workdir, "fusion_results", config=changed
+    )
+    changed["cv"]["repeats"] += 1
+    runs["rerun after cv.repeats + 1"] = snakemake(workdir, "fusion_results", config=changed)
+    runs["no-op rerun"] = snakemake(workdir, "fusion_results", config=changed)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True)
+    startup = time.perf_counter() - start
+    result = {
+        "workdir": workdir,
+        "runs": runs,
+        "startup": startup,
+        "image": benchmark_seconds(workdir, "image/thermal_map/repeat1/fold1.tsv"),
+        "fusion": benchmark_seconds(workdir, "fusion/metadata+thermal_map/repeat1/fold1.tsv"),
+        "memory": job_memory(workdir),
+    }
+    if one_core:
+        result["one_core"] = snakemake(
+            fresh_dir(root, "scale_one_core"), "fusion_results", config=config, cores=1
+        )[0]
+    return result
+
+
+def scale_report(name: str, config: dict, measured: dict, command: str) -> str:
+    """The Markdown section of one scale: rerun costs with their targets, job kinds' memory."""
+    full = measured["runs"]["full run"][0]
+    targets = {
+        "rerun after fusion.metadata_weight change": "target <= 0.05; no image or forest job",
+    }
+    rows = ["| measurement | wall time | jobs | ratio to the full run |", "|---|--:|---|--:|"]
+    for label, (seconds, jobs) in measured["runs"].items():
+        ratio = f"{seconds / full:.3f}" + (f" ({targets[label]})" if label in targets else "")
+        rows.append(f"| {label} | {seconds:.1f} s | {json.dumps(jobs)} | {ratio} |")
+    noop = measured["runs"]["no-op rerun"][0]
+    rows.append(
+        f"| `snakemake --version` | {measured['startup']:.1f} s | | no-op / version "
+        f"{noop / measured['startup']:.2f} |"
+    )
+    rows.append(
+        f"| V3 fusion job (metadata+thermal_map, repeat 1, fold 1) vs its image job | "
+        f"{measured['fusion']:.1f} s vs {measured['image']:.1f} s | | "
+        f"{measured['fusion'] / measured['image']:.3f} (target <= 0.05) |"
+    )
+    if "one_core" in measured:
+        rows.append(
+            f"| full run on 1 core vs 2 cores | {measured['one_core']:.1f} s vs {full:.1f} s | | "
+            f"speed-up {measured['one_core'] / full:.2f} |"
+        )
+    memory = ["| job kind | jobs | peak resident memory (largest job) | median wall time |"]
+    memory.append("|---|--:|--:|--:|")
+    for rule, (jobs, rss, seconds) in sorted(measured["memory"].items()):
+        memory.append(f"| {rule} | {jobs} | {rss:.0f} MB | {seconds:.1f} s |")
+    visits = sum(1 for _ in open(measured["workdir"] / "resources/demo/samples.csv")) - 1
+    return (
+        f"## Scale: {name}\n\n"
+        f"`{command}` on {machine()}: the demo generator at {config['demo']['patients']} "
+        f"patients ({visits} visits), the default config (six combinations, three modalities) "
+        f"at {config['image_model']['size']} px, {config['cv']['folds']} folds x "
+        f"{config['cv']['repeats']} repeats, `--cores 2`.\n\n"
+        + "\n".join(rows)
+        + "\n\nPeak memory of every job kind, from Snakemake's `benchmark:` files (the last "
+        "run of each job):\n\n" + "\n".join(memory) + "\n"
+    )
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the Markdown section starting at ``heading`` replaced (or appended)."""
+    start = text.find(heading)
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    end = text.find("\n## ", start + len(heading))
+    return text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+
+
 def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = platform.processor() or platform.machine()
@@ -210,10 +319,29 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a quick pass on a tiny config")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here")
+    parser.add_argument(
+        "--scale", choices=sorted(SCALES), default=None, help="the study's size, or 4 times it"
+    )
+    parser.add_argument(
+        "--one-core", action="store_true", help="with --scale: also a full run on 1 core"
+    )
     args = parser.parse_args()
 
     with open(REPO / "config/config.yaml") as handle:
         config = yaml.safe_load(handle)
+    if args.scale:
+        config["demo"]["patients"] = SCALES[args.scale]
+        config["image_model"]["size"] = SCALE_IMAGE_SIZE
+        root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-scale-"))
+        command = f"python bench/run.py --scale {args.scale}" + (
+            " --one-core" if args.one_core else ""
+        )
+        measured = measure_scale(root, config, args.one_core)
+        section = scale_report(args.scale, config, measured, command)
+        print(section)
+        results = REPO / "bench/RESULTS.md"
+        results.write_text(replace_section(results.read_text(), f"## Scale: {args.scale}", section))
+        return
     # The figures here (and in RESULTS.md) are for the metadata + thermal map pair.
     config["combinations"] = [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]]
     if args.tiny:

@@ -396,3 +396,28 @@ def test_a_branch_predicting_one_class_is_warned_about(caplog):
     probs.loc[0, ["prob_I", "prob_P"]] = [0.7, 0.1]
     warn_if_collapsed(probs, ["I", "P", "R"], 4, "wound_photo")
     assert caplog.text == ""
+
+
+def test_an_image_that_verifies_but_does_not_decode_stops_the_cache(tmp_path):
+    """prepare verifies each file's structure without decoding it; the cache decodes each image
+    once and names the file that fails there (valid chunk checksums around bad pixel data)."""
+    import io
+    import struct
+    import zlib
+
+    from fusion_dag.artifacts import InputError
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    start = png.index(b"IDAT") - 4
+    length = struct.unpack(">I", png[start : start + 4])[0]
+    data = b"\0" * length
+    checksum = struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png[: start + 8] + data + checksum + png[start + 12 + length :])
+    with Image.open(broken) as image:
+        image.verify()  # what prepare checks passes
+    with pytest.raises(InputError, match=r"broken.png cannot be decoded"):
+        build_cache(pd.Series([str(broken)]), 16, tmp_path / "cache.npy")
+    assert list(tmp_path.iterdir()) == [broken]

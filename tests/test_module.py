@@ -5,6 +5,7 @@ import copy
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import adjusted_rand_score
 
 from tests.conftest import REPO, SNAKEFILE, TINY, run_command
 
@@ -60,7 +61,8 @@ use rule * from fusion_dag
     # No patient in two folds within a repeat; the two repeats are different partitions.
     assert folds.groupby(["repeat", "group"])["fold"].nunique().max() == 1
     by_repeat = folds.pivot(index="id", columns="repeat", values="fold")
-    assert (by_repeat[1] != by_repeat[2]).mean() > 0.3
+    # Fold numbers are arbitrary labels: compare which rows share a fold (0: unrelated, 1: same).
+    assert adjusted_rand_score(by_repeat[1], by_repeat[2]) < 0.5
     oof = pd.read_csv(tmp_path / "results/fusion/metadata+thermal_map/oof.tsv", sep="\t")
     assert oof.groupby("repeat")["id"].nunique().tolist() == [folds["id"].nunique()] * 2
     comparisons = pd.read_csv(tmp_path / "results/comparisons.tsv", sep="\t")

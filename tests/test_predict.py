@@ -201,4 +201,4 @@ def test_a_fusion_weight_change_retrains_no_final_model(external_run):
 def test_predict_without_a_table_names_the_key(tmp_path):
     result = run_snakemake(tmp_path, "-n", "predict", config=TINY)
     assert result.returncode != 0
-    assert "Invalid config key 'predict.samples'" in result.stderr
+    assert "Invalid config key 'predict.samples'" in result.stdout + result.stderr

@@ -7,6 +7,8 @@ rule final_metadata:
         probs="results/final/metadata/probs.tsv",
     log:
         "logs/final_metadata/final_metadata.log",
+    benchmark:
+        "benchmarks/final_metadata/final_metadata.tsv"
     conda:
         "../envs/tabular.yaml"
     threads: 4
@@ -62,6 +64,8 @@ rule final_fusion:
         metrics="results/final/fusion/{combination}/metrics.json",
     log:
         "logs/final_fusion/{combination}.log",
+    benchmark:
+        "benchmarks/final_fusion/{combination}.tsv"
     conda:
         "../envs/tensorflow.yaml"
     threads: 2

@@ -73,6 +73,8 @@ rule aggregate_results:
         comparisons_markdown="results/comparisons.md",
     log:
         "logs/aggregate_results/aggregate_results.log",
+    benchmark:
+        "benchmarks/aggregate_results/aggregate_results.tsv"
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -6,6 +6,8 @@ rule image_cache:
         ids="results/prepared/images/{modality}.ids.tsv",
     log:
         "logs/image_cache/{modality}.log",
+    benchmark:
+        "benchmarks/image_cache/{modality}.tsv"
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -8,6 +8,8 @@ rule metadata:
         fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
     log:
         "logs/metadata/repeat{repeat}/fold{fold}.log",
+    benchmark:
+        "benchmarks/metadata/repeat{repeat}/fold{fold}.tsv"
     conda:
         "../envs/tabular.yaml"
     threads: 4

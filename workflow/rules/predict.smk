@@ -37,6 +37,8 @@ rule predictions:
         ),
     log:
         "logs/predictions/predictions.log",
+    benchmark:
+        "benchmarks/predictions/predictions.tsv"
     conda:
         "../envs/tensorflow.yaml"
     threads: 2

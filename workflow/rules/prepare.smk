@@ -6,6 +6,8 @@ rule prepare:
         images="results/prepared/images.tsv",
     log:
         "logs/prepare/prepare.log",
+    benchmark:
+        "benchmarks/prepare/prepare.tsv"
     conda:
         "../envs/tabular.yaml"
     threads: 1

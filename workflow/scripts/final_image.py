@@ -7,20 +7,11 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
-    from fusion_dag.image import (
-        BranchFold,
-        best_epoch,
-        branch_probabilities,
-        configure_tensorflow,
-        train_branch,
-        warn_if_collapsed,
-    )
+    from fusion_dag.image import BranchFold, train_stage
 
     settings = snakemake.params.settings
-    runtime = configure_tensorflow(
-        settings["intra_op_threads"], snakemake.threads, snakemake.params.seed
-    )
     samples = read_tsv(snakemake.input.samples)
+    # Every labelled row trains; early stopping holds out an inner patient-grouped split.
     task = BranchFold(
         *load_cache(snakemake.input.cache, snakemake.input.ids),
         folds=final_fold_table(samples),
@@ -30,18 +21,10 @@ with job_log(snakemake.log[0]) as log:
         settings=settings,
         seed=snakemake.params.seed,
     )
-    model, images_per_second = train_branch(
-        task, snakemake.output.checkpoint, snakemake.output.history
-    )
-    probs = branch_probabilities(model, task)
-    metrics = {
-        "n_train": len(probs),
-        "fit_kappa": fit_kappa(probs, samples, task.classes),
-        "best_epoch": best_epoch(snakemake.output.history),
-        "fit_images_per_second": images_per_second,
-        "runtime": {"threads": snakemake.threads, **runtime},
-    }
-    warn_if_collapsed(probs, task.classes, metrics["best_epoch"], task.modality)
+    output = snakemake.output
+    model, probs, record = train_stage(task, output.checkpoint, output.history, snakemake.threads)
+    in_sample = fit_kappa(probs, samples, task.classes)
+    metrics = {"n_train": len(probs), "fit_kappa": in_sample, **record}
     log.info(
         "Final %s branch: best epoch %d, in-sample kappa %.3f on %d rows",
         task.modality,
@@ -49,16 +32,9 @@ with job_log(snakemake.log[0]) as log:
         metrics["fit_kappa"],
         metrics["n_train"],
     )
-    write_json(metrics, snakemake.output.metrics)
-    write_json(
-        checkpoint_manifest(
-            model,
-            task.modality,
-            settings["backbone"],
-            FINAL_PLACEMENT,
-            task.classes,
-            snakemake.output.checkpoint,
-        ),
-        snakemake.output.sidecar,
+    manifest = checkpoint_manifest(
+        model, task.modality, settings["backbone"], FINAL_PLACEMENT, task.classes, output.checkpoint
     )
-    write_tsv(probs, snakemake.output.probs)
+    write_json(metrics, output.metrics)
+    write_json(manifest, output.sidecar)
+    write_tsv(probs, output.probs)

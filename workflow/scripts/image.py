@@ -6,53 +6,31 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
-    from fusion_dag.image import (
-        BranchFold,
-        best_epoch,
-        branch_probabilities,
-        configure_tensorflow,
-        train_branch,
-        warn_if_collapsed,
-    )
+    from fusion_dag.image import BranchFold, train_stage
 
     settings = snakemake.params.settings
-    runtime = configure_tensorflow(
-        settings["intra_op_threads"], snakemake.threads, snakemake.params.seed
-    )
+    repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
     task = BranchFold(
         *load_cache(snakemake.input.cache, snakemake.input.ids),
         folds=read_tsv(snakemake.input.folds),
-        fold=int(snakemake.wildcards.fold),
+        fold=fold,
         modality=snakemake.wildcards.modality,
         classes=snakemake.params.classes,
         settings=settings,
         seed=snakemake.params.seed,
     )
-    model, images_per_second = train_branch(
-        task, snakemake.output.checkpoint, snakemake.output.history
-    )
-    probs = branch_probabilities(model, task)
-    metrics = fold_metrics(probs, task.folds, task.classes)
-    metrics["best_epoch"] = best_epoch(snakemake.output.history)
-    warn_if_collapsed(probs, task.classes, metrics["best_epoch"], task.modality)
-    metrics["fit_images_per_second"] = images_per_second
-    metrics["runtime"] = {"threads": snakemake.threads, **runtime}
+    output = snakemake.output
+    model, probs, record = train_stage(task, output.checkpoint, output.history, snakemake.threads)
+    metrics = {**fold_metrics(probs, task.folds, task.classes), **record}
     log.info(
         "Best epoch %d: validation kappa %.3f, train kappa %.3f",
         metrics["best_epoch"],
         metrics["kappa"],
         metrics["train_kappa"],
     )
-    write_json(metrics, snakemake.output.metrics)
-    write_json(
-        checkpoint_manifest(
-            model,
-            task.modality,
-            settings["backbone"],
-            (int(snakemake.wildcards.repeat), task.fold),
-            task.classes,
-            snakemake.output.checkpoint,
-        ),
-        snakemake.output.sidecar,
+    manifest = checkpoint_manifest(
+        model, task.modality, settings["backbone"], (repeat, fold), task.classes, output.checkpoint
     )
-    write_tsv(probs, snakemake.output.probs)
+    write_json(metrics, output.metrics)
+    write_json(manifest, output.sidecar)
+    write_tsv(probs, output.probs)

@@ -58,9 +58,14 @@ def decode_into(target: np.ndarray, paths, size: int, channels: int, value_range
     colour images. The one decoding both the image cache and prediction on new images use."""
     colour = 0
     for row, path in enumerate(paths):
-        with Image.open(path) as image:
-            colour += image.mode not in COLOURLESS_MODES
-            target[row] = decoded(image, size, channels, value_range)
+        try:
+            with Image.open(path) as image:
+                colour += image.mode not in COLOURLESS_MODES
+                target[row] = decoded(image, size, channels, value_range)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise InputError(
+                f"image file {path} cannot be decoded: {error}; replace the file"
+            ) from None
     return colour
 
 
@@ -78,7 +83,12 @@ def build_cache(
     cache = np.lib.format.open_memmap(
         partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels)
     )
-    colour = decode_into(cache, paths, size, channels, value_range)
+    try:
+        colour = decode_into(cache, paths, size, channels, value_range)
+    except InputError:
+        del cache
+        partial.unlink()
+        raise
     cache.flush()
     del cache
     os.replace(partial, cache_path)

@@ -466,3 +466,20 @@ def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modal
             best_epoch,
             modality,
         )
+
+
+def train_stage(task: BranchFold, checkpoint_path: Path, history_path: Path, threads: int):
+    """An image job, fold or final: configure TensorFlow, train the branch alone, predict every
+    row with an image; return (model, probabilities, the job's record: best epoch, training
+    throughput and how TensorFlow ran)."""
+    runtime = configure_tensorflow(task.settings["intra_op_threads"], threads, task.seed)
+    model, images_per_second = train_branch(task, checkpoint_path, history_path)
+    probs = branch_probabilities(model, task)
+    epoch = best_epoch(history_path)
+    warn_if_collapsed(probs, task.classes, epoch, task.modality)
+    record = {
+        "best_epoch": epoch,
+        "fit_images_per_second": images_per_second,
+        "runtime": {"threads": threads, **runtime},
+    }
+    return model, probs, record

@@ -317,7 +317,7 @@ def resolve_images(
     Paths are relative to ``image_dir`` and may not leave it (a table is not allowed to make
     the workflow read arbitrary files). Empty cells are an error or, with
     ``missing_images: drop``, rows left out of this modality and counted in the log. Every image
-    is decoded once here so a truncated or unreadable file stops the run before training.
+    is opened and verified here so a truncated or unreadable file stops the run before training.
     High-bit-depth grey-scale images need the modality's ``value_range`` (``scaled``).
     """
     root = Path(image_dir).absolute()
@@ -388,11 +388,17 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
 
 
 def check_image(path: Path, modality: str, sample_id: str) -> str:
-    """Decode an image fully and return its mode; refuse unreadable files and empty sizes."""
+    """Check an image's header and integrity and return its mode; refuse unreadable files,
+    truncated or corrupted ones, and empty sizes.
+
+    Pillow's ``verify`` reads the whole file and checks its structure (for PNG, every chunk's
+    CRC and the end marker) without decoding pixels: the image cache decodes each image once,
+    and refuses, naming the file, any image that still fails to decode there.
+    """
     try:
         with Image.open(path) as image:
-            image.load()
             mode, size = image.mode, image.size
+            image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise InputError(
             f"image file {path} (modality {modality}, id {sample_id}) cannot be read: {error}; "
