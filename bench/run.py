@@ -36,6 +36,8 @@ DEMO_PATIENTS = 160
 # and at four times it; images at 128 px, the size a user of pretrained backbones would choose.
 SCALES = {"study": 268, "4x": 4 * 268}
 SCALE_IMAGE_SIZE = 128
+# bench/RESULTS.md has a section per command; each run rewrites its own section only.
+DEMO_HEADING = "## Demo size"
 
 
 def snakemake(workdir: Path, *args: str, config: dict, cores: int = 2) -> tuple[float, dict]:
@@ -405,14 +407,15 @@ def main() -> None:
     table = ["| measurement | measured | ratio |", "|---|---|---|"]
     table += [f"| {name} | {value} | {ratio} |" for name, value, ratio in rows]
     header = (
-        f"# fusion-dag benchmarks\n\nMachine: {machine()}.\n"
+        f"{DEMO_HEADING}\n\nMachine: {machine()}.\n"
         f"Config: {'tiny (--tiny)' if args.tiny else 'default demo'}; "
         f"repeats {repeats}; `python bench/run.py{' --tiny' if args.tiny else ''}`.\n\n"
     )
     report = header + "\n".join(table) + "\n"
     print(report)
     if not args.tiny:
-        (REPO / "bench/RESULTS.md").write_text(report)
+        results = REPO / "bench/RESULTS.md"
+        results.write_text(replace_section(results.read_text(), DEMO_HEADING, report))
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)
 

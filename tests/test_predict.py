@@ -189,13 +189,18 @@ def test_bad_new_table_is_one_error_and_no_predictions(external_run, tmp_path, c
     assert not (workdir / "results/predict/samples.tsv").exists()
 
 
-def test_a_fusion_weight_change_retrains_no_final_model(external_run):
+def test_fusion_and_fold_changes_retrain_no_final_model(external_run):
     config = {**EXTERNAL, "fusion": {"metadata_weight": 0.6, "weights": None}}
     result = run_snakemake(external_run, "-n", "predict", config=config)
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert "final_image" not in jobs and "final_metadata" not in jobs
     assert jobs["final_fusion"] == 2 and jobs["bundle"] == 1 and jobs["predictions"] == 1
+    # Final models do not depend on the folds.
+    config = {**EXTERNAL, "cv": {"folds": 2, "repeats": 3, "seed": 42}}
+    result = run_snakemake(external_run, "-n", "predict", config=config)
+    jobs = scheduled_jobs(result.stdout + result.stderr)
+    assert not {"final_image", "final_metadata", "final_fusion"} & set(jobs), jobs
 
 
 def test_predict_without_a_table_names_the_key(tmp_path):
