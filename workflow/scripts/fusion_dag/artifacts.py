@@ -49,8 +49,11 @@ def write_json(record: dict, path: Path) -> None:
 
 
 def probability_table(ids, splits, probs, classes: list) -> pd.DataFrame:
-    """The contract's probability table: ``id``, ``split``, ``prob_{class}``."""
-    table = pd.DataFrame({ID: list(ids), "split": list(splits)})
+    """The contract's probability table: ``id``, ``split``, ``prob_{class}`` (no ``split``
+    column when ``splits`` is None: rows of a new table belong to no split)."""
+    table = pd.DataFrame({ID: list(ids)})
+    if splits is not None:
+        table["split"] = list(splits)
     for index, name in enumerate(classes):
         table[f"prob_{name}"] = probs[:, index]
     return table

@@ -129,13 +129,13 @@ def write_bundle(
     return manifest
 
 
-def load_bundle(folder: Path, members: list | None = None) -> dict:
+def load_bundle(folder: Path) -> dict:
     """Read and verify a bundle's manifest; return it.
 
-    Every file the manifest lists must exist with its recorded SHA-256; the files the
-    combination ``members`` needs (the forest, each modality's checkpoint and sidecar) must be
-    listed; each sidecar must describe its checkpoint (hash, modality, final placement, classes,
-    image size and channels). Anything else is a :class:`BundleError` naming the file.
+    Every file the manifest lists must exist with its recorded SHA-256; the files its
+    combinations need (the forest, each modality's checkpoint and sidecar) must be listed; each
+    sidecar must describe its checkpoint (hash, modality, final placement, classes, image size
+    and channels). Anything else is a :class:`BundleError` naming the file.
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
@@ -159,7 +159,7 @@ def load_bundle(folder: Path, members: list | None = None) -> dict:
                 f"bundle file {path} does not match its manifest (sha256 {file_sha256(path)[:12]}"
                 f"..., manifest {digest[:12]}...); the bundle was altered: rebuild or re-copy it"
             )
-    members = members or sorted({m for ms in manifest["combinations"].values() for m in ms})
+    members = sorted({m for ms in manifest["combinations"].values() for m in ms})
     needed = [FOREST] if METADATA in members else []
     for modality in (m for m in members if m != METADATA):
         needed += checkpoint_files(modality)

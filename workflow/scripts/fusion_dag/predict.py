@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL, probability_table
 from fusion_dag.bundle import FOREST, checkpoint_files
 from fusion_dag.folds import FINAL_PLACEMENT
 from fusion_dag.prepare import describe_rows
@@ -43,15 +43,7 @@ def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.
                 ", ".join(sorted(set(features.loc[unseen, name].astype(str)))[:5]),
             )
     probs = pipeline.predict_proba(features)
-    return probability_frame(samples[ID], probs, spec["classes"])
-
-
-def probability_frame(ids, probs: np.ndarray, classes: list) -> pd.DataFrame:
-    """``id`` and ``prob_{class}`` columns."""
-    table = pd.DataFrame({ID: list(ids)})
-    for index, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, index]
-    return table
+    return probability_table(samples[ID], None, probs, spec["classes"])
 
 
 def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Series, log):
@@ -84,7 +76,7 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Serie
     log.info(
         "%s: %d images scored, %d rows without one", modality, len(present), paths.isna().sum()
     )
-    return probability_frame(present.index, probs, classes)
+    return probability_table(present.index, None, probs, classes)
 
 
 def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: dict) -> pd.DataFrame:
