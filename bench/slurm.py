@@ -21,10 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
-from tests.conftest import snakemake_command  # noqa: E402
-from tests.local_slurm import local_slurm  # noqa: E402
-from tests.test_slurm import CLUSTER_CONFIG, ONE_CPU  # noqa: E402
-
 
 def without_localrules(target: Path) -> Path:
     """A copy of the workflow whose Snakefile declares no localrules; its Snakefile's path."""
@@ -38,6 +34,9 @@ def without_localrules(target: Path) -> Path:
 
 def cluster_run(workdir: Path, snakefile: Path, environment: dict) -> tuple[float, int]:
     """(wall seconds, sbatch submissions) of the tiny case through the SLURM profile."""
+    from tests.conftest import snakemake_command
+    from tests.test_slurm import CLUSTER_CONFIG, ONE_CPU
+
     workdir.mkdir(parents=True)
     command = snakemake_command(
         workdir,
@@ -64,6 +63,9 @@ def cluster_run(workdir: Path, snakefile: Path, environment: dict) -> tuple[floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
+    # The cluster helper (and TensorFlow, through the tests' fixtures) load only for a run.
+    from tests.local_slurm import local_slurm
+
     root = Path(tempfile.mkdtemp(prefix="fusion-dag-slurm-"))
     before = without_localrules(root / "before")
     (root / "cluster").mkdir()

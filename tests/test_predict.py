@@ -30,7 +30,7 @@ EXTERNAL = {
         "thermal_map": {"column": "thermal_map", "channels": 3},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
-    "combinations": [["metadata", "thermal_map"], COMBINATION.split("+")],
+    "combinations": [COMBINATION.split("+")],
     "evaluation": {"bootstrap": 200, "confidence": 0.95},
     "predict": {"samples": "new.csv"},
 }
@@ -195,7 +195,7 @@ def test_fusion_and_fold_changes_retrain_no_final_model(external_run):
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert "final_image" not in jobs and "final_metadata" not in jobs
-    assert jobs["final_fusion"] == 2 and jobs["bundle"] == 1 and jobs["predictions"] == 1
+    assert jobs["final_fusion"] == 1 and jobs["bundle"] == 1 and jobs["predictions"] == 1
     # Final models do not depend on the folds.
     config = {**EXTERNAL, "cv": {"folds": 2, "repeats": 3, "seed": 42}}
     result = run_snakemake(external_run, "-n", "predict", config=config)
