@@ -34,23 +34,10 @@ def without_localrules(target: Path) -> Path:
 
 def cluster_run(workdir: Path, snakefile: Path, environment: dict) -> tuple[float, int]:
     """(wall seconds, sbatch submissions) of the tiny case through the SLURM profile."""
-    from tests.conftest import snakemake_command
-    from tests.test_slurm import CLUSTER_CONFIG, ONE_CPU
+    from tests.test_slurm import cluster_command
 
     workdir.mkdir(parents=True)
-    command = snakemake_command(
-        workdir,
-        "--profile",
-        str(REPO / "profiles/slurm"),
-        "--seconds-between-status-checks",
-        "2",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-        "fusion_results",
-        *ONE_CPU,
-        config=CLUSTER_CONFIG,
-    )
-    command[command.index("-s") + 1] = str(snakefile)
+    command = cluster_command(workdir, snakefile)
     start = time.perf_counter()
     result = subprocess.run(command, env=environment, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

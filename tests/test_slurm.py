@@ -33,6 +33,26 @@ ONE_CPU = ["--set-threads", "metadata=1", "fusion=1", "prepare=1"]
 EXPECTED_SUBMISSIONS = 7
 
 
+def cluster_command(workdir, snakefile=None) -> list:
+    """The tiny case through the SLURM profile in ``workdir`` (``snakefile``: another copy of
+    the workflow, as bench/slurm.py runs one without localrules)."""
+    command = snakemake_command(
+        workdir,
+        "--profile",
+        str(REPO / "profiles/slurm"),
+        "--seconds-between-status-checks",
+        "2",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "fusion_results",
+        *ONE_CPU,
+        config=CLUSTER_CONFIG,
+    )
+    if snakefile is not None:
+        command[command.index("-s") + 1] = str(snakefile)
+    return command
+
+
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     try:
@@ -48,18 +68,7 @@ def test_cluster_jobs_go_through_sbatch_and_results_match_a_local_run(slurm, tmp
     cluster.mkdir()
     reference = run_snakemake(local, "--cores", "2", "fusion_results", config=CLUSTER_CONFIG)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    command = snakemake_command(
-        cluster,
-        "--profile",
-        str(REPO / "profiles/slurm"),
-        "--seconds-between-status-checks",
-        "2",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-        "fusion_results",
-        *ONE_CPU,
-        config=CLUSTER_CONFIG,
-    )
+    command = cluster_command(cluster)
     result = subprocess.run(command, env=slurm, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
