@@ -3,7 +3,7 @@
     python bench/run.py                 # the demo-size measurements, written to bench/RESULTS.md
     python bench/run.py --tiny          # a quick pass on a tiny config (CI keeps it working)
     python bench/run.py --scale study   # the original study's size (268 patients, ~890 visits)
-    python bench/run.py --scale 4x      # four times the study's size
+    python bench/run.py --scale 4x --dry-reruns  # four times it; two reruns only planned
 
 Every figure is a ratio of two timings taken in the same run on the same machine. Timings
 under a minute are repeated (median and spread over --repeats runs). Nothing here asserts a
@@ -51,7 +51,7 @@ def snakemake(workdir: Path, *args: str, config: dict, cores: int = 2) -> tuple[
     result = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"snakemake failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"snakemake failed:\n{(result.stdout + result.stderr)[-3000:]}")
     rules = re.findall(r"^(?:local)?rule (\w+):$", result.stdout + result.stderr, re.M)
     return elapsed, dict(collections.Counter(rules))
 
@@ -219,9 +219,14 @@ def job_memory(workdir: Path) -> dict:
     }
 
 
-def measure_scale(root: Path, config: dict, one_core: bool) -> dict:
+def measure_scale(root: Path, config: dict, one_core: bool, dry_reruns: bool) -> dict:
     """The rerun costs at a scale, side by side in one work folder, in this order: full run;
-    a fusion.metadata_weight change; one modality's image setting; cv.repeats + 1; a no-op."""
+    a fusion.metadata_weight change; one modality's image setting; cv.repeats + 1; a no-op.
+
+    With ``dry_reruns`` the modality and repeats changes are dry runs, each from the state the
+    fusion change left: they show which jobs a change schedules (the target) without paying
+    for them (at 4x each would retrain a third of the image jobs, most of an hour here).
+    """
     workdir = fresh_dir(root, "scale")
     runs = {"full run": snakemake(workdir, "fusion_results", config=config)}
     changed = copy.deepcopy(config)
@@ -229,13 +234,19 @@ def measure_scale(root: Path, config: dict, one_core: bool) -> dict:
     runs["rerun after fusion.metadata_weight change"] = snakemake(
         workdir, "fusion_results", config=changed
     )
-    changed["modalities"]["depth_map"]["patience"] -= 1
-    runs["rerun after modalities.depth_map.patience change"] = snakemake(
-        workdir, "fusion_results", config=changed
+    depth = copy.deepcopy(changed)
+    depth["modalities"]["depth_map"]["patience"] -= 1
+    repeats = copy.deepcopy(depth if not dry_reruns else changed)
+    repeats["cv"]["repeats"] += 1
+    extra = ("--dry-run",) if dry_reruns else ()
+    label = "dry run after" if dry_reruns else "rerun after"
+    runs[f"{label} modalities.depth_map.patience change"] = snakemake(
+        workdir, "fusion_results", *extra, config=depth
     )
-    changed["cv"]["repeats"] += 1
-    runs["rerun after cv.repeats + 1"] = snakemake(workdir, "fusion_results", config=changed)
-    runs["no-op rerun"] = snakemake(workdir, "fusion_results", config=changed)
+    runs[f"{label} cv.repeats + 1"] = snakemake(workdir, "fusion_results", *extra, config=repeats)
+    runs["no-op rerun"] = snakemake(
+        workdir, "fusion_results", config=changed if dry_reruns else repeats
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True)
     startup = time.perf_counter() - start
@@ -262,6 +273,9 @@ def scale_report(name: str, config: dict, measured: dict, command: str) -> str:
     }
     rows = ["| measurement | wall time | jobs | ratio to the full run |", "|---|--:|---|--:|"]
     for label, (seconds, jobs) in measured["runs"].items():
+        if label.startswith("dry run"):
+            rows.append(f"| {label} | not run ({seconds:.1f} s to plan) | {json.dumps(jobs)} | |")
+            continue
         ratio = f"{seconds / full:.3f}" + (f" ({targets[label]})" if label in targets else "")
         rows.append(f"| {label} | {seconds:.1f} s | {json.dumps(jobs)} | {ratio} |")
     noop = measured["runs"]["no-op rerun"][0]
@@ -327,6 +341,11 @@ def main() -> None:
     parser.add_argument(
         "--one-core", action="store_true", help="with --scale: also a full run on 1 core"
     )
+    parser.add_argument(
+        "--dry-reruns",
+        action="store_true",
+        help="with --scale: the modality and cv.repeats changes as dry runs (jobs, no times)",
+    )
     args = parser.parse_args()
 
     with open(REPO / "config/config.yaml") as handle:
@@ -335,10 +354,9 @@ def main() -> None:
         config["demo"]["patients"] = SCALES[args.scale]
         config["image_model"]["size"] = SCALE_IMAGE_SIZE
         root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-scale-"))
-        command = f"python bench/run.py --scale {args.scale}" + (
-            " --one-core" if args.one_core else ""
-        )
-        measured = measure_scale(root, config, args.one_core)
+        command = f"python bench/run.py --scale {args.scale}"
+        command += " --one-core" * args.one_core + " --dry-reruns" * args.dry_reruns
+        measured = measure_scale(root, config, args.one_core, args.dry_reruns)
         section = scale_report(args.scale, config, measured, command)
         print(section)
         results = REPO / "bench/RESULTS.md"
