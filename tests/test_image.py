@@ -9,6 +9,7 @@ from PIL import Image
 from fusion_dag.cache import build_cache
 from fusion_dag.checkpoint import read_branch_weights
 from fusion_dag.image import (
+    CachedBatches,
     CohenKappa,
     best_epoch,
     branch_probabilities,
@@ -421,3 +422,18 @@ def test_an_image_that_verifies_but_does_not_decode_stops_the_cache(tmp_path):
     with pytest.raises(InputError, match=r"broken.png cannot be decoded"):
         build_cache(pd.Series([str(broken)]), 16, tmp_path / "cache.npy")
     assert list(tmp_path.iterdir()) == [broken]
+
+
+def test_cached_batches_gather_each_batch_in_row_order_and_predict_as_the_full_array():
+    images = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    rows = np.array([8, 2, 5, 0, 7, 1, 3])
+    batches = CachedBatches({"thermal_map_input": (images, rows)}, batch_size=3)
+    gathered = [batches[i][0]["thermal_map_input"] for i in range(len(batches))]
+    assert [len(batch) for batch in gathered] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(gathered), images[rows])
+    model = build_image_branch("thermal_map", (16, 16, 3), len(CLASSES))
+    np.testing.assert_allclose(
+        model.predict(batches, verbose=0),
+        model.predict(images[rows], batch_size=3, verbose=0),
+        atol=1e-6,
+    )

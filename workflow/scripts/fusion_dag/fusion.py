@@ -124,8 +124,10 @@ def fuse_v3(
     ``image_members`` maps each modality to its :class:`ImageMember`; ``expected`` is what the
     checkpoints' sidecars must say (``fold``, ``classes``). Each checkpoint is verified, loaded
     by layer name, frozen, and must reproduce the image stage's probabilities. Rows present in
-    every member are fused.
+    every member are fused; images are read from the caches a batch at a time.
     """
+    from fusion_dag.image import CachedBatches
+
     classes = expected["classes"]
     columns = [f"prob_{c}" for c in classes]
     tables = [m.probs for m in image_members.values()]
@@ -145,13 +147,14 @@ def fuse_v3(
         )
         load_branch_weights(model, modality, member.checkpoint, log)
         freeze_branch(model, modality, log)
-        model_inputs[f"{modality}_input"] = member.images[member.positions[keys[ID]].to_numpy()]
+        rows = member.positions[keys[ID]].to_numpy()
+        model_inputs[f"{modality}_input"] = (member.images, rows)
     if model.trainable_weights:
         raise CheckpointError(f"fusion model has {len(model.trainable_weights)} trainable weights")
     if rf_probs is not None:
-        model_inputs["rf_probs"] = aligned_probs(keys, rf_probs, columns)
+        model_inputs["rf_probs"] = (aligned_probs(keys, rf_probs, columns), np.arange(len(keys)))
     log_weights(weights, log)
-    outputs = model.predict(model_inputs, batch_size=batch_size, verbose=0)
+    outputs = model.predict(CachedBatches(model_inputs, batch_size), verbose=0)
     for modality, member in image_members.items():
         expected_probs = aligned_probs(keys, member.probs, columns)
         difference = float(np.abs(outputs[modality] - expected_probs).max())
