@@ -329,7 +329,8 @@ def replace_section(text: str, heading: str, section: str) -> str:
     if start < 0:
         return text.rstrip("\n") + "\n\n" + section
     end = text.find("\n## ", start + len(heading))
-    return text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    rest = "\n" + text[end + 1 :] if end >= 0 else ""
+    return text[:start] + section.rstrip("\n") + "\n" + rest
 
 
 def machine() -> str:
@@ -439,7 +440,8 @@ def main() -> None:
     table += [f"| {name} | {value} | {ratio} |" for name, value, ratio in rows]
     header = (
         f"{DEMO_HEADING}\n\nMachine: {machine()}.\n"
-        f"Config: {'tiny (--tiny)' if args.tiny else 'default demo'}; "
+        f"Config: {'tiny (--tiny)' if args.tiny else 'default demo'}, combinations "
+        f"{', '.join('+'.join(c) for c in config['combinations'])}; "
         f"repeats {repeats}; `python bench/run.py{' --tiny' if args.tiny else ''}`.\n\n"
     )
     report = header + "\n".join(table) + "\n"
