@@ -81,11 +81,7 @@ def measure_rerun_costs(root: Path, config: dict, repeats: int) -> dict:
         elapsed, rerun_jobs = snakemake(workdir, "fusion_results", config=changed)
         reruns.append(elapsed)
     noop = [snakemake(workdir, "fusion_results", config=changed)[0] for _ in range(repeats)]
-    startup = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True)
-        startup.append(time.perf_counter() - start)
+    startup = [version_seconds() for _ in range(repeats)]
     return {
         "workdir": workdir,
         "full_time": full_time,
@@ -188,6 +184,21 @@ def benchmark_seconds(workdir: Path, rule_path: str) -> float:
     return float(lines[1].split("\t")[0])
 
 
+def v3_pair_seconds(workdir: Path) -> tuple[float, float]:
+    """(V3 fusion job, its image job): metadata+thermal_map and thermal_map, repeat 1, fold 1."""
+    return (
+        benchmark_seconds(workdir, "fusion/metadata+thermal_map/repeat1/fold1.tsv"),
+        benchmark_seconds(workdir, "image/thermal_map/repeat1/fold1.tsv"),
+    )
+
+
+def version_seconds() -> float:
+    """Wall time of ``snakemake --version``: the start-up every Snakemake run pays."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True)
+    return time.perf_counter() - start
+
+
 def measure_growth(root: Path, config: dict, scales: list) -> dict:
     """Figure 5: full-pipeline wall time at several patient counts, and 1 against 2 cores."""
     times = {}
@@ -247,15 +258,13 @@ def measure_scale(root: Path, config: dict, one_core: bool, dry_reruns: bool) ->
     runs["no-op rerun"] = snakemake(
         workdir, "fusion_results", config=changed if dry_reruns else repeats
     )
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True)
-    startup = time.perf_counter() - start
+    fusion, image = v3_pair_seconds(workdir)
     result = {
         "workdir": workdir,
         "runs": runs,
-        "startup": startup,
-        "image": benchmark_seconds(workdir, "image/thermal_map/repeat1/fold1.tsv"),
-        "fusion": benchmark_seconds(workdir, "fusion/metadata+thermal_map/repeat1/fold1.tsv"),
+        "startup": version_seconds(),
+        "image": image,
+        "fusion": fusion,
         "memory": job_memory(workdir),
     }
     if one_core:
@@ -391,8 +400,7 @@ def main() -> None:
     reruns = measure_rerun_costs(root, config, repeats)
     workdir = reruns["workdir"]
     throughput = plain_fit_throughput(workdir, config, 1, repeats)
-    image_seconds = benchmark_seconds(workdir, "image/thermal_map/repeat1/fold1.tsv")
-    fusion_seconds = benchmark_seconds(workdir, "fusion/metadata+thermal_map/repeat1/fold1.tsv")
+    fusion_seconds, image_seconds = v3_pair_seconds(workdir)
     v2_seconds = v2_fit_seconds(workdir, config, 1, throughput["epochs"])
     growth = measure_growth(root, config, scales)
 
