@@ -65,7 +65,7 @@ def test_branch_agreement_counts_shared_errors():
     truth = [0, 1, 2, 1]
     rf, image = branch_tables([0, 1, 0, 0], [0, 2, 0, 1])
     agreement = branch_agreement(rf, image, labels_table(truth), CLASSES)
-    assert agreement["rf_error"] == 0.5 and agreement["image_error"] == 0.5
+    assert agreement["metadata_error"] == 0.5 and agreement["image_error"] == 0.5
     assert agreement["both_wrong"] == 0.25
     assert agreement["both_wrong_if_independent"] == 0.25
 

@@ -1,18 +1,18 @@
 import logging
+from dataclasses import replace
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
-from fusion_dag.checkpoint import CheckpointError, checkpoint_manifest, save_branch_weights
-from fusion_dag.fusion import (
-    ImageMember,
-    build_fusion_model,
+from fusion_dag.checkpoint import (
+    CheckpointError,
+    checkpoint_sidecar,
     freeze_branch,
-    fuse_v3,
-    log_weights,
+    save_branch_weights,
 )
+from fusion_dag.fusion import ImageMember, build_fusion_model, fuse_v3, log_weights
 from fusion_dag.image import branch_probabilities, build_image_branch
 from fusion_dag.weights import member_weights
 from tests.conftest import CLASSES, branch_fold, train_tiny_branch
@@ -45,7 +45,7 @@ def test_configured_member_weights_are_rescaled_within_each_combination():
 
 def test_weight_line_prints_each_members_own_weight(caplog):
     with caplog.at_level(logging.INFO):
-        log_weights({"metadata": 0.7, "thermal_map": 0.2}, logging.getLogger("test"))
+        log_weights({"metadata": 0.7, "thermal_map": 0.2})
     # The image weight is what the image member gets, not 1 - RF.
     assert "Fusion weights: RF=0.70, Image=0.20 (metadata=0.70, thermal_map=0.20)" in caplog.text
 
@@ -58,7 +58,7 @@ def pretrained(cached, tmp_path_factory):
     model = train_tiny_branch(cached, folder, epochs=2)
     probs = branch_probabilities(model, branch_fold(cached))
     checkpoint = folder / "checkpoint.weights.h5"
-    manifest = checkpoint_manifest(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
+    manifest = checkpoint_sidecar(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
     return checkpoint, probs, manifest, model
 
 
@@ -68,11 +68,13 @@ def member(cached, pretrained, **changes):
     fields = {
         "probs": probs,
         "checkpoint": checkpoint,
-        "manifest": manifest,
+        "sidecar": manifest,
         "settings": SMALL_CNN,
+        "images": cache,
+        "positions": positions,
         **changes,
     }
-    return {"thermal_map": ImageMember(cache, positions, **fields)}
+    return {"thermal_map": ImageMember(**fields)}
 
 
 def rf_table(image_probs, extra_ids=()):
@@ -93,9 +95,7 @@ def test_v3_loads_freezes_checks_and_fuses_shared_rows_with_fixed_weights(
     rf = rf_table(image_probs, extra_ids=["no_image_1", "no_image_2"])
     weights = member_weights(["metadata", "thermal_map"], 0.7)
     with caplog.at_level(logging.INFO):
-        fused = fuse_v3(
-            weights, rf, member(cached, pretrained), EXPECTED, 32, logging.getLogger("test")
-        )
+        fused = fuse_v3(weights, rf, member(cached, pretrained), EXPECTED, 32)
     assert keras_fits == []  # no gradient step: fusion never fits
     text = caplog.text
     for layer in ("thermal_map_conv1", "thermal_map_conv3", "thermal_map_probs"):
@@ -138,7 +138,7 @@ def load_into_fusion(path):
     )
     from fusion_dag.checkpoint import load_branch_weights
 
-    load_branch_weights(model, "thermal_map", path, logging.getLogger("test"))
+    load_branch_weights(model, "thermal_map", path)
     return model
 
 
@@ -150,9 +150,9 @@ def test_loaded_weights_are_the_files_and_nothing_is_left_to_train(pretrained):
             model.get_layer(name).get_weights(), trained.get_layer(name).get_weights(), strict=True
         ):
             np.testing.assert_array_equal(loaded, saved)
-    freeze_branch(model, "thermal_map", logging.getLogger("test"))
+    freeze_branch(model, "thermal_map")
     assert model.trainable_weights == []
-    assert {layer.name for layer in model.layers} >= {"rf_probs", "fusion_add"}
+    assert {layer.name for layer in model.layers} >= {"metadata_probs", "fusion_add"}
 
 
 def rewrite(source, target, edit):
@@ -181,7 +181,7 @@ def test_another_branchs_layers_are_refused_even_with_a_forged_modality(
     save_branch_weights(depth, "depth_map", path)
     rewrite(path, path, lambda handle: handle.attrs.modify("modality", "thermal_map"))
     thermal = build_image_branch("thermal_map", SHAPE, 3)
-    forged = checkpoint_manifest(thermal, "thermal_map", "small_cnn", (1, 1), CLASSES, path)
+    forged = checkpoint_sidecar(thermal, "thermal_map", "small_cnn", (1, 1), CLASSES, path)
     with pytest.raises(
         CheckpointError,
         match=r"fusion model layers not in the file \['thermal_map_conv1'.*"
@@ -190,10 +190,9 @@ def test_another_branchs_layers_are_refused_even_with_a_forged_modality(
         fuse_v3(
             {"thermal_map": 1.0},
             None,
-            member(cached, pretrained, checkpoint=path, manifest=forged),
+            member(cached, pretrained, checkpoint=path, sidecar=forged),
             EXPECTED,
             32,
-            logging.getLogger("test"),
         )
 
 
@@ -240,7 +239,6 @@ def test_branch_that_does_not_reproduce_the_image_stage_is_refused(cached, pretr
             member(cached, pretrained, probs=tampered),
             EXPECTED,
             32,
-            logging.getLogger("test"),
         )
 
 
@@ -252,7 +250,6 @@ def refused(cached, pretrained, expected=EXPECTED, **changes):
             member(cached, pretrained, **changes),
             expected,
             32,
-            logging.getLogger("test"),
         )
     return str(error.value)
 
@@ -273,19 +270,19 @@ def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path
     )
     other = {**manifest, "modality": "depth_map"}
     assert "modality is 'depth_map', the fusion job needs 'thermal_map'" in refused(
-        cached, pretrained, manifest=other
+        cached, pretrained, sidecar=other
     )
     renamed = {**manifest, "layers": {**manifest["layers"], "thermal_map_conv9": [[1]]}}
-    assert "layers differ: thermal_map_conv9" in refused(cached, pretrained, manifest=renamed)
+    assert "layers differ: thermal_map_conv9" in refused(cached, pretrained, sidecar=renamed)
 
 
 def test_sidecar_for_another_size_or_channel_count_is_refused(cached, pretrained):
     _, _, manifest, _ = pretrained
     assert "image_size is 32, the fusion job needs 24" in refused(
-        cached, pretrained, manifest={**manifest, "image_size": 32}
+        cached, pretrained, sidecar={**manifest, "image_size": 32}
     )
     assert "channels is 1, the fusion job needs 3" in refused(
-        cached, pretrained, manifest={**manifest, "channels": 1}
+        cached, pretrained, sidecar={**manifest, "channels": 1}
     )
 
 
@@ -293,12 +290,11 @@ def test_an_image_alone_is_the_image_stage_with_its_checkpoint_checked(pretraine
     from fusion_dag.fusion import image_alone
 
     checkpoint, probs, manifest, _ = pretrained
-    expected = {**EXPECTED, "backbone": "small_cnn"}
-    log = logging.getLogger("test")
-    assert image_alone("thermal_map", probs, checkpoint, manifest, expected, log) is probs
+    alone = ImageMember(probs, checkpoint, manifest, SMALL_CNN)
+    assert image_alone("thermal_map", alone, EXPECTED) is probs
     changed = tmp_path / "checkpoint.weights.h5"
     changed.write_bytes(checkpoint.read_bytes() + b"0")
     with pytest.raises(CheckpointError, match="sha256 is"):
-        image_alone("thermal_map", probs, changed, manifest, expected, log)
+        image_alone("thermal_map", replace(alone, checkpoint=changed), EXPECTED)
     with pytest.raises(CheckpointError, match="backbone is 'small_cnn', the fusion job needs"):
-        image_alone("thermal_map", probs, checkpoint, manifest, {**expected, "backbone": "x"}, log)
+        image_alone("thermal_map", replace(alone, settings={"backbone": "x"}), EXPECTED)

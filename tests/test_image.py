@@ -200,7 +200,7 @@ def trained_backbone(cached32, folder, **settings):
 def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
     backbone, cached32, tmp_path, caplog
 ):
-    from fusion_dag.checkpoint import CheckpointError, checkpoint_manifest
+    from fusion_dag.checkpoint import CheckpointError, checkpoint_sidecar
     from fusion_dag.fusion import ImageMember, fuse_v3
 
     model, task = trained_backbone(cached32, tmp_path, backbone=backbone, fine_tune="all")
@@ -209,17 +209,16 @@ def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
     checkpoint = tmp_path / "checkpoint.weights.h5"
     probs = branch_probabilities(model, task)
     member = ImageMember(
-        *cached32[:2],
         probs=probs,
         checkpoint=checkpoint,
-        manifest=checkpoint_manifest(model, "thermal_map", backbone, (1, 1), CLASSES, checkpoint),
+        sidecar=checkpoint_sidecar(model, "thermal_map", backbone, (1, 1), CLASSES, checkpoint),
         settings={"backbone": backbone},
+        images=cached32[0],
+        positions=cached32[1],
     )
     expected = {"repeat": 1, "fold": 1, "classes": CLASSES}
     with caplog.at_level(logging.INFO):
-        fused = fuse_v3(
-            {"thermal_map": 1.0}, None, {"thermal_map": member}, expected, 16, logging.getLogger()
-        )
+        fused = fuse_v3({"thermal_map": 1.0}, None, {"thermal_map": member}, expected, 16)
     label = f"thermal_map_backbone (nested model, {len(nested.weights)} weights)"
     assert f"Loaded weights for layer: {label}" in caplog.text
     assert f"Frozen layer: {label}" in caplog.text
@@ -232,7 +231,6 @@ def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
             {"thermal_map": replace(member, settings={"backbone": "small_cnn"})},
             expected,
             16,
-            logging.getLogger(),
         )
     # fuse_v3 refuses a branch that does not reproduce; the fused output is that branch.
     aligned = probs.merge(fused, on=["id", "split"], suffixes=("", "_fused"))

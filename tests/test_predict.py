@@ -4,7 +4,6 @@ The demo's first 120 patients train the final models (``snakemake predict`` buil
 the bundle); the other 40 patients, with labels, are the new table.
 """
 
-import logging
 import shutil
 
 import numpy as np
@@ -104,8 +103,7 @@ def bundle_predictions(bundle, table, workdir):
     spec = load_bundle(bundle)
     members = spec["combinations"][COMBINATION]
     samples, images = new_samples(table, workdir, spec, members)
-    log = logging.getLogger("test")
-    return score_table(bundle, spec, members, samples, images, (1, 1), log)
+    return score_table(bundle, spec, members, samples, images, (1, 1))
 
 
 def test_predicting_the_training_table_reproduces_the_final_fusion(external_run):

@@ -1,7 +1,7 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fit_kappa
 from fusion_dag.folds import FINAL_PLACEMENT
-from fusion_dag.fusion import fuse_combination
+from fusion_dag.fusion import MEMBER_FILES, fuse_combination, read_image_member, tensorflow_runtime
 from fusion_dag.joblog import job_log
 from fusion_dag.weights import METADATA, member_weights
 
@@ -11,24 +11,23 @@ with job_log(snakemake.log[0]) as log:
     settings = snakemake.params.settings
     weights = member_weights(members, **settings["weights"])
     repeat, fold = FINAL_PLACEMENT
-    probs, _, runtime = fuse_combination(
-        members,
+    record = {"combination": snakemake.wildcards.combination, "weights": weights}
+    runtime = tensorflow_runtime(members, settings, snakemake.threads)
+    if runtime:
+        record["runtime"] = runtime
+    image_members = {
+        m: read_image_member({k: snakemake.input.get(f"{m}_{k}") for k in MEMBER_FILES}, branch)
+        for m, branch in settings.get("branches", {}).items()
+    }
+    probs = fuse_combination(
         weights,
         read_tsv(snakemake.input.metadata) if METADATA in members else None,
-        snakemake.input,
+        image_members,
         {"repeat": repeat, "fold": fold, "classes": classes},
-        settings,
-        snakemake.threads,
-        log,
+        settings.get("batch_size"),
     )
-    record = {
-        "combination": snakemake.wildcards.combination,
-        "weights": weights,
-        "n_rows": len(probs),
-        "fit_kappa": fit_kappa(probs, read_tsv(snakemake.input.samples), classes),
-    }
-    if runtime:
-        record["runtime"] = {"threads": snakemake.threads, **runtime}
+    record["n_rows"] = len(probs)
+    record["fit_kappa"] = fit_kappa(probs, read_tsv(snakemake.input.samples), classes)
     log.info(
         "Final %s: in-sample kappa %.3f on %d rows",
         record["combination"],

@@ -1,6 +1,6 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.cache import load_cache
-from fusion_dag.checkpoint import checkpoint_manifest
+from fusion_dag.checkpoint import checkpoint_sidecar
 from fusion_dag.evaluate import fit_kappa
 from fusion_dag.folds import FINAL_PLACEMENT, final_fold_table
 from fusion_dag.joblog import job_log
@@ -32,9 +32,9 @@ with job_log(snakemake.log[0]) as log:
         metrics["fit_kappa"],
         metrics["n_train"],
     )
-    manifest = checkpoint_manifest(
+    sidecar = checkpoint_sidecar(
         model, task.modality, settings["backbone"], FINAL_PLACEMENT, task.classes, output.checkpoint
     )
     write_json(metrics, output.metrics)
-    write_json(manifest, output.sidecar)
+    write_json(sidecar, output.sidecar)
     write_tsv(probs, output.probs)

@@ -1,6 +1,12 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fit_kappa, fold_metrics
-from fusion_dag.fusion import fuse_combination, weighted_sum
+from fusion_dag.fusion import (
+    MEMBER_FILES,
+    fuse_combination,
+    read_image_member,
+    tensorflow_runtime,
+    weighted_sum,
+)
 from fusion_dag.joblog import job_log
 from fusion_dag.weights import METADATA, member_weights
 
@@ -10,20 +16,22 @@ with job_log(snakemake.log[0]) as log:
     classes = snakemake.params.classes
     settings = snakemake.params.settings
     weights = member_weights(members, **settings["weights"])
-    rf_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
-    probs, image_probs, runtime = fuse_combination(
-        members,
+    runtime = tensorflow_runtime(members, settings, snakemake.threads)
+    image_members = {
+        m: read_image_member({k: snakemake.input.get(f"{m}_{k}") for k in MEMBER_FILES}, branch)
+        for m, branch in settings.get("branches", {}).items()
+    }
+    metadata_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
+    probs = fuse_combination(
         weights,
-        rf_probs,
-        snakemake.input,
+        metadata_probs,
+        image_members,
         {"repeat": repeat, "fold": fold, "classes": classes},
-        settings,
-        snakemake.threads,
-        log,
+        settings.get("batch_size"),
     )
     # In-sample probabilities of every fitted member on its training rows (memorisation).
-    fitted = dict(image_probs)
-    if rf_probs is not None:
+    fitted = {m: member.probs for m, member in image_members.items()}
+    if metadata_probs is not None:
         fitted[METADATA] = read_tsv(snakemake.input.metadata_fit)
     labels = read_tsv(snakemake.input.samples)
     metrics = fold_metrics(probs, labels, classes)
@@ -42,7 +50,7 @@ with job_log(snakemake.log[0]) as log:
             "fold": fold,
             "weights": weights,
             **metrics,
-            **({"runtime": {"threads": snakemake.threads, **runtime}} if runtime else {}),
+            **({"runtime": runtime} if runtime else {}),
         },
         snakemake.output.metrics,
     )

@@ -1,6 +1,6 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.cache import load_cache
-from fusion_dag.checkpoint import checkpoint_manifest
+from fusion_dag.checkpoint import checkpoint_sidecar
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.joblog import job_log
 
@@ -28,9 +28,9 @@ with job_log(snakemake.log[0]) as log:
         metrics["kappa"],
         metrics["train_kappa"],
     )
-    manifest = checkpoint_manifest(
+    sidecar = checkpoint_sidecar(
         model, task.modality, settings["backbone"], (repeat, fold), task.classes, output.checkpoint
     )
     write_json(metrics, output.metrics)
-    write_json(manifest, output.sidecar)
+    write_json(sidecar, output.sidecar)
     write_tsv(probs, output.probs)

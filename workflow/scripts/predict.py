@@ -5,7 +5,7 @@ from fusion_dag.predict import prediction_summary, score_table
 from fusion_dag.prepare import read_new_samples
 from fusion_dag.report import external_metrics
 
-with job_log(snakemake.log[0]) as log:
+with job_log(snakemake.log[0]):
     bundle = snakemake.input.bundle
     spec = load_bundle(bundle)
     members = choose_combination(spec, snakemake.params.combination)
@@ -17,7 +17,6 @@ with job_log(snakemake.log[0]) as log:
         samples,
         read_tsv(snakemake.input.images),
         (snakemake.params.intra_op_threads, snakemake.threads),
-        log,
     )
     evaluation = snakemake.params.evaluation
     metrics = external_metrics(

@@ -47,7 +47,7 @@ def initial_logit(weight: float) -> float:
 
 @keras.saving.register_keras_serializable(package="fusion_dag")
 class WeightedFusion(keras.layers.Layer):
-    """``w * rf + (1 - w) * image``; with ``learned``, ``w = sigmoid(logit)`` is trained (V1),
+    """``w * metadata + (1 - w) * image``; with ``learned``, ``w = sigmoid(logit)`` is trained (V1),
     starting from ``initial_weight``; without, it stays fixed (V2)."""
 
     def __init__(self, initial_weight: float, learned: bool, **kwargs):
@@ -64,9 +64,9 @@ class WeightedFusion(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        rf, image = inputs
+        metadata, image = inputs
         weight = keras.ops.sigmoid(self.logit)
-        return weight * rf + (1.0 - weight) * image
+        return weight * metadata + (1.0 - weight) * image
 
     def get_config(self):
         return {
@@ -78,18 +78,18 @@ class WeightedFusion(keras.layers.Layer):
 
 def build_joint_model(task: BranchFold, weight: float, learned: bool):
     """The task's image branch (pretrained backbone weights and fine-tuning as in the image
-    stage) plus ``rf_probs``, fused inside one model that trains both."""
+    stage) plus ``metadata_probs``, fused inside one model that trains both."""
     modality, n_classes = task.modality, len(task.classes)
     branch = build_image_branch(modality, task.images.shape[1:], n_classes, task.settings)
     load_backbone_weights(branch, modality, task.settings)
     set_fine_tuning(branch, modality, task.settings)
-    rf_probs = keras.Input(shape=(n_classes,), name="rf_probs")
-    fused = WeightedFusion(weight, learned, name="fusion_weighted")([rf_probs, branch.output])
-    return keras.Model([rf_probs, branch.input], fused, name=f"fusion_joint_{modality}")
+    metadata_probs = keras.Input(shape=(n_classes,), name="metadata_probs")
+    fused = WeightedFusion(weight, learned, name="fusion_weighted")([metadata_probs, branch.output])
+    return keras.Model([metadata_probs, branch.input], fused, name=f"fusion_joint_{modality}")
 
 
 def train_joint(
-    task: BranchFold, strategy: str, rf_probs: pd.DataFrame, metadata_weight: float
+    task: BranchFold, strategy: str, metadata_probs: pd.DataFrame, metadata_weight: float
 ) -> tuple[pd.DataFrame, dict]:
     """Train a V1 or V2 model on the fold's training rows; return (probabilities, run record).
 
@@ -101,13 +101,13 @@ def train_joint(
     settings = task.settings
     keras.utils.set_random_seed(task.seed)
     columns = [f"prob_{c}" for c in task.classes]
-    table = task.rows().merge(rf_probs, on=[ID, "split"], validate="one_to_one")
+    table = task.rows().merge(metadata_probs, on=[ID, "split"], validate="one_to_one")
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], task.seed)
 
     def arrays(rows: pd.DataFrame):
         x = {
-            "rf_probs": rows[columns].to_numpy(dtype="float32"),
+            "metadata_probs": rows[columns].to_numpy(dtype="float32"),
             f"{task.modality}_input": task.pixels(rows),
         }
         return x, task.labels(rows)

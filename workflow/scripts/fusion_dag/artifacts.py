@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ID, GROUP, LABEL = "id", "group", "label"
@@ -48,14 +49,24 @@ def write_json(record: dict, path: Path) -> None:
     write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", path)
 
 
+def prob_columns(classes: list) -> list:
+    """The probability columns of a table, ``prob_{class}``, in class order."""
+    return [f"prob_{name}" for name in classes]
+
+
+def label_indices(labels: pd.Series, classes: list) -> np.ndarray:
+    """Each label's position in ``classes``: the integer targets Keras and scikit-learn fit."""
+    return labels.map(classes.index).to_numpy()
+
+
 def probability_table(ids, splits, probs, classes: list) -> pd.DataFrame:
     """The contract's probability table: ``id``, ``split``, ``prob_{class}`` (no ``split``
     column when ``splits`` is None: rows of a new table belong to no split)."""
     table = pd.DataFrame({ID: list(ids)})
     if splits is not None:
         table["split"] = list(splits)
-    for index, name in enumerate(classes):
-        table[f"prob_{name}"] = probs[:, index]
+    for index, column in enumerate(prob_columns(classes)):
+        table[column] = probs[:, index]
     return table
 
 

@@ -172,13 +172,14 @@ def load_bundle(folder: Path) -> dict:
 
 
 def check_sidecar(folder: Path, manifest: dict, modality: str) -> None:
-    """A bundled checkpoint's sidecar must describe it and agree with the manifest."""
+    """A bundled checkpoint's sidecar must describe it and agree with the manifest (the same
+    check every fusion job makes, :func:`~fusion_dag.checkpoint.sidecar_problems`)."""
+    from fusion_dag.checkpoint import sidecar_problems
+
     checkpoint, sidecar = (folder / name for name in checkpoint_files(modality))
-    record = read_json(sidecar)
     settings = manifest["modalities"][modality]
     repeat, fold = FINAL_PLACEMENT
-    wanted = {
-        "sha256": file_sha256(checkpoint),
+    required = {
         "modality": modality,
         "repeat": repeat,
         "fold": fold,
@@ -187,12 +188,8 @@ def check_sidecar(folder: Path, manifest: dict, modality: str) -> None:
         "channels": settings["channels"],
         "backbone": settings["backbone"],
     }
-    wrong = [
-        f"{key} is {record.get(key)!r}, expected {value!r}"
-        for key, value in wanted.items()
-        if record.get(key) != value
-    ]
-    if wrong:
+    problems = sidecar_problems(checkpoint, read_json(sidecar), required, "the manifest")
+    if problems:
         raise BundleError(
-            f"bundle file {sidecar} does not match {checkpoint.name}: " + "; ".join(wrong)
+            f"bundle file {sidecar} does not match {checkpoint.name}: " + "; ".join(problems)
         )

@@ -15,12 +15,15 @@ strings only; nothing in it is executed or unpickled on load. The sidecar ``chec
 second line of defence.
 """
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from fusion_dag.artifacts import file_sha256, partial_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fusion-dag-named-weights/1"
 
@@ -98,7 +101,7 @@ def read_branch_weights(path: Path) -> tuple[str | None, dict]:
     return modality, layers
 
 
-def load_branch_weights(model, modality: str, checkpoint: Path, log) -> None:
+def load_branch_weights(model, modality: str, checkpoint: Path) -> None:
     """Load a checkpoint into the fusion model's branch by mapping the file's layer names.
 
     Every weighted ``{modality}_`` layer of the model must be in the file with the same number
@@ -131,7 +134,7 @@ def load_branch_weights(model, modality: str, checkpoint: Path, log) -> None:
         log.info("Loaded weights for layer: %s", layer_label(layer))
 
 
-def checkpoint_manifest(
+def checkpoint_sidecar(
     model, modality: str, backbone: str, placement: tuple, classes: list, checkpoint: Path
 ) -> dict:
     """The sidecar written next to a checkpoint: what it is for and what it must contain.
@@ -153,43 +156,71 @@ def checkpoint_manifest(
     }
 
 
-def sidecar_problems(checkpoint: Path, manifest: dict, needed: dict) -> list:
-    """What differs between a checkpoint, its sidecar and what a job needs: changed bytes, or
-    any ``needed`` field (modality, repeat, fold, classes, backbone, size, channels)."""
+def sidecar_problems(
+    checkpoint: Path, sidecar: dict, required: dict, requirer: str = "the fusion job"
+) -> list:
+    """What differs between a checkpoint, its sidecar and what ``requirer`` requires: changed
+    bytes, or any ``required`` field (modality, repeat, fold, classes, backbone, size,
+    channels)."""
     problems = []
     actual = file_sha256(checkpoint)
-    if actual != manifest.get("sha256"):
+    if actual != sidecar.get("sha256"):
         problems.append(
-            f"sha256 is {actual[:12]}..., sidecar says {str(manifest.get('sha256'))[:12]}..."
+            f"sha256 is {actual[:12]}..., sidecar says {str(sidecar.get('sha256'))[:12]}..."
         )
-    for key, value in needed.items():
-        if manifest.get(key) != value:
-            problems.append(f"{key} is {manifest.get(key)!r}, the fusion job needs {value!r}")
+    for key, value in required.items():
+        if sidecar.get(key) != value:
+            problems.append(f"{key} is {sidecar.get(key)!r}, {requirer} needs {value!r}")
     return problems
 
 
-def verify_sidecar(checkpoint: Path, manifest: dict, needed: dict) -> None:
-    """Refuse a checkpoint whose bytes or sidecar do not match what the job needs; no model
+def verify_sidecar(checkpoint: Path, sidecar: dict, required: dict) -> None:
+    """Refuse a checkpoint whose bytes or sidecar do not match what the job requires; no model
     is built (a combination of one image uses the image stage's probabilities as they are)."""
-    problems = sidecar_problems(checkpoint, manifest, needed)
+    problems = sidecar_problems(checkpoint, sidecar, required)
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
 
 
-def verify_checkpoint(model, modality: str, checkpoint: Path, manifest: dict, expected: dict):
+def verify_checkpoint(model, modality: str, checkpoint: Path, sidecar: dict, required: dict):
     """Refuse a checkpoint that is not the one its sidecar describes, or not for this job.
 
-    ``expected`` holds what the fusion job needs (``repeat``, ``fold``, ``classes``,
-    ``backbone``). Each difference is named: changed bytes, another modality, repeat, fold,
-    backbone, image size, channel count, class list or layer set/shape.
+    ``required`` holds what the job needs (``repeat``, ``fold``, ``classes``, ``backbone``).
+    Each difference is named: changed bytes, another modality, repeat, fold, backbone, image
+    size, channel count, class list or layer set/shape.
     """
     size, _, channels = input_shape(model, modality)
-    needed = {"modality": modality, "image_size": size, "channels": channels, **expected}
-    problems = sidecar_problems(checkpoint, manifest, needed)
+    required = {"modality": modality, "image_size": size, "channels": channels, **required}
+    problems = sidecar_problems(checkpoint, sidecar, required)
     built = layer_shapes(model, modality)
-    stored = manifest.get("layers") or {}
+    stored = sidecar.get("layers") or {}
     if stored != built:
         changed = sorted(n for n in set(stored) | set(built) if stored.get(n) != built.get(n))
         problems.append(f"layers differ: {', '.join(changed)}")
     if problems:
         raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
+
+
+def freeze_branch(model, modality: str) -> None:
+    """Make every layer of the branch non-trainable and prove no weight is left trainable."""
+    for layer in branch_layers(model, modality):
+        layer.trainable = False
+        log.info("Frozen layer: %s", layer_label(layer))
+    trainable = sum(len(layer.trainable_weights) for layer in branch_layers(model, modality))
+    if trainable:
+        raise CheckpointError(f"{modality} branch still has {trainable} trainable weights")
+
+
+def load_frozen_branch(
+    model, modality: str, checkpoint: Path, sidecar: dict, required: dict
+) -> None:
+    """Put a pretrained branch into ``model`` the one way V3 allows: the checkpoint verified
+    against its sidecar and the job's ``required`` fields, loaded by layer name, then frozen.
+
+    The fusion model (several branches) and a bundle's single branch in ``predict`` both come
+    through here, so a checkpoint refused in one is refused in the other.
+    """
+    verify_checkpoint(model, modality, checkpoint, sidecar, required)
+    log.info("Checkpoint %s matches its sidecar (sha256 %s)", checkpoint, sidecar["sha256"])
+    load_branch_weights(model, modality, checkpoint)
+    freeze_branch(model, modality)

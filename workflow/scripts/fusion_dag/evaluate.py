@@ -73,36 +73,36 @@ def fit_kappa(fit_probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> f
     return kappa(truth, predicted_index(table, classes), len(classes))
 
 
-def aligned_validation(rf_probs: pd.DataFrame, image_probs: pd.DataFrame, labels, classes):
-    """Validation rows present in both branches: (truth, rf probabilities, image probabilities)."""
+def aligned_validation(metadata_probs: pd.DataFrame, image_probs: pd.DataFrame, labels, classes):
+    """Validation rows present in both branches: (truth, metadata and image probabilities)."""
     columns = [f"prob_{c}" for c in classes]
-    rf = rf_probs[rf_probs["split"] == "val"]
-    table = rf.merge(image_probs, on=[ID, "split"], suffixes=("_rf", "_image"))
+    validation = metadata_probs[metadata_probs["split"] == "val"]
+    table = validation.merge(image_probs, on=[ID, "split"], suffixes=("_metadata", "_image"))
     table = table.merge(labels[[ID, LABEL]], on=ID, validate="one_to_one")
     truth = table[LABEL].map(classes.index).to_numpy()
     return (
         truth,
-        table[[f"{c}_rf" for c in columns]].to_numpy(),
+        table[[f"{c}_metadata" for c in columns]].to_numpy(),
         table[[f"{c}_image" for c in columns]].to_numpy(),
     )
 
 
-def weight_sweep(rf_probs, image_probs, labels, classes, step: float = 0.05) -> pd.DataFrame:
-    """Validation kappa of ``w * rf + (1 - w) * image`` for w from 0 to 1.
+def weight_sweep(metadata_probs, image_probs, labels, classes, step: float = 0.05) -> pd.DataFrame:
+    """Validation kappa of ``w * metadata + (1 - w) * image`` for w from 0 to 1.
 
     Computed from cached probabilities with no retraining, so a user can see where the
     configured weight sits on the curve. Reading the best weight off this curve and using it
     would be a training decision made on the validation fold: it is a diagnostic only.
     """
-    truth, rf, image = aligned_validation(rf_probs, image_probs, labels, classes)
+    truth, metadata, image = aligned_validation(metadata_probs, image_probs, labels, classes)
     weights = np.round(np.arange(0.0, 1.0 + step / 2, step), 10)
     kappas = [
-        kappa(truth, (w * rf + (1 - w) * image).argmax(axis=1), len(classes)) for w in weights
+        kappa(truth, (w * metadata + (1 - w) * image).argmax(axis=1), len(classes)) for w in weights
     ]
     return pd.DataFrame({"metadata_weight": weights, "kappa": kappas})
 
 
-def branch_agreement(rf_probs, image_probs, labels, classes) -> dict:
+def branch_agreement(metadata_probs, image_probs, labels, classes) -> dict:
     """How the two branches' errors relate on validation rows.
 
     Fusion can only help where one branch is right when the other is wrong. ``both_wrong``
@@ -110,16 +110,16 @@ def branch_agreement(rf_probs, image_probs, labels, classes) -> dict:
     errors coincide more than chance; ``prediction_kappa`` is Cohen's kappa between the two
     branches' predicted classes.
     """
-    truth, rf, image = aligned_validation(rf_probs, image_probs, labels, classes)
-    rf_wrong = rf.argmax(axis=1) != truth
+    truth, metadata, image = aligned_validation(metadata_probs, image_probs, labels, classes)
+    metadata_wrong = metadata.argmax(axis=1) != truth
     image_wrong = image.argmax(axis=1) != truth
     return {
         "n_val": int(truth.size),
-        "rf_error": float(rf_wrong.mean()),
+        "metadata_error": float(metadata_wrong.mean()),
         "image_error": float(image_wrong.mean()),
-        "both_wrong": float((rf_wrong & image_wrong).mean()),
-        "both_wrong_if_independent": float(rf_wrong.mean() * image_wrong.mean()),
-        "prediction_kappa": kappa(rf.argmax(axis=1), image.argmax(axis=1), len(classes)),
+        "both_wrong": float((metadata_wrong & image_wrong).mean()),
+        "both_wrong_if_independent": float(metadata_wrong.mean() * image_wrong.mean()),
+        "prediction_kappa": kappa(metadata.argmax(axis=1), image.argmax(axis=1), len(classes)),
     }
 
 

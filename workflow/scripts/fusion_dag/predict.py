@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, probability_table
+from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
 from fusion_dag.bundle import FOREST, checkpoint_files
 from fusion_dag.folds import FINAL_PLACEMENT
 from fusion_dag.prepare import describe_rows
@@ -46,7 +46,7 @@ def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.
     return probability_table(samples[ID], None, probs, spec["classes"])
 
 
-def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Series, log):
+def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Series):
     """``id`` and ``prob_{class}`` of the rows with an image, from the bundled branch.
 
     The branch is built as in training, its checkpoint verified against its sidecar (layer
@@ -55,8 +55,7 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Serie
     """
     from fusion_dag.artifacts import read_json
     from fusion_dag.cache import decode_into
-    from fusion_dag.checkpoint import load_branch_weights, verify_checkpoint
-    from fusion_dag.fusion import freeze_branch
+    from fusion_dag.checkpoint import load_frozen_branch
     from fusion_dag.image import build_image_branch
 
     settings = spec["modalities"][modality]
@@ -68,10 +67,13 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Serie
     classes = spec["classes"]
     model = build_image_branch(modality, images.shape[1:], len(classes), settings)
     repeat, fold = FINAL_PLACEMENT
-    needed = {"repeat": repeat, "fold": fold, "classes": classes, "backbone": settings["backbone"]}
-    verify_checkpoint(model, modality, checkpoint, read_json(sidecar), needed)
-    load_branch_weights(model, modality, checkpoint, log)
-    freeze_branch(model, modality, log)
+    required = {
+        "repeat": repeat,
+        "fold": fold,
+        "classes": classes,
+        "backbone": settings["backbone"],
+    }
+    load_frozen_branch(model, modality, checkpoint, read_json(sidecar), required)
     probs = model.predict(images, batch_size=32, verbose=0)
     log.info(
         "%s: %d images scored, %d rows without one", modality, len(present), paths.isna().sum()
@@ -89,7 +91,7 @@ def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: di
     shares), so a visit with every image gets exactly the combination's fusion.
     """
     classes = spec["classes"]
-    columns = [f"prob_{c}" for c in classes]
+    columns = prob_columns(classes)
     table = samples[[ID, GROUP, LABEL]].reset_index(drop=True)
     stacked = {}
     for member in members:
@@ -139,7 +141,6 @@ def score_table(
     samples: pd.DataFrame,
     images: pd.DataFrame,
     threads: tuple,
-    log,
 ) -> pd.DataFrame:
     """The predictions table of a validated new table (see :func:`fuse_rows`).
 
@@ -155,7 +156,7 @@ def score_table(
         configure_tensorflow(*threads, seed=0)
         for modality in modalities:
             paths = images.set_index(ID)[modality]
-            member_probs[modality] = image_probabilities(bundle, spec, modality, paths, log)
+            member_probs[modality] = image_probabilities(bundle, spec, modality, paths)
     return fuse_rows(samples, member_probs, members, spec)
 
 
