@@ -8,7 +8,8 @@ from PIL import Image
 
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
-from fusion_dag.prepare import coerce_numeric, prepare_inputs
+from fusion_dag.prepare import prepare_inputs
+from fusion_dag.tables import coerce_numeric
 from tests.conftest import CLASSES, COLUMNS
 
 MODALITIES = {"thermal_map": "thermal_map"}

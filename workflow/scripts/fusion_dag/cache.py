@@ -15,11 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from fusion_dag.artifacts import ID, InputError, partial_path
-
-# Pillow modes holding one value per pixel: scaled by a modality's value_range when it has one.
-SINGLE_CHANNEL_MODES = {"L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-# Modes without colour (with alpha, or 1-bit): what "colour" conversions do not count.
-COLOURLESS_MODES = SINGLE_CHANNEL_MODES | {"LA", "1"}
+from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
 
 
 def scaled_grey(image: Image.Image, size: int, value_range) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Why: Snakemake keeps one log per job (``logs/{rule}/...``), and TensorFlow writes straight to
 the process's stderr, so both Python logging and file descriptors 1 and 2 are sent to the log.
-A bad input (:class:`~fusion_dag.prepare.InputError`) is reported as a single line, in the log
+A bad input (:class:`~fusion_dag.artifacts.InputError`) is reported as a single line, in the log
 and on the terminal, instead of a traceback; anything else keeps its traceback for debugging.
 """
 

@@ -1,0 +1,168 @@
+"""Image files as a table names them: where they may be, which Pillow modes fusion-dag reads,
+and the checks made before anything is decoded.
+
+Why a module of its own: prepare checks the training table's images and predict a new
+table's, with the same rules; the image cache (:mod:`fusion_dag.cache`) decodes by the same
+mode sets, defined once here.
+"""
+
+import logging
+from pathlib import Path, PurePath
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from fusion_dag.artifacts import InputError
+from fusion_dag.tables import blank, describe_rows, stripped
+
+log = logging.getLogger(__name__)
+
+# Image modes, by what the image cache does with them (Pillow's mode names).
+GREY_MODES = {"L"}
+
+
+COLOUR_MODES = {"RGB"}
+
+
+HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+CONVERTED_MODES = {
+    "RGBA": "RGB (alpha dropped)",
+    "P": "RGB (palette)",
+    "PA": "RGB (palette, alpha dropped)",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LA": "grey-scale (alpha dropped)",
+    "1": "grey-scale (1-bit)",
+}
+# One value per pixel: scaled by a modality's value_range when it has one.
+SINGLE_CHANNEL_MODES = GREY_MODES | HIGH_DEPTH_MODES
+# Without colour (with alpha, or 1-bit): what colour conversions do not count.
+COLOURLESS_MODES = SINGLE_CHANNEL_MODES | {"LA", "1"}
+KNOWN_MODES = SINGLE_CHANNEL_MODES | {"RGB"} | set(CONVERTED_MODES)
+COLOUR_MODES = KNOWN_MODES - COLOURLESS_MODES
+
+
+def outside_paths(cells: pd.Series) -> pd.Series:
+    """Table paths that are absolute or climb out with ``..``: refused, whatever is on disk.
+
+    The check is on the text, not on resolved files, so an ``image_dir`` that is a symlink (a
+    mounted share) works, and a symlinked file inside the folder is followed.
+    """
+    return cells.map(lambda v: PurePath(v).is_absolute() or ".." in PurePath(v).parts)
+
+
+def resolve_images(
+    table: pd.DataFrame,
+    ids: pd.Series,
+    modality: str,
+    column: str,
+    image_dir: Path,
+    missing_images: str,
+    source: Path,
+    scaled: bool = False,
+) -> pd.Series:
+    """Validate one modality's image paths and return them, indexed by sample id.
+
+    Paths are relative to ``image_dir`` and may not leave it (a table is not allowed to make
+    the workflow read arbitrary files). Empty cells are an error or, with
+    ``missing_images: drop``, rows left out of this modality and counted in the log. Every image
+    is opened and verified here so a truncated or unreadable file stops the run before training.
+    High-bit-depth grey-scale images need the modality's ``value_range`` (``scaled``).
+    """
+    root = Path(image_dir).absolute()
+    cells = stripped(table[column])
+    empty = blank(cells)
+    if empty.any() and missing_images == "error":
+        raise InputError(
+            f"samples table {source}: image column '{column}' (modality {modality}) is empty for "
+            f"ids {describe_rows(ids[empty].tolist())}; fill them or set missing_images: drop"
+        )
+    if empty.any():
+        log.info("Modality %s: dropped %d rows with no image", modality, int(empty.sum()))
+    outside = outside_paths(cells[~empty].astype(str))
+    if outside.any():
+        raise InputError(
+            f"samples table {source}: image column '{column}' points outside image_dir {root} "
+            f"for ids {describe_rows(ids[~empty][outside].tolist())}; paths must be relative to "
+            "image_dir without '..' (symlinks inside image_dir are followed)"
+        )
+    paths = cells[~empty].map(lambda v: root / str(v))
+    absent = paths.map(lambda p: not p.is_file())
+    if absent.any():
+        first = paths[absent].iloc[0]
+        raise InputError(
+            f"image file {first} does not exist (modality {modality}; ids "
+            f"{describe_rows(ids[~empty][absent].tolist())} have missing files); fix the paths "
+            "or image_dir, or empty those cells and set missing_images: drop"
+        )
+    modes = pd.Series(
+        [check_image(p, modality, i) for i, p in zip(ids[~empty], paths, strict=True)],
+        index=ids[~empty].to_numpy(),
+    )
+    check_modes(modes, paths.set_axis(modes.index), modality, scaled)
+    return pd.Series(paths.map(str).to_numpy(), index=ids[~empty].to_numpy(), name=modality)
+
+
+def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool) -> None:
+    """Refuse high-bit-depth images without a value range; log every conversion the cache makes.
+
+    A 16-bit or float thermal image carries absolute values (temperatures); scaling each image
+    by its own minimum and maximum would erase the differences between images, and Pillow's
+    ``convert('L')`` clips it white. So such images are scaled by one fixed range per modality
+    (``modalities.{name}.value_range``), which the user sets in the images' raw units.
+    """
+    high_depth = modes.isin(HIGH_DEPTH_MODES)
+    if high_depth.any() and not scaled:
+        first = modes.index[high_depth.to_numpy()][0]
+        raise InputError(
+            f"image file {paths[first]} (modality {modality}, id {first}) is high-bit-depth "
+            f"grey-scale (mode {modes[first]}; {int(high_depth.sum())} images of this modality "
+            f"are); set modalities.{modality}.value_range: [low, high] in the images' raw units "
+            "so every image is scaled by the same fixed range"
+        )
+    for mode, target in CONVERTED_MODES.items():
+        count = int((modes == mode).sum())
+        if count:
+            log.info("Modality %s: %s images converted to %s: %d", modality, mode, target, count)
+    colour = modes.isin(COLOUR_MODES)
+    if colour.any() and not colour.all():
+        log.warning(
+            "Modality %s mixes %d colour and %d grey-scale images (colour: ids %s); the image "
+            "cache converts them all to the modality's channels (1: luminance, 3: grey repeated)",
+            modality,
+            int(colour.sum()),
+            int((~colour).sum()),
+            describe_rows(modes.index[colour.to_numpy()].tolist()),
+        )
+
+
+def check_image(path: Path, modality: str, sample_id: str) -> str:
+    """Check an image's header and integrity and return its mode; refuse unreadable files,
+    truncated or corrupted ones, and empty sizes.
+
+    Pillow's ``verify`` reads the whole file and checks its structure (for PNG, every chunk's
+    CRC and the end marker) without decoding pixels: the image cache decodes each image once,
+    and refuses, naming the file, any image that still fails to decode there.
+    """
+    try:
+        with Image.open(path) as image:
+            mode, size = image.mode, image.size
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise InputError(
+            f"image file {path} (modality {modality}, id {sample_id}) cannot be read: {error}; "
+            "replace the file"
+        ) from None
+    if min(size) == 0:
+        raise InputError(
+            f"image file {path} (modality {modality}, id {sample_id}) has size {size}; "
+            "replace the file"
+        )
+    if mode not in KNOWN_MODES:
+        raise InputError(
+            f"image file {path} (modality {modality}, id {sample_id}) has mode {mode}, which "
+            f"fusion-dag does not read (modes: {', '.join(sorted(KNOWN_MODES))}); convert it"
+        )
+    return mode
