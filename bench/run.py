@@ -64,6 +64,7 @@ def summary(values: list, unit: str = "s") -> str:
 
 
 def fresh_dir(root: Path, name: str) -> Path:
+    """An empty ``root/name``: a measurement starts from no results, never a previous run's."""
     path = root / name
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -276,41 +277,16 @@ def measure_scale(root: Path, config: dict, one_core: bool, dry_reruns: bool) ->
 
 def scale_report(name: str, config: dict, measured: dict, command: str) -> str:
     """The Markdown section of one scale: rerun costs with their targets, job kinds' memory."""
-    full = measured["runs"]["full run"][0]
-    rows = ["| measurement | wall time | jobs | ratio to the full run |", "|---|--:|---|--:|"]
-    for label, (seconds, jobs) in measured["runs"].items():
-        if label.startswith("dry run"):
-            rows.append(f"| {label} | not run ({seconds:.1f} s to plan) | {json.dumps(jobs)} | |")
-            continue
-        ratio = f"{seconds / full:.3f}"
-        if label == "rerun after fusion.metadata_weight change":
-            retrained = sorted({"image", "metadata"} & jobs.keys())
-            ratio = against(seconds / full, 0.05) + (
-                f"; retrained {retrained}" if retrained else "; no image or forest job: met"
-            )
-        rows.append(f"| {label} | {seconds:.1f} s | {json.dumps(jobs)} | {ratio} |")
-    noop = measured["runs"]["no-op rerun"][0]
-    rows.append(
-        f"| `snakemake --version` | {measured['startup']:.1f} s | | no-op / version "
-        f"{noop / measured['startup']:.2f} |"
+    runs = markdown_table(
+        ["measurement", "wall time", "jobs", "ratio to the full run"],
+        scale_rows(measured),
+        right=("wall time", "ratio to the full run"),
     )
-    rows.append(
-        f"| V3 fusion job (metadata+thermal_map, repeat 1, fold 1) vs its image job | "
-        f"{measured['fusion']:.1f} s vs {measured['image']:.1f} s | | "
-        f"{against(measured['fusion'] / measured['image'], 0.05)} |"
+    memory = markdown_table(
+        ["job kind", "jobs", "peak resident memory (largest job)", "median wall time"],
+        memory_rows(name, measured["memory"]),
+        right=("jobs", "peak resident memory (largest job)", "median wall time"),
     )
-    if "one_core" in measured:
-        rows.append(
-            f"| full run on 1 core vs 2 cores | {measured['one_core']:.1f} s vs {full:.1f} s | | "
-            f"speed-up {measured['one_core'] / full:.2f} |"
-        )
-    memory = ["| job kind | jobs | peak resident memory (largest job) | median wall time |"]
-    memory.append("|---|--:|--:|--:|")
-    for rule, (jobs, rss, seconds) in sorted(measured["memory"].items()):
-        peak = f"{rss:.0f} MB"
-        if rule == "image" and name == "4x":
-            peak += f" (target < 2048 MB: {'met' if rss < 2048 else 'missed'})"
-        memory.append(f"| {rule} | {jobs} | {peak} | {seconds:.1f} s |")
     visits = sum(1 for _ in open(measured["workdir"] / "resources/demo/samples.csv")) - 1
     return (
         f"## Scale: {name}\n\n"
@@ -318,10 +294,79 @@ def scale_report(name: str, config: dict, measured: dict, command: str) -> str:
         f"patients ({visits} visits), the default config (six combinations, three modalities) "
         f"at {config['image_model']['size']} px, {config['cv']['folds']} folds x "
         f"{config['cv']['repeats']} repeats, `--cores 2`.\n\n"
-        + "\n".join(rows)
+        + runs
         + "\n\nPeak memory of every job kind, from Snakemake's `benchmark:` files (the last "
-        "run of each job):\n\n" + "\n".join(memory) + "\n"
+        "run of each job):\n\n" + memory + "\n"
     )
+
+
+def scale_rows(measured: dict) -> list:
+    """Each run of :func:`measure_scale` against the full run (the fusion change against its
+    target, and whether it retrained image or forest jobs), then the fixed costs it is judged
+    by: Snakemake's start-up, the V3 fusion job against its image job, and 1 against 2 cores."""
+    full = measured["runs"]["full run"][0]
+    rows = []
+    for label, (seconds, jobs) in measured["runs"].items():
+        if label.startswith("dry run"):
+            rows.append((label, f"not run ({seconds:.1f} s to plan)", json.dumps(jobs), ""))
+            continue
+        ratio = f"{seconds / full:.3f}"
+        if label == "rerun after fusion.metadata_weight change":
+            retrained = sorted({"image", "metadata"} & jobs.keys())
+            ratio = against(seconds / full, 0.05) + (
+                f"; retrained {retrained}" if retrained else "; no image or forest job: met"
+            )
+        rows.append((label, f"{seconds:.1f} s", json.dumps(jobs), ratio))
+    noop = measured["runs"]["no-op rerun"][0]
+    startup = measured["startup"]
+    rows.append(
+        ("`snakemake --version`", f"{startup:.1f} s", "", f"no-op / version {noop / startup:.2f}")
+    )
+    rows.append(
+        (
+            "V3 fusion job (metadata+thermal_map, repeat 1, fold 1) vs its image job",
+            f"{measured['fusion']:.1f} s vs {measured['image']:.1f} s",
+            "",
+            against(measured["fusion"] / measured["image"], 0.05),
+        )
+    )
+    if "one_core" in measured:
+        rows.append(
+            (
+                "full run on 1 core vs 2 cores",
+                f"{measured['one_core']:.1f} s vs {full:.1f} s",
+                "",
+                f"speed-up {measured['one_core'] / full:.2f}",
+            )
+        )
+    return rows
+
+
+def memory_rows(name: str, memory: dict) -> list:
+    """A row per job kind from :func:`job_memory`; at 4x the image job's peak is held to its
+    2 GiB target (the size where a laptop or a small SLURM allocation would run out)."""
+    rows = []
+    for rule, (jobs, rss, seconds) in sorted(memory.items()):
+        peak = f"{rss:.0f} MB"
+        if rule == "image" and name == "4x":
+            peak += f" (target < 2048 MB: {'met' if rss < 2048 else 'missed'})"
+        rows.append((rule, jobs, peak, f"{seconds:.1f} s"))
+    return rows
+
+
+def markdown_table(headings: list, rows: list, right: tuple = ()) -> str:
+    """``rows`` as a compact Markdown table, ``right`` naming the right-aligned columns.
+
+    Compact (no padding to the widest cell, an empty cell as ``| |``) like every section of
+    RESULTS.md, so a rewritten section diffs line by line against the previous run's.
+    """
+    lines = [
+        "| " + " | ".join(headings) + " |",
+        "|" + "|".join("--:" if heading in right else "---" for heading in headings) + "|",
+    ]
+    for row in rows:
+        lines.append("|" + "|".join(f" {cell} " if cell != "" else " " for cell in row) + "|")
+    return "\n".join(lines)
 
 
 def against(ratio: float, target: float, at_most: bool = True) -> str:
@@ -343,6 +388,7 @@ def replace_section(text: str, heading: str, section: str) -> str:
 
 
 def machine() -> str:
+    """CPU, cores, memory, Python and OS: timings mean little without the machine they ran on."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as handle:
@@ -354,6 +400,19 @@ def machine() -> str:
 
 
 def main() -> None:
+    """Measure the demo size (or, with --scale, a larger one), print the Markdown section and
+    rewrite that section of bench/RESULTS.md."""
+    args = parse_arguments()
+    with open(REPO / "config/config.yaml") as handle:
+        config = yaml.safe_load(handle)
+    if args.scale:
+        run_scale(args, config)
+    else:
+        run_demo(args, config)
+
+
+def parse_arguments() -> argparse.Namespace:
+    """The command line; the module docstring shows the usual invocations."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a quick pass on a tiny config")
     parser.add_argument("--repeats", type=int, default=3)
@@ -369,48 +428,82 @@ def main() -> None:
         action="store_true",
         help="with --scale: the modality and cv.repeats changes as dry runs (jobs, no times)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with open(REPO / "config/config.yaml") as handle:
-        config = yaml.safe_load(handle)
-    if args.scale:
-        config["demo"]["patients"] = SCALES[args.scale]
-        config["image_model"]["size"] = SCALE_IMAGE_SIZE
-        root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-scale-"))
-        command = f"python bench/run.py --scale {args.scale}"
-        command += " --one-core" * args.one_core + " --dry-reruns" * args.dry_reruns
-        measured = measure_scale(root, config, args.one_core, args.dry_reruns)
-        section = scale_report(args.scale, config, measured, command)
-        print(section)
-        results = REPO / "bench/RESULTS.md"
-        results.write_text(replace_section(results.read_text(), f"## Scale: {args.scale}", section))
-        return
-    # The figures here (and in RESULTS.md) are for the metadata + thermal map pair.
+
+def write_section(heading: str, section: str) -> None:
+    """Rewrite this command's section of bench/RESULTS.md, leaving the other commands' alone."""
+    results = REPO / "bench/RESULTS.md"
+    results.write_text(replace_section(results.read_text(), heading, section))
+
+
+def run_scale(args: argparse.Namespace, config: dict) -> None:
+    """--scale: the rerun costs and job memory of the default config at a study-like size.
+
+    The work folder is kept (a 4x run takes most of an hour; its results are worth a look).
+    """
+    config["demo"]["patients"] = SCALES[args.scale]
+    config["image_model"]["size"] = SCALE_IMAGE_SIZE
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-scale-"))
+    command = f"python bench/run.py --scale {args.scale}"
+    command += " --one-core" * args.one_core + " --dry-reruns" * args.dry_reruns
+    measured = measure_scale(root, config, args.one_core, args.dry_reruns)
+    section = scale_report(args.scale, config, measured, command)
+    print(section)
+    write_section(f"## Scale: {args.scale}", section)
+
+
+def demo_settings(config: dict, tiny: bool, repeats: int) -> tuple[list, int]:
+    """Narrow ``config`` to the metadata + thermal map pair the figures are about (shrunk with
+    --tiny, so CI runs it in minutes); return the growth scales and the timing repeats."""
     config["combinations"] = [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]]
-    if args.tiny:
-        config["demo"]["patients"] = 40
-        config["metadata_model"]["n_estimators"] = 30
-        config["image_model"].update({"size": 24, "epochs": 2})
-        config["cv"]["repeats"] = 1
-        scales, repeats = [1], 1
-    else:
-        scales, repeats = [1, 2, 4], args.repeats
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-bench-"))
+    if not tiny:
+        return [1, 2, 4], repeats
+    config["demo"]["patients"] = 40
+    config["metadata_model"]["n_estimators"] = 30
+    config["image_model"].update({"size": 24, "epochs": 2})
+    config["cv"]["repeats"] = 1
+    return [1], 1
 
+
+def run_demo(args: argparse.Namespace, config: dict) -> None:
+    """The default command: figures 1 to 5 at the demo size, as one table in RESULTS.md (not
+    with --tiny, whose timings say only that the benchmark still runs)."""
+    scales, repeats = demo_settings(config, args.tiny, args.repeats)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-bench-"))
     reruns = measure_rerun_costs(root, config, repeats)
     workdir = reruns["workdir"]
     throughput = plain_fit_throughput(workdir, config, 1, repeats)
     fusion_seconds, image_seconds = v3_pair_seconds(workdir)
     v2_seconds = v2_fit_seconds(workdir, config, 1, throughput["epochs"])
     growth = measure_growth(root, config, scales)
+    rows = [
+        *rerun_rows(reruns),
+        throughput_row(throughput),
+        fusion_row(fusion_seconds, image_seconds, v2_seconds),
+        *growth_rows(growth),
+    ]
+    header = (
+        f"{DEMO_HEADING}\n\nMachine: {machine()}.\n"
+        f"Config: {'tiny (--tiny)' if args.tiny else 'default demo'}, combinations "
+        f"{', '.join('+'.join(c) for c in config['combinations'])}; "
+        f"repeats {repeats}; `python bench/run.py{' --tiny' if args.tiny else ''}`.\n\n"
+    )
+    report = header + markdown_table(["measurement", "measured", "ratio"], rows) + "\n"
+    print(report)
+    if not args.tiny:
+        write_section(DEMO_HEADING, report)
+    if args.workdir is None:
+        shutil.rmtree(root, ignore_errors=True)
 
+
+def rerun_rows(reruns: dict) -> list:
+    """Figures 1 and 2 from :func:`measure_rerun_costs`: the fusion-weight rerun against the
+    full run (target 5%), and the no-op rerun against Snakemake's bare start-up."""
     rerun = statistics.median(reruns["rerun_times"])
     noop = statistics.median(reruns["noop_times"])
     startup = statistics.median(reruns["startup_times"])
-    plain = statistics.median(throughput["plain_rates"])
-    plain_spread = summary(throughput["plain_rates"], "images/s")
-    base = growth["times"][1]
-    rows = [
+    return [
         ("1. full run", f"{reruns['full_time']:.1f} s, {reruns['full_jobs']} jobs", ""),
         (
             "1. rerun after fusion.metadata_weight change",
@@ -422,17 +515,36 @@ def main() -> None:
             f"{summary(reruns['noop_times'])} vs {summary(reruns['startup_times'])}",
             f"ratio {noop / startup:.2f}",
         ),
-        (
-            "3. image job fit throughput vs plain model.fit",
-            f"{throughput['job_rate']:.0f} vs {plain:.0f} images/s "
-            f"({throughput['epochs']} epochs; plain: {plain_spread})",
-            f"ratio {against(throughput['job_rate'] / plain, 0.95, at_most=False)}",
-        ),
-        (
-            "4. V3 fusion job vs its image job; vs V2 fit",
-            f"{fusion_seconds:.1f} s vs {image_seconds:.1f} s; V2 fit {v2_seconds:.1f} s",
-            f"ratios {fusion_seconds / image_seconds:.3f} and {fusion_seconds / v2_seconds:.3f}",
-        ),
+    ]
+
+
+def throughput_row(throughput: dict) -> tuple:
+    """Figure 3 from :func:`plain_fit_throughput`: the image job's fit rate against a plain
+    model.fit's (target at least 95%: the job's bookkeeping should cost next to nothing)."""
+    plain = statistics.median(throughput["plain_rates"])
+    return (
+        "3. image job fit throughput vs plain model.fit",
+        f"{throughput['job_rate']:.0f} vs {plain:.0f} images/s "
+        f"({throughput['epochs']} epochs; plain: {summary(throughput['plain_rates'], 'images/s')})",
+        f"ratio {against(throughput['job_rate'] / plain, 0.95, at_most=False)}",
+    )
+
+
+def fusion_row(fusion_seconds: float, image_seconds: float, v2_seconds: float) -> tuple:
+    """Figure 4: a V3 fusion job against its image job and against a V2 fit, which trains the
+    image branch itself (what reusing the frozen branch saves)."""
+    return (
+        "4. V3 fusion job vs its image job; vs V2 fit",
+        f"{fusion_seconds:.1f} s vs {image_seconds:.1f} s; V2 fit {v2_seconds:.1f} s",
+        f"ratios {fusion_seconds / image_seconds:.3f} and {fusion_seconds / v2_seconds:.3f}",
+    )
+
+
+def growth_rows(growth: dict) -> list:
+    """Figure 5 from :func:`measure_growth`: wall time at each patient scale relative to 1x,
+    and the speed-up of 2 cores over 1."""
+    base = growth["times"][1]
+    return [
         (
             "5. growth, 2 cores",
             ", ".join(f"{s}x: {t:.1f} s" for s, t in growth["times"].items()),
@@ -444,21 +556,6 @@ def main() -> None:
             f"speed-up {growth['one_core'] / base:.2f}",
         ),
     ]
-    table = ["| measurement | measured | ratio |", "|---|---|---|"]
-    table += [f"| {name} | {value} | {ratio} |" for name, value, ratio in rows]
-    header = (
-        f"{DEMO_HEADING}\n\nMachine: {machine()}.\n"
-        f"Config: {'tiny (--tiny)' if args.tiny else 'default demo'}, combinations "
-        f"{', '.join('+'.join(c) for c in config['combinations'])}; "
-        f"repeats {repeats}; `python bench/run.py{' --tiny' if args.tiny else ''}`.\n\n"
-    )
-    report = header + "\n".join(table) + "\n"
-    print(report)
-    if not args.tiny:
-        results = REPO / "bench/RESULTS.md"
-        results.write_text(replace_section(results.read_text(), DEMO_HEADING, report))
-    if args.workdir is None:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

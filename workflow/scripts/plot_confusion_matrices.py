@@ -2,8 +2,8 @@ import numpy as np
 
 from fusion_dag.artifacts import read_tsv
 from fusion_dag.evaluate import repeat_arrays
+from fusion_dag.figures import plot_confusion_matrices, save_figure
 from fusion_dag.joblog import job_log
-from fusion_dag.report import plot_confusion_matrices, save_figure
 
 with job_log(snakemake.log[0]):
     classes = snakemake.params.classes

@@ -1,6 +1,6 @@
 from fusion_dag.artifacts import read_tsv
+from fusion_dag.figures import plot_learning_curves, save_figure
 from fusion_dag.joblog import job_log
-from fusion_dag.report import plot_learning_curves, save_figure
 
 with job_log(snakemake.log[0]):
     histories = {

@@ -1,6 +1,6 @@
 from fusion_dag.artifacts import read_tsv
+from fusion_dag.figures import plot_weight_sweep, save_figure
 from fusion_dag.joblog import job_log
-from fusion_dag.report import plot_weight_sweep, save_figure
 from fusion_dag.weights import METADATA, member_weights
 
 with job_log(snakemake.log[0]):

@@ -1,0 +1,213 @@
+"""The report's figures: fold kappa, confusion matrices, learning curves, the weight sweep,
+kappa intervals, paired comparisons and reliability diagrams, each saved as a PNG.
+
+Why a module of its own: the tables (``fusion_dag.report``) are imported by jobs that only
+compute numbers (aggregation, ablation, scoring a new table); keeping the figures here means
+those jobs never import matplotlib, and only the plot rule scripts pay for it.
+"""
+
+import numpy as np
+import pandas as pd
+
+from fusion_dag.artifacts import partial_path
+from fusion_dag.evaluate import calibration_bins, calibration_error, repeat_arrays
+
+
+def figure_style():
+    """Matplotlib settings for figures people put in papers: readable fonts, no clutter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams.update(
+        {
+            "font.size": 11,
+            "axes.titlesize": 12,
+            "axes.labelsize": 11,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "figure.dpi": 120,
+            "savefig.bbox": "tight",
+        }
+    )
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fold_kappa(per_fold: pd.DataFrame, combinations: list):
+    """Validation kappa of every fold per combination, with the mean as a bar."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(combinations), 4))
+    for x, name in enumerate(combinations):
+        folds = per_fold[per_fold["combination"] == name]
+        ax.bar(
+            x, folds["kappa"].mean(), color="#9ecae1", width=0.6, label="mean" if x == 0 else None
+        )
+        ax.scatter(
+            np.full(len(folds), x),
+            folds["kappa"],
+            color="#08519c",
+            zorder=3,
+            label="fold" if x == 0 else None,
+        )
+    ax.set_xticks(range(len(combinations)), combinations, rotation=15, ha="right")
+    ax.set_ylabel("Cohen's kappa (validation)")
+    ax.set_title("Validation kappa per fold")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.legend(frameon=False)
+    return fig
+
+
+def plot_confusion_matrices(pooled: dict, classes: list):
+    """Validation confusion matrix per combination, pooled over folds (rows: true class)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = figure_style()
+    fig, axes = plt.subplots(1, len(pooled), figsize=(3.8 * len(pooled), 3.6), squeeze=False)
+    for ax, (name, (truth, predicted)) in zip(axes[0], pooled.items(), strict=True):
+        ConfusionMatrixDisplay.from_predictions(
+            truth,
+            predicted,
+            labels=list(range(len(classes))),
+            display_labels=classes,
+            ax=ax,
+            colorbar=False,
+            cmap="Blues",
+        )
+        ax.set_title(name)
+        ax.set_xlabel("Predicted phase")
+        ax.set_ylabel("True phase")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(histories: dict, modality: str):
+    """Loss and kappa per epoch for each (repeat, fold): training rows (dashed) and the inner
+    early-stopping rows (solid)."""
+    plt = figure_style()
+    fig, (loss_ax, kappa_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, ((repeat, fold), history) in enumerate(sorted(histories.items())):
+        colour = colours[index % len(colours)]
+        epoch = history["epoch"] + 1
+        for ax, metric in ((loss_ax, "loss"), (kappa_ax, "kappa")):
+            ax.plot(epoch, history[metric], color=colour, linestyle="--", linewidth=1)
+            ax.plot(
+                epoch, history[f"val_{metric}"], color=colour, label=f"repeat {repeat}, fold {fold}"
+            )
+        best = history["val_loss"].idxmin()
+        loss_ax.scatter(epoch[best], history["val_loss"][best], color=colour, zorder=3)
+    loss_ax.set_ylabel("Cross-entropy loss")
+    kappa_ax.set_ylabel("Cohen's kappa")
+    for ax in (loss_ax, kappa_ax):
+        ax.set_xlabel("Epoch")
+    loss_ax.set_title(f"{modality}: loss (dashed: training, solid: inner validation)")
+    kappa_ax.set_title(f"{modality}: kappa")
+    kappa_ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_sweep(sweep: pd.DataFrame, configured: float, combination: str):
+    """Validation kappa against the metadata weight, per fold and on average."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, rows in sweep.groupby(["repeat", "fold"]):
+        ax.plot(rows["metadata_weight"], rows["kappa"], linewidth=1, alpha=0.4, color="#6baed6")
+    mean = sweep.groupby("metadata_weight")["kappa"].mean()
+    ax.plot(mean.index, mean.to_numpy(), color="black", linewidth=2.2, label="mean (thin: folds)")
+    ax.axvline(configured, color="#d62728", linestyle=":", label=f"configured ({configured:.2f})")
+    ax.set_xlabel("Metadata (random forest) weight w")
+    ax.set_ylabel("Cohen's kappa (validation)")
+    ax.set_title(f"{combination}: w x RF + (1 - w) x image")
+    ax.legend(frameon=False, fontsize=9)
+    return fig
+
+
+def plot_kappa_intervals(headline: pd.DataFrame):
+    """Forest plot: each combination's pooled validation kappa with its bootstrap interval."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * len(headline)))
+    y = np.arange(len(headline))[::-1]
+    low = headline["kappa_mean"] - headline["kappa_ci_low"]
+    high = headline["kappa_ci_high"] - headline["kappa_mean"]
+    ax.errorbar(headline["kappa_mean"], y, xerr=[low, high], fmt="o", color="#08519c", capsize=4)
+    ax.set_yticks(y, headline["combination"])
+    ax.set_xlabel("Cohen's kappa (pooled out-of-fold validation), with interval")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_title("Validation kappa per combination")
+    return fig
+
+
+def plot_comparisons(comparisons: pd.DataFrame):
+    """Paired kappa differences with their bootstrap intervals and corrected p-values."""
+    plt = figure_style()
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * max(len(comparisons), 1)))
+    y = np.arange(len(comparisons))[::-1]
+    labels = [
+        f"{c} vs {v}"
+        for c, v in zip(comparisons["combination"], comparisons["versus"], strict=True)
+    ]
+    low = comparisons["kappa_diff"] - comparisons["kappa_diff_ci_low"]
+    high = comparisons["kappa_diff_ci_high"] - comparisons["kappa_diff"]
+    ax.errorbar(comparisons["kappa_diff"], y, xerr=[low, high], fmt="s", color="#a50f15", capsize=4)
+    for row, (difference, p) in enumerate(
+        zip(comparisons["kappa_diff"], comparisons["p_value"], strict=True)
+    ):
+        ax.annotate(
+            f"p = {p:.3f}",
+            (difference, y[row]),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=9,
+        )
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.6, len(comparisons) - 0.2)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("Kappa difference (paired, same rows)")
+    ax.set_title("Does the combination beat its members?")
+    return fig
+
+
+def plot_reliability(oofs: dict, classes: list):
+    """Reliability diagram per combination: accuracy against top-label confidence per bin."""
+    plt = figure_style()
+    fig, axes = plt.subplots(1, len(oofs), figsize=(3.6 * len(oofs), 3.6), squeeze=False)
+    for ax, (name, oof) in zip(axes[0], oofs.items(), strict=True):
+        arrays = repeat_arrays(oof, classes)
+        truth = np.concatenate([t for _, t, _ in arrays])
+        probs = np.concatenate([p for _, _, p in arrays])
+        bins = calibration_bins(probs)
+        correct = probs.argmax(axis=1) == truth
+        confidence = probs.max(axis=1)
+        frame = pd.DataFrame({"bin": bins, "correct": correct, "confidence": confidence})
+        summary = frame.groupby("bin").agg(
+            accuracy=("correct", "mean"), confidence=("confidence", "mean"), n=("correct", "size")
+        )
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        ax.scatter(
+            summary["confidence"],
+            summary["accuracy"],
+            s=10 + 200 * summary["n"] / summary["n"].sum(),
+            color="#08519c",
+        )
+        ax.plot(summary["confidence"], summary["accuracy"], color="#08519c", linewidth=1)
+        ece = float(calibration_error(np.ones((1, len(truth))), truth, probs)[0])
+        ax.set_title(f"{name}\nECE {ece:.3f}")
+        ax.set_xlabel("Top-label confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("Accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Save a figure as PNG atomically and release it."""
+    partial = partial_path(path)
+    fig.savefig(partial, format="png")
+    partial.replace(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
