@@ -19,7 +19,7 @@ rule ablation_fold:
         runtime=480,
     params:
         classes=config["classes"],
-        settings=lambda wildcards: modality_settings(PAIRS[wildcards.combination]),
+        settings=lambda wildcards: MODALITY_SETTINGS[PAIRS[wildcards.combination]],
         weights=pair_weight_settings,
         seed=config["cv"]["seed"],
     script:
@@ -50,6 +50,7 @@ rule aggregate_ablation:
         markdown="results/ablation.md",
     log:
         "logs/aggregate_ablation/aggregate_ablation.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

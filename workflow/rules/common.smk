@@ -1,230 +1,67 @@
-import itertools
 import re
+import sys
 from pathlib import Path
 
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+# The package's config module: the rule scripts import it from the same folder.
+sys.path.insert(0, f"{workflow.basedir}/scripts")
+from fusion_dag.config import (
+    ConfigError,
+    check_fusion_weights,
+    check_image_settings,
+    command_line_values,
+    load_schema,
+    modalities_in_use,
+    modality_column,
+    modality_settings,
+    schema_error,
+    selected_combinations,
+)
 
 SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 
 
-def schema_branch(value, schema, root):
-    """The part of ``schema`` that describes ``value``: ``$ref`` resolved against ``root``'s
-    ``$defs``, and of ``oneOf`` alternatives the one for a mapping when ``value`` is one.
-    """
-    if "$ref" in schema:
-        referenced = root["$defs"][schema["$ref"].split("/")[-1]]
-        properties = {
-            **referenced.get("properties", {}),
-            **schema.get("properties", {}),
-        }
-        schema = {**referenced, **schema, "properties": properties}
-    if "oneOf" in schema and isinstance(value, dict):
-        for option in schema["oneOf"]:
-            option = schema_branch(value, option, root)
-            if option.get("type") == "object":
-                return option
-    return schema
-
-
-def accepted_types(schema):
-    """The JSON types a schema (or any of its ``oneOf`` alternatives) accepts."""
-    types = schema.get("type", [])
-    types = {types} if isinstance(types, str) else set(types)
-    for allowed in [schema["const"]] if "const" in schema else schema.get("enum", []):
-        types.add("string" if isinstance(allowed, str) else "number")
-    for option in schema.get("oneOf", []):
-        types |= accepted_types(option)
-    return types
-
-
-def command_line_values(value, schema, root=None):
-    """``value`` with strings parsed as YAML wherever the schema expects no string.
-
-    Snakemake hands nested ``--config`` values over as text (``--config
-    'fusion={metadata_weight: 0.6}'`` gives ``'0.6'``), so ``0.6``, ``0``, ``null`` or
-    ``[[metadata]]`` are parsed the way a config file would have read them. A text that
-    parses to a string (``all``, ``frozen``) stays as it is.
-    """
-    root = schema if root is None else root
-    schema = schema_branch(value, schema, root)
-    if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        return {
-            key: command_line_values(
-                item,
-                properties.get(key, extra if isinstance(extra, dict) else {}),
-                root,
-            )
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [
-            command_line_values(item, schema.get("items", {}), root) for item in value
-        ]
-    types = accepted_types(schema)
-    if isinstance(value, str) and types and types != {"string"}:
-        parsed = yaml.safe_load(value)
-        return value if isinstance(parsed, str) else parsed
-    return value
-
-
 def validate_config(config):
-    """Check the merged config against the schema; fail with one line naming the key."""
-    with open(SCHEMA_PATH) as handle:
-        schema = yaml.safe_load(handle)
+    """Type command-line values, then check the merged config against the schema (Snakemake
+    fills the schema's defaults); fail with one line naming the key."""
+    schema = load_schema(SCHEMA_PATH)
     config.update(command_line_values(dict(config), schema))
     try:
         validate(config, schema=SCHEMA_PATH)
     except WorkflowError as error:
         if not isinstance(error.__context__, ValidationError):
             raise
-        cause = best_match(Draft202012Validator(schema).iter_errors(config))
-        key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
-        raise WorkflowError(f"Invalid config key '{key}': {cause.message}") from None
+        raise WorkflowError(schema_error(config, schema)) from None
 
 
-def selected_combinations(config):
-    """Name -> members of each combination to run, metadata first, images in config order.
-
-    Default: metadata alone, each image alone, metadata + each image; ``all``: every non-empty
-    subset of metadata and the modalities (31 for metadata and four modalities). Selection is
-    a list so a --configfile can narrow it (Snakemake merges mappings but replaces lists).
-    """
-    modalities = list(config["modalities"])
-    order = ["metadata"] + modalities
-    if config["combinations"] == "all":
-        chosen = [
-            list(members)
-            for size in range(1, len(order) + 1)
-            for members in itertools.combinations(order, size)
-        ]
-    else:
-        chosen = config["combinations"] or (
-            [["metadata"]]
-            + [[m] for m in modalities]
-            + [["metadata", m] for m in modalities]
-        )
-    combinations = {}
-    for members in chosen:
-        unknown = [m for m in members if m not in order]
-        if unknown:
-            raise WorkflowError(
-                f"Invalid config key 'combinations': {unknown} is neither 'metadata' nor a "
-                f"modality in 'modalities' ({', '.join(modalities) or 'none'})"
-            )
-        ordered = sorted(members, key=order.index)
-        combinations["+".join(ordered)] = ordered
-    return combinations
-
-
-def modality_settings(name):
-    """A modality's image settings: ``image_model`` with the modality's own overrides.
-
-    ``backbone_weights: none`` (the word) means no pretrained weights, like null.
-    """
-    entry = config["modalities"][name]
-    overrides = {} if isinstance(entry, str) else entry
-    settings = {
-        **config["image_model"],
-        **{key: value for key, value in overrides.items() if key != "column"},
-    }
-    if str(settings.get("backbone_weights")).lower() == "none":
-        settings["backbone_weights"] = None
-    return settings
-
-
-def setting_key(name, key):
-    """Where a modality's setting comes from, for error messages."""
-    entry = config["modalities"][name]
-    own = isinstance(entry, dict) and key in entry
-    return f"modalities.{name}.{key}" if own else f"image_model.{key}"
-
-
-def validate_image_settings(modalities):
-    """Settings the schema cannot check alone, each error naming the key."""
-    for name in modalities:
-        settings = modality_settings(name)
-        weights = settings["backbone_weights"]
-        if settings["backbone"] == "small_cnn" and weights is not None:
-            raise WorkflowError(
-                f"Invalid config key '{setting_key(name, 'backbone_weights')}': {weights!r} "
-                f"needs a keras.applications backbone; modality {name} uses small_cnn, which "
-                "has no pretrained weights (set backbone_weights: null)"
-            )
-        if weights not in (None, "imagenet") and not Path(weights).is_file():
-            raise WorkflowError(
-                f"Invalid config key '{setting_key(name, 'backbone_weights')}': {weights} is "
-                "not a file (give imagenet, null, or the path of a Keras .weights.h5 file of "
-                f"{settings['backbone']} built with include_top=False)"
-            )
-        if settings["size"] < 32 and settings["backbone"] != "small_cnn":
-            raise WorkflowError(
-                f"Invalid config key '{setting_key(name, 'size')}': {settings['size']} px is "
-                f"below the 32 px keras.applications backbones ({settings['backbone']}) accept"
-            )
-
-
-def validate_fusion_weights(combinations):
-    """``fusion.weights``, when given: one weight per member in use, summing to 1."""
-    weights = config["fusion"].get("weights")
-    if not weights:
-        return
-    used = sorted({member for members in combinations.values() for member in members})
-    missing = [member for member in used if member not in weights]
-    unknown = [
-        member
-        for member in weights
-        if member not in ["metadata", *config["modalities"]]
-    ]
-    if missing or unknown:
-        raise WorkflowError(
-            f"Invalid config key 'fusion.weights': members without a weight {missing}, "
-            f"names that are neither metadata nor a modality {unknown}"
-        )
-    total = sum(weights.values())
-    if abs(total - 1.0) > 1e-6:
-        raise WorkflowError(
-            f"Invalid config key 'fusion.weights': the weights sum to {total:g}, not 1"
-        )
-    for name, members in combinations.items():
-        if sum(weights[m] for m in members) <= 0:
-            raise WorkflowError(
-                f"Invalid config key 'fusion.weights': combination {name} has total weight 0"
-            )
-
-
-validate_config(config)
-COMBINATIONS = selected_combinations(config)
-validate_fusion_weights(COMBINATIONS)
-
-
-def modality_column(name):
-    """The table column holding a modality's image paths."""
-    entry = config["modalities"][name]
-    return entry if isinstance(entry, str) else entry["column"]
+try:
+    validate_config(config)
+    COMBINATIONS = selected_combinations(config)
+    check_fusion_weights(config, COMBINATIONS)
+    # Modalities some selected combination uses: only these are read, validated and trained.
+    MODALITIES = modalities_in_use(config, COMBINATIONS)
+    check_image_settings(config, MODALITIES)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+# Each configured modality's image settings (image_model with its own overrides).
+MODALITY_SETTINGS = {
+    name: modality_settings(config, name) for name in config["modalities"]
+}
 
 
 def image_setting(key):
     """A params function: one setting of the job's modality, so that the rule re-runs only
     when that setting changes."""
-    return lambda wildcards: modality_settings(wildcards.modality)[key]
+    return lambda wildcards: MODALITY_SETTINGS[wildcards.modality][key]
 
 
-# Modalities some selected combination uses: only these are read, validated and trained.
-MODALITIES = {
-    name: modality_column(name)
-    for name in config["modalities"]
-    if any(name in members for members in COMBINATIONS.values())
-}
-validate_image_settings(MODALITIES)
 # Path columns of configured modalities not in use: never metadata features either.
 IGNORED_IMAGE_COLUMNS = sorted(
-    {modality_column(name) for name in config["modalities"]} - set(MODALITIES.values())
+    {modality_column(config, name) for name in config["modalities"]}
+    - set(MODALITIES.values())
 )
 REPEATS = list(range(1, config["cv"]["repeats"] + 1))
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
@@ -332,7 +169,7 @@ def fusion_settings(wildcards):
     images = [member for member in members if member in MODALITIES]
     if images:
         settings["branches"] = {
-            m: {key: modality_settings(m)[key] for key in BRANCH_KEYS} for m in images
+            m: {key: MODALITY_SETTINGS[m][key] for key in BRANCH_KEYS} for m in images
         }
     if len(members) > 1 and images:
         settings["batch_size"] = config["image_model"]["batch_size"]
@@ -347,7 +184,7 @@ def backbone_weights_input(modality):
 
     def inputs(wildcards):
         name = modality(wildcards)
-        weights = modality_settings(name)["backbone_weights"]
+        weights = MODALITY_SETTINGS[name]["backbone_weights"]
         return {} if weights in (None, "imagenet") else {"backbone_weights": weights}
 
     return inputs
@@ -446,7 +283,7 @@ def image_dir(wildcards):
 def spec_modalities():
     """Each modality in use: its path column and image settings, as the model spec records."""
     return {
-        m: {"column": column, **modality_settings(m)}
+        m: {"column": column, **MODALITY_SETTINGS[m]}
         for m, column in MODALITIES.items()
     }
 

@@ -6,6 +6,7 @@ rule demo_data:
         photo=directory("resources/demo/photo"),
     log:
         "logs/demo_data/demo_data.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -48,7 +48,7 @@ rule final_image:
         runtime=240,
     params:
         classes=config["classes"],
-        settings=lambda wildcards: modality_settings(wildcards.modality),
+        settings=lambda wildcards: MODALITY_SETTINGS[wildcards.modality],
         seed=config["cv"]["seed"],
     script:
         "../scripts/final_image.py"
@@ -89,6 +89,7 @@ rule model_spec:
         "logs/model_spec/model_spec.log",
     # Before the final models: predict checks a new table against this spec first.
     priority: 50
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -119,6 +120,7 @@ rule bundle:
         bundle=directory(DEFAULT_BUNDLE),
     log:
         "logs/bundle/bundle.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -35,6 +35,7 @@ rule oof:
         oof="results/fusion/{combination}/oof.tsv",
     log:
         "logs/oof/{combination}.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -75,6 +76,7 @@ rule aggregate_results:
         "logs/aggregate_results/aggregate_results.log",
     benchmark:
         "benchmarks/aggregate_results/aggregate_results.tsv"
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -46,7 +46,7 @@ rule image:
         runtime=240,
     params:
         classes=config["classes"],
-        settings=lambda wildcards: modality_settings(wildcards.modality),
+        settings=lambda wildcards: MODALITY_SETTINGS[wildcards.modality],
         seed=config["cv"]["seed"],
     script:
         "../scripts/image.py"

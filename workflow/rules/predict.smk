@@ -9,6 +9,7 @@ rule predict_table:
     log:
         "logs/predict_table/predict_table.log",
     priority: 50
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

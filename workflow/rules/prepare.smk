@@ -21,7 +21,7 @@ rule prepare:
         modalities=MODALITIES,
         ignored_columns=IGNORED_IMAGE_COLUMNS,
         # Whether (not how) each modality is scaled: a new range never re-runs prepare.
-        scaled=[m for m in MODALITIES if modality_settings(m)["value_range"]],
+        scaled=[m for m in MODALITIES if MODALITY_SETTINGS[m]["value_range"]],
         missing_images=config["missing_images"],
     script:
         "../scripts/prepare.py"
@@ -36,6 +36,7 @@ rule folds:
         folds="results/folds/repeat{repeat}.tsv",
     log:
         "logs/folds/repeat{repeat}.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -58,6 +59,7 @@ rule fold_table:
         folds="results/folds.tsv",
     log:
         "logs/fold_table/fold_table.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -12,6 +12,7 @@ rule diagnostics:
         agreement="results/diagnostics/{combination}/branch_agreement.tsv",
     log:
         "logs/diagnostics/{combination}.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -37,6 +38,7 @@ rule plot_fold_kappa:
         ),
     log:
         "logs/plot_fold_kappa/plot_fold_kappa.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -60,6 +62,7 @@ rule plot_confusion_matrices:
         ),
     log:
         "logs/plot_confusion_matrices/plot_confusion_matrices.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -88,6 +91,7 @@ rule plot_learning_curves:
         ),
     log:
         "logs/plot_learning_curves/{modality}.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -111,6 +115,7 @@ rule plot_weight_sweep:
         ),
     log:
         "logs/plot_weight_sweep/{combination}.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -134,6 +139,7 @@ rule provenance:
         provenance="results/provenance.json",
     log:
         "logs/provenance/provenance.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1
@@ -171,6 +177,7 @@ rule plot_evaluation:
         ),
     log:
         "logs/plot_evaluation/plot_evaluation.log",
+    localrule: True
     conda:
         "../envs/tabular.yaml"
     threads: 1

@@ -1,0 +1,215 @@
+"""The workflow's settings: command-line values typed, schema errors stated as one line, and
+the checks across keys that a JSON schema cannot express.
+
+Why a package module rather than code in ``common.smk``: these rules decide what a run trains
+(which combinations, which modalities, each modality's settings), so they need unit tests, and
+a Snakefile's functions cannot be imported by one. ``common.smk`` calls them at start-up and
+turns a :class:`ConfigError` into Snakemake's own one-line error.
+"""
+
+import itertools
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from fusion_dag.weights import METADATA
+
+
+class ConfigError(ValueError):
+    """A setting that cannot run, stated in one line naming the key."""
+
+
+def load_schema(path: Path) -> dict:
+    """The config's JSON schema (YAML)."""
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def schema_branch(value, schema: dict, root: dict) -> dict:
+    """The part of ``schema`` that describes ``value``: ``$ref`` resolved against ``root``'s
+    ``$defs``, and of ``oneOf`` alternatives the one for a mapping when ``value`` is one.
+    """
+    if "$ref" in schema:
+        referenced = root["$defs"][schema["$ref"].split("/")[-1]]
+        properties = {
+            **referenced.get("properties", {}),
+            **schema.get("properties", {}),
+        }
+        schema = {**referenced, **schema, "properties": properties}
+    if "oneOf" in schema and isinstance(value, dict):
+        for option in schema["oneOf"]:
+            option = schema_branch(value, option, root)
+            if option.get("type") == "object":
+                return option
+    return schema
+
+
+def accepted_types(schema: dict) -> set:
+    """The JSON types a schema (or any of its ``oneOf`` alternatives) accepts."""
+    types = schema.get("type", [])
+    types = {types} if isinstance(types, str) else set(types)
+    for allowed in [schema["const"]] if "const" in schema else schema.get("enum", []):
+        types.add("string" if isinstance(allowed, str) else "number")
+    for option in schema.get("oneOf", []):
+        types |= accepted_types(option)
+    return types
+
+
+def command_line_values(value, schema: dict, root: dict | None = None):
+    """``value`` with strings parsed as YAML wherever the schema expects no string.
+
+    Snakemake hands nested ``--config`` values over as text (``--config
+    'fusion={metadata_weight: 0.6}'`` gives ``'0.6'``), so ``0.6``, ``0``, ``null`` or
+    ``[[metadata]]`` are parsed the way a config file would have read them. A text that
+    parses to a string (``all``, ``frozen``) stays as it is.
+    """
+    root = schema if root is None else root
+    schema = schema_branch(value, schema, root)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            key: command_line_values(
+                item,
+                properties.get(key, extra if isinstance(extra, dict) else {}),
+                root,
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [command_line_values(item, schema.get("items", {}), root) for item in value]
+    types = accepted_types(schema)
+    if isinstance(value, str) and types and types != {"string"}:
+        parsed = yaml.safe_load(value)
+        return value if isinstance(parsed, str) else parsed
+    return value
+
+
+def schema_error(config: dict, schema: dict) -> str:
+    """The most relevant schema violation of ``config`` as one line naming the key."""
+    cause = best_match(Draft202012Validator(schema).iter_errors(config))
+    key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
+    return f"Invalid config key '{key}': {cause.message}"
+
+
+def selected_combinations(config: dict) -> dict:
+    """Name -> members of each combination to run, metadata first, images in config order.
+
+    Default: metadata alone, each image alone, metadata + each image; ``all``: every non-empty
+    subset of metadata and the modalities (31 for metadata and four modalities). Selection is
+    a list so a --configfile can narrow it (Snakemake merges mappings but replaces lists).
+    """
+    modalities = list(config["modalities"])
+    order = [METADATA, *modalities]
+    if config["combinations"] == "all":
+        chosen = [
+            list(members)
+            for size in range(1, len(order) + 1)
+            for members in itertools.combinations(order, size)
+        ]
+    else:
+        chosen = config["combinations"] or (
+            [[METADATA]] + [[m] for m in modalities] + [[METADATA, m] for m in modalities]
+        )
+    combinations = {}
+    for members in chosen:
+        unknown = [m for m in members if m not in order]
+        if unknown:
+            raise ConfigError(
+                f"Invalid config key 'combinations': {unknown} is neither 'metadata' nor a "
+                f"modality in 'modalities' ({', '.join(modalities) or 'none'})"
+            )
+        ordered = sorted(members, key=order.index)
+        combinations["+".join(ordered)] = ordered
+    return combinations
+
+
+def modality_column(config: dict, name: str) -> str:
+    """The samples-table column holding a modality's image paths."""
+    entry = config["modalities"][name]
+    return entry if isinstance(entry, str) else entry["column"]
+
+
+def modality_settings(config: dict, name: str) -> dict:
+    """A modality's image settings: ``image_model`` with the modality's own overrides.
+
+    ``backbone_weights: none`` (the word) means no pretrained weights, like null.
+    """
+    entry = config["modalities"][name]
+    overrides = {} if isinstance(entry, str) else entry
+    settings = {
+        **config["image_model"],
+        **{key: value for key, value in overrides.items() if key != "column"},
+    }
+    if str(settings.get("backbone_weights")).lower() == "none":
+        settings["backbone_weights"] = None
+    return settings
+
+
+def setting_key(config: dict, name: str, key: str) -> str:
+    """Where a modality's setting comes from, for error messages."""
+    entry = config["modalities"][name]
+    own = isinstance(entry, dict) and key in entry
+    return f"modalities.{name}.{key}" if own else f"image_model.{key}"
+
+
+def modalities_in_use(config: dict, combinations: dict) -> dict:
+    """Modality -> path column, for the modalities some selected combination uses: only these
+    are read, validated and trained."""
+    return {
+        name: modality_column(config, name)
+        for name in config["modalities"]
+        if any(name in members for members in combinations.values())
+    }
+
+
+def check_image_settings(config: dict, modalities) -> None:
+    """Image settings the schema cannot check alone, each error naming the key."""
+    for name in modalities:
+        settings = modality_settings(config, name)
+        weights = settings["backbone_weights"]
+        if settings["backbone"] == "small_cnn" and weights is not None:
+            raise ConfigError(
+                f"Invalid config key '{setting_key(config, name, 'backbone_weights')}': "
+                f"{weights!r} needs a keras.applications backbone; modality {name} uses "
+                "small_cnn, which has no pretrained weights (set backbone_weights: null)"
+            )
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            raise ConfigError(
+                f"Invalid config key '{setting_key(config, name, 'backbone_weights')}': "
+                f"{weights} is not a file (give imagenet, null, or the path of a Keras "
+                f".weights.h5 file of {settings['backbone']} built with include_top=False)"
+            )
+        if settings["size"] < 32 and settings["backbone"] != "small_cnn":
+            raise ConfigError(
+                f"Invalid config key '{setting_key(config, name, 'size')}': {settings['size']} "
+                f"px is below the 32 px keras.applications backbones ({settings['backbone']}) "
+                "accept"
+            )
+
+
+def check_fusion_weights(config: dict, combinations: dict) -> None:
+    """``fusion.weights``, when given: one weight per member in use, summing to 1."""
+    weights = config["fusion"].get("weights")
+    if not weights:
+        return
+    used = sorted({member for members in combinations.values() for member in members})
+    missing = [member for member in used if member not in weights]
+    unknown = [member for member in weights if member not in [METADATA, *config["modalities"]]]
+    if missing or unknown:
+        raise ConfigError(
+            f"Invalid config key 'fusion.weights': members without a weight {missing}, "
+            f"names that are neither metadata nor a modality {unknown}"
+        )
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"Invalid config key 'fusion.weights': the weights sum to {total:g}, not 1"
+        )
+    for name, members in combinations.items():
+        if sum(weights[m] for m in members) <= 0:
+            raise ConfigError(
+                f"Invalid config key 'fusion.weights': combination {name} has total weight 0"
+            )
