@@ -54,8 +54,8 @@ def stage_throughput(task, folder: Path) -> float:
     """Training images per second of the image stage's own ``train_branch``."""
     from fusion_dag.image import train_branch
 
-    _, images_per_second = train_branch(task, folder / "c.weights.h5", folder / "h.tsv")
-    return images_per_second
+    _, fit = train_branch(task, folder / "c.weights.h5", folder / "h.tsv")
+    return fit["fit_images_per_second"]
 
 
 def plain_throughput(task) -> float:

@@ -59,9 +59,7 @@ def test_default_combinations_are_metadata_each_image_and_each_pair(config):
 
 def test_members_are_ordered_and_unknown_ones_named(config):
     config["combinations"] = [["thermal_map", "metadata"]]
-    assert selected_combinations(config) == {
-        "metadata+thermal_map": ["metadata", "thermal_map"]
-    }
+    assert selected_combinations(config) == {"metadata+thermal_map": ["metadata", "thermal_map"]}
     config["combinations"] = [["metadata", "x_ray"]]
     with pytest.raises(ConfigError, match=r"\['x_ray'\] is neither 'metadata' nor a modality"):
         selected_combinations(config)

@@ -11,10 +11,11 @@ from fusion_dag.checkpoint import read_branch_weights
 from fusion_dag.image import (
     CachedBatches,
     CohenKappa,
-    best_epoch,
     branch_probabilities,
     build_image_branch,
+    configure_tensorflow,
     inner_split,
+    train_branch,
 )
 from tests.conftest import CLASSES, branch_fold, cache_modality, train_tiny_branch
 
@@ -84,13 +85,13 @@ def label_coded_images(cached, relabel_held_out: bool):
 
 def test_best_epoch_weights_are_restored_when_validation_loss_worsens(cached, tmp_path):
     images, positions, folds = label_coded_images(cached, relabel_held_out=True)
-    model = train_tiny_branch(
-        (images, positions, folds), tmp_path, epochs=6, patience=10, learning_rate=0.01
-    )
+    configure_tensorflow(1, 1, 42)
+    task = branch_fold((images, positions, folds), epochs=6, patience=10, learning_rate=0.01)
+    model, fit = train_branch(task, tmp_path / "checkpoint.weights.h5", tmp_path / "history.tsv")
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     # The premise: every later epoch is worse on the early-stopping rows than epoch 1.
     assert len(history) == 6 and history["val_loss"].iloc[0] < history["val_loss"].iloc[1:].min()
-    assert best_epoch(tmp_path / "history.tsv") == 1
+    assert fit["best_epoch"] == 1
     train = folds[folds["fold"] != 1].reset_index(drop=True)
     stop = train[inner_split(train, 0.2, 42)]
     x_stop = images[positions[stop["id"]].to_numpy()]

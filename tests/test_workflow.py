@@ -14,18 +14,27 @@ pytestmark = pytest.mark.workflow
 METADATA_ONLY = {**TINY, "combinations": [["metadata"]]}
 
 
+def read(run, path):
+    return pd.read_csv(run / "results" / path, sep="\t")
+
+
 @pytest.mark.xdist_group("tiny_run")
-def test_outputs_follow_the_contract(tiny_run):
-    results = tiny_run / "results"
-    folds = pd.read_csv(results / "folds.tsv", sep="\t")
+def test_folds_and_fold_probabilities_follow_the_contract(tiny_run):
+    folds = read(tiny_run, "folds.tsv")
     assert list(folds.columns) == ["id", "group", "label", "repeat", "fold"]
     assert folds.groupby(["repeat", "group"])["fold"].nunique().max() == 1
-    probs = pd.read_csv(results / "metadata/repeat1/fold2/probs.tsv", sep="\t")
-    assert list(probs.columns) == ["id", "split", *[f"prob_{c}" for c in CLASSES]]
-    assert (results / "metadata/repeat1/fold2/model.skops").is_file()
-    metrics = json.loads((results / "fusion/metadata/repeat1/fold1/metrics.json").read_text())
+    probs = read(tiny_run, "metadata/repeat1/fold2/probs.tsv")
+    assert list(probs.columns) == ["id", "split", *PROBS]
+    assert (tiny_run / "results/metadata/repeat1/fold2/model.skops").is_file()
+    metrics = json.loads(
+        (tiny_run / "results/fusion/metadata/repeat1/fold1/metrics.json").read_text()
+    )
     assert (metrics["combination"], metrics["repeat"], metrics["fold"]) == ("metadata", 1, 1)
-    headline = pd.read_csv(results / "fusion_results.tsv", sep="\t")
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
+    headline = read(tiny_run, "fusion_results.tsv")
     assert headline["combination"].tolist() == ["metadata", "thermal_map", "metadata+thermal_map"]
     assert headline.loc[0, ["n_folds", "n_repeats"]].tolist() == [3, 1]
     # Every interval holds its point estimate.
@@ -34,20 +43,37 @@ def test_outputs_follow_the_contract(tiny_run):
         assert ((low <= point) & (point <= high)).all(), metric
     # Forests memorise: in-sample kappa is far above the out-of-fold train kappa.
     assert headline.loc[0, "fit_kappa_mean"] > headline.loc[0, "train_kappa_mean"] + 0.3
-    per_fold = pd.read_csv(results / "fusion_results_per_fold.tsv", sep="\t")
+    assert "| metadata" in (tiny_run / "results/fusion_results.md").read_text()
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_per_fold_and_out_of_fold_tables_cover_every_partition_and_row(tiny_run):
+    per_fold = read(tiny_run, "fusion_results_per_fold.tsv")
     metadata = per_fold[per_fold["combination"] == "metadata"]
     assert metadata[["repeat", "fold"]].values.tolist() == [[1, 1], [1, 2], [1, 3]]
-    oof = pd.read_csv(results / "fusion/metadata/oof.tsv", sep="\t")
+    oof = read(tiny_run, "fusion/metadata/oof.tsv")
     assert list(oof.columns) == ["repeat", "fold", "id", "group", "label", *PROBS]
+    folds = read(tiny_run, "folds.tsv")
+    headline = read(tiny_run, "fusion_results.tsv")
     assert sorted(oof["id"]) == sorted(folds["id"]) and headline.loc[0, "n_rows"] == len(oof)
-    comparisons = pd.read_csv(results / "comparisons.tsv", sep="\t")
+    # Each row's out-of-fold prediction comes from the fold that held it out.
+    held_out = oof.merge(folds, on=["id", "repeat"], suffixes=("", "_assigned"))
+    assert (held_out["fold"] == held_out["fold_assigned"]).all()
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_comparisons_pair_each_fusion_with_its_members_on_the_same_rows(tiny_run):
+    comparisons = read(tiny_run, "comparisons.tsv")
     assert comparisons[["combination", "versus"]].values.tolist() == [
         ["metadata+thermal_map", "metadata"],
         ["metadata+thermal_map", "thermal_map"],
     ]
     # Both sides of each comparison are scored on the same rows: all of them here.
-    assert (comparisons["n_rows"] == len(oof)).all()
-    assert "| metadata" in (results / "fusion_results.md").read_text()
+    assert (comparisons["n_rows"] == len(read(tiny_run, "fusion/metadata/oof.tsv"))).all()
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_every_job_writes_its_log(tiny_run):
     for log in [
         "prepare/prepare.log",
         "metadata/repeat1/fold1.log",

@@ -28,17 +28,11 @@ rule ablation_fold:
 
 rule aggregate_ablation:
     input:
-        ablation=ablation_inputs(
-            "results/ablation/{combination}/repeat{repeat}/fold{fold}/metrics.tsv"
-        ),
-        v3=ablation_inputs(
-            "results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json"
-        ),
-        variant_probs=ablation_inputs(
-            "results/ablation/{combination}/repeat{repeat}/fold{fold}/probs.tsv"
-        ),
-        v3_oof=lambda wildcards: expand(
-            "results/fusion/{combination}/oof.tsv", combination=PAIRS
+        ablation=files_of(ablation_fold_files, "metrics"),
+        v3=files_of(ablation_fold_files, "v3"),
+        variant_probs=files_of(ablation_fold_files, "probs"),
+        v3_oof=lambda wildcards: sorted(
+            {record["v3_oof"] for record in ablation_fold_files(wildcards)}
         ),
         folds="results/folds.tsv",
     output:
@@ -58,8 +52,7 @@ rule aggregate_ablation:
         mem_mb=2000,
         runtime=10,
     params:
-        combinations=list(PAIRS),
-        partitions=PARTITIONS,
+        fold_files=ablation_fold_files,
         classes=config["classes"],
         evaluation=config["evaluation"],
         seed=config["cv"]["seed"],

@@ -1,3 +1,4 @@
+import itertools
 import re
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ IGNORED_IMAGE_COLUMNS = sorted(
 )
 REPEATS = list(range(1, config["cv"]["repeats"] + 1))
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
-# (repeat, fold) of every partition's fold, in the order expand() lists their files.
+# (repeat, fold) of every partition's fold.
 PARTITIONS = [(repeat, fold) for repeat in REPEATS for fold in FOLDS]
 # Combinations of metadata with exactly one image: the ones diagnostics and the ablation study.
 PAIRS = {
@@ -81,6 +82,47 @@ wildcard_constraints:
     fold=r"\d+",
     combination="|".join(re.escape(name) for name in COMBINATIONS),
     modality="|".join(re.escape(name) for name in MODALITIES) or "(?!)",
+
+
+def partition_files(**patterns):
+    """A params function: one record per partition's fold, with its ``repeat``, ``fold`` and,
+    for each named pattern, that fold's file (patterns may use the job's wildcards).
+
+    Rule scripts read a file's repeat and fold from its record instead of from its position in
+    an input list, so no script depends on the order ``expand()`` lists files in.
+    """
+
+    def records(wildcards):
+        return [
+            {
+                "repeat": repeat,
+                "fold": fold,
+                **{
+                    key: pattern.format(
+                        **dict(wildcards.items()), repeat=repeat, fold=fold
+                    )
+                    for key, pattern in patterns.items()
+                },
+            }
+            for repeat, fold in PARTITIONS
+        ]
+
+    return records
+
+
+def files_of(records, key):
+    """An input function: the ``key`` file of each record of ``records`` (a params function
+    from :func:`partition_files`), so a rule's inputs and its records are one list."""
+    return lambda wildcards: [record[key] for record in records(wildcards)]
+
+
+# Each fold's files of the rules that gather every fold (see partition_files).
+FUSION_FOLD_FILES = partition_files(
+    probs="results/fusion/{combination}/repeat{repeat}/fold{fold}/probs.tsv"
+)
+HISTORY_FOLD_FILES = partition_files(
+    history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv"
+)
 
 
 def partition_seed(wildcards):
@@ -226,14 +268,19 @@ def run_metrics(wildcards):
     )
 
 
-def diagnostic_image_probs(wildcards):
-    """Every fold's image probabilities for the image in a metadata + image combination."""
-    return expand(
-        "results/image/{modality}/repeat{repeat}/fold{fold}/probs.tsv",
-        modality=PAIRS[wildcards.combination],
-        repeat=REPEATS,
-        fold=FOLDS,
-    )
+def diagnostic_fold_files(wildcards):
+    """Each fold's record (see :func:`partition_files`) of a metadata + image combination: the
+    fold's forest probabilities and its image's probabilities."""
+    image = PAIRS[wildcards.combination]
+    return [
+        {
+            "repeat": repeat,
+            "fold": fold,
+            "metadata": f"results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
+            "image": f"results/image/{image}/repeat{repeat}/fold{fold}/probs.tsv",
+        }
+        for repeat, fold in PARTITIONS
+    ]
 
 
 def report_figures(wildcards):
@@ -254,21 +301,32 @@ def report_figures(wildcards):
     return figures
 
 
-def ablation_inputs(pattern):
-    """An input function: every fold of every metadata + image combination.
+def ablation_fold_files(wildcards):
+    """Each fold's record of every metadata + image combination: ``combination``, ``repeat``,
+    ``fold``, the ablation's metrics and probabilities, V3's fusion metrics and V3's pooled
+    out-of-fold predictions.
 
     Evaluated only when the ablation is requested, which needs at least one such combination.
     """
-
-    def inputs(wildcards):
-        if not PAIRS:
-            raise WorkflowError(
-                "The ablation compares fusions of metadata with one image modality: add a "
-                "combination such as [metadata, thermal_map] to 'combinations'"
-            )
-        return expand(pattern, combination=PAIRS, repeat=REPEATS, fold=FOLDS)
-
-    return inputs
+    if not PAIRS:
+        raise WorkflowError(
+            "The ablation compares fusions of metadata with one image modality: add a "
+            "combination such as [metadata, thermal_map] to 'combinations'"
+        )
+    return [
+        {
+            "combination": combination,
+            "repeat": repeat,
+            "fold": fold,
+            "metrics": f"results/ablation/{combination}/{place}/metrics.tsv",
+            "probs": f"results/ablation/{combination}/{place}/probs.tsv",
+            "v3": f"results/fusion/{combination}/{place}/metrics.json",
+            "v3_oof": f"results/fusion/{combination}/oof.tsv",
+        }
+        for combination in PAIRS
+        for repeat, fold in PARTITIONS
+        for place in [f"repeat{repeat}/fold{fold}"]
+    ]
 
 
 def image_dir(wildcards):

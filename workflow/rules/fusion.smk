@@ -26,11 +26,7 @@ rule fusion:
 rule oof:
     input:
         folds="results/folds.tsv",
-        probs=expand(
-            "results/fusion/{{combination}}/repeat{repeat}/fold{fold}/probs.tsv",
-            repeat=REPEATS,
-            fold=FOLDS,
-        ),
+        probs=files_of(FUSION_FOLD_FILES, "probs"),
     output:
         oof="results/fusion/{combination}/oof.tsv",
     log:
@@ -43,7 +39,7 @@ rule oof:
         mem_mb=2000,
         runtime=10,
     params:
-        partitions=PARTITIONS,
+        fold_files=FUSION_FOLD_FILES,
         classes=config["classes"],
     script:
         "../scripts/oof.py"

@@ -1,12 +1,8 @@
 rule diagnostics:
     input:
         folds="results/folds.tsv",
-        metadata=expand(
-            "results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
-            repeat=REPEATS,
-            fold=FOLDS,
-        ),
-        image=diagnostic_image_probs,
+        metadata=files_of(diagnostic_fold_files, "metadata"),
+        image=files_of(diagnostic_fold_files, "image"),
     output:
         sweep="results/diagnostics/{combination}/weight_sweep.tsv",
         agreement="results/diagnostics/{combination}/branch_agreement.tsv",
@@ -22,7 +18,7 @@ rule diagnostics:
     params:
         classes=config["classes"],
         weights=pair_weight_settings,
-        partitions=PARTITIONS,
+        fold_files=diagnostic_fold_files,
     script:
         "../scripts/diagnostics.py"
 
@@ -78,11 +74,7 @@ rule plot_confusion_matrices:
 
 rule plot_learning_curves:
     input:
-        histories=expand(
-            "results/image/{{modality}}/repeat{repeat}/fold{fold}/history.tsv",
-            repeat=REPEATS,
-            fold=FOLDS,
-        ),
+        histories=files_of(HISTORY_FOLD_FILES, "history"),
     output:
         report(
             "results/plots/learning_curves_{modality}.png",
@@ -99,7 +91,7 @@ rule plot_learning_curves:
         mem_mb=2000,
         runtime=10,
     params:
-        partitions=PARTITIONS,
+        fold_files=HISTORY_FOLD_FILES,
     script:
         "../scripts/plot_learning_curves.py"
 

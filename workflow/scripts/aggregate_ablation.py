@@ -5,21 +5,18 @@ from fusion_dag.joblog import job_log
 from fusion_dag.report import ablation_table, markdown_table, versus_v3
 
 with job_log(snakemake.log[0]) as log:
-    partitions, n = snakemake.params.partitions, len(snakemake.params.partitions)
-    records = [
-        row for path in snakemake.input.ablation for row in read_tsv(path).to_dict("records")
-    ]
+    fold_files = pd.DataFrame(snakemake.params.fold_files)
+    records = [row for path in fold_files["metrics"] for row in read_tsv(path).to_dict("records")]
     v3 = [
         {**read_json(path), "strategy": "V3", "rf_source": "out_of_fold"}
-        for path in snakemake.input.v3
+        for path in fold_files["v3"]
     ]
     folds = read_tsv(snakemake.input.folds)
     gains = []
-    for index, (combination, v3_oof) in enumerate(
-        zip(snakemake.params.combinations, snakemake.input.v3_oof, strict=True)
-    ):
-        paths = snakemake.input.variant_probs[index * n : (index + 1) * n]
-        per_fold = [(r, k, read_tsv(p)) for (r, k), p in zip(partitions, paths, strict=True)]
+    for (combination, v3_oof), files in fold_files.groupby(["combination", "v3_oof"], sort=False):
+        per_fold = [
+            (record.repeat, record.fold, read_tsv(record.probs)) for record in files.itertuples()
+        ]
         gain = versus_v3(
             read_tsv(v3_oof),
             per_fold,

@@ -9,13 +9,11 @@ with job_log(snakemake.log[0]) as log:
     classes = snakemake.params.classes
     labels = read_tsv(snakemake.input.folds).drop_duplicates("id")
     sweeps, agreements = [], []
-    for (repeat, fold), rf_path, image_path in zip(
-        snakemake.params.partitions, snakemake.input.metadata, snakemake.input.image, strict=True
-    ):
-        rf, image = read_tsv(rf_path), read_tsv(image_path)
-        partition = {"repeat": repeat, "fold": fold}
-        sweeps.append(weight_sweep(rf, image, labels, classes).assign(**partition))
-        agreements.append({**partition, **branch_agreement(rf, image, labels, classes)})
+    for record in snakemake.params.fold_files:
+        metadata, image = read_tsv(record["metadata"]), read_tsv(record["image"])
+        partition = {"repeat": record["repeat"], "fold": record["fold"]}
+        sweeps.append(weight_sweep(metadata, image, labels, classes).assign(**partition))
+        agreements.append({**partition, **branch_agreement(metadata, image, labels, classes)})
     sweep = pd.concat(sweeps, ignore_index=True)
     sweep = sweep[["repeat", "fold", "metadata_weight", "kappa"]]
     mean = sweep.groupby("metadata_weight")["kappa"].mean()

@@ -4,10 +4,8 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     fold_probs = [
-        (repeat, fold, read_tsv(path))
-        for (repeat, fold), path in zip(
-            snakemake.params.partitions, snakemake.input.probs, strict=True
-        )
+        (record["repeat"], record["fold"], read_tsv(record["probs"]))
+        for record in snakemake.params.fold_files
     ]
     oof = oof_table(fold_probs, read_tsv(snakemake.input.folds), snakemake.params.classes)
     write_tsv(oof, snakemake.output.oof)

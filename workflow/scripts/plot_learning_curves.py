@@ -4,10 +4,8 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]):
     histories = {
-        tuple(partition): read_tsv(path)
-        for partition, path in zip(
-            snakemake.params.partitions, snakemake.input.histories, strict=True
-        )
+        (record["repeat"], record["fold"]): read_tsv(record["history"])
+        for record in snakemake.params.fold_files
     }
     figure = plot_learning_curves(histories, snakemake.wildcards.modality)
     save_figure(figure, snakemake.output[0])

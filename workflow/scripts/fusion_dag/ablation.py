@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, probability_table
+from fusion_dag.artifacts import GROUP, ID, prob_columns, probability_table
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.image import (
     BranchFold,
@@ -100,7 +100,7 @@ def train_joint(
     """
     settings = task.settings
     keras.utils.set_random_seed(task.seed)
-    columns = [f"prob_{c}" for c in task.classes]
+    columns = prob_columns(task.classes)
     table = task.rows().merge(metadata_probs, on=[ID, "split"], validate="one_to_one")
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], task.seed)
@@ -119,12 +119,12 @@ def train_joint(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
     )
-    history = fit_with_early_stopping(model, (x_fit, y_fit), (x_stop, y_stop), settings)
+    history, best_epoch = fit_with_early_stopping(model, (x_fit, y_fit), (x_stop, y_stop), settings)
     x_all, _ = arrays(table)
     probs = model.predict(x_all, batch_size=settings["batch_size"], verbose=0)
     run = {
         "epochs": len(history.epoch),
-        "best_epoch": int(np.argmin(history.history["val_loss"])) + 1,
+        "best_epoch": best_epoch,
         "learned_weight": np.nan,
     }
     if strategy == "V1":

@@ -36,8 +36,6 @@ IMAGE_NOISE = 1.4
 DEPTH_NOISE = 1.5
 PHOTO_NOISE = 1.6
 TEMPERATURE_RANGE_C = (20.0, 37.0)
-# Depth maps: camera distance in 0.1 mm units (uint16); the config's value_range for them.
-DEPTH_RANGE = (4100, 4500)
 # Share of visits without that image (empty cell in the table).
 MISSING_IMAGE_SHARE = {"depth_map": 0.08, "wound_photo": 0.05}
 

@@ -10,12 +10,19 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
 
 
 def predicted_index(probs: pd.DataFrame, classes: list) -> np.ndarray:
     """Index of the most probable class per row (ties go to the earlier class)."""
-    return probs[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1)
+    return probs[prob_columns(classes)].to_numpy().argmax(axis=1)
+
+
+def predicted_shares(predicted: np.ndarray, classes: list) -> dict:
+    """``pred_frac_{class}``: the share of rows predicted as each class (a branch that predicts
+    one class everywhere shows as a share of 1)."""
+    shares = np.bincount(predicted, minlength=len(classes)) / max(len(predicted), 1)
+    return {f"pred_frac_{c}": float(s) for c, s in zip(classes, shares, strict=True)}
 
 
 def kappa(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
@@ -30,7 +37,7 @@ def fold_metrics(probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> di
     ``id`` to ``label``.
     """
     table = probs.merge(labels[[ID, LABEL]], on=ID, validate="one_to_one")
-    truth = table[LABEL].map(classes.index).to_numpy()
+    truth = label_indices(table[LABEL], classes)
     predicted = predicted_index(table, classes)
     val = table["split"].eq("val").to_numpy()
     train = ~val
@@ -55,8 +62,7 @@ def fold_metrics(probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> di
     metrics.update({f"f1_{c}": float(f) for c, f in zip(classes, per_class_f1, strict=True)})
     metrics["train_kappa"] = kappa(truth[train], predicted[train], n)
     metrics["gap"] = metrics["train_kappa"] - metrics["kappa"]
-    shares = np.bincount(predicted[val], minlength=n) / max(int(val.sum()), 1)
-    metrics.update({f"pred_frac_{c}": float(s) for c, s in zip(classes, shares, strict=True)})
+    metrics.update(predicted_shares(predicted[val], classes))
     return metrics
 
 
@@ -69,17 +75,17 @@ def fit_kappa(fit_probs: pd.DataFrame, labels: pd.DataFrame, classes: list) -> f
     table = fit_probs[fit_probs["split"] == "train"].merge(
         labels[[ID, LABEL]], on=ID, validate="one_to_one"
     )
-    truth = table[LABEL].map(classes.index).to_numpy()
+    truth = label_indices(table[LABEL], classes)
     return kappa(truth, predicted_index(table, classes), len(classes))
 
 
 def aligned_validation(metadata_probs: pd.DataFrame, image_probs: pd.DataFrame, labels, classes):
     """Validation rows present in both branches: (truth, metadata and image probabilities)."""
-    columns = [f"prob_{c}" for c in classes]
+    columns = prob_columns(classes)
     validation = metadata_probs[metadata_probs["split"] == "val"]
     table = validation.merge(image_probs, on=[ID, "split"], suffixes=("_metadata", "_image"))
     table = table.merge(labels[[ID, LABEL]], on=ID, validate="one_to_one")
-    truth = table[LABEL].map(classes.index).to_numpy()
+    truth = label_indices(table[LABEL], classes)
     return (
         truth,
         table[[f"{c}_metadata" for c in columns]].to_numpy(),
@@ -140,7 +146,7 @@ PROBABILITY_FLOOR = 1e-15
 def oof_table(fold_probs: list, folds: pd.DataFrame, classes: list) -> pd.DataFrame:
     """Pooled out-of-fold predictions: each row's validation probabilities from the fold that
     held it out, per repeat. ``fold_probs`` holds ``(repeat, fold, probability table)``."""
-    columns = [f"prob_{c}" for c in classes]
+    columns = prob_columns(classes)
     parts = []
     for repeat, fold, probs in fold_probs:
         validation = probs.loc[probs["split"] == "val", [ID, *columns]]
@@ -226,11 +232,11 @@ def patient_weights(groups_by_repeat: list, n_resamples: int, seed: int) -> list
 
 def repeat_arrays(oof: pd.DataFrame, classes: list) -> list:
     """(groups, truth, probs) per repeat of a pooled out-of-fold table, in repeat order."""
-    columns = [f"prob_{c}" for c in classes]
+    columns = prob_columns(classes)
     return [
         (
             rows[GROUP].astype(str).to_numpy(),
-            rows[LABEL].map(classes.index).to_numpy(),
+            label_indices(rows[LABEL], classes),
             rows[columns].to_numpy(dtype=float),
         )
         for _, rows in oof.sort_values(["repeat", ID]).groupby("repeat", sort=True)

@@ -29,7 +29,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
+from fusion_dag.artifacts import (
+    GROUP,
+    ID,
+    LABEL,
+    InputError,
+    label_indices,
+    partial_path,
+    prob_columns,
+    probability_table,
+)
 from fusion_dag.checkpoint import save_branch_weights
 from fusion_dag.folds import split_rows
 
@@ -364,7 +373,7 @@ class BranchFold:
 
     def labels(self, rows: pd.DataFrame) -> np.ndarray:
         """Class indices of ``rows``."""
-        return rows[LABEL].map(self.classes.index).to_numpy()
+        return label_indices(rows[LABEL], self.classes)
 
 
 class CachedBatches(keras.utils.PyDataset):
@@ -396,12 +405,13 @@ def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *cal
     """Fit on ``fit`` (x, y) with balanced class weights, stopping early on ``stop`` (the inner
     patient-grouped split); the best epoch's weights are restored when training ends, stopped
     early or not. Shared by the image stage and the ablation, so the strategies differ only in
-    what they train, not how."""
+    what they train, not how. Returns (Keras history, the 1-based epoch whose weights were
+    restored, as ``EarlyStopping`` recorded it)."""
     x_fit, y_fit = fit
     stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
     )
-    return model.fit(
+    history = model.fit(
         x_fit,
         y_fit,
         validation_data=stop,
@@ -412,6 +422,7 @@ def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *cal
         shuffle=True,
         verbose=2,
     )
+    return history, stopping.best_epoch + 1
 
 
 def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
@@ -419,7 +430,7 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
 
     Early stopping and the best epoch follow the inner split's loss; the best epoch's weights
     are restored and written, keyed by layer name, once training has finished. Returns
-    (model with the best epoch's weights, training throughput in images per second).
+    (model with the best epoch's weights, ``best_epoch`` and ``fit_images_per_second``).
     """
     settings = task.settings
     table = task.rows()
@@ -447,7 +458,7 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     )
     history_partial = partial_path(history_path)
     started = time.perf_counter()
-    history = fit_with_early_stopping(
+    history, best_epoch = fit_with_early_stopping(
         model,
         (x_fit, y_fit),
         (x_stop, y_stop),
@@ -458,13 +469,7 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)
     save_branch_weights(model, task.modality, checkpoint_path)
     os.replace(history_partial, history_path)
-    return model, images_per_second
-
-
-def best_epoch(history_path: Path) -> int:
-    """The 1-based epoch whose weights the checkpoint holds (lowest early-stopping loss)."""
-    history = pd.read_csv(history_path, sep="\t")
-    return int(history.loc[history["val_loss"].idxmin(), "epoch"]) + 1
+    return model, {"best_epoch": best_epoch, "fit_images_per_second": images_per_second}
 
 
 def branch_probabilities(model, task: BranchFold) -> pd.DataFrame:
@@ -483,7 +488,7 @@ def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modal
     error catches: its kappa is 0 and fusion then only shifts the forest's probabilities.
     """
     train = probs[probs["split"] == "train"]
-    predicted = train[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1)
+    predicted = train[prob_columns(classes)].to_numpy().argmax(axis=1)
     if len(train) and len(np.unique(predicted)) == 1:
         log.warning(
             "%s branch predicts class %s for every training row (best epoch %d): it has not "
@@ -500,13 +505,7 @@ def train_stage(task: BranchFold, checkpoint_path: Path, history_path: Path, thr
     row with an image; return (model, probabilities, the job's record: best epoch, training
     throughput and how TensorFlow ran)."""
     runtime = configure_tensorflow(task.settings["intra_op_threads"], threads, task.seed)
-    model, images_per_second = train_branch(task, checkpoint_path, history_path)
+    model, fit = train_branch(task, checkpoint_path, history_path)
     probs = branch_probabilities(model, task)
-    epoch = best_epoch(history_path)
-    warn_if_collapsed(probs, task.classes, epoch, task.modality)
-    record = {
-        "best_epoch": epoch,
-        "fit_images_per_second": images_per_second,
-        "runtime": {"threads": threads, **runtime},
-    }
-    return model, probs, record
+    warn_if_collapsed(probs, task.classes, fit["best_epoch"], task.modality)
+    return model, probs, {**fit, "runtime": {"threads": threads, **runtime}}

@@ -20,7 +20,15 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, partial_path, probability_table
+from fusion_dag.artifacts import (
+    GROUP,
+    ID,
+    LABEL,
+    InputError,
+    label_indices,
+    partial_path,
+    probability_table,
+)
 from fusion_dag.folds import split_rows
 
 log = logging.getLogger(__name__)
@@ -100,7 +108,7 @@ def fold_probabilities(
             f"fold {fold}: {train[GROUP].nunique()} training groups cannot fill "
             f"metadata_model.inner_folds={inner_folds}"
         )
-    y_train = train[LABEL].map(classes.index).to_numpy()
+    y_train = label_indices(train[LABEL], classes)
     # Trees are built in parallel, but probabilities are always summed on one thread: a forest
     # predicting on several threads adds tree votes in a racy order, and the last bits differ
     # between runs. The inner cross-validation parallelises over folds instead.
@@ -146,7 +154,7 @@ def final_pipeline(
     """
     pipeline = build_pipeline(settings, seed)
     log.info("Final forest: fitting on all %d labelled rows", len(samples))
-    fit_on(pipeline, samples, samples[LABEL].map(classes.index).to_numpy(), n_jobs)
+    fit_on(pipeline, samples, label_indices(samples[LABEL], classes), n_jobs)
     predicted = pipeline.predict_proba(feature_frame(samples))
     probs = probability_table(samples[ID], ["train"] * len(samples), predicted, classes)
     return pipeline, probs

@@ -10,13 +10,15 @@ same rows (a paired bootstrap interval and the corrected resampled t-test).
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
 from fusion_dag.evaluate import (
     bootstrap_metrics,
     corrected_resampled_ttest,
     interval,
     kappa,
     oof_table,
+    predicted_index,
+    predicted_shares,
     repeat_arrays,
 )
 
@@ -63,9 +65,7 @@ def headline_table(
         predicted = np.concatenate(
             [probs.argmax(axis=1) for _, _, probs in repeat_arrays(oof, classes)]
         )
-        shares = np.bincount(predicted, minlength=len(classes)) / len(predicted)
-        for name_of_class, share in zip(classes, shares, strict=True):
-            row[f"pred_frac_{name_of_class}"] = float(share)
+        row.update(predicted_shares(predicted, classes))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -106,7 +106,7 @@ def external_metrics(
         columns = [f"{prefix}prob_{c}" for c in classes]
         scored = labelled[labelled[columns].notna().all(axis=1)]
         table = scored[[ID, GROUP, LABEL]].assign(repeat=1)
-        table[[f"prob_{c}" for c in classes]] = scored[columns].to_numpy()
+        table[prob_columns(classes)] = scored[columns].to_numpy()
         row = {
             "predictor": name,
             "n_rows": len(scored),
@@ -116,11 +116,7 @@ def external_metrics(
         if len(scored):
             estimates = bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
             row.update(metric_columns(estimates, classes, evaluation, ""))
-            shares = np.bincount(
-                table[[f"prob_{c}" for c in classes]].to_numpy().argmax(axis=1),
-                minlength=len(classes),
-            ) / len(table)
-            row.update({f"pred_frac_{c}": float(s) for c, s in zip(classes, shares, strict=True)})
+            row.update(predicted_shares(predicted_index(table, classes), classes))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -139,8 +135,8 @@ def fold_kappa_differences(first, second, classes: list) -> np.ndarray:
 
     The tables are row-aligned (as :func:`paired_rows` returns them).
     """
-    columns = [f"prob_{c}" for c in classes]
-    truth = first["label"].map(classes.index).to_numpy()
+    columns = prob_columns(classes)
+    truth = label_indices(first["label"], classes)
     mine = first[columns].to_numpy().argmax(axis=1)
     theirs = second[columns].to_numpy().argmax(axis=1)
     differences = []
