@@ -1,4 +1,4 @@
-"""The workflow stays `snakemake --lint` clean and `snakefmt` formatted."""
+"""The workflow stays `snakemake --lint` clean, `snakefmt` formatted and `ruff` clean."""
 
 import subprocess
 import sys
@@ -27,3 +27,16 @@ def test_snakefiles_are_snakefmt_formatted():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_python_is_ruff_clean_and_formatted():
+    """The package, rule scripts, tests and benchmarks pass ``ruff check`` and ``ruff format``."""
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "workflow", "tests", "bench"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
