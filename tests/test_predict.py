@@ -12,7 +12,8 @@ import pytest
 
 from fusion_dag.bundle import BundleError, checkpoint_files, load_bundle
 from fusion_dag.demo import write_demo
-from fusion_dag.predict import new_samples, score_table
+from fusion_dag.predict import score_table
+from fusion_dag.predict_table import new_samples
 from tests.conftest import TINY, run_snakemake, scheduled_jobs
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("predict")]

@@ -7,8 +7,10 @@ from jsonschema.exceptions import ValidationError
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# The package's config module: the rule scripts import it from the same folder.
-sys.path.insert(0, f"{workflow.basedir}/scripts")
+# The package's config module, from the folder the rule scripts import it from (this file's
+# ../scripts, also when the workflow is used as a module from another folder).
+RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
+sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag.config import (
     ConfigError,
     check_fusion_weights,

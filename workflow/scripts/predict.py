@@ -1,7 +1,8 @@
 from fusion_dag.artifacts import read_tsv, write_text, write_tsv
 from fusion_dag.bundle import choose_combination, load_bundle
 from fusion_dag.joblog import job_log
-from fusion_dag.predict import prediction_summary, read_new_samples, score_table
+from fusion_dag.predict import prediction_summary, score_table
+from fusion_dag.predict_table import read_new_samples
 from fusion_dag.report import external_metrics
 
 with job_log(snakemake.log[0]):

@@ -1,7 +1,7 @@
 from fusion_dag.artifacts import read_json, write_tsv
 from fusion_dag.bundle import choose_combination
 from fusion_dag.joblog import job_log
-from fusion_dag.predict import new_samples
+from fusion_dag.predict_table import new_samples
 
 with job_log(snakemake.log[0]) as log:
     spec = read_json(snakemake.input.spec)

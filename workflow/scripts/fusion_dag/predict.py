@@ -1,10 +1,7 @@
 """Applying a model bundle to a validated new table: each member's probabilities, then fusion.
 
-The new table is validated first, by :func:`new_samples`, against the bundle's model spec and
-before any model is loaded: a new clinic's table has the training table's byte-order marks,
-decimal commas and stray spaces plus its own surprises (a renamed column, a class spelled
-differently, an image outside the image folder), each one error naming the file, column and
-rows. A visit without one of the images is scored by the members it has, with the weights
+The new table is validated first (:mod:`fusion_dag.predict_table`), before any model is
+loaded. A visit without one of the images is scored by the members it has, with the weights
 that combination of members has in training (``members_used`` says which); no row is dropped.
 """
 
@@ -14,103 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, prob_columns, probability_table
+from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
 from fusion_dag.bundle import FOREST, checkpoint_files
 from fusion_dag.folds import FINAL_PLACEMENT
-from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
-    clean_groups,
-    clean_ids,
-    coerce_numeric,
     describe_rows,
-    normalise_labels,
-    read_table,
-    require_columns,
-    row_names,
-    stripped,
 )
 from fusion_dag.weights import METADATA, member_weights
 
 log = logging.getLogger(__name__)
-
-
-def new_samples(
-    path: Path, image_dir: Path, spec: dict, members: list
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate a new table against the bundle's spec; return (samples, image paths).
-
-    Needed: the group column, the id column when training had one, the forest's feature
-    columns (when ``members`` include metadata) and each image member's path column. The label
-    column is optional; other columns are ignored. A feature that was numeric in training must
-    be numeric here; empty cells are imputed as in training, and text categories the forest has
-    not seen are ignored by its encoder. Empty image cells mean the visit has no such image.
-    """
-    table = read_table(path)
-    columns = spec["columns"]
-    features = spec["features"] if METADATA in members else []
-    modalities = {m: spec["modalities"][m]["column"] for m in members if m != METADATA}
-    wanted = [("columns.group", columns["group"])]
-    if columns["id"]:
-        wanted.append(("columns.id", columns["id"]))
-    wanted += [(f"modalities.{name}", column) for name, column in modalities.items()]
-    require_columns(table, wanted, path)
-    missing = [f["name"] for f in features if f["name"] not in table.columns]
-    if missing:
-        raise InputError(
-            f"samples table {path}: no feature column {', '.join(repr(m) for m in missing)}; "
-            f"the bundle's forest was trained on {', '.join(f['name'] for f in features)} "
-            "(add the column; empty cells are imputed as in training)"
-        )
-    if table.empty:
-        raise InputError(f"samples table {path} has no data rows")
-    ids = clean_ids(table, columns["id"], path)
-    samples = pd.DataFrame({ID: ids, GROUP: clean_groups(table, columns["group"], path)})
-    if columns["label"] in table.columns:
-        samples[LABEL] = normalise_labels(
-            table[columns["label"]], spec["classes"], columns["label"], path
-        )
-    else:
-        samples[LABEL] = np.nan
-        log.info("No label column '%s': predictions only, no metrics", columns["label"])
-    for feature in features:
-        samples[feature["name"]] = typed_column(table, feature, path)
-    images = pd.DataFrame({ID: ids})
-    for modality, column in modalities.items():
-        resolved = resolve_images(
-            table,
-            ids,
-            modality,
-            column,
-            image_dir,
-            "drop",
-            path,
-            scaled=spec["modalities"][modality]["value_range"] is not None,
-        )
-        images[modality] = ids.map(resolved)
-    return samples, images
-
-
-def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
-    """A feature column read as the type it had in training (numeric or text)."""
-    name = feature["name"]
-    if feature["type"] == "text":
-        return stripped(table[name]).astype(object)
-    column = coerce_numeric(table[name])
-    if column.dtype == object:
-        text = pd.to_numeric(column, errors="coerce").isna() & column.notna()
-        values = ", ".join(repr(v) for v in sorted(set(column[text].astype(str)))[:5])
-        raise InputError(
-            f"samples table {path}: feature column '{name}' was numeric in training but holds "
-            f"text ({values}) in data rows {describe_rows(row_names(text))}; fix the cells "
-            "or empty them"
-        )
-    return column
-
-
-def read_new_samples(path: Path, spec: dict) -> pd.DataFrame:
-    """Read a validated new table back with text features as text."""
-    text = {f["name"]: str for f in spec["features"] if f["type"] == "text"}
-    return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str, **text})
 
 
 def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.DataFrame:
