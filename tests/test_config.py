@@ -5,8 +5,10 @@ import yaml
 
 from fusion_dag.config import (
     ConfigError,
+    check_columns,
     check_fusion_weights,
     check_image_settings,
+    class_names,
     command_line_values,
     load_schema,
     modalities_in_use,
@@ -109,5 +111,50 @@ def test_fusion_weights_need_every_member_and_sum_to_one(config):
     with pytest.raises(ConfigError, match="the weights sum to 0.9, not 1"):
         check_fusion_weights(config, combinations)
     config["fusion"]["weights"] = {"metadata": 1.0}
-    with pytest.raises(ConfigError, match=r"members without a weight \['thermal_map'\]"):
+    with pytest.raises(ConfigError, match="weights': members without a weight: thermal_map$"):
         check_fusion_weights(config, combinations)
+    # Each part of the message only when it has something to say: never an empty list.
+    config["fusion"]["weights"] = {"metadata": 0.5, "thermal_map": 0.3, "bogus": 0.2}
+    with pytest.raises(ConfigError) as error:
+        check_fusion_weights(config, combinations)
+    assert str(error.value) == (
+        "Invalid config key 'fusion.weights': names that are neither metadata nor a modality: bogus"
+    )
+    assert "[]" not in str(error.value)
+
+
+@pytest.mark.parametrize("value_range", [[40, 20], [20, 20]])
+def test_a_value_range_whose_low_is_not_below_its_high_names_the_key(config, value_range):
+    config["modalities"]["thermal_map"] = {"column": "thermal_map", "value_range": value_range}
+    with pytest.raises(
+        ConfigError,
+        match=rf"'modalities.thermal_map.value_range': \[{value_range[0]}, {value_range[1]}\] "
+        "has low >= high",
+    ):
+        check_image_settings(config, ["thermal_map"])
+
+
+def test_numeric_classes_are_read_as_their_text():
+    assert class_names([1, 2, 3]) == ["1", "2", "3"]
+    assert class_names([1.0, 2.5, "R"]) == ["1", "2.5", "R"]
+    with pytest.raises(ConfigError, match="names class 1 twice"):
+        class_names([1, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (
+            {"id": None, "group": "patient", "label": "patient"},
+            "'columns.label': 'patient' is also columns.group",
+        ),
+        (
+            {"id": "patient", "group": "patient", "label": "y"},
+            "'columns.group': 'patient' is also columns.id",
+        ),
+    ],
+)
+def test_id_group_and_label_must_be_different_columns(columns, message):
+    with pytest.raises(ConfigError, match=message):
+        check_columns(columns)
+    check_columns({"id": None, "group": "patient", "label": "y"})

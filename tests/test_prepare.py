@@ -28,7 +28,9 @@ def prepare(folder, table=None, name="samples.csv", modalities=MODALITIES, **ove
     if table is not None:
         table.to_csv(path, index=False, sep="\t" if name.endswith(".tsv") else ",")
     settings = {"columns": COLUMNS, "classes": CLASSES, "missing_images": "error"}
-    extras = {k: overrides.pop(k) for k in ("ignored_columns", "scaled") if k in overrides}
+    extras = {
+        k: overrides.pop(k) for k in ("ignored_columns", "scaled", "na_values") if k in overrides
+    }
     settings.update(overrides)
     return prepare_inputs(
         path,
@@ -167,9 +169,10 @@ def test_empty_image_cells_error_or_drop(workdir):
 @pytest.mark.parametrize(
     ("mode", "logged"),
     [
-        ("RGBA", "RGBA images converted to RGB (alpha dropped): 1"),
-        ("P", "P images converted to RGB (palette): 1"),
-        ("LA", "LA images converted to grey-scale (alpha dropped): 1"),
+        ("RGBA", "1 images of mode RGBA converted to RGB (alpha dropped)"),
+        ("P", "1 images of mode P converted to RGB (palette)"),
+        ("LA", "1 images of mode LA converted to grey-scale (alpha dropped)"),
+        ("1", "1 images of mode 1 converted to grey-scale (1-bit)"),
     ],
 )
 def test_alpha_and_palette_images_are_converted_and_counted(workdir, caplog, mode, logged):
@@ -321,3 +324,132 @@ def test_non_utf8_byte_is_located_by_offset_and_line_in_a_large_file(workdir):
     assert offset > 100_000
     with pytest.raises(InputError, match=f"byte {offset:,}, line {line}:"):
         prepare(workdir, name="late.csv")
+
+
+# Bad input, round two: the table and the images of the training table, as a new user brings
+# them. Each case stops with one line naming the file, column, rows or id, or runs with a
+# warning that says what was done.
+
+
+def test_a_repeated_label_header_stops_instead_of_becoming_a_feature(workdir):
+    table = original(workdir)
+    text = table.to_csv(index=False).replace("label,", "label,", 1)
+    header, rest = text.split("\n", 1)
+    (workdir / "samples.csv").write_text(f"{header},label\n" + rest.replace("\n", ",I\n"))
+    with pytest.raises(InputError, match="repeats column names \\('label' in columns"):
+        prepare(workdir)
+
+
+def test_missing_cells_are_counted_per_column_and_na_words_are_data(workdir, caplog):
+    table = original(workdir)
+    table.loc[[0, 1], "age"] = None
+    table.loc[[2], "sex"] = "NA"
+    with caplog.at_level(logging.INFO):
+        samples, _ = prepare(workdir, table)
+    assert samples.loc[2, "sex"] == "NA"
+    (counts,) = [r.getMessage() for r in caplog.records if "missing cells per feature" in r.message]
+    assert f"age={table['age'].isna().sum()}" in counts.split(": ")[-1].split(", ")
+    samples, _ = prepare(workdir, table, na_values=["NA"])
+    assert pd.isna(samples.loc[2, "sex"])
+
+
+def test_infinite_feature_values_stop_prepare_naming_column_and_rows(workdir):
+    table = original(workdir)
+    table.loc[[3, 5], "age"] = ["inf", "-inf"]
+    with pytest.raises(
+        InputError, match="feature column 'age' holds infinite values in data rows 4, 6"
+    ):
+        prepare(workdir, table)
+
+
+def test_stray_text_in_a_numeric_column_warns_and_keeps_it_numeric(workdir, caplog):
+    table = original(workdir)
+    table.loc[[4], "age"] = "#DIV/0!"
+    with caplog.at_level(logging.WARNING):
+        samples, _ = prepare(workdir, table)
+    assert samples["age"].dtype == float and pd.isna(samples.loc[4, "age"])
+    assert "'age' is numeric but for 1 cells ('#DIV/0!' in data rows 5)" in caplog.text
+
+
+def test_a_patient_number_written_as_a_float_stays_one_patient(workdir, caplog):
+    table = original(workdir)
+    numbers = {group: str(n) for n, group in enumerate(table["patient_id"].unique(), start=1)}
+    table["patient_id"] = table["patient_id"].map(numbers)
+    table.loc[0, "patient_id"] = table.loc[0, "patient_id"] + ".0"
+    with caplog.at_level(logging.WARNING):
+        samples, _ = prepare(workdir, table)
+    assert samples["group"].nunique() == len(numbers)
+    assert "writes 1 patient numbers more than one way" in caplog.text
+
+
+def replace_first_image(workdir, save):
+    """Replace the first visit's thermal map with what ``save(path)`` writes; its path."""
+    first = workdir / original(workdir)["thermal_map"].iloc[0]
+    save(first)
+    return first
+
+
+def test_exif_orientation_is_applied_and_counted(workdir, caplog):
+    pixels = np.zeros((8, 16, 3), dtype=np.uint8)
+    pixels[:, :8] = 255  # white left half: turned by 90 degrees it becomes a half on top
+
+    def save(path):
+        exif = Image.Exif()
+        exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
+        Image.fromarray(pixels).save(path, format="PNG", exif=exif)
+
+    first = replace_first_image(workdir, save)
+    with caplog.at_level(logging.INFO):
+        _, images = prepare(workdir)
+    assert "Modality thermal_map: 1 images carry an EXIF orientation" in caplog.text
+    build_cache(pd.Series([str(first)]), 16, workdir / "c.npy")
+    cached = np.load(workdir / "c.npy")[0, :, :, 0]
+    upright = np.asarray(Image.fromarray(pixels).rotate(-90, expand=True).resize((16, 16)))
+    np.testing.assert_array_equal(cached, upright[:, :, 0])
+    assert cached[:8].mean() > 200 and cached[8:].mean() < 50  # the white half is on top
+
+
+@pytest.mark.parametrize("kind", ["GIF", "TIFF"])
+def test_files_of_several_frames_are_refused_naming_the_count(workdir, kind):
+    frames = [Image.new("L", (8, 8), value) for value in (0, 120, 240)]
+    first = replace_first_image(
+        workdir, lambda p: frames[0].save(p, format=kind, save_all=True, append_images=frames[1:])
+    )
+    with pytest.raises(InputError, match=f"{first.name} .*holds 3 frames"):
+        prepare(workdir)
+
+
+def test_decompression_bombs_are_one_line_and_large_images_a_warning(workdir, caplog, monkeypatch):
+    """The demo's thermal maps are 64 x 64 = 4,096 pixels; the limit is lowered around them."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # over twice the limit: Pillow refuses
+    with pytest.raises(InputError, match="has 4,096 pixels, over twice Pillow's .* of 2,000"):
+        prepare(workdir)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # over the limit: Pillow warns
+    with caplog.at_level(logging.WARNING):
+        prepare(workdir)
+    assert "(modality thermal_map, id" in caplog.text
+    assert "has 4,096 pixels, over Pillow's decompression-bomb limit of 3,000: read" in caplog.text
+
+
+def test_an_image_path_that_is_a_folder_says_so(workdir):
+    table = original(workdir)
+    (workdir / "thermal" / "visit.png").mkdir()
+    table.loc[1, "thermal_map"] = "thermal/visit.png"
+    with pytest.raises(InputError, match="visit.png is a folder, not an image file"):
+        prepare(workdir, table)
+
+
+def test_windows_separators_in_a_missing_path_are_pointed_out(workdir):
+    table = original(workdir)
+    table.loc[1, "thermal_map"] = table.loc[1, "thermal_map"].replace("/", "\\")
+    with pytest.raises(InputError, match="the paths use '\\\\': write them with '/'"):
+        prepare(workdir, table)
+
+
+def test_numeric_classes_compare_with_labels_as_text(workdir):
+    from fusion_dag.config import class_names
+
+    table = original(workdir)
+    table["label"] = table["label"].map({"I": "1.0", "P": "2", "R": "3"})
+    samples, _ = prepare(workdir, table, classes=class_names([1, 2, 3.0]))
+    assert sorted(samples["label"].unique()) == ["1", "2", "3"]

@@ -93,21 +93,67 @@ def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_tab
     assert not (tmp_path / "results/image").exists()
 
 
-def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table):
-    table = pd.read_csv(demo_table)
-    table.loc[[2, 7], "label"] = "Q"
-    table.to_csv(tmp_path / "broken.csv", index=False)
+def with_repeated_label_header(table, path):
+    """The header repeats ``label``: pandas would read the copy as a feature ``label.1``."""
+    text = table.assign(copy=table["label"]).to_csv(index=False)
+    path.write_text(text.replace(",copy\n", ",label\n", 1))
+
+
+def with_cells(column, rows, value):
+    def write(table, path):
+        table.loc[rows, column] = value
+        table.to_csv(path, index=False)
+
+    return write
+
+
+# Each case: how the table is broken, and the rest of the line after "samples table broken.csv".
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (
+            with_cells("label", [2, 7], "Q"),
+            ": column 'label' has labels outside classes ['I', 'P', 'R'] ('Q') in data rows 3, 8",
+        ),
+        (with_repeated_label_header, ": the header repeats column names ('label' in columns 3, "),
+        (
+            with_cells("age", [4], float("inf")),
+            ": feature column 'age' holds infinite values in data rows 5",
+        ),
+        (None, " does not exist; set 'samples' in the config"),
+    ],
+    ids=["unknown label", "repeated header", "infinite number", "no such table"],
+)
+def test_bad_table_stops_before_training_with_one_line(tmp_path, demo_table, write, message):
+    if write:
+        write(pd.read_csv(demo_table), tmp_path / "broken.csv")
     config = {**METADATA_ONLY, "samples": "broken.csv", "image_dir": str(demo_table.parent)}
     result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert (
-        "labels outside classes ['I', 'P', 'R'] ('Q') in data rows 3, 8"
-        in result.stdout + result.stderr
-    )
+    assert f"fusion-dag input error: samples table broken.csv{message}" in output
+    assert "MissingInputException" not in output and "Traceback" not in output
     assert not (tmp_path / "results/prepared").exists() or not any(
         (tmp_path / "results/prepared").iterdir()
     )
     assert not (tmp_path / "results/metadata").exists()
+
+
+def test_a_bundle_without_a_manifest_is_one_line_before_anything_runs(tmp_path, demo_table):
+    (tmp_path / "copied_bundle").mkdir()
+    predict = {"samples": str(demo_table), "bundle": "copied_bundle"}
+    config = {**METADATA_ONLY, "predict": predict}
+    result = run_snakemake(tmp_path, "--cores", "1", "predict", config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "fusion-dag input error: bundle copied_bundle has no manifest.json; build one with "
+        "final_models" in output
+    )
+    assert "MissingInputException" not in output
+    assert not (tmp_path / "results/predict").exists() or not any(
+        (tmp_path / "results/predict").iterdir()
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
 sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag.config import (
     ConfigError,
+    class_names,
+    check_columns,
     check_fusion_weights,
     check_image_settings,
     command_line_values,
@@ -42,6 +44,8 @@ def validate_config(config):
 
 try:
     validate_config(config)
+    config["classes"] = class_names(config["classes"])
+    check_columns(config["columns"])
     COMBINATIONS = selected_combinations(config)
     check_fusion_weights(config, COMBINATIONS)
     # Modalities some selected combination uses: only these are read, validated and trained.
@@ -125,6 +129,17 @@ FUSION_FOLD_FILES = partition_files(
 HISTORY_FOLD_FILES = partition_files(
     history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv"
 )
+
+
+def samples_input(wildcards):
+    """The samples table, as prepare's input, when it exists (or the demo rule makes it).
+
+    A table that does not exist is left out of the inputs so that prepare runs and says so in
+    fusion-dag's own line, rather than Snakemake stopping with a MissingInputException.
+    """
+    samples = config["samples"]
+    exists = Path(samples) == Path(DEMO_TABLE) or Path(samples).exists()
+    return {"table": samples} if exists else {}
 
 
 def partition_seed(wildcards):
@@ -367,19 +382,28 @@ def bundle_inputs(wildcards):
 DEFAULT_BUNDLE = "results/final/bundle"
 
 
-def predict_bundle(wildcards):
+def predict_bundle(wildcards=None):
     """The bundle predict applies: predict.bundle, or the one final_models builds."""
     return config["predict"]["bundle"] or DEFAULT_BUNDLE
+
+
+def predict_bundle_input(wildcards):
+    """The bundle as an input: left out when a given bundle has no manifest, so predict_table
+    runs and says so in fusion-dag's own line (not a MissingInputException)."""
+    bundle = predict_bundle()
+    return {"bundle": bundle} if predict_spec(wildcards) else {}
 
 
 def predict_spec(wildcards):
     """The model spec a new table is checked against before any model is loaded: a given
     bundle's manifest, or (for the bundle this run builds) the spec that bundle will hold, so a
-    bad table fails before the final models are trained."""
-    bundle = predict_bundle(wildcards)
+    bad table fails before the final models are trained. Empty when a given bundle has no
+    manifest (predict_table then names the problem)."""
+    bundle = predict_bundle()
     if Path(bundle) == Path(DEFAULT_BUNDLE):
         return "results/final/model_spec.json"
-    return f"{bundle}/manifest.json"
+    manifest = f"{bundle}/manifest.json"
+    return manifest if Path(manifest).is_file() else []
 
 
 def predict_samples(wildcards):
@@ -390,7 +414,8 @@ def predict_samples(wildcards):
             "Invalid config key 'predict.samples': the predict target needs the new table, "
             "e.g. --config predict='{samples: new_visits.csv}'"
         )
-    return samples
+    # A table that does not exist is left out, so predict_table names it in one line.
+    return samples if Path(samples).exists() else []
 
 
 def predict_image_dir(wildcards):

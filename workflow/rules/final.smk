@@ -102,6 +102,7 @@ rule model_spec:
         modalities=spec_modalities(),
         combinations=COMBINATIONS,
         fusion=config["fusion"],
+        na_values=config["na_values"],
     script:
         "../scripts/model_spec.py"
 
@@ -109,12 +110,12 @@ rule model_spec:
 rule bundle:
     input:
         unpack(bundle_inputs),
+        unpack(samples_input),
         spec="results/final/model_spec.json",
         fusion_metrics=expand(
             "results/final/fusion/{combination}/metrics.json",
             combination=COMBINATIONS,
         ),
-        table=config["samples"],
         images="results/prepared/images.tsv",
     output:
         bundle=directory(DEFAULT_BUNDLE),

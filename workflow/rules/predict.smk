@@ -17,6 +17,8 @@ rule predict_table:
         mem_mb=4000,
         runtime=30,
     params:
+        samples=config["predict"]["samples"],
+        bundle=predict_bundle(),
         image_dir=predict_image_dir,
         combination=config["predict"]["combination"],
     script:
@@ -25,7 +27,7 @@ rule predict_table:
 
 rule predictions:
     input:
-        bundle=predict_bundle,
+        unpack(predict_bundle_input),
         samples="results/predict/samples.tsv",
         images="results/predict/images.tsv",
     output:

@@ -1,6 +1,6 @@
 rule prepare:
     input:
-        table=config["samples"],
+        unpack(samples_input),
     output:
         samples="results/prepared/samples.tsv",
         images="results/prepared/images.tsv",
@@ -15,6 +15,8 @@ rule prepare:
         mem_mb=4000,
         runtime=60,
     params:
+        samples=config["samples"],
+        na_values=config["na_values"],
         image_dir=image_dir,
         columns=config["columns"],
         classes=config["classes"],

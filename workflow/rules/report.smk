@@ -123,7 +123,7 @@ rule plot_weight_sweep:
 # A record of a completed run: written once the results it describes exist.
 rule provenance:
     input:
-        table=config["samples"],
+        unpack(samples_input),
         images="results/prepared/images.tsv",
         headline=rules.aggregate_results.output.table,
         metrics=run_metrics,

@@ -10,6 +10,7 @@ with job_log(snakemake.log[0]) as log:
         snakemake.params.modalities,
         snakemake.params.combinations,
         snakemake.params.fusion,
+        snakemake.params.na_values,
     )
     write_json(spec, snakemake.output.spec)
     log.info(

@@ -1,17 +1,24 @@
 from fusion_dag.artifacts import read_json, write_tsv
-from fusion_dag.bundle import choose_combination
+from fusion_dag.bundle import choose_combination, load_bundle
 from fusion_dag.joblog import job_log
 from fusion_dag.predict_table import new_samples
 
 with job_log(snakemake.log[0]) as log:
-    spec = read_json(snakemake.input.spec)
+    # No spec input means the given bundle has no manifest: load_bundle says so in one line.
+    spec = (
+        read_json(snakemake.input.spec)
+        if snakemake.input.spec
+        else load_bundle(snakemake.params.bundle)
+    )
     members = choose_combination(spec, snakemake.params.combination)
-    samples, images = new_samples(snakemake.input.table, snakemake.params.image_dir, spec, members)
+    samples, images = new_samples(
+        snakemake.params.samples, snakemake.params.image_dir, spec, members
+    )
     write_tsv(images, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)
     log.info(
         "New table %s: %d rows, %d groups, %s labels; scored by %s",
-        snakemake.input.table,
+        snakemake.params.samples,
         len(samples),
         samples["group"].nunique(),
         "with" if samples["label"].notna().any() else "no",

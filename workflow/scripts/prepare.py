@@ -4,7 +4,7 @@ from fusion_dag.prepare import prepare_inputs
 
 with job_log(snakemake.log[0]):
     samples, images = prepare_inputs(
-        snakemake.input.table,
+        snakemake.params.samples,
         snakemake.params.image_dir,
         snakemake.params.columns,
         snakemake.params.classes,
@@ -12,6 +12,7 @@ with job_log(snakemake.log[0]):
         snakemake.params.missing_images,
         ignored_columns=snakemake.params.ignored_columns,
         scaled=snakemake.params.scaled,
+        na_values=snakemake.params.na_values,
     )
     write_tsv(images, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)

@@ -54,19 +54,23 @@ def model_spec(
     modalities: dict,
     combinations: dict,
     fusion: dict,
+    na_values=(),
 ) -> dict:
     """What applying the final models needs to know, apart from the models themselves.
 
     ``modalities`` maps each modality in use to its image settings plus ``column``;
     ``combinations`` each selected combination to its members; ``fusion`` holds
-    ``metadata_weight`` and ``weights``. The default combination for prediction is the one with
-    the most members (the first listed among equals).
+    ``metadata_weight`` and ``weights``; ``na_values`` the strings read as missing cells, so a
+    new table is read as the training table was. The default combination for prediction is the
+    one with the most members (the first listed among equals).
+
     """
     uses_metadata = any(METADATA in members for members in combinations.values())
     return {
         "format": FORMAT,
         "classes": list(classes),
         "columns": {key: columns.get(key) for key in ("id", "group", "label")},
+        "na_values": list(na_values),
         "features": feature_types(samples) if uses_metadata else [],
         "modalities": {
             name: {"column": settings["column"], **{k: settings[k] for k in IMAGE_KEYS}}

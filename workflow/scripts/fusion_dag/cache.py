@@ -8,11 +8,12 @@ never re-runs prepare or the forest.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fusion_dag.artifacts import ID, InputError, partial_path
 from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
@@ -50,14 +51,19 @@ def decoded(image: Image.Image, size: int, channels: int, value_range) -> np.nda
 
 
 def decode_into(target: np.ndarray, paths, size: int, channels: int, value_range) -> int:
-    """Decode each image of ``paths`` into the matching row of ``target``; return how many were
-    colour images. The one decoding both the image cache and prediction on new images use."""
+    """Decode each image of ``paths`` into the matching row of ``target``, turned upright by its
+    EXIF orientation as a viewer shows it; return how many were colour images. The one decoding
+    both the image cache and prediction on new images use."""
     colour = 0
     for row, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
-                colour += image.mode not in COLOURLESS_MODES
-                target[row] = decoded(image, size, channels, value_range)
+            # prepare already logged any image over Pillow's pixel limit, naming it.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    colour += image.mode not in COLOURLESS_MODES
+                    upright = ImageOps.exif_transpose(image)
+                    target[row] = decoded(upright, size, channels, value_range)
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(
                 f"image file {path} cannot be decoded: {error}; replace the file"

@@ -94,6 +94,29 @@ def schema_error(config: dict, schema: dict) -> str:
     return f"Invalid config key '{key}': {cause.message}"
 
 
+def class_names(classes: list) -> list:
+    """The class names as text: ``classes: [1, 2, 3]`` means the labels ``1``, ``2``, ``3``
+    (a whole float such as ``2.0`` is written ``2``), so numeric labels need no quoting."""
+    names = [str(int(c)) if isinstance(c, float) and c.is_integer() else str(c) for c in classes]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"Invalid config key 'classes': {classes} names class {', '.join(repeated)} twice"
+        )
+    return names
+
+
+def check_columns(columns: dict) -> None:
+    """The id, group and label columns must be three different columns."""
+    roles = {key: columns.get(key) for key in ("id", "group", "label") if columns.get(key)}
+    for first, second in itertools.combinations(roles, 2):
+        if roles[first] == roles[second]:
+            raise ConfigError(
+                f"Invalid config key 'columns.{second}': {roles[second]!r} is also columns."
+                f"{first}; the {first}, group and label columns must be different columns"
+            )
+
+
 def selected_combinations(config: dict) -> dict:
     """Name -> members of each combination to run, metadata first, images in config order.
 
@@ -182,6 +205,13 @@ def check_image_settings(config: dict, modalities) -> None:
                 f"{weights} is not a file (give imagenet, null, or the path of a Keras "
                 f".weights.h5 file of {settings['backbone']} built with include_top=False)"
             )
+        value_range = settings["value_range"]
+        if value_range is not None and value_range[0] >= value_range[1]:
+            raise ConfigError(
+                f"Invalid config key '{setting_key(config, name, 'value_range')}': "
+                f"{list(value_range)} has low >= high; give [low, high] with low < high in "
+                "the images' raw units"
+            )
         if settings["size"] < 32 and settings["backbone"] != "small_cnn":
             raise ConfigError(
                 f"Invalid config key '{setting_key(config, name, 'size')}': {settings['size']} "
@@ -198,11 +228,13 @@ def check_fusion_weights(config: dict, combinations: dict) -> None:
     used = sorted({member for members in combinations.values() for member in members})
     missing = [member for member in used if member not in weights]
     unknown = [member for member in weights if member not in [METADATA, *config["modalities"]]]
-    if missing or unknown:
-        raise ConfigError(
-            f"Invalid config key 'fusion.weights': members without a weight {missing}, "
-            f"names that are neither metadata nor a modality {unknown}"
-        )
+    problems = []
+    if missing:
+        problems.append(f"members without a weight: {', '.join(missing)}")
+    if unknown:
+        problems.append(f"names that are neither metadata nor a modality: {', '.join(unknown)}")
+    if problems:
+        raise ConfigError(f"Invalid config key 'fusion.weights': {'; '.join(problems)}")
     total = sum(weights.values())
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(

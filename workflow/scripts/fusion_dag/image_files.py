@@ -7,6 +7,8 @@ mode sets, defined once here.
 """
 
 import logging
+import re
+import warnings
 from pathlib import Path, PurePath
 
 import pandas as pd
@@ -89,18 +91,36 @@ def resolve_images(
             "image_dir without '..' (symlinks inside image_dir are followed)"
         )
     paths = cells[~empty].map(lambda v: root / str(v))
+    folders = paths.map(lambda p: p.is_dir())
+    if folders.any():
+        raise InputError(
+            f"image path {paths[folders].iloc[0]} is a folder, not an image file (modality "
+            f"{modality}; ids {describe_rows(ids[~empty][folders].tolist())}); give each cell "
+            "the path of one image file"
+        )
     absent = paths.map(lambda p: not p.is_file())
     if absent.any():
         first = paths[absent].iloc[0]
+        backslash = (
+            "; the paths use '\\': write them with '/'"
+            if cells[~empty][absent].str.contains("\\", regex=False).any()
+            else ""
+        )
         raise InputError(
             f"image file {first} does not exist (modality {modality}; ids "
-            f"{describe_rows(ids[~empty][absent].tolist())} have missing files); fix the paths "
-            "or image_dir, or empty those cells and set missing_images: drop"
+            f"{describe_rows(ids[~empty][absent].tolist())} have missing files){backslash}; fix "
+            "the paths or image_dir, or empty those cells and set missing_images: drop"
         )
-    modes = pd.Series(
-        [check_image(p, modality, i) for i, p in zip(ids[~empty], paths, strict=True)],
-        index=ids[~empty].to_numpy(),
-    )
+    checked = [check_image(p, modality, i) for i, p in zip(ids[~empty], paths, strict=True)]
+    modes = pd.Series([mode for mode, _ in checked], index=ids[~empty].to_numpy())
+    rotated = sum(turned for _, turned in checked)
+    if rotated:
+        log.info(
+            "Modality %s: %d images carry an EXIF orientation; the cache turns them upright "
+            "(ImageOps.exif_transpose) as a viewer shows them",
+            modality,
+            rotated,
+        )
     check_modes(modes, paths.set_axis(modes.index), modality, scaled)
     return pd.Series(paths.map(str).to_numpy(), index=ids[~empty].to_numpy(), name=modality)
 
@@ -125,7 +145,9 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
     for mode, target in CONVERTED_MODES.items():
         count = int((modes == mode).sum())
         if count:
-            log.info("Modality %s: %s images converted to %s: %d", modality, mode, target, count)
+            log.info(
+                "Modality %s: %d images of mode %s converted to %s", modality, count, mode, target
+            )
     colour = modes.isin(COLOUR_MODES)
     if colour.any() and not colour.all():
         log.warning(
@@ -138,31 +160,59 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
         )
 
 
-def check_image(path: Path, modality: str, sample_id: str) -> str:
-    """Check an image's header and integrity and return its mode; refuse unreadable files,
-    truncated or corrupted ones, and empty sizes.
+# Pillow's EXIF tag for the camera's orientation; 1 is upright.
+ORIENTATION_TAG = 0x0112
+
+
+def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
+    """Check an image's header and integrity; return (its mode, whether its EXIF orientation
+    turns it). Refuse unreadable, truncated or corrupted files, empty sizes, files of several
+    frames, and images over Pillow's decompression-bomb limit.
 
     Pillow's ``verify`` reads the whole file and checks its structure (for PNG, every chunk's
     CRC and the end marker) without decoding pixels: the image cache decodes each image once,
-    and refuses, naming the file, any image that still fails to decode there.
+    and refuses, naming the file, any image that still fails to decode there. An animated GIF
+    or a multi-page TIFF is refused rather than read at its first frame: which frame shows the
+    wound is not knowable here, and the other frames would be dropped without a word.
     """
+    where = f"image file {path} (modality {modality}, id {sample_id})"
     try:
-        with Image.open(path) as image:
-            mode, size = image.mode, image.size
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                mode, size = image.mode, image.size
+                frames = getattr(image, "n_frames", 1)
+                turned = image.getexif().get(ORIENTATION_TAG, 1) not in (1, None)
+            with Image.open(path) as image:
+                image.verify()
+    except Image.DecompressionBombError as error:
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        count = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
         raise InputError(
-            f"image file {path} (modality {modality}, id {sample_id}) cannot be read: {error}; "
-            "replace the file"
+            f"{where} has {count}, over twice Pillow's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,}; a wound image this large is unusual: downscale it or "
+            "check the file"
         ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise InputError(f"{where} cannot be read: {error}; replace the file") from None
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        log.warning(
+            "%s has %s pixels, over Pillow's decompression-bomb limit of %s: read anyway; "
+            "downscale it if that is not what the camera writes",
+            where,
+            f"{size[0] * size[1]:,}",
+            f"{Image.MAX_IMAGE_PIXELS:,}",
+        )
     if min(size) == 0:
+        raise InputError(f"{where} has size {size}; replace the file")
+    if frames > 1:
         raise InputError(
-            f"image file {path} (modality {modality}, id {sample_id}) has size {size}; "
-            "replace the file"
+            f"{where} holds {frames} frames (an animated or multi-page file); fusion-dag reads "
+            "one image per file: export the frame that shows the wound as its own file"
         )
     if mode not in KNOWN_MODES:
         raise InputError(
-            f"image file {path} (modality {modality}, id {sample_id}) has mode {mode}, which "
-            f"fusion-dag does not read (modes: {', '.join(sorted(KNOWN_MODES))}); convert it"
+            f"{where} has mode {mode}, which fusion-dag does not read (modes: "
+            f"{', '.join(sorted(KNOWN_MODES))}); convert it"
         )
-    return mode
+    return mode, turned

@@ -17,6 +17,7 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
 from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
+    check_finite,
     clean_groups,
     clean_ids,
     coerce_numeric,
@@ -43,7 +44,7 @@ def new_samples(
     be numeric here; empty cells are imputed as in training, and text categories the forest has
     not seen are ignored by its encoder. Empty image cells mean the visit has no such image.
     """
-    table = read_table(path)
+    table = read_table(path, spec.get("na_values", []), key="predict.samples")
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
     modalities = {m: spec["modalities"][m]["column"] for m in members if m != METADATA}
@@ -102,6 +103,7 @@ def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
             f"text ({values}) in data rows {describe_rows(row_names(text))}; fix the cells "
             "or empty them"
         )
+    check_finite(column, name, path)
     return column
 
 

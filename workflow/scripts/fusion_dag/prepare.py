@@ -16,7 +16,7 @@ from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
     clean_groups,
     clean_ids,
-    coerce_numeric,
+    feature_column,
     normalise_labels,
     read_table,
     require_columns,
@@ -61,7 +61,7 @@ def clean_samples(
     are the path columns of configured modalities no selected combination uses. Features are
     every column except id, group, label, those image-path columns and ``columns['exclude']``:
     a file path is never a feature (a path such as ``R/x.png`` would leak the label). A column
-    that is numeric in every filled cell becomes a float.
+    that is numeric in every filled cell (or all but a few, with a warning) becomes a float.
     """
     id_column, group_column, label_column = columns.get("id"), columns["group"], columns["label"]
     wanted = [("columns.group", group_column), ("columns.label", label_column)]
@@ -94,8 +94,23 @@ def clean_samples(
             "uses for id, group and label; rename them or list them in columns.exclude"
         )
     for feature in features:
-        clean[feature] = coerce_numeric(table[feature])
+        clean[feature] = feature_column(table[feature], feature, source)
+    log_missing_cells(clean[features], source)
     return clean
+
+
+def log_missing_cells(features: pd.DataFrame, source: Path) -> None:
+    """Count the missing cells of each feature column in the log (the forest imputes them)."""
+    missing = features.isna().sum()
+    missing = missing[missing > 0]
+    if len(missing):
+        log.info(
+            "Samples table %s: missing cells per feature column (imputed): %s",
+            source,
+            ", ".join(f"{name}={count}" for name, count in missing.items()),
+        )
+    else:
+        log.info("Samples table %s: no missing cells in the feature columns", source)
 
 
 def prepare_inputs(
@@ -108,15 +123,17 @@ def prepare_inputs(
     *,
     ignored_columns=(),
     scaled=(),
+    na_values=(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate the table and the images of the modalities in use; return (samples, images).
 
     ``modalities`` maps each modality in use to its path column; ``ignored_columns`` are path
     columns of configured modalities not in use (never features); ``scaled`` names the
-    modalities with a ``value_range``. ``images`` has one row per sample and one column per
+    modalities with a ``value_range``; ``na_values`` the strings that mean a missing cell
+    besides an empty one. ``images`` has one row per sample and one column per
     modality holding the image path (empty where the row was dropped from that modality).
     """
-    table = read_table(samples_path)
+    table = read_table(samples_path, na_values)
     samples = clean_samples(table, columns, classes, modalities, samples_path, ignored_columns)
     images = pd.DataFrame({ID: samples[ID]})
     for modality, column in modalities.items():

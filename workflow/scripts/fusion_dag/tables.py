@@ -6,6 +6,7 @@ semicolon separators and stray spaces, and must be read and cleaned the same way
 problem stated once, naming the file, column and rows.
 """
 
+import csv
 import io
 import logging
 import re
@@ -54,37 +55,124 @@ def delimiter(path: Path, text: str) -> str:
     return ";" if header.count(";") > header.count(",") else ","
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def header_names(text: str, separator: str) -> list:
+    """The header's column names as written (csv quoting rules), surrounding spaces removed."""
+    first = next(csv.reader(io.StringIO(text), delimiter=separator), [])
+    return [name.strip() for name in first]
+
+
+def check_header(names: list, path: Path, separator: str) -> None:
+    """Refuse a header pandas would silently change: a repeated name (pandas renames the copy
+    ``label.1``, and a repeated label column becomes a feature that is the label), or a file
+    whose comma-separated header is really tab-separated."""
+    if len(names) == 1 and "\t" in names[0] and separator != "\t":
+        raise InputError(
+            f"samples table {path}: the header is one column holding tab characters; the file "
+            "looks tab-separated: name it .tsv (or export it comma-separated)"
+        )
+    filled = [name for name in names if name]
+    repeated = sorted({name for name in filled if filled.count(name) > 1})
+    if repeated:
+        where = "; ".join(
+            f"'{name}' in columns "
+            + ", ".join(str(i + 1) for i, other in enumerate(names) if other == name)
+            for name in repeated
+        )
+        raise InputError(
+            f"samples table {path}: the header repeats column names ({where}); every column "
+            "needs its own name: rename or remove the copies"
+        )
+
+
+def named_columns(table: pd.DataFrame, names: list, path: Path) -> pd.DataFrame:
+    """The table with the header's names, without what spreadsheet exports add: columns with no
+    header and no data, and rows with no data at all (each counted in the log). A column with
+    no header but with data is an error, since nothing could refer to it."""
+    keep = []
+    for position, name in enumerate(names[: table.shape[1]]):
+        column = table.iloc[:, position]
+        if name:
+            keep.append(position)
+        elif column.notna().any():
+            raise InputError(
+                f"samples table {path}: column {position + 1} has no header but holds data "
+                f"(data rows {describe_rows(row_names(column.notna()))}); give it a name"
+            )
+    dropped = table.shape[1] - len(keep)
+    if dropped:
+        log.info("Table %s: dropped %d columns with no header and no data", path, dropped)
+    table = table.iloc[:, keep].set_axis([names[p] for p in keep], axis=1)
+    empty = table.isna().all(axis=1)
+    if empty.any():
+        log.info(
+            "Table %s: dropped %d rows with no data (data rows %s)",
+            path,
+            int(empty.sum()),
+            describe_rows(row_names(empty)),
+        )
+    # The index stays the data row position, so every later message names the file's rows.
+    return table[~empty]
+
+
+def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table with every cell as text (or missing).
 
     Text is kept as text so identifiers such as ``007`` survive; numeric columns are recognised
     later by :func:`coerce_numeric`. A UTF-8 byte-order mark in the header is removed, and a
-    semicolon-separated CSV (with decimal commas) is recognised from its header.
+    semicolon-separated CSV (with decimal commas) is recognised from its header. Only empty
+    cells, and the strings in ``na_values``, are missing: pandas' default list (``NA``,
+    ``None``, ``null``, ``n/a``, ...) would turn a patient called ``NA`` or a text category
+    ``None`` into a missing cell without a word. Header names lose surrounding spaces; a
+    repeated name is an error (see :func:`check_header`). ``key`` is the config key naming the
+    table, for the message when it does not exist.
     """
     path = Path(path)
+    what = "samples table"
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a table file")
     if not path.is_file():
-        raise InputError(f"samples table {path} does not exist; set 'samples' in the config")
+        raise InputError(f"{what} {path} does not exist; set '{key}' in the config")
     suffix = path.suffix.lower()
+    missing = ["", *na_values]
     if suffix == ".parquet":
         table = pd.read_parquet(path)
-        return table.astype(object).where(table.notna(), None).astype(object)
+        check_header([str(name).strip() for name in table.columns], path, "")
+        listed = table.map(lambda v: isinstance(v, str) and v.strip() in missing)
+        return table.astype(object).where(table.notna() & ~listed, None).astype(object)
     if suffix not in (".csv", ".tsv", ".txt"):
-        raise InputError(
-            f"samples table {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet"
-        )
+        raise InputError(f"{what} {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet")
     text = decoded_text(path)
+    if not text.strip():
+        raise InputError(f"{what} {path} is empty: it has no header and no rows")
     separator = delimiter(path, text)
+    names = header_names(text, separator)
+    check_header(names, path, separator)
     try:
-        return pd.read_csv(io.StringIO(text), sep=separator, dtype=object, skipinitialspace=True)
+        table = pd.read_csv(
+            io.StringIO(text),
+            sep=separator,
+            dtype=object,
+            skipinitialspace=True,
+            keep_default_na=False,
+            na_values=missing,
+        )
     except pd.errors.ParserError as error:
         where = re.search(r"line (\d+)", str(error))
         line = f"line {where.group(1)}" if where else "a line"
         raise InputError(
-            f"samples table {path}: {line} has more fields than the header "
+            f"{what} {path}: {line} has more fields than the header "
             f"({' '.join(str(error).split())}); "
             f"the separator is {separator!r}: check for an unquoted {separator!r} inside a cell "
             "(for example a decimal comma in a comma-separated file)"
         ) from None
+    renamed = [name for name, column in zip(names, table.columns, strict=False) if name != column]
+    if any(renamed):
+        log.info(
+            "Table %s: header names read without surrounding spaces: %s",
+            path,
+            [name for name in renamed if name],
+        )
+    return named_columns(table, names, path)
 
 
 def coerce_numeric(column: pd.Series) -> pd.Series:
@@ -93,15 +181,72 @@ def coerce_numeric(column: pd.Series) -> pd.Series:
     Decimal commas (``3,5``) count as numbers when the whole column uses them, as exported by
     spreadsheets in many locales.
     """
+    numbers = parsed_numbers(column)
+    if numbers is not None and numbers.notna().all():
+        return numbers.reindex(column.index).astype(float)
+    if numbers is None:
+        return pd.Series(np.nan, index=column.index, dtype=float)
+    return stripped(column).astype(object)
+
+
+def parsed_numbers(column: pd.Series) -> pd.Series | None:
+    """Each filled cell as a number (NaN where it is not one), or None for an empty column."""
     present = column.dropna().astype(str).str.strip()
     if present.empty:
-        return pd.Series(np.nan, index=column.index, dtype=float)
+        return None
     if present.str.match(DECIMAL_COMMA.pattern).all():
         present = present.str.replace(",", ".", regex=False)
-    numbers = pd.to_numeric(present, errors="coerce")
-    if numbers.notna().all():
-        return numbers.reindex(column.index).astype(float)
-    return stripped(column).astype(object)
+    return pd.to_numeric(present, errors="coerce")
+
+
+# A numeric column may hold this share of cells that are not numbers (``#DIV/0!``, ``>90``)
+# and still be read as numbers, those cells missing, with a warning; above it, it is text.
+STRAY_TEXT_SHARE = 0.1
+
+
+def feature_column(column: pd.Series, name: str, source: Path) -> pd.Series:
+    """A metadata feature as floats or text, never changed without a word.
+
+    Numeric when every filled cell is a number; when a few are not (at most
+    ``STRAY_TEXT_SHARE``: spreadsheet errors such as ``#DIV/0!``, censored values such as
+    ``>90``), those cells are read as missing and a warning names them, instead of the whole
+    column silently turning into text categories. Infinite values are an error: a forest
+    cannot split on them and no imputation fits them.
+    """
+    numbers = parsed_numbers(column)
+    if numbers is None:
+        return pd.Series(np.nan, index=column.index, dtype=float)
+    stray = numbers.isna()
+    if stray.mean() > STRAY_TEXT_SHARE:
+        return stripped(column).astype(object)
+    if stray.any():
+        cells = column.loc[stray[stray].index]
+        values = ", ".join(repr(v) for v in sorted(set(cells.astype(str).str.strip()))[:5])
+        rows = pd.Series(column.index.isin(cells.index), index=column.index)
+        log.warning(
+            "Samples table %s: feature column '%s' is numeric but for %d cells (%s in data rows "
+            "%s); they are read as missing (imputed like empty cells): fix them, list them in "
+            "na_values, or list the column in columns.exclude",
+            source,
+            name,
+            int(stray.sum()),
+            values,
+            describe_rows(row_names(rows)),
+        )
+    floats = numbers.reindex(column.index).astype(float)
+    check_finite(floats, name, source)
+    return floats
+
+
+def check_finite(column: pd.Series, name: str, source: Path) -> None:
+    """Infinite numbers (``inf``, ``-inf``, ``Infinity``) are an error naming the rows."""
+    infinite = pd.Series(np.isinf(column.to_numpy(dtype=float)), index=column.index)
+    if infinite.any():
+        raise InputError(
+            f"samples table {source}: feature column '{name}' holds infinite values in data "
+            f"rows {describe_rows(row_names(infinite))}; replace them with numbers or empty the "
+            "cells"
+        )
 
 
 # What to do when a configured column is absent, for the keys whose defaults name the demo's
@@ -141,8 +286,9 @@ def blank(column: pd.Series) -> pd.Series:
 
 
 def row_names(mask: pd.Series) -> list:
-    """Human row names: 1-based data row numbers (the header is not counted)."""
-    return [i + 1 for i in np.flatnonzero(mask.to_numpy())]
+    """Human row names: 1-based data row numbers (the header is not counted), from the index,
+    which :func:`read_table` keeps as each row's position in the file."""
+    return [int(i) + 1 for i in mask.index[mask.to_numpy(dtype=bool)]]
 
 
 def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path) -> pd.Series:
@@ -159,7 +305,10 @@ def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path
             f"{describe_rows(row_names(empty))}; give every row a label"
         )
     by_folded = {c.casefold(): c for c in classes}
-    mapped = text.map(lambda v: by_folded.get(str(v).casefold()))
+    by_number = {number: c for c in classes if (number := as_number(c)) is not None}
+    mapped = text.map(
+        lambda v: by_folded.get(str(v).casefold()) or by_number.get(as_number(str(v)))
+    )
     unknown = mapped.isna()
     if unknown.any():
         values = ", ".join(repr(v) for v in sorted(set(text[unknown].astype(str))))
@@ -170,8 +319,21 @@ def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path
         )
     changed = int((mapped != labels).sum())
     if changed:
-        log.info("Normalised %d labels (surrounding spaces or letter case)", changed)
+        log.info(
+            "Normalised %d labels (surrounding spaces, letter case, or a number written "
+            "another way such as 1.0 for class 1)",
+            changed,
+        )
     return mapped
+
+
+def as_number(text: str) -> float | None:
+    """``text`` as a finite number, or None: how labels ``1.0`` and class ``1`` are compared."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
 
 
 def clean_ids(table: pd.DataFrame, id_column: str | None, source: Path) -> pd.Series:
@@ -202,4 +364,31 @@ def clean_groups(table: pd.DataFrame, group_column: str, source: Path) -> pd.Ser
             f"samples table {source}: group column '{group_column}' is empty in data rows "
             f"{describe_rows(row_names(blank(groups)))}; every row needs its patient"
         )
-    return groups.astype(str)
+    return merged_number_spellings(groups.astype(str), group_column, source)
+
+
+def merged_number_spellings(groups: pd.Series, column: str, source: Path) -> pd.Series:
+    """Patient numbers written two ways (``2`` and ``2.0``, ``7`` and ``007``) name one patient.
+
+    A spreadsheet that typed some cells as numbers splits a patient in two groups otherwise,
+    and patient-grouped folds could then put the same patient on both sides. Only numbers
+    written more than one way are changed (to their first spelling), with a warning.
+    """
+    numbers = groups.map(as_number)
+    if numbers.isna().any():
+        return groups
+    first = groups.groupby(numbers.to_numpy()).transform("first")
+    changed = first != groups
+    if changed.any():
+        log.warning(
+            "Samples table %s: group column '%s' writes %d patient numbers more than one way "
+            "(%s); each number is one patient",
+            source,
+            column,
+            int(first[changed].nunique()),
+            ", ".join(
+                f"{a!r} as {b!r}"
+                for a, b in sorted(set(zip(groups[changed], first[changed], strict=True)))[:5]
+            ),
+        )
+    return first
