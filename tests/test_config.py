@@ -111,14 +111,15 @@ def test_fusion_weights_need_every_member_and_sum_to_one(config):
     with pytest.raises(ConfigError, match="the weights sum to 0.9, not 1"):
         check_fusion_weights(config, combinations)
     config["fusion"]["weights"] = {"metadata": 1.0}
-    with pytest.raises(ConfigError, match="weights': members without a weight: thermal_map$"):
+    with pytest.raises(ConfigError, match=r"weights': members without a weight \['thermal_map'\]$"):
         check_fusion_weights(config, combinations)
     # Each part of the message only when it has something to say: never an empty list.
     config["fusion"]["weights"] = {"metadata": 0.5, "thermal_map": 0.3, "bogus": 0.2}
     with pytest.raises(ConfigError) as error:
         check_fusion_weights(config, combinations)
     assert str(error.value) == (
-        "Invalid config key 'fusion.weights': names that are neither metadata nor a modality: bogus"
+        "Invalid config key 'fusion.weights': names that are neither metadata nor a modality "
+        "['bogus']"
     )
     assert "[]" not in str(error.value)
 

@@ -32,7 +32,7 @@ def kill_during_image_training(workdir, timeout=300) -> int:
     while time.monotonic() < deadline:
         for fold in (1, 2, 3):
             log = workdir / IMAGE_LOG.format(fold)
-            if log.exists() and "Epoch 2/" in log.read_text():
+            if log.exists() and "Epoch 1/" in log.read_text():
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return fold

@@ -230,9 +230,9 @@ def check_fusion_weights(config: dict, combinations: dict) -> None:
     unknown = [member for member in weights if member not in [METADATA, *config["modalities"]]]
     problems = []
     if missing:
-        problems.append(f"members without a weight: {', '.join(missing)}")
+        problems.append(f"members without a weight {missing}")
     if unknown:
-        problems.append(f"names that are neither metadata nor a modality: {', '.join(unknown)}")
+        problems.append(f"names that are neither metadata nor a modality {unknown}")
     if problems:
         raise ConfigError(f"Invalid config key 'fusion.weights': {'; '.join(problems)}")
     total = sum(weights.values())
