@@ -156,6 +156,9 @@ def test_numeric_classes_are_read_as_their_text():
     ],
 )
 def test_id_group_and_label_must_be_different_columns(columns, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         check_columns(columns)
+    assert str(error.value).endswith(
+        "the id, group and label columns must be three different columns"
+    )
     check_columns({"id": None, "group": "patient", "label": "y"})

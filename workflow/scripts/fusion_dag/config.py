@@ -113,7 +113,7 @@ def check_columns(columns: dict) -> None:
         if roles[first] == roles[second]:
             raise ConfigError(
                 f"Invalid config key 'columns.{second}': {roles[second]!r} is also columns."
-                f"{first}; the {first}, group and label columns must be different columns"
+                f"{first}; the id, group and label columns must be three different columns"
             )
 
 
