@@ -108,6 +108,9 @@ def test_a_numeric_feature_with_text_is_one_error_naming_rows():
         typed_column(table, {"name": "age", "type": "numeric"}, "new.csv")
     text = typed_column(pd.DataFrame({"sex": [" M", "1"]}), {"name": "sex", "type": "text"}, "x")
     assert text.tolist() == ["M", "1"]
+    infinite = pd.DataFrame({"age": ["61", "inf"]})
+    with pytest.raises(InputError, match="'age' holds infinite values in data rows 2"):
+        typed_column(infinite, {"name": "age", "type": "numeric"}, "new.csv")
 
 
 def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path):

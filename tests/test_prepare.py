@@ -419,6 +419,16 @@ def test_files_of_several_frames_are_refused_naming_the_count(workdir, kind):
         prepare(workdir)
 
 
+def test_a_phone_jpeg_with_a_gain_map_is_one_photograph(workdir):
+    """Pillow opens a JPEG with an MPF gain map as MPO with 2 frames; the first is the photo."""
+    photo, gain_map = Image.new("RGB", (16, 16), "red"), Image.new("RGB", (8, 8), "blue")
+    replace_first_image(
+        workdir, lambda p: photo.save(p, format="MPO", save_all=True, append_images=[gain_map])
+    )
+    _, images = prepare(workdir)
+    assert images["thermal_map"].notna().all()
+
+
 def test_decompression_bombs_are_one_line_and_large_images_a_warning(workdir, caplog, monkeypatch):
     """The demo's thermal maps are 64 x 64 = 4,096 pixels; the limit is lowered around them."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # over twice the limit: Pillow refuses

@@ -132,3 +132,53 @@ def test_parquet_repeats_nothing_and_missing_words_stay_data(tmp_path):
     table = read_table(path)
     assert table["smoking"].tolist() == ["NA", None]
     assert read_table(path, na_values=["NA"])["smoking"].isna().all()
+
+
+def test_a_trailing_separator_and_blank_lines_keep_columns_and_row_numbers(tmp_path):
+    """Spreadsheets end rows with a separator; a blank line still counts as a row of the file."""
+    path = write(tmp_path, "id,label,age\na,I,3,\n\nb,Q,4,\n")
+    table = read_table(path)
+    assert list(table.columns) == ["id", "label", "age"]
+    assert table["id"].tolist() == ["a", "b"] and table["age"].tolist() == ["3", "4"]
+    with pytest.raises(InputError, match=r"\('Q'\) in data rows 3;"):
+        normalise_labels(table["label"], ["I", "P"], "label", path)
+
+
+def test_a_parquet_files_own_index_is_not_the_row_number(tmp_path):
+    path = tmp_path / "t.parquet"
+    frame = pd.DataFrame({"id": ["a", "b"], "label": ["I", "Q"]}, index=["x", "y"])
+    frame.to_parquet(path)
+    table = read_table(path)
+    with pytest.raises(InputError, match=r"\('Q'\) in data rows 2;"):
+        normalise_labels(table["label"], ["I", "P"], "label", path)
+
+
+def test_decimal_commas_are_numbers_cell_by_cell_beside_stray_text(caplog):
+    cells = ["36,5", "37", "38,25"] * 4 + ["#DIV/0!"]
+    with caplog.at_level(logging.WARNING):
+        column = feature_column(pd.Series(cells), "temperature", "t.csv")
+    assert column.dtype == float
+    assert column.iloc[:3].tolist() == [36.5, 37.0, 38.25] and pd.isna(column.iloc[-1])
+    assert "for 1 cells ('#DIV/0!'" in caplog.text
+
+
+def test_numbers_are_compared_exactly_and_only_when_written_plainly():
+    long_ids = pd.DataFrame({"patient": ["12345678901234567890", "12345678901234567891"]})
+    assert clean_groups(long_ids, "patient", "t.csv").nunique() == 2
+    with pytest.raises(InputError, match=r"\('1_0'\)"):
+        normalise_labels(pd.Series(["1_0"]), ["10", "20"], "grade", "t.csv")
+    with pytest.raises(InputError, match=r"\('1e1'\)"):
+        normalise_labels(pd.Series(["1e1"]), ["10", "20"], "grade", "t.csv")
+
+
+def test_rows_are_numbered_as_the_files_rows_without_an_id_column(tmp_path):
+    from fusion_dag.tables import clean_ids
+
+    table = read_table(write(tmp_path, "label,age\nI,3\n,\nP,4\n"))
+    assert clean_ids(table, None, "t.csv").tolist() == ["1", "3"]
+
+
+def test_a_bundle_made_before_na_values_reads_pandas_missing_words(tmp_path):
+    path = write(tmp_path, "id,smoking\na,NA\nb,yes\n")
+    assert read_table(path, na_values=None)["smoking"].isna().tolist() == [True, False]
+    assert read_table(path)["smoking"].isna().tolist() == [False, False]

@@ -63,7 +63,6 @@ def model_spec(
     ``metadata_weight`` and ``weights``; ``na_values`` the strings read as missing cells, so a
     new table is read as the training table was. The default combination for prediction is the
     one with the most members (the first listed among equals).
-
     """
     uses_metadata = any(METADATA in members for members in combinations.values())
     return {

@@ -21,11 +21,6 @@ log = logging.getLogger(__name__)
 
 # Image modes, by what the image cache does with them (Pillow's mode names).
 GREY_MODES = {"L"}
-
-
-COLOUR_MODES = {"RGB"}
-
-
 HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
@@ -181,8 +176,10 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 mode, size = image.mode, image.size
-                frames = getattr(image, "n_frames", 1)
-                turned = image.getexif().get(ORIENTATION_TAG, 1) not in (1, None)
+                # A phone's JPEG with a gain map opens as MPO with 2 frames: frame 0 is the
+                # photograph, the one the cache reads; only true animations or stacks count.
+                frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+                turned = image.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
             with Image.open(path) as image:
                 image.verify()
     except Image.DecompressionBombError as error:
@@ -195,6 +192,8 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise InputError(f"{where} cannot be read: {error}; replace the file") from None
+    for other in (w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)):
+        log.warning("%s: Pillow warns: %s", where, other.message)
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
         log.warning(
             "%s has %s pixels, over Pillow's decompression-bomb limit of %s: read anyway; "

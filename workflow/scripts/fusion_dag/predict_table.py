@@ -17,11 +17,10 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
 from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
-    check_finite,
     clean_groups,
     clean_ids,
-    coerce_numeric,
     describe_rows,
+    feature_column,
     normalise_labels,
     read_table,
     require_columns,
@@ -44,7 +43,8 @@ def new_samples(
     be numeric here; empty cells are imputed as in training, and text categories the forest has
     not seen are ignored by its encoder. Empty image cells mean the visit has no such image.
     """
-    table = read_table(path, spec.get("na_values", []), key="predict.samples")
+    # A bundle made before na_values existed was trained with pandas' missing words.
+    table = read_table(path, spec.get("na_values"), key="predict.samples")
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
     modalities = {m: spec["modalities"][m]["column"] for m in members if m != METADATA}
@@ -90,11 +90,16 @@ def new_samples(
 
 
 def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
-    """A feature column read as the type it had in training (numeric or text)."""
+    """A feature column read as the type it had in training (numeric or text).
+
+    A numeric feature is read as in training (:func:`~fusion_dag.tables.feature_column`): a few
+    stray texts are missing cells with a warning, infinite values an error; a column that is
+    mostly text cannot be the training's number and is an error naming the rows.
+    """
     name = feature["name"]
     if feature["type"] == "text":
         return stripped(table[name]).astype(object)
-    column = coerce_numeric(table[name])
+    column = feature_column(table[name], name, path)
     if column.dtype == object:
         text = pd.to_numeric(column, errors="coerce").isna() & column.notna()
         values = ", ".join(repr(v) for v in sorted(set(column[text].astype(str)))[:5])
@@ -103,7 +108,6 @@ def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
             f"text ({values}) in data rows {describe_rows(row_names(text))}; fix the cells "
             "or empty them"
         )
-    check_finite(column, name, path)
     return column
 
 

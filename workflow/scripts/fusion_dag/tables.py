@@ -1,7 +1,7 @@
 """Reading a user's table and cleaning its id, group and label columns.
 
 Why a module of its own: the training table (:mod:`fusion_dag.prepare`) and a new table for
-prediction (:mod:`fusion_dag.predict`) arrive with the same byte-order marks, decimal commas,
+prediction (:mod:`fusion_dag.predict_table`) arrive with the same byte-order marks, decimal commas,
 semicolon separators and stray spaces, and must be read and cleaned the same way, with every
 problem stated once, naming the file, column and rows.
 """
@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -118,13 +119,15 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table with every cell as text (or missing).
 
     Text is kept as text so identifiers such as ``007`` survive; numeric columns are recognised
-    later by :func:`coerce_numeric`. A UTF-8 byte-order mark in the header is removed, and a
+    later (:func:`feature_column`). A UTF-8 byte-order mark in the header is removed, and a
     semicolon-separated CSV (with decimal commas) is recognised from its header. Only empty
     cells, and the strings in ``na_values``, are missing: pandas' default list (``NA``,
     ``None``, ``null``, ``n/a``, ...) would turn a patient called ``NA`` or a text category
-    ``None`` into a missing cell without a word. Header names lose surrounding spaces; a
-    repeated name is an error (see :func:`check_header`). ``key`` is the config key naming the
-    table, for the message when it does not exist.
+    ``None`` into a missing cell without a word (``na_values=None`` keeps pandas' list for a
+    CSV: how a bundle made before the setting existed was trained). Header names lose
+    surrounding spaces; a repeated name is an error (see :func:`check_header`); the index is
+    each row's position in the file. ``key`` is the config key naming the table, for the
+    message when it does not exist.
     """
     path = Path(path)
     what = "samples table"
@@ -133,12 +136,14 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist; set '{key}' in the config")
     suffix = path.suffix.lower()
-    missing = ["", *na_values]
+    missing = ["", *(na_values or ())]
     if suffix == ".parquet":
-        table = pd.read_parquet(path)
-        check_header([str(name).strip() for name in table.columns], path, "")
+        table = pd.read_parquet(path).reset_index(drop=True)
+        names = [str(name).strip() for name in table.columns]
+        check_header(names, path, "")
         listed = table.map(lambda v: isinstance(v, str) and v.strip() in missing)
-        return table.astype(object).where(table.notna() & ~listed, None).astype(object)
+        table = table.astype(object).where(table.notna() & ~listed, None).astype(object)
+        return named_columns(table, names, path)
     if suffix not in (".csv", ".tsv", ".txt"):
         raise InputError(f"{what} {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet")
     text = decoded_text(path)
@@ -153,8 +158,12 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
             sep=separator,
             dtype=object,
             skipinitialspace=True,
-            keep_default_na=False,
+            keep_default_na=na_values is None,
             na_values=missing,
+            # A trailing separator on every row must not turn the first column into the index,
+            # and blank lines count as (empty) rows, so row numbers stay the file's.
+            index_col=False,
+            skip_blank_lines=False,
         )
     except pd.errors.ParserError as error:
         where = re.search(r"line (\d+)", str(error))
@@ -178,8 +187,8 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
 def coerce_numeric(column: pd.Series) -> pd.Series:
     """Return the column as floats when every non-missing cell is a number, else as text.
 
-    Decimal commas (``3,5``) count as numbers when the whole column uses them, as exported by
-    spreadsheets in many locales.
+    Decimal commas (``3,5``) count as numbers when no cell of the column uses a decimal point,
+    as spreadsheets in many locales export them.
     """
     numbers = parsed_numbers(column)
     if numbers is not None and numbers.notna().all():
@@ -194,8 +203,10 @@ def parsed_numbers(column: pd.Series) -> pd.Series | None:
     present = column.dropna().astype(str).str.strip()
     if present.empty:
         return None
-    if present.str.match(DECIMAL_COMMA.pattern).all():
-        present = present.str.replace(",", ".", regex=False)
+    # Decimal commas (a spreadsheet in a locale that writes 36,5) when no cell uses a point.
+    commas = present.str.fullmatch(DECIMAL_COMMA.pattern)
+    if commas.any() and not present.str.contains(".", regex=False).any():
+        present = present.where(~commas, present.str.replace(",", ".", regex=False))
     return pd.to_numeric(present, errors="coerce")
 
 
@@ -327,19 +338,25 @@ def normalise_labels(labels: pd.Series, classes: list, column: str, source: Path
     return mapped
 
 
-def as_number(text: str) -> float | None:
-    """``text`` as a finite number, or None: how labels ``1.0`` and class ``1`` are compared."""
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
+PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
+
+
+def as_number(text: str) -> Decimal | None:
+    """``text`` as an exact number when it is written plainly (digits, an optional point), or
+    None: how labels ``1.0`` and class ``1``, or patients ``7`` and ``007``, are compared.
+
+    Exact (``Decimal``), so two long patient numbers never meet by rounding; plain, so
+    ``1e3``, ``1_000`` or ``infinity`` are text, never numbers.
+    """
+    text = str(text).strip()
+    return Decimal(text) if PLAIN_NUMBER.fullmatch(text) else None
 
 
 def clean_ids(table: pd.DataFrame, id_column: str | None, source: Path) -> pd.Series:
-    """The rows' ids as text: the id column (unique, never empty) or row numbers from 1."""
+    """The rows' ids as text: the id column (unique, never empty) or the data row numbers (from
+    1, as every message names rows)."""
     if not id_column:
-        return pd.Series([str(i + 1) for i in range(len(table))], index=table.index)
+        return pd.Series([str(i + 1) for i in table.index], index=table.index)
     ids = stripped(table[id_column])
     if blank(ids).any():
         raise InputError(
