@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_dag.artifacts import InputError
 from fusion_dag.bundle import BundleError, checkpoint_files, load_bundle
 from fusion_dag.demo import write_demo
 from fusion_dag.predict import score_table
@@ -159,6 +160,60 @@ def test_swapped_checkpoints_are_refused_even_with_matching_hashes(external_run,
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"checkpoint.json does not match.*modality"):
         load_bundle(copy)
+
+
+def test_a_hand_edited_manifest_is_refused(external_run, tmp_path):
+    """Classes reordered by hand would relabel every prediction: the spec's hash refuses it."""
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(external_run / "results/final/bundle", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["classes"] = manifest["classes"][::-1]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest.json was edited: its model spec"):
+        load_bundle(copy)
+
+
+def test_missing_words_and_their_ids_survive_into_the_predictions(external_run, tmp_path):
+    """An id 'NA', a patient 'null' and a category 'None' are data through both predict jobs."""
+    from fusion_dag.artifacts import write_tsv
+    from fusion_dag.predict_table import read_new_samples
+
+    table = pd.read_csv(external_run / "new.csv", dtype=str, keep_default_na=False).head(6)
+    table.loc[0, "sample_id"], table.loc[1, "patient_id"], table.loc[2, "sex"] = (
+        "NA",
+        "null",
+        "None",
+    )
+    table.to_csv(tmp_path / "new.csv", index=False)
+    spec = load_bundle(external_run / "results/final/bundle")
+    members = spec["combinations"][COMBINATION]
+    samples, images = new_samples(tmp_path / "new.csv", external_run, spec, members)
+    write_tsv(samples, tmp_path / "samples.tsv")
+    again = read_new_samples(tmp_path / "samples.tsv", spec)
+    assert again.loc[0, "id"] == "NA" and again.loc[1, "group"] == "null"
+    assert again.loc[2, "sex"] == "None"
+    predictions = score_table(
+        external_run / "results/final/bundle", spec, members, again, images, (1, 1)
+    )
+    assert predictions["id"].tolist() == samples["id"].tolist()
+
+
+def test_a_bundle_path_that_is_missing_or_a_file_says_so(tmp_path):
+    with pytest.raises(BundleError, match="nowhere does not exist; set predict.bundle"):
+        load_bundle(tmp_path / "nowhere")
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(BundleError, match="is a file; set predict.bundle to the folder"):
+        load_bundle(tmp_path / "manifest.json")
+
+
+def test_a_new_table_without_the_bundles_id_column_says_to_add_it(external_run, tmp_path):
+    table = pd.read_csv(external_run / "new.csv", dtype=str).drop(columns=["sample_id"])
+    table.to_csv(tmp_path / "new.csv", index=False)
+    spec = load_bundle(external_run / "results/final/bundle")
+    with pytest.raises(InputError, match="add it to the new table: the bundle's models"):
+        new_samples(tmp_path / "new.csv", external_run, spec, spec["combinations"][COMBINATION])
 
 
 @pytest.mark.parametrize(

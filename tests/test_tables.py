@@ -182,3 +182,11 @@ def test_a_bundle_made_before_na_values_reads_pandas_missing_words(tmp_path):
     path = write(tmp_path, "id,smoking\na,NA\nb,yes\n")
     assert read_table(path, na_values=None)["smoking"].isna().tolist() == [True, False]
     assert read_table(path)["smoking"].isna().tolist() == [False, False]
+
+
+def test_a_txt_table_is_split_by_whichever_separator_its_header_uses(tmp_path):
+    assert list(read_table(write(tmp_path, "id,label\na,I\n", "t.txt")).columns) == ["id", "label"]
+    assert list(read_table(write(tmp_path, "id\tlabel\na\tI\n", "u.txt")).columns) == [
+        "id",
+        "label",
+    ]

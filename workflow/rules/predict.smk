@@ -19,6 +19,7 @@ rule predict_table:
     params:
         samples=config["predict"]["samples"],
         bundle=predict_bundle(),
+        given_bundle=bool(config["predict"]["bundle"]),
         image_dir=predict_image_dir,
         combination=config["predict"]["combination"],
     script:

@@ -76,9 +76,16 @@ def read_json(path: Path) -> dict:
         return json.load(handle)
 
 
-def read_tsv(path: Path) -> pd.DataFrame:
-    """Read a table written by this workflow, keeping ids, groups and labels as text."""
-    return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str})
+# How this workflow's own tables are read back: only an empty cell is missing (what pandas
+# writes for one), never pandas' missing words, so an id, patient or category ``NA`` survives.
+MISSING_CELL = {"keep_default_na": False, "na_values": [""]}
+
+
+def read_tsv(path: Path, dtype: dict | None = None) -> pd.DataFrame:
+    """Read a table written by this workflow, keeping ids, groups and labels (and ``dtype``'s
+    columns) as text."""
+    types = {ID: str, GROUP: str, LABEL: str, **(dtype or {})}
+    return pd.read_csv(path, sep="\t", dtype=types, **MISSING_CELL)
 
 
 def file_sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ the bundle is unpickled or executed (skops with an explicit trusted-type list, H
 by layer name, JSON).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -126,10 +127,22 @@ def write_bundle(
     write_json(config, partial / "config.json")
     files = {relative: file_sha256(partial / relative) for relative in [*sources, "config.json"]}
     manifest = {**spec, "provenance": provenance, "files": dict(sorted(files.items()))}
+    manifest[SPEC_HASH] = spec_sha256(manifest)
     write_json(manifest, partial / MANIFEST)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     return manifest
+
+
+# The manifest's hash of its own model spec: a manifest edited by hand (classes reordered, a
+# feature's type changed) would otherwise relabel or misread every prediction without a word.
+SPEC_HASH = "spec_sha256"
+
+
+def spec_sha256(manifest: dict) -> str:
+    """SHA-256 of the manifest's model spec (everything but provenance, file hashes and this)."""
+    spec = {k: v for k, v in manifest.items() if k not in ("provenance", "files", SPEC_HASH)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def load_bundle(folder: Path) -> dict:
@@ -142,12 +155,24 @@ def load_bundle(folder: Path) -> dict:
     """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
+    if not folder.exists():
+        raise BundleError(f"bundle {folder} does not exist; set predict.bundle to a bundle folder")
+    if not folder.is_dir():
+        raise BundleError(
+            f"bundle {folder} is a file; set predict.bundle to the folder that holds {MANIFEST}"
+        )
     if not manifest_path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST}; build one with final_models")
     try:
         manifest = read_json(manifest_path)
     except json.JSONDecodeError as error:
         raise BundleError(f"bundle manifest {manifest_path} is not JSON: {error}") from None
+    if SPEC_HASH in manifest and spec_sha256(manifest) != manifest[SPEC_HASH]:
+        raise BundleError(
+            f"bundle manifest {manifest_path} was edited: its model spec (classes, columns, "
+            "features, modalities, combinations, weights) no longer matches its recorded hash; "
+            "rebuild or re-copy the bundle"
+        )
     if manifest.get("format") != FORMAT:
         raise BundleError(
             f"bundle manifest {manifest_path} has format {manifest.get('format')!r}, "

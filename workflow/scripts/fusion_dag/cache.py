@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fusion_dag.artifacts import ID, InputError, partial_path
+from fusion_dag.artifacts import ID, InputError, partial_path, read_tsv
 from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
 
 
@@ -102,7 +102,7 @@ def build_cache(
 def load_cache(cache_path: Path, ids_path: Path) -> tuple[np.ndarray, pd.Series]:
     """Memory-map an image cache; return (images, position of each sample id)."""
     images = np.load(cache_path, mmap_mode="r")
-    ids = pd.read_csv(ids_path, sep="\t", dtype={ID: str})[ID]
+    ids = read_tsv(ids_path)[ID]
     if len(ids) != len(images):
         raise InputError(f"image cache {cache_path} has {len(images)} images for {len(ids)} ids")
     return images, pd.Series(np.arange(len(ids)), index=ids.to_numpy())

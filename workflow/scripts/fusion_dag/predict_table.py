@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, read_tsv
 from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
     clean_groups,
     clean_ids,
     describe_rows,
     feature_column,
+    log_missing_cells,
     normalise_labels,
     read_table,
     require_columns,
@@ -52,7 +53,9 @@ def new_samples(
     if columns["id"]:
         wanted.append(("columns.id", columns["id"]))
     wanted += [(f"modalities.{name}", column) for name, column in modalities.items()]
-    require_columns(table, wanted, path)
+    require_columns(
+        table, wanted, path, "add it to the new table: the bundle's models were trained with it"
+    )
     missing = [f["name"] for f in features if f["name"] not in table.columns]
     if missing:
         raise InputError(
@@ -73,6 +76,8 @@ def new_samples(
         log.info("No label column '%s': predictions only, no metrics", columns["label"])
     for feature in features:
         samples[feature["name"]] = typed_column(table, feature, path)
+    if features:
+        log_missing_cells(samples[[f["name"] for f in features]], path)
     images = pd.DataFrame({ID: ids})
     for modality, column in modalities.items():
         resolved = resolve_images(
@@ -99,7 +104,8 @@ def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
     name = feature["name"]
     if feature["type"] == "text":
         return stripped(table[name]).astype(object)
-    column = feature_column(table[name], name, path)
+    fix = "fix them in the new table (it is read with the bundle's na_values)"
+    column = feature_column(table[name], name, path, fix)
     if column.dtype == object:
         text = pd.to_numeric(column, errors="coerce").isna() & column.notna()
         values = ", ".join(repr(v) for v in sorted(set(column[text].astype(str)))[:5])
@@ -114,4 +120,4 @@ def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:
 def read_new_samples(path: Path, spec: dict) -> pd.DataFrame:
     """Read a validated new table back with text features as text."""
     text = {f["name"]: str for f in spec["features"] if f["type"] == "text"}
-    return pd.read_csv(path, sep="\t", dtype={ID: str, GROUP: str, LABEL: str, **text})
+    return read_tsv(path, dtype=text)

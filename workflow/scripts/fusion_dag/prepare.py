@@ -17,6 +17,7 @@ from fusion_dag.tables import (
     clean_groups,
     clean_ids,
     feature_column,
+    log_missing_cells,
     normalise_labels,
     read_table,
     require_columns,
@@ -97,20 +98,6 @@ def clean_samples(
         clean[feature] = feature_column(table[feature], feature, source)
     log_missing_cells(clean[features], source)
     return clean
-
-
-def log_missing_cells(features: pd.DataFrame, source: Path) -> None:
-    """Count the missing cells of each feature column in the log (the forest imputes them)."""
-    missing = features.isna().sum()
-    missing = missing[missing > 0]
-    if len(missing):
-        log.info(
-            "Samples table %s: missing cells per feature column (imputed): %s",
-            source,
-            ", ".join(f"{name}={count}" for name, count in missing.items()),
-        )
-    else:
-        log.info("Samples table %s: no missing cells in the feature columns", source)
 
 
 def prepare_inputs(

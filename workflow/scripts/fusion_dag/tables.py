@@ -48,11 +48,14 @@ def decoded_text(path: Path) -> str:
 
 
 def delimiter(path: Path, text: str) -> str:
-    """The column separator: tab for .tsv/.txt; for .csv a comma, or a semicolon when the header
-    is split by semicolons (spreadsheets in locales with decimal commas export those)."""
-    if path.suffix.lower() in (".tsv", ".txt"):
-        return "\t"
+    """The column separator: tab for .tsv; for .csv a comma, or a semicolon when the header is
+    split by semicolons (spreadsheets in locales with decimal commas export those); for .txt,
+    whichever of tab, semicolon and comma splits the header most."""
     header = text.split("\n", 1)[0]
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    if path.suffix.lower() == ".txt":
+        return max(["\t", ";", ","], key=header.count)
     return ";" if header.count(";") > header.count(",") else ","
 
 
@@ -215,7 +218,12 @@ def parsed_numbers(column: pd.Series) -> pd.Series | None:
 STRAY_TEXT_SHARE = 0.1
 
 
-def feature_column(column: pd.Series, name: str, source: Path) -> pd.Series:
+TRAINING_FIX = "fix them, list them in na_values, or list the column in columns.exclude"
+
+
+def feature_column(
+    column: pd.Series, name: str, source: Path, fix: str = TRAINING_FIX
+) -> pd.Series:
     """A metadata feature as floats or text, never changed without a word.
 
     Numeric when every filled cell is a number; when a few are not (at most
@@ -236,13 +244,13 @@ def feature_column(column: pd.Series, name: str, source: Path) -> pd.Series:
         rows = pd.Series(column.index.isin(cells.index), index=column.index)
         log.warning(
             "Samples table %s: feature column '%s' is numeric but for %d cells (%s in data rows "
-            "%s); they are read as missing (imputed like empty cells): fix them, list them in "
-            "na_values, or list the column in columns.exclude",
+            "%s); they are read as missing (imputed like empty cells): %s",
             source,
             name,
             int(stray.sum()),
             values,
             describe_rows(row_names(rows)),
+            fix,
         )
     floats = numbers.reindex(column.index).astype(float)
     check_finite(floats, name, source)
@@ -269,16 +277,17 @@ COLUMN_HINTS = {
 }
 
 
-def require_columns(table: pd.DataFrame, wanted: list, source: Path) -> None:
+def require_columns(table: pd.DataFrame, wanted: list, source: Path, hint: str = "") -> None:
     """Fail with the list of available columns when a configured column is absent.
 
     ``wanted`` holds ``(config key, column name)`` pairs so the message names both, and says how
-    to change the key.
+    to change the key; ``hint`` replaces that advice where the key cannot change (a new table
+    for a bundle, whose columns were fixed in training).
     """
     missing = [(key, name) for key, name in wanted if name not in table.columns]
     if missing:
         names = ", ".join(f"'{name}' (config {key})" for key, name in missing)
-        hints = [COLUMN_HINTS.get(key, f"set {key}") for key, _ in missing]
+        hints = [hint] if hint else [COLUMN_HINTS.get(key, f"set {key}") for key, _ in missing]
         available = ", ".join(repr(c) for c in table.columns)
         raise InputError(
             f"samples table {source}: no column {names}; columns are {available}; "
@@ -409,3 +418,17 @@ def merged_number_spellings(groups: pd.Series, column: str, source: Path) -> pd.
             ),
         )
     return first
+
+
+def log_missing_cells(features: pd.DataFrame, source: Path) -> None:
+    """Count the missing cells of each feature column in the log (the forest imputes them)."""
+    missing = features.isna().sum()
+    missing = missing[missing > 0]
+    if len(missing):
+        log.info(
+            "Samples table %s: missing cells per feature column (imputed): %s",
+            source,
+            ", ".join(f"{name}={count}" for name, count in missing.items()),
+        )
+    else:
+        log.info("Samples table %s: no missing cells in the feature columns", source)
