@@ -200,6 +200,12 @@ def test_missing_words_and_their_ids_survive_into_the_predictions(external_run, 
     assert predictions["id"].tolist() == samples["id"].tolist()
 
 
+def test_a_manifest_that_is_not_json_is_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text("{\n  classes: [I, P, R]\n")
+    with pytest.raises(BundleError, match="manifest.json is not JSON: Expecting property name"):
+        load_bundle(tmp_path)
+
+
 def test_a_bundle_path_that_is_missing_or_a_file_says_so(tmp_path):
     with pytest.raises(BundleError, match="nowhere does not exist; set predict.bundle"):
         load_bundle(tmp_path / "nowhere")
