@@ -9,7 +9,7 @@ from PIL import Image
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
 from fusion_dag.prepare import prepare_inputs
-from fusion_dag.tables import coerce_numeric
+from fusion_dag.tables import feature_column
 from tests.conftest import CLASSES, COLUMNS
 
 MODALITIES = {"thermal_map": "thermal_map"}
@@ -131,9 +131,9 @@ def test_parquet_is_read(workdir):
 
 def test_decimal_commas_become_numbers():
     column = pd.Series(["3,5", None, "-1,25"], dtype=object)
-    assert coerce_numeric(column).tolist()[::2] == [3.5, -1.25]
-    assert np.isnan(coerce_numeric(column)[1])
-    assert coerce_numeric(pd.Series(["a", "1"], dtype=object)).tolist() == ["a", "1"]
+    assert feature_column(column, "x", "t.csv").tolist()[::2] == [3.5, -1.25]
+    assert np.isnan(feature_column(column, "x", "t.csv")[1])
+    assert feature_column(pd.Series(["a", "1"], dtype=object), "x", "t.csv").tolist() == ["a", "1"]
 
 
 def test_metadata_only_needs_no_image_column(workdir):

@@ -180,6 +180,7 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
                 # photograph, the one the cache reads; only true animations or stacks count.
                 frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
                 turned = image.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
+            # verify() must start from a freshly opened file, and leaves it unusable.
             with Image.open(path) as image:
                 image.verify()
     except Image.DecompressionBombError as error:
@@ -192,9 +193,10 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise InputError(f"{where} cannot be read: {error}; replace the file") from None
-    for other in (w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)):
+    bomb = [issubclass(w.category, Image.DecompressionBombWarning) for w in caught]
+    for other in (w for w, is_bomb in zip(caught, bomb, strict=True) if not is_bomb):
         log.warning("%s: Pillow warns: %s", where, other.message)
-    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+    if any(bomb):
         log.warning(
             "%s has %s pixels, over Pillow's decompression-bomb limit of %s: read anyway; "
             "downscale it if that is not what the camera writes",

@@ -187,22 +187,12 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     return named_columns(table, names, path)
 
 
-def coerce_numeric(column: pd.Series) -> pd.Series:
-    """Return the column as floats when every non-missing cell is a number, else as text.
+def parsed_numbers(column: pd.Series) -> pd.Series | None:
+    """Each filled cell as a number (NaN where it is not one), or None for an empty column.
 
     Decimal commas (``3,5``) count as numbers when no cell of the column uses a decimal point,
     as spreadsheets in many locales export them.
     """
-    numbers = parsed_numbers(column)
-    if numbers is not None and numbers.notna().all():
-        return numbers.reindex(column.index).astype(float)
-    if numbers is None:
-        return pd.Series(np.nan, index=column.index, dtype=float)
-    return stripped(column).astype(object)
-
-
-def parsed_numbers(column: pd.Series) -> pd.Series | None:
-    """Each filled cell as a number (NaN where it is not one), or None for an empty column."""
     present = column.dropna().astype(str).str.strip()
     if present.empty:
         return None
