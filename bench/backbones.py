@@ -39,15 +39,13 @@ def demo_cache(folder: Path, patients: int, size: int):
 
     table = folder / "samples.csv"
     write_demo(table, patients=patients, seed=7)
-    samples, images = prepare_inputs(
-        table, folder, COLUMNS, CLASSES, {"wound_photo": "wound_photo"}, "drop"
-    )
-    present = images[images["wound_photo"].notna()]
-    build_cache(present["wound_photo"], size, folder / "photo.npy", channels=3)
-    present[["id"]].to_csv(folder / "ids.tsv", sep="\t", index=False)
-    cache, positions = load_cache(folder / "photo.npy", folder / "ids.tsv")
-    folds = assign_folds(samples[samples["id"].isin(positions.index)], 3, 42, CLASSES)
-    return cache, positions, folds
+    layout = {"wound_photo": {"column": "wound_photo", "image_dir": folder}}
+    samples, views, _ = prepare_inputs(table, COLUMNS, CLASSES, layout, "drop")
+    build_cache(views, size, folder / "photo.npy", channels=3)
+    views.to_csv(folder / "views.tsv", sep="\t", index=False)
+    cache, views = load_cache(folder / "photo.npy", folder / "views.tsv")
+    folds = assign_folds(samples[samples["id"].isin(views["id"])], 3, 42, CLASSES)
+    return cache, views, folds
 
 
 def stage_throughput(task, folder: Path) -> float:

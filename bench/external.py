@@ -65,7 +65,10 @@ def main() -> None:
         **(TINY if arguments.tiny else {}),
         "samples": "train.csv",
         "image_dir": ".",
-        "predict": {"samples": "new.csv"},
+        # The demo's thermal image table holds both tables' visits: each run leaves the
+        # other's rows out as image rows without a visit.
+        "modalities": {"thermal_map": {"images": "thermal_images.csv"}},
+        "predict": {"samples": "new.csv", "images": {"thermal_map": "thermal_images.csv"}},
     }
     final_seconds, final_jobs = snakemake(
         workdir, "final_models", config=config, cores=arguments.cores

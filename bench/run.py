@@ -115,17 +115,20 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
     configure_tensorflow(settings["intra_op_threads"], 2, config["cv"]["seed"])
     import keras
 
-    images, positions = load_cache(
+    images, views = load_cache(
         workdir / "results/prepared/images/thermal_map.npy",
-        workdir / "results/prepared/images/thermal_map.ids.tsv",
+        workdir / "results/prepared/thermal_map_views.tsv",
     )
     folds = read_tsv(workdir / "results/folds/repeat1.tsv")
+    folds = folds[folds["id"].isin(views["id"])]
     train = folds[split_rows(folds, fold) == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], config["cv"]["seed"])
 
     def arrays(rows):
-        x = images[positions[rows["id"]].to_numpy()]
-        return x, rows["label"].map(config["classes"].index).to_numpy()
+        """Every view of ``rows``, unweighted."""
+        chosen = views.reset_index().merge(rows[["id", "label"]], on="id")
+        x = images[chosen["index"].to_numpy()]
+        return x, chosen["label"].map(config["classes"].index).to_numpy()
 
     x, y = arrays(train[~held_out])
     validation = arrays(train[held_out])
@@ -164,7 +167,7 @@ def v2_fit_seconds(workdir: Path, config: dict, fold: int, epochs: int) -> float
     task = BranchFold(
         *load_cache(
             workdir / "results/prepared/images/thermal_map.npy",
-            workdir / "results/prepared/images/thermal_map.ids.tsv",
+            workdir / "results/prepared/thermal_map_views.tsv",
         ),
         folds=read_tsv(workdir / "results/folds/repeat1.tsv"),
         fold=fold,

@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from fusion_dag.cache import build_cache, load_cache
-from fusion_dag.demo import write_demo
+from fusion_dag.demo import THERMAL_TABLE, write_demo
 from fusion_dag.folds import assign_folds
 from fusion_dag.image import BranchFold, configure_tensorflow, train_branch
 from fusion_dag.prepare import prepare_inputs
+from fusion_dag.views import BOX, VIEW_COLUMNS, with_crops
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -39,20 +40,35 @@ IMAGE_SETTINGS = {
 }
 
 
+def thermal_layout(demo_table: Path, **overrides) -> dict:
+    """The demo's thermal image table as a modality layout (views with wound boxes)."""
+    return {
+        "images": str(demo_table.parent / THERMAL_TABLE),
+        "path": "file",
+        "keys": ["patient_id", "visit_number"],
+        "box": list(BOX),
+        "box_margin": 0.25,
+        "image_dir": demo_table.parent,
+        **overrides,
+    }
+
+
 def cache_modality(demo_table, folder: Path, size: int, channels: int):
-    """The demo thermal maps cached at ``size`` px, ``channels`` deep: (cache, positions, folds)."""
-    samples, images = prepare_inputs(
-        demo_table, demo_table.parent, COLUMNS, CLASSES, {"thermal_map": "thermal_map"}, "error"
+    """The demo's thermal views cropped and cached at ``size`` px, ``channels`` deep:
+    (cache, views, folds)."""
+    samples, views, _ = prepare_inputs(
+        demo_table, COLUMNS, CLASSES, {"thermal_map": thermal_layout(demo_table)}, "drop"
     )
-    build_cache(images["thermal_map"], size, folder / "thermal_map.npy", channels=channels)
-    images[["id"]].to_csv(folder / "ids.tsv", sep="\t", index=False)
-    cache, positions = load_cache(folder / "thermal_map.npy", folder / "ids.tsv")
-    return cache, positions, assign_folds(samples, 3, 42, CLASSES)
+    views = with_crops(views[list(VIEW_COLUMNS)], 0.25)
+    build_cache(views, size, folder / "thermal_map.npy", channels=channels)
+    views.to_csv(folder / "views.tsv", sep="\t", index=False)
+    cache, views = load_cache(folder / "thermal_map.npy", folder / "views.tsv")
+    return cache, views, assign_folds(samples, 3, 42, CLASSES)
 
 
 @pytest.fixture(scope="session")
 def cached(demo_table, tmp_path_factory):
-    """The demo's thermal maps cached at 24 px with 3 channels, with folds."""
+    """The demo's thermal views cached at 24 px with 3 channels, with folds."""
     return cache_modality(demo_table, tmp_path_factory.mktemp("cache"), 24, channels=3)
 
 
@@ -66,10 +82,10 @@ def train_tiny_branch(cached, folder: Path, **overrides):
 
 def branch_fold(cached, fold=1, **overrides):
     """The thermal branch's task on one fold of the cached demo, with settings overridden."""
-    cache, positions, folds = cached
+    cache, views, folds = cached
     return BranchFold(
         cache,
-        positions,
+        views,
         folds,
         fold=fold,
         modality="thermal_map",

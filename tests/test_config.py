@@ -12,6 +12,7 @@ from fusion_dag.config import (
     command_line_values,
     load_schema,
     modalities_in_use,
+    modality_layout,
     modality_settings,
     schema_error,
     selected_combinations,
@@ -75,6 +76,32 @@ def test_modality_overrides_merge_over_image_model_and_name_their_key(config):
     assert "column" not in settings
     assert setting_key(config, "depth_map", "size") == "modalities.depth_map.size"
     assert setting_key(config, "depth_map", "epochs") == "image_model.epochs"
+
+
+def test_an_image_table_layout_takes_its_defaults_and_its_settings_stay_apart(config):
+    from jsonschema import Draft202012Validator
+
+    config["modalities"]["thermal_map"] = {"images": "t.csv", "path": "file", "size": 48}
+    layout = modality_layout(config, "thermal_map")
+    assert layout == {
+        "images": "t.csv",
+        "path": "file",
+        "keys": ["sample_id"],
+        "box": None,
+        "box_margin": 0.25,
+        "image_dir": config["image_dir"],
+    }
+    assert modality_settings(config, "thermal_map")["size"] == 48
+    assert not set(layout) & set(modality_settings(config, "thermal_map"))
+    assert not list(Draft202012Validator(SCHEMA).iter_errors(config))
+    config["columns"]["id"] = None
+    with pytest.raises(ConfigError, match=r"'modalities.thermal_map.keys': columns.id is null"):
+        modality_layout(config, "thermal_map")
+    # A box needs its four columns; both layouts at once is no layout.
+    config["modalities"]["thermal_map"] = {"images": "t.csv", "path": "f", "box": ["a", "b"]}
+    assert list(Draft202012Validator(SCHEMA).iter_errors(config))
+    config["modalities"]["thermal_map"] = {"images": "t.csv", "path": "f", "column": "c"}
+    assert list(Draft202012Validator(SCHEMA).iter_errors(config))
 
 
 def test_only_modalities_a_combination_uses_are_in_use(config):

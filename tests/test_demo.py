@@ -2,15 +2,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fusion_dag.demo import CLASSES, NON_FEATURE_COLUMNS, thermal_map, write_demo
+from fusion_dag.demo import (
+    CLASSES,
+    FRAME_SIZE,
+    NON_FEATURE_COLUMNS,
+    THERMAL_BOX,
+    THERMAL_TABLE,
+    thermal_frame,
+    write_demo,
+)
 
 
 def test_demo_is_deterministic(tmp_path):
     first = write_demo(tmp_path / "a" / "samples.csv", patients=12, seed=3)
     second = write_demo(tmp_path / "b" / "samples.csv", patients=12, seed=3)
     pd.testing.assert_frame_equal(first, second)
-    image = first["thermal_map"].iloc[0]
-    assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+    views = [pd.read_csv(tmp_path / name / THERMAL_TABLE) for name in ("a", "b")]
+    pd.testing.assert_frame_equal(*views)
+    for image in (first["depth_map"].dropna().iloc[0], views[0]["file"].iloc[0]):
+        assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
 
 
 def test_demo_shape_matches_the_problem(demo_table):
@@ -33,14 +43,30 @@ def test_patient_traits_are_shared_by_visits(demo_table):
     assert filled.max() == 1
 
 
-def test_thermal_maps_are_rgb_at_64_pixels(demo_table):
+def test_thermal_views_are_frames_with_a_small_wound_box_and_several_per_visit(demo_table):
     table = pd.read_csv(demo_table)
-    with Image.open(demo_table.parent / table["thermal_map"].iloc[0]) as image:
-        assert image.mode == "RGB" and image.size == (64, 64)
+    views = pd.read_csv(demo_table.parent / THERMAL_TABLE, dtype={"visit_number": str})
+    assert views["visit_number"].str.startswith("0").all()  # zero-padded, unlike the table
+    per_visit = views.groupby(["patient_id", "visit_number"]).size()
+    assert per_visit.min() == 2 and per_visit.max() == 5
+    # Some visits have no views; some rows belong to visits the samples table lacks.
+    assert len(per_visit) != len(table)
+    with Image.open(demo_table.parent / views["file"].iloc[0]) as image:
+        assert image.mode == "RGB" and image.size == FRAME_SIZE
+    widths = views[THERMAL_BOX[2]] - views[THERMAL_BOX[0]]
+    assert widths.median() < FRAME_SIZE[0] / 4
 
 
-def test_inflamed_wounds_look_hotter():
+def test_inflamed_wounds_look_hotter_inside_the_box_only():
     rng = np.random.default_rng(0)
-    inflamed = np.mean([thermal_map(-2.0, rng).mean() for _ in range(20)])
-    healing = np.mean([thermal_map(2.0, rng).mean() for _ in range(20)])
-    assert inflamed > healing
+
+    def inside_and_outside(signal):
+        frame, (x0, y0, x1, y1) = thermal_frame(signal, rng)
+        mask = np.zeros(frame.shape[:2], dtype=bool)
+        mask[int(y0) : int(y1), int(x0) : int(x1)] = True
+        return frame[mask].mean(), frame[~mask].mean()
+
+    inflamed = np.mean([inside_and_outside(-2.0) for _ in range(10)], axis=0)
+    healing = np.mean([inside_and_outside(2.0) for _ in range(10)], axis=0)
+    assert inflamed[0] > healing[0] + 10
+    assert abs(inflamed[1] - healing[1]) < 2

@@ -52,26 +52,27 @@ def test_weight_line_prints_each_members_own_weight(caplog):
 
 @pytest.fixture(scope="module")
 def pretrained(cached, tmp_path_factory):
-    """A thermal branch trained for two epochs on fold 1, its checkpoint and probabilities."""
-    cache, positions, folds = cached
+    """A thermal branch trained for two epochs on fold 1: its checkpoint, visit probabilities,
+    sidecar, model and per-view probabilities."""
     folder = tmp_path_factory.mktemp("pretrained")
     model = train_tiny_branch(cached, folder, epochs=2)
-    probs = branch_probabilities(model, branch_fold(cached))
+    probs, view_probs = branch_probabilities(model, branch_fold(cached))
     checkpoint = folder / "checkpoint.weights.h5"
     manifest = checkpoint_sidecar(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
-    return checkpoint, probs, manifest, model
+    return checkpoint, probs, manifest, model, view_probs
 
 
 def member(cached, pretrained, **changes):
-    cache, positions, _ = cached
-    checkpoint, probs, manifest, _ = pretrained
+    cache, views, _ = cached
+    checkpoint, probs, manifest, _, view_probs = pretrained
     fields = {
         "probs": probs,
         "checkpoint": checkpoint,
         "sidecar": manifest,
         "settings": SMALL_CNN,
         "images": cache,
-        "positions": positions,
+        "views": views,
+        "view_probs": view_probs,
         **changes,
     }
     return {"thermal_map": ImageMember(**fields)}
@@ -91,7 +92,7 @@ def rf_table(image_probs, extra_ids=()):
 def test_v3_loads_freezes_checks_and_fuses_shared_rows_with_fixed_weights(
     cached, pretrained, caplog, keras_fits
 ):
-    _, image_probs, _, _ = pretrained
+    _, image_probs, _, _, _ = pretrained
     rf = rf_table(image_probs, extra_ids=["no_image_1", "no_image_2"])
     weights = member_weights(["metadata", "thermal_map"], 0.7)
     with caplog.at_level(logging.INFO):
@@ -102,7 +103,7 @@ def test_v3_loads_freezes_checks_and_fuses_shared_rows_with_fixed_weights(
         assert f"Loaded weights for layer: {layer}" in text
         assert f"Frozen layer: {layer}" in text
     assert "Fusion weights: RF=0.70, Image=0.30" in text
-    assert "reproduces the image stage: max abs diff" in text
+    assert "reproduces the image stage on" in text and "views: max abs diff" in text
     # Rows the image does not have are not fused.
     assert sorted(fused["id"]) == sorted(image_probs["id"])
     expected = 0.7 * rf[PROBS].to_numpy()[: len(image_probs)] + 0.3 * image_probs[PROBS].to_numpy()
@@ -111,7 +112,7 @@ def test_v3_loads_freezes_checks_and_fuses_shared_rows_with_fixed_weights(
 
 
 def test_checkpoint_file_is_keyed_by_layer_name(pretrained):
-    checkpoint, _, _, model = pretrained
+    checkpoint, _, _, model, _ = pretrained
     with h5py.File(checkpoint, "r") as handle:
         stored = {
             name: [group[k][()] for k in sorted(group)] for name, group in handle["layers"].items()
@@ -133,17 +134,16 @@ def test_checkpoint_file_is_keyed_by_layer_name(pretrained):
 
 
 def load_into_fusion(path):
-    model = build_fusion_model(
-        {"thermal_map": (SHAPE, SMALL_CNN)}, 3, {"metadata": 0.7, "thermal_map": 0.3}
-    )
+    """The thermal branch as the fusion stage rebuilds it, with ``path`` loaded by name."""
     from fusion_dag.checkpoint import load_branch_weights
 
+    model = build_image_branch("thermal_map", SHAPE, 3, SMALL_CNN)
     load_branch_weights(model, "thermal_map", path)
     return model
 
 
 def test_loaded_weights_are_the_files_and_nothing_is_left_to_train(pretrained):
-    checkpoint, _, _, trained = pretrained
+    checkpoint, _, _, trained, _ = pretrained
     model = load_into_fusion(checkpoint)
     for name in ("thermal_map_conv2", "thermal_map_probs"):
         for loaded, saved in zip(
@@ -152,7 +152,13 @@ def test_loaded_weights_are_the_files_and_nothing_is_left_to_train(pretrained):
             np.testing.assert_array_equal(loaded, saved)
     freeze_branch(model, "thermal_map")
     assert model.trainable_weights == []
-    assert {layer.name for layer in model.layers} >= {"metadata_probs", "fusion_add"}
+    head = build_fusion_model(["metadata", "thermal_map"], 3, {"metadata": 0.7, "thermal_map": 0.3})
+    assert head.trainable_weights == []
+    assert {layer.name for layer in head.layers} >= {
+        "metadata_probs",
+        "thermal_map_probs",
+        "fusion_add",
+    }
 
 
 def rewrite(source, target, edit):
@@ -229,17 +235,24 @@ def test_a_plain_keras_weights_file_is_refused(tmp_path):
         load_into_fusion(tmp_path / "keras.weights.h5")
 
 
-def test_branch_that_does_not_reproduce_the_image_stage_is_refused(cached, pretrained):
-    tampered = pretrained[1].copy()
-    tampered["prob_I"] += 0.01
-    with pytest.raises(CheckpointError, match="differs from the image stage"):
+def test_branch_that_does_not_reproduce_one_view_of_the_image_stage_is_refused(cached, pretrained):
+    tampered = pretrained[4].copy()
+    tampered.loc[7, "prob_I"] += 0.01
+    with pytest.raises(CheckpointError, match="differs from the image stage's per-view"):
         fuse_v3(
-            {"thermal_map": 1.0},
-            None,
-            member(cached, pretrained, probs=tampered),
+            {"metadata": 0.7, "thermal_map": 0.3},
+            rf_table(pretrained[1]),
+            member(cached, pretrained, view_probs=tampered),
             EXPECTED,
             32,
         )
+
+
+def test_a_visits_probability_is_the_mean_of_its_views(pretrained):
+    _, probs, _, _, view_probs = pretrained
+    assert view_probs["id"].duplicated().any() and len(view_probs) > len(probs)
+    means = view_probs.groupby("id")[PROBS].mean()
+    np.testing.assert_allclose(probs.set_index("id").loc[means.index, PROBS], means, atol=1e-7)
 
 
 def refused(cached, pretrained, expected=EXPECTED, **changes):
@@ -255,7 +268,7 @@ def refused(cached, pretrained, expected=EXPECTED, **changes):
 
 
 def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path):
-    checkpoint, _, manifest, _ = pretrained
+    checkpoint, _, manifest, _, _ = pretrained
     copy = tmp_path / "checkpoint.weights.h5"
     copy.write_bytes(checkpoint.read_bytes() + b"0")
     assert "sha256 is" in refused(cached, pretrained, checkpoint=copy)
@@ -277,7 +290,7 @@ def test_sidecar_mismatches_are_refused_naming_each(cached, pretrained, tmp_path
 
 
 def test_sidecar_for_another_size_or_channel_count_is_refused(cached, pretrained):
-    _, _, manifest, _ = pretrained
+    _, _, manifest, _, _ = pretrained
     assert "image_size is 32, the fusion job needs 24" in refused(
         cached, pretrained, sidecar={**manifest, "image_size": 32}
     )
@@ -289,7 +302,7 @@ def test_sidecar_for_another_size_or_channel_count_is_refused(cached, pretrained
 def test_an_image_alone_is_the_image_stage_with_its_checkpoint_checked(pretrained, tmp_path):
     from fusion_dag.fusion import image_alone
 
-    checkpoint, probs, manifest, _ = pretrained
+    checkpoint, probs, manifest, _, _ = pretrained
     alone = ImageMember(probs, checkpoint, manifest, SMALL_CNN)
     assert image_alone("thermal_map", alone, EXPECTED) is probs
     changed = tmp_path / "checkpoint.weights.h5"

@@ -17,22 +17,25 @@ from fusion_dag.image import (
     inner_split,
     train_branch,
 )
+from fusion_dag.views import CROP
 from tests.conftest import CLASSES, branch_fold, cache_modality, train_tiny_branch
 
 
-def test_cache_is_memory_mapped_uint8(cached, demo_table):
-    cache, positions, _ = cached
+def test_cache_is_memory_mapped_uint8_and_holds_each_views_crop(cached):
+    cache, views, _ = cached
     assert isinstance(cache, np.memmap) and cache.dtype == np.uint8
-    assert cache.shape == (len(positions), 24, 24, 3)
-    first = pd.read_csv(demo_table)["thermal_map"].iloc[0]
-    with Image.open(demo_table.parent / first) as image:
-        expected = np.asarray(image.resize((24, 24), Image.Resampling.BILINEAR))
+    assert cache.shape == (len(views), 24, 24, 3) and views["id"].duplicated().any()
+    first = views.iloc[0]
+    window = tuple(int(first[c]) for c in CROP)
+    assert window[2] - window[0] == window[3] - window[1] < first["width"] / 2
+    with Image.open(first["path"]) as image:
+        expected = np.asarray(image.crop(window).resize((24, 24), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(cache[0], expected)
 
 
 def test_grayscale_images_get_three_channels(tmp_path):
     Image.fromarray(np.full((10, 12), 200, dtype=np.uint8), mode="L").save(tmp_path / "g.png")
-    build_cache(pd.Series([tmp_path / "g.png"]), 8, tmp_path / "c.npy")
+    build_cache(pd.DataFrame({"path": [tmp_path / "g.png"]}), 8, tmp_path / "c.npy")
     cache = np.load(tmp_path / "c.npy")
     assert cache.shape == (1, 8, 8, 3) and (cache == 200).all()
 
@@ -52,15 +55,18 @@ def test_inner_split_holds_out_whole_patients(cached):
 
 
 def test_training_stops_early_after_patience(cached, tmp_path):
-    cache, positions, folds = cached
+    _, _, folds = cached
     model = train_tiny_branch(cached, tmp_path, epochs=30, learning_rate=0.0)
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     # With a zero learning rate the loss never improves: patience 2 stops after 3 epochs.
     assert len(history) == 3
     assert {"loss", "val_loss", "kappa", "val_kappa"} <= set(history.columns)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.weights.h5", "history.tsv"]
-    probs = branch_probabilities(model, branch_fold(cached))
-    assert set(probs.loc[probs["split"] == "val", "id"]) == set(folds.loc[folds["fold"] == 1, "id"])
+    probs, _ = branch_probabilities(model, branch_fold(cached))
+    validation = folds.loc[folds["fold"] == 1, "id"]
+    assert set(probs.loc[probs["split"] == "val", "id"]) == set(
+        validation[validation.isin(cached[1]["id"])]
+    )
     np.testing.assert_allclose(probs[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -70,33 +76,35 @@ def label_coded_images(cached, relabel_held_out: bool):
     Training learns brightness -> label on the fit rows, so when the held-out rows' images
     claim other labels, their loss worsens with every epoch after the first.
     """
-    cache, positions, folds = cached
-    train = folds[folds["fold"] != 1].reset_index(drop=True)
+    cache, views, folds = cached
+    train = branch_fold(cached).rows()
+    train = train[train["split"] == "train"].reset_index(drop=True)
     held_out = set(train.loc[inner_split(train, 0.2, 42), "id"])
     label_of = folds.set_index("id")["label"].map(CLASSES.index)
     images = np.zeros_like(cache)
-    for sample_id, row in positions.items():
+    for row, sample_id in views["id"].items():
         code = label_of[sample_id]
         if relabel_held_out and sample_id in held_out:
             code = (code + 1) % len(CLASSES)
         images[row] = 40 + 80 * code
-    return images, positions, folds
+    return images, views, folds
 
 
 def test_best_epoch_weights_are_restored_when_validation_loss_worsens(cached, tmp_path):
-    images, positions, folds = label_coded_images(cached, relabel_held_out=True)
+    images, views, folds = label_coded_images(cached, relabel_held_out=True)
     configure_tensorflow(1, 1, 42)
-    task = branch_fold((images, positions, folds), epochs=6, patience=10, learning_rate=0.01)
+    task = branch_fold((images, views, folds), epochs=6, patience=10, learning_rate=0.01)
     model, fit = train_branch(task, tmp_path / "checkpoint.weights.h5", tmp_path / "history.tsv")
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     # The premise: every later epoch is worse on the early-stopping rows than epoch 1.
     assert len(history) == 6 and history["val_loss"].iloc[0] < history["val_loss"].iloc[1:].min()
     assert fit["best_epoch"] == 1
-    train = folds[folds["fold"] != 1].reset_index(drop=True)
-    stop = train[inner_split(train, 0.2, 42)]
-    x_stop = images[positions[stop["id"]].to_numpy()]
-    y_stop = stop["label"].map(CLASSES.index).to_numpy()
-    loss = model.evaluate(x_stop, y_stop, batch_size=32, verbose=0, return_dict=True)["loss"]
+    train = task.rows()
+    train = train[train["split"] == "train"].reset_index(drop=True)
+    x_stop, y_stop, w_stop = task.training_arrays(train[inner_split(train, 0.2, 42)], None)
+    loss = model.evaluate(
+        x_stop, y_stop, sample_weight=w_stop, batch_size=32, verbose=0, return_dict=True
+    )["loss"]
     # The returned model is epoch 1's, not the last epoch's.
     assert loss == pytest.approx(history["val_loss"].iloc[0], rel=1e-4)
     assert loss < history["val_loss"].iloc[-1] - 0.05
@@ -125,18 +133,18 @@ def test_kappa_metric_matches_scikit_learn():
 
 def index_coded(cached):
     """The cache with each image's row number written into its first two pixels."""
-    cache, positions, folds = cached
+    cache, views, folds = cached
     images = np.zeros_like(cache)
     rows = np.arange(len(cache))
     images[:, 0, 0, 0], images[:, 0, 0, 1] = rows // 256, rows % 256
-    return images, positions, folds
+    return images, views, folds
 
 
-def fitted_ids(x, positions) -> set:
-    """Sample ids of the images in a fit input (an array, or a dict of named inputs)."""
+def fitted_ids(x, views) -> set:
+    """Visit ids of the views in a fit input (an array, or a dict of named inputs)."""
     arrays = x.values() if isinstance(x, dict) else [x]
     ids = set()
-    id_at = pd.Series(positions.index, index=positions.to_numpy())
+    id_at = views["id"]
     for array in arrays:
         if np.ndim(array) == 4:
             rows = np.asarray(array)[:, 0, 0, 0].astype(int) * 256 + np.asarray(array)[:, 0, 0, 1]
@@ -149,9 +157,9 @@ def test_no_outer_validation_row_reaches_an_image_fit(cached, keras_fits, tmp_pa
     from fusion_dag.ablation import train_joint
     from fusion_dag.image import configure_tensorflow, train_branch
 
-    images, positions, folds = index_coded(cached)
+    images, views, folds = index_coded(cached)
     configure_tensorflow(1, 1, 42)
-    task = branch_fold((images, positions, folds), fold=fold, epochs=1)
+    task = branch_fold((images, views, folds), fold=fold, epochs=1)
     train_branch(task, tmp_path / "checkpoint.weights.h5", tmp_path / "history.tsv")
     rf = folds[["id"]].assign(split=folds["fold"].eq(fold).map({True: "val", False: "train"}))
     rf[[f"prob_{c}" for c in CLASSES]] = 1.0 / len(CLASSES)
@@ -159,10 +167,13 @@ def test_no_outer_validation_row_reaches_an_image_fit(cached, keras_fits, tmp_pa
         train_joint(task, strategy, rf, 0.7)
     assert len(keras_fits) == 3
     validation = set(folds.loc[folds["fold"] == fold, "id"])
-    training = set(folds["id"]) - validation
+    training = set(views["id"]) - validation
+    patient = folds.set_index("id")["group"]
     for x, early_stopping in keras_fits:
-        fit, stop = fitted_ids(x, positions), fitted_ids(early_stopping, positions)
+        fit, stop = fitted_ids(x, views), fitted_ids(early_stopping, views)
         assert fit and stop and not fit & stop
+        # Views travel with their visit, visits with their patient.
+        assert not set(patient[list(fit)]) & set(patient[list(stop)])
         assert fit | stop == training, "outer validation rows reached a fit or early stopping"
 
 
@@ -181,7 +192,7 @@ BACKBONE_SETTINGS = {"size": 32, "epochs": 1, "batch_size": 16, "patience": 1}
 
 @pytest.fixture(scope="module")
 def cached32(demo_table, tmp_path_factory):
-    """The demo's thermal maps cached at 32 px with 3 channels, with folds."""
+    """The demo's thermal views cached at 32 px with 3 channels, with folds."""
     return cache_modality(demo_table, tmp_path_factory.mktemp("cache32"), 32, channels=3)
 
 
@@ -208,14 +219,15 @@ def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
     nested = model.get_layer("thermal_map_backbone")
     assert len(nested.layers) > 100 and nested.trainable_weights
     checkpoint = tmp_path / "checkpoint.weights.h5"
-    probs = branch_probabilities(model, task)
+    probs, view_probs = branch_probabilities(model, task)
     member = ImageMember(
         probs=probs,
         checkpoint=checkpoint,
         sidecar=checkpoint_sidecar(model, "thermal_map", backbone, (1, 1), CLASSES, checkpoint),
         settings={"backbone": backbone},
         images=cached32[0],
-        positions=cached32[1],
+        views=cached32[1],
+        view_probs=view_probs,
     )
     expected = {"repeat": 1, "fold": 1, "classes": CLASSES}
     with caplog.at_level(logging.INFO):
@@ -419,7 +431,7 @@ def test_an_image_that_verifies_but_does_not_decode_stops_the_cache(tmp_path):
     with Image.open(broken) as image:
         image.verify()  # what prepare checks passes
     with pytest.raises(InputError, match=r"broken.png cannot be decoded"):
-        build_cache(pd.Series([str(broken)]), 16, tmp_path / "cache.npy")
+        build_cache(pd.DataFrame({"path": [str(broken)]}), 16, tmp_path / "cache.npy")
     assert list(tmp_path.iterdir()) == [broken]
 
 

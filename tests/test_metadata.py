@@ -25,8 +25,8 @@ IMAGES = list(MODALITY_FOLDERS)  # the demo's image path columns: never features
 
 @pytest.fixture(scope="module")
 def fitted(demo_table):
-    samples, _ = prepare_inputs(
-        demo_table, demo_table.parent, COLUMNS, CLASSES, {}, "error", ignored_columns=IMAGES
+    samples, _, _ = prepare_inputs(
+        demo_table, COLUMNS, CLASSES, {}, "error", ignored_columns=IMAGES
     )
     folds = assign_folds(samples, 3, 42, CLASSES)
     probs, pipeline = fold_probabilities(samples, folds, 1, CLASSES, SETTINGS, 42, 1)
@@ -89,7 +89,7 @@ def test_same_inputs_give_identical_probabilities(fitted):
 @pytest.fixture(scope="module")
 def forest_fits(demo_table):
     """The rows every Pipeline.fit saw, for each outer fold: [(fold, ids), ...] in call order."""
-    samples, _ = prepare_inputs(demo_table, demo_table.parent, COLUMNS, CLASSES, {}, "error")
+    samples, _, _ = prepare_inputs(demo_table, COLUMNS, CLASSES, {}, "error")
     folds = assign_folds(samples, 3, 42, CLASSES)
     calls = []
     original = Pipeline.fit

@@ -12,14 +12,15 @@ pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("modalities")]
 
 # Config order: the test's config file lists modalities alphabetically.
 ALL = ["metadata", "depth_map", "thermal_map", "metadata+depth_map+thermal_map"]
-# Thermal maps on three channels, 16-bit depth maps on one, each alone and fused with metadata
+# Thermal views (the demo's image table) on three channels, 16-bit depth maps (a samples column)
+# on one, each alone and fused with metadata
 # (the configured wound photographs are in no combination, so never read). Two folds keep the
 # run small; the headline rows and the dry runs below need no more.
 MODALITIES = {
     **TINY,
     "cv": {"folds": 2, "repeats": 1, "seed": 42},
     "modalities": {
-        "thermal_map": {"column": "thermal_map", "channels": 3},
+        "thermal_map": {"channels": 3},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
     "combinations": [name.split("+") for name in ALL],
@@ -41,14 +42,12 @@ def test_one_and_three_channel_branches_fuse_in_one_run(modalities_run):
     headline = pd.read_csv(modalities_run / "results/fusion_results.tsv", sep="\t")
     assert headline["combination"].tolist() == ALL
     for modality, shape in [("thermal_map", (24, 24, 3)), ("depth_map", (24, 24, 1))]:
-        cache = pd.read_csv(
-            modalities_run / f"results/prepared/images/{modality}.ids.tsv", sep="\t"
-        )
+        cache = pd.read_csv(modalities_run / f"results/prepared/{modality}_views.tsv", sep="\t")
         images = np.load(modalities_run / f"results/prepared/images/{modality}.npy", mmap_mode="r")
         assert images.shape == (len(cache), *shape)
     # Visits without a depth map are left out of the combinations that use it, not failed.
     rows = headline.set_index("combination")["n_rows"]
-    assert rows["depth_map"] < rows["thermal_map"] == rows["metadata"]
+    assert rows["depth_map"] < rows["metadata"] and rows["thermal_map"] < rows["metadata"]
     log = modalities_run / "logs/fusion/metadata+depth_map+thermal_map/repeat1/fold1.log"
     text = log.read_text()
     assert (
@@ -111,7 +110,7 @@ def test_bad_fusion_weights_are_refused_naming_the_key(tmp_path, fusion, message
 def test_pretrained_weights_need_a_keras_backbone(tmp_path):
     config = {
         **MODALITIES,
-        "modalities": {"thermal_map": {"column": "thermal_map", "backbone_weights": "imagenet"}},
+        "modalities": {"thermal_map": {"backbone_weights": "imagenet"}},
         "combinations": [["thermal_map"]],
     }
     result = run_snakemake(tmp_path, "-n", config=config)

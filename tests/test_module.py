@@ -64,7 +64,9 @@ use rule * from fusion_dag
     # Fold numbers are arbitrary labels: compare which rows share a fold (0: unrelated, 1: same).
     assert adjusted_rand_score(by_repeat[1], by_repeat[2]) < 0.5
     oof = pd.read_csv(tmp_path / "results/fusion/metadata+thermal_map/oof.tsv", sep="\t")
-    assert oof.groupby("repeat")["id"].nunique().tolist() == [folds["id"].nunique()] * 2
+    # Every visit with thermal views, once per repeat.
+    views = pd.read_csv(tmp_path / "results/prepared/thermal_map_views.tsv", sep="\t")
+    assert oof.groupby("repeat")["id"].nunique().tolist() == [views["id"].nunique()] * 2
     comparisons = pd.read_csv(tmp_path / "results/comparisons.tsv", sep="\t")
     assert (
         comparisons["versus"].tolist() == ["metadata"]

@@ -27,13 +27,25 @@ EXTERNAL = {
     "samples": "train.csv",
     "image_dir": ".",
     "modalities": {
-        "thermal_map": {"column": "thermal_map", "channels": 3},
+        "thermal_map": {"images": "thermal_images.csv", "channels": 3},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
     "combinations": [COMBINATION.split("+")],
     "evaluation": {"bootstrap": 200, "confidence": 0.95},
-    "predict": {"samples": "new.csv"},
+    # One image table for both: the new visits' thermal views (the training patients' rows
+    # are image rows without a visit there, as the new patients' rows are in training).
+    "predict": {"samples": "new.csv", "images": {"thermal_map": "thermal_images.csv"}},
 }
+IMAGE_TABLES = {"thermal_map": "thermal_images.csv"}
+
+
+def members_present(workdir, table):
+    """What each row of ``table`` has: metadata, a depth map, thermal views."""
+    views = pd.read_csv(workdir / "thermal_images.csv", dtype=str)
+    keys = set(zip(views["patient_id"], views["visit_number"].astype(int), strict=True))
+    visits = zip(table["patient_id"], table["visit_number"].astype(int), strict=True)
+    has_thermal = np.array([key in keys for key in visits])
+    return table["depth_map"].notna().to_numpy(), has_thermal
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +69,14 @@ def test_every_new_row_is_predicted_with_the_members_it_has(external_run):
     assert predictions["id"].tolist() == new["sample_id"].tolist()
     assert predictions[PROBS].notna().all().all()
     assert np.allclose(predictions[PROBS].sum(axis=1), 1.0)
-    no_depth = new["depth_map"].isna().to_numpy()
-    assert no_depth.any() and not no_depth.all()
+    has_depth, has_thermal = members_present(external_run, new)
+    no_depth = ~has_depth & has_thermal
+    assert no_depth.any() and has_depth.any() and not has_thermal.all()
     used = predictions["members_used"]
     assert (used[no_depth] == "metadata+thermal_map").all()
-    assert (used[~no_depth] == COMBINATION).all()
-    assert predictions.loc[no_depth, "depth_map_prob_I"].isna().all()
+    assert (used[has_depth & has_thermal] == COMBINATION).all()
+    assert (used[has_depth & ~has_thermal] == "metadata+depth_map").all()
+    assert predictions.loc[~has_depth, "depth_map_prob_I"].isna().all()
     # A visit without a depth map is scored as metadata + thermal map is in training: 0.7/0.3.
     row = predictions[no_depth].iloc[0]
     expected = [0.7 * row[f"metadata_{c}"] + 0.3 * row[f"thermal_map_{c}"] for c in PROBS]
@@ -92,7 +106,7 @@ def test_final_fusion_keeps_the_v3_contract(external_run):
     for modality in ("depth_map", "thermal_map"):
         assert f"Loaded weights for layer: {modality}_conv1" in log
         assert f"Frozen layer: {modality}_conv1" in log
-        assert f"Frozen {modality} branch reproduces the image stage" in log
+        assert f"Frozen {modality} branch reproduces the image stage on" in log
     assert "Fusion weights: RF=0.70, Image=0.30" in log
     # Final models train on every labelled row: no cross-validation job ran.
     assert not (external_run / "results/folds.tsv").exists()
@@ -103,7 +117,8 @@ def bundle_predictions(bundle, table, workdir):
     """Predict ``table`` in this process with ``bundle`` (what the predict job does)."""
     spec = load_bundle(bundle)
     members = spec["combinations"][COMBINATION]
-    samples, images = new_samples(table, workdir, spec, members)
+    tables = {m: workdir / t for m, t in IMAGE_TABLES.items()}
+    samples, images = new_samples(table, workdir, spec, members, tables)
     return score_table(bundle, spec, members, samples, images, (1, 1))
 
 
@@ -189,7 +204,8 @@ def test_missing_words_and_their_ids_survive_into_the_predictions(external_run, 
     table.to_csv(tmp_path / "new.csv", index=False)
     spec = load_bundle(external_run / "results/final/bundle")
     members = spec["combinations"][COMBINATION]
-    samples, images = new_samples(tmp_path / "new.csv", external_run, spec, members)
+    tables = {m: external_run / t for m, t in IMAGE_TABLES.items()}
+    samples, images = new_samples(tmp_path / "new.csv", external_run, spec, members, tables)
     write_tsv(samples, tmp_path / "samples.tsv")
     again = read_new_samples(tmp_path / "samples.tsv", spec)
     assert again.loc[0, "id"] == "NA" and again.loc[1, "group"] == "null"
@@ -218,8 +234,21 @@ def test_a_new_table_without_the_bundles_id_column_says_to_add_it(external_run, 
     table = pd.read_csv(external_run / "new.csv", dtype=str).drop(columns=["sample_id"])
     table.to_csv(tmp_path / "new.csv", index=False)
     spec = load_bundle(external_run / "results/final/bundle")
+    members = spec["combinations"][COMBINATION]
+    tables = {m: external_run / t for m, t in IMAGE_TABLES.items()}
     with pytest.raises(InputError, match="add it to the new table: the bundle's models"):
-        new_samples(tmp_path / "new.csv", external_run, spec, spec["combinations"][COMBINATION])
+        new_samples(tmp_path / "new.csv", external_run, spec, members, tables)
+    with pytest.raises(InputError, match=r"'predict.images': the bundle reads thermal_map from"):
+        new_samples(external_run / "new.csv", external_run, spec, members)
+
+
+def test_the_bundle_records_each_modalitys_image_layout(external_run):
+    spec = load_bundle(external_run / "results/final/bundle")
+    thermal = spec["modalities"]["thermal_map"]
+    assert thermal["keys"] == ["patient_id", "visit_number"] and thermal["path"] == "file"
+    assert thermal["box"] == ["x_min", "y_min", "x_max", "y_max"]
+    assert thermal["box_margin"] == 0.25 and thermal["aggregation"] == "mean"
+    assert spec["modalities"]["depth_map"]["column"] == "depth_map"
 
 
 @pytest.mark.parametrize(
@@ -228,7 +257,7 @@ def test_a_new_table_without_the_bundles_id_column_says_to_add_it(external_run, 
         (lambda t: t.drop(columns=["age"]), "no feature column 'age'"),
         (lambda t: t.assign(label=t["label"].replace("R", "X")), "labels outside classes"),
         (
-            lambda t: t.assign(thermal_map="../" + t["thermal_map"]),
+            lambda t: t.assign(depth_map="../" + t["depth_map"]),
             "points outside image_dir",
         ),
     ],
@@ -239,7 +268,7 @@ def test_bad_new_table_is_one_error_and_no_predictions(external_run, tmp_path, c
     shutil.copytree(external_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results/predict")
     change(pd.read_csv(workdir / "new.csv", dtype=str)).to_csv(workdir / "bad.csv", index=False)
-    config = {**EXTERNAL, "predict": {"samples": "bad.csv"}}
+    config = {**EXTERNAL, "predict": {"samples": "bad.csv", "images": IMAGE_TABLES}}
     result = run_snakemake(workdir, "--cores", "1", "predict", config=config)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if "fusion-dag input error" in line]

@@ -8,6 +8,7 @@ from PIL import Image
 
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
+from fusion_dag.demo import THERMAL_TABLE
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.tables import feature_column
 from tests.conftest import CLASSES, COLUMNS
@@ -17,9 +18,19 @@ MODALITIES = {"thermal_map": "thermal_map"}
 
 @pytest.fixture
 def workdir(tmp_path, demo_table):
-    """A private copy of the demo table and images that a test may break."""
-    shutil.copytree(demo_table.parent, tmp_path / "data")
-    return tmp_path / "data"
+    """A private copy of the demo table and images that a test may break, with a
+    ``thermal_map`` column of one PNG per visit (the one-path-per-visit layout; the demo's
+    wound photographs, the few missing ones filled in)."""
+    folder = tmp_path / "data"
+    shutil.copytree(demo_table.parent, folder)
+    table = pd.read_csv(folder / "samples.csv", dtype=str, keep_default_na=False)
+    photos = table["wound_photo"].copy()
+    for row in photos.index[photos == ""]:
+        photos[row] = f"photo/filled_{row}.png"
+        shutil.copyfile(folder / table["wound_photo"].iloc[0], folder / photos[row])
+    table.insert(3, "thermal_map", photos)
+    table.to_csv(folder / "samples.csv", index=False)
+    return folder
 
 
 def prepare(folder, table=None, name="samples.csv", modalities=MODALITIES, **overrides):
@@ -32,15 +43,24 @@ def prepare(folder, table=None, name="samples.csv", modalities=MODALITIES, **ove
         k: overrides.pop(k) for k in ("ignored_columns", "scaled", "na_values") if k in overrides
     }
     settings.update(overrides)
-    return prepare_inputs(
+    layouts = {
+        name: {"column": column, "image_dir": folder} if isinstance(column, str) else column
+        for name, column in modalities.items()
+    }
+    samples, views, _ = prepare_inputs(
         path,
-        folder,
         settings["columns"],
         settings["classes"],
-        modalities,
+        layouts,
         settings["missing_images"],
         **extras,
     )
+    # One path per visit: the views as the wide table of paths tests compare.
+    images = samples[["id"]].copy()
+    for name in modalities:
+        paths = views[views["modality"] == name].set_index("id")["path"]
+        images[name] = images["id"].map(paths)
+    return samples, images
 
 
 def original(folder):
@@ -157,6 +177,19 @@ def test_truncated_image_is_refused(workdir):
         prepare(workdir)
 
 
+def test_truncated_jpeg_frame_of_an_image_table_is_refused(tmp_path, demo_table):
+    from tests.conftest import thermal_layout
+
+    folder = tmp_path / "data"
+    shutil.copytree(demo_table.parent, folder)
+    first = pd.read_csv(folder / THERMAL_TABLE)["file"].iloc[0]
+    data = (folder / first).read_bytes()
+    (folder / first).write_bytes(data[: len(data) // 2])
+    layout = {"thermal_map": thermal_layout(folder / "samples.csv")}
+    with pytest.raises(InputError, match=rf"{first} \(modality thermal_map, data row 1\) cannot"):
+        prepare_inputs(folder / "samples.csv", COLUMNS, CLASSES, layout, "drop")
+
+
 def test_empty_image_cells_error_or_drop(workdir):
     table = original(workdir)
     table.loc[[0, 1], "thermal_map"] = None
@@ -181,7 +214,7 @@ def test_alpha_and_palette_images_are_converted_and_counted(workdir, caplog, mod
     with caplog.at_level(logging.INFO):
         _, images = prepare(workdir)
     assert f"Modality thermal_map: {logged}" in caplog.text
-    build_cache(images["thermal_map"].iloc[:1], 8, workdir / "c.npy")
+    build_cache(images[["thermal_map"]].iloc[:1].set_axis(["path"], axis=1), 8, workdir / "c.npy")
     assert np.load(workdir / "c.npy").shape == (1, 8, 8, 3)
 
 
@@ -225,7 +258,7 @@ def test_value_range_scales_every_image_by_the_same_fixed_range(tmp_path, kind):
             paths.append(tmp_path / f"{index}.tiff")
             Image.fromarray(np.full((20, 20), value / 100, dtype=np.float32)).save(paths[-1])
     value_range = [0, 4000] if kind == "16-bit PNG" else [0, 40]
-    build_cache(pd.Series(paths), 8, tmp_path / "c.npy", value_range=value_range)
+    build_cache(pd.DataFrame({"path": paths}), 8, tmp_path / "c.npy", value_range=value_range)
     cache = np.load(tmp_path / "c.npy")
     # 1000 and 2000 of 4000 keep their ratio; 5000 is above the range and clips to white.
     assert cache[:, 4, 4, 0].tolist() == [64, 128, 255]
@@ -239,10 +272,9 @@ def test_symlinked_image_dir_and_files_inside_it_are_followed(workdir, tmp_path)
     (workdir / "elsewhere.png").write_bytes((workdir / first).read_bytes())
     (workdir / first).unlink()
     (workdir / first).symlink_to(workdir / "elsewhere.png")
-    samples, images = prepare_inputs(
-        workdir / "samples.csv", link, COLUMNS, CLASSES, MODALITIES, "error"
-    )
-    assert images["thermal_map"].notna().all()
+    layout = {"thermal_map": {"column": "thermal_map", "image_dir": link}}
+    samples, views, _ = prepare_inputs(workdir / "samples.csv", COLUMNS, CLASSES, layout, "error")
+    assert len(views) == len(samples) and views["path"].str.startswith(str(link)).all()
 
 
 @pytest.mark.parametrize(
@@ -402,7 +434,7 @@ def test_exif_orientation_is_applied_and_counted(workdir, caplog):
     with caplog.at_level(logging.INFO):
         _, images = prepare(workdir)
     assert "Modality thermal_map: 1 images carry an EXIF orientation" in caplog.text
-    build_cache(pd.Series([str(first)]), 16, workdir / "c.npy")
+    build_cache(pd.DataFrame({"path": [str(first)]}), 16, workdir / "c.npy")
     cached = np.load(workdir / "c.npy")[0, :, :, 0]
     upright = np.asarray(Image.fromarray(pixels).rotate(-90, expand=True).resize((16, 16)))
     np.testing.assert_array_equal(cached, upright[:, :, 0])

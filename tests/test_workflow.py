@@ -68,8 +68,10 @@ def test_comparisons_pair_each_fusion_with_its_members_on_the_same_rows(tiny_run
         ["metadata+thermal_map", "metadata"],
         ["metadata+thermal_map", "thermal_map"],
     ]
-    # Both sides of each comparison are scored on the same rows: all of them here.
-    assert (comparisons["n_rows"] == len(read(tiny_run, "fusion/metadata/oof.tsv"))).all()
+    # Both sides of each comparison are scored on the same rows: the visits with thermal views.
+    fused = read(tiny_run, "fusion/metadata+thermal_map/oof.tsv")
+    assert (comparisons["n_rows"] == len(fused)).all()
+    assert len(fused) < len(read(tiny_run, "fusion/metadata/oof.tsv"))
 
 
 @pytest.mark.xdist_group("tiny_run")
@@ -83,7 +85,7 @@ def test_every_job_writes_its_log(tiny_run):
 
 
 def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_table):
-    table = pd.read_csv(demo_table).drop(columns=["thermal_map"])
+    table = pd.read_csv(demo_table).drop(columns=["depth_map", "wound_photo"])
     table.to_csv(tmp_path / "clinical.csv", index=False)
     config = {**METADATA_ONLY, "samples": "clinical.csv", "image_dir": "."}
     result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
@@ -190,3 +192,27 @@ def test_nested_command_line_values_are_read_as_numbers(tmp_path, override, mess
     """Snakemake passes nested --config values as text; they are checked as numbers."""
     result = run_snakemake(tmp_path, "-n", "--config", override, config=TINY)
     assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_keys_naming_two_visits_stop_prepare_and_nothing_trains(tmp_path, demo_table):
+    table = pd.read_csv(demo_table, dtype=str, keep_default_na=False)
+    copy = table.iloc[[2]].assign(sample_id="P001_V3_again")
+    pd.concat([table, copy]).to_csv(tmp_path / "visits.csv", index=False)
+    config = {
+        **TINY,
+        "samples": "visits.csv",
+        "image_dir": str(demo_table.parent),
+        "modalities": {"thermal_map": {"images": str(demo_table.parent / "thermal_images.csv")}},
+        "combinations": [["thermal_map"]],
+    }
+    result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "fusion-dag input error" in line]
+    assert result.returncode != 0 and len(errors) == 1, output[-3000:]
+    key = f"{table.loc[2, 'patient_id']}/{int(table.loc[2, 'visit_number'])}"
+    assert (
+        "the keys ['patient_id', 'visit_number'] (modalities.thermal_map.keys) name more than "
+        f"one row: {key} in data rows 3, {len(table) + 1}" in errors[0]
+    )
+    assert not (tmp_path / "results/image").exists()
+    assert not (tmp_path / "results/prepared/images.tsv").exists()

@@ -5,7 +5,7 @@ rule ablation_fold:
         metadata="results/metadata/repeat{repeat}/fold{fold}/probs.tsv",
         fit_probs="results/metadata/repeat{repeat}/fold{fold}/fit_probs.tsv",
         cache=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.npy",
-        ids=lambda wildcards: f"results/prepared/images/{PAIRS[wildcards.combination]}.ids.tsv",
+        views=lambda wildcards: f"results/prepared/{PAIRS[wildcards.combination]}_views.tsv",
     output:
         metrics="results/ablation/{combination}/repeat{repeat}/fold{fold}/metrics.tsv",
         probs="results/ablation/{combination}/repeat{repeat}/fold{fold}/probs.tsv",

@@ -68,7 +68,8 @@ def image_setting(key):
 # Path columns of configured modalities not in use: never metadata features either.
 IGNORED_IMAGE_COLUMNS = sorted(
     {modality_column(config, name) for name in config["modalities"]}
-    - set(MODALITIES.values())
+    - {layout.get("column") for layout in MODALITIES.values()}
+    - {None}
 )
 REPEATS = list(range(1, config["cv"]["repeats"] + 1))
 FOLDS = list(range(1, config["cv"]["folds"] + 1))
@@ -81,6 +82,8 @@ PAIRS = {
     if len(members) == 2 and members[0] == "metadata"
 }
 DEMO_TABLE = "resources/demo/samples.csv"
+# Image tables the demo_data rule writes.
+DEMO_IMAGE_TABLES = [Path("resources/demo/thermal_images.csv")]
 
 
 wildcard_constraints:
@@ -142,6 +145,20 @@ def samples_input(wildcards):
     return {"table": samples} if exists else {}
 
 
+def image_table_inputs(wildcards):
+    """The image tables of the modalities in use that exist (or the demo rule makes), so a
+    changed image table re-runs prepare; one that does not exist is left out, for prepare to
+    name it in fusion-dag's own line. Image files are not inputs: prepare checks each one the
+    tables name, and the workflow assumes a file system shared by all jobs (as on SLURM).
+    """
+    tables = {}
+    for modality, layout in MODALITIES.items():
+        path = layout.get("images")
+        if path and (Path(path) in DEMO_IMAGE_TABLES or Path(path).exists()):
+            tables[f"{modality}_images"] = path
+    return tables
+
+
 def partition_seed(wildcards):
     """The seed of one repeat's partition: cv.seed for repeat 1, then cv.seed + 1, ..."""
     return config["cv"]["seed"] + int(wildcards.repeat) - 1
@@ -150,7 +167,8 @@ def partition_seed(wildcards):
 def combination_inputs(members, metadata, stage):
     """What a combination fuses: the metadata probabilities ``metadata`` (name -> file) and, for
     each image member, its pretrained checkpoint and sidecar (so fusion cannot run before the
-    image stage), its probabilities and, when it meets another member, its image cache.
+    image stage), its probabilities and, when it meets another member, its per-view
+    probabilities and its image cache with the cache's views.
     ``stage(modality)`` is the folder of that member's image stage."""
     inputs = dict(metadata) if "metadata" in members else {}
     for modality in members:
@@ -161,10 +179,9 @@ def combination_inputs(members, metadata, stage):
             inputs[f"{modality}_sidecar"] = f"{stage(modality)}/checkpoint.json"
             inputs[f"{modality}_probs"] = f"{stage(modality)}/probs.tsv"
             if len(members) > 1:
+                inputs[f"{modality}_view_probs"] = f"{stage(modality)}/view_probs.tsv"
                 inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
-                inputs[f"{modality}_ids"] = (
-                    f"results/prepared/images/{modality}.ids.tsv"
-                )
+                inputs[f"{modality}_views"] = f"results/prepared/{modality}_views.tsv"
     return inputs
 
 
@@ -346,21 +363,9 @@ def ablation_fold_files(wildcards):
     ]
 
 
-def image_dir(wildcards):
-    """The folder image paths are relative to.
-
-    A parameter rather than an input: prepare checks each image the table names, and the
-    workflow assumes a file system shared by all jobs (as on a SLURM cluster).
-    """
-    return config["image_dir"]
-
-
 def spec_modalities():
-    """Each modality in use: its path column and image settings, as the model spec records."""
-    return {
-        m: {"column": column, **MODALITY_SETTINGS[m]}
-        for m, column in MODALITIES.items()
-    }
+    """Each modality in use: its layout and image settings, as the model spec records them."""
+    return {m: {**layout, **MODALITY_SETTINGS[m]} for m, layout in MODALITIES.items()}
 
 
 def bundle_inputs(wildcards):
@@ -416,6 +421,13 @@ def predict_samples(wildcards):
         )
     # A table that does not exist is left out, so predict_table names it in one line.
     return samples if Path(samples).exists() else []
+
+
+def predict_image_tables(wildcards):
+    """The new visits' image tables (predict.images) that exist, as inputs; one that does not
+    is left out for predict_table to name in one line."""
+    tables = config["predict"]["images"] or {}
+    return {f"{m}_images": path for m, path in tables.items() if Path(path).exists()}
 
 
 def predict_image_dir(wildcards):

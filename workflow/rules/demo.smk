@@ -1,6 +1,7 @@
 rule demo_data:
     output:
         table=DEMO_TABLE,
+        thermal_table="resources/demo/thermal_images.csv",
         thermal=directory("resources/demo/thermal"),
         depth=directory("resources/demo/depth"),
         photo=directory("resources/demo/photo"),

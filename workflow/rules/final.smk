@@ -28,12 +28,13 @@ rule final_image:
     input:
         unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
         cache="results/prepared/images/{modality}.npy",
-        ids="results/prepared/images/{modality}.ids.tsv",
+        views="results/prepared/{modality}_views.tsv",
         samples="results/prepared/samples.tsv",
     output:
         checkpoint="results/final/image/{modality}/checkpoint.weights.h5",
         sidecar="results/final/image/{modality}/checkpoint.json",
         probs="results/final/image/{modality}/probs.tsv",
+        view_probs="results/final/image/{modality}/view_probs.tsv",
         history="results/final/image/{modality}/history.tsv",
         metrics="results/final/image/{modality}/metrics.json",
     log:

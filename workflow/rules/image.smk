@@ -3,7 +3,7 @@ rule image_cache:
         images="results/prepared/images.tsv",
     output:
         cache="results/prepared/images/{modality}.npy",
-        ids="results/prepared/images/{modality}.ids.tsv",
+        views="results/prepared/{modality}_views.tsv",
     log:
         "logs/image_cache/{modality}.log",
     benchmark:
@@ -18,6 +18,7 @@ rule image_cache:
         size=image_setting("size"),
         channels=image_setting("channels"),
         value_range=image_setting("value_range"),
+        box_margin=lambda wildcards: MODALITIES[wildcards.modality].get("box_margin", 0),
     script:
         "../scripts/image_cache.py"
 
@@ -26,12 +27,13 @@ rule image:
     input:
         unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
         cache="results/prepared/images/{modality}.npy",
-        ids="results/prepared/images/{modality}.ids.tsv",
+        views="results/prepared/{modality}_views.tsv",
         folds="results/folds/repeat{repeat}.tsv",
     output:
         checkpoint="results/image/{modality}/repeat{repeat}/fold{fold}/checkpoint.weights.h5",
         sidecar="results/image/{modality}/repeat{repeat}/fold{fold}/checkpoint.json",
         probs="results/image/{modality}/repeat{repeat}/fold{fold}/probs.tsv",
+        view_probs="results/image/{modality}/repeat{repeat}/fold{fold}/view_probs.tsv",
         history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv",
         metrics="results/image/{modality}/repeat{repeat}/fold{fold}/metrics.json",
     log:

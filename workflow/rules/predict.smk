@@ -1,6 +1,7 @@
 # A new table checked against the model spec before any model is loaded (or trained).
 rule predict_table:
     input:
+        unpack(predict_image_tables),
         table=predict_samples,
         spec=predict_spec,
     output:
@@ -21,6 +22,7 @@ rule predict_table:
         bundle=predict_bundle(),
         given_bundle=bool(config["predict"]["bundle"]),
         image_dir=predict_image_dir,
+        image_tables=config["predict"]["images"] or {},
         combination=config["predict"]["combination"],
     script:
         "../scripts/predict_table.py"

@@ -1,9 +1,15 @@
 rule prepare:
     input:
         unpack(samples_input),
+        unpack(image_table_inputs),
     output:
         samples="results/prepared/samples.tsv",
         images="results/prepared/images.tsv",
+        view_counts=report(
+            "results/prepared/view_counts.tsv",
+            caption="../report/views.rst",
+            category="Data",
+        ),
     log:
         "logs/prepare/prepare.log",
     benchmark:
@@ -17,7 +23,6 @@ rule prepare:
     params:
         samples=config["samples"],
         na_values=config["na_values"],
-        image_dir=image_dir,
         columns=config["columns"],
         classes=config["classes"],
         modalities=MODALITIES,

@@ -14,7 +14,7 @@ with job_log(snakemake.log[0]):
     configure_tensorflow(settings["intra_op_threads"], snakemake.threads, snakemake.params.seed)
     members = snakemake.wildcards.combination.split("+")
     task = BranchFold(
-        *load_cache(snakemake.input.cache, snakemake.input.ids),
+        *load_cache(snakemake.input.cache, snakemake.input.views),
         folds=read_tsv(snakemake.input.folds),
         fold=int(snakemake.wildcards.fold),
         modality=members[1],

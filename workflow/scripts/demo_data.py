@@ -1,11 +1,18 @@
-from fusion_dag.demo import MODALITY_FOLDERS, write_demo
+import pandas as pd
+
+from fusion_dag.demo import write_demo
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     table = write_demo(snakemake.output.table, snakemake.params.patients, snakemake.params.seed)
+    thermal = pd.read_csv(snakemake.output.thermal_table)
     log.info(
-        "Demo data: %d rows, %d patients; images: %s",
+        "Demo data: %d rows, %d patients; thermal views %d (image table %s); depth maps %d, "
+        "wound photos %d",
         len(table),
         table["patient_id"].nunique(),
-        ", ".join(f"{m} {table[m].notna().sum()}" for m in MODALITY_FOLDERS),
+        len(thermal),
+        snakemake.output.thermal_table,
+        table["depth_map"].notna().sum(),
+        table["wound_photo"].notna().sum(),
     )

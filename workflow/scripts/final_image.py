@@ -13,7 +13,7 @@ with job_log(snakemake.log[0]) as log:
     samples = read_tsv(snakemake.input.samples)
     # Every labelled row trains; early stopping holds out an inner patient-grouped split.
     task = BranchFold(
-        *load_cache(snakemake.input.cache, snakemake.input.ids),
+        *load_cache(snakemake.input.cache, snakemake.input.views),
         folds=final_fold_table(samples),
         fold=FINAL_PLACEMENT[1],
         modality=snakemake.wildcards.modality,
@@ -22,7 +22,9 @@ with job_log(snakemake.log[0]) as log:
         seed=snakemake.params.seed,
     )
     output = snakemake.output
-    model, probs, record = train_stage(task, output.checkpoint, output.history, snakemake.threads)
+    model, probs, view_probs, record = train_stage(
+        task, output.checkpoint, output.history, snakemake.threads
+    )
     in_sample = fit_kappa(probs, samples, task.classes)
     metrics = {"n_train": len(probs), "fit_kappa": in_sample, **record}
     log.info(
@@ -37,4 +39,5 @@ with job_log(snakemake.log[0]) as log:
     )
     write_json(metrics, output.metrics)
     write_json(sidecar, output.sidecar)
+    write_tsv(view_probs, output.view_probs)
     write_tsv(probs, output.probs)

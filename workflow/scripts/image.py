@@ -11,7 +11,7 @@ with job_log(snakemake.log[0]) as log:
     settings = snakemake.params.settings
     repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
     task = BranchFold(
-        *load_cache(snakemake.input.cache, snakemake.input.ids),
+        *load_cache(snakemake.input.cache, snakemake.input.views),
         folds=read_tsv(snakemake.input.folds),
         fold=fold,
         modality=snakemake.wildcards.modality,
@@ -20,7 +20,9 @@ with job_log(snakemake.log[0]) as log:
         seed=snakemake.params.seed,
     )
     output = snakemake.output
-    model, probs, record = train_stage(task, output.checkpoint, output.history, snakemake.threads)
+    model, probs, view_probs, record = train_stage(
+        task, output.checkpoint, output.history, snakemake.threads
+    )
     metrics = {**fold_metrics(probs, task.folds, task.classes), **record}
     log.info(
         "Best epoch %d: validation kappa %.3f, train kappa %.3f",
@@ -33,4 +35,5 @@ with job_log(snakemake.log[0]) as log:
     )
     write_json(metrics, output.metrics)
     write_json(sidecar, output.sidecar)
+    write_tsv(view_probs, output.view_probs)
     write_tsv(probs, output.probs)

@@ -10,7 +10,11 @@ with job_log(snakemake.log[0]) as log:
     spec = load_bundle(snakemake.params.bundle) if given else read_json(snakemake.input.spec)
     members = choose_combination(spec, snakemake.params.combination)
     samples, images = new_samples(
-        snakemake.params.samples, snakemake.params.image_dir, spec, members
+        snakemake.params.samples,
+        snakemake.params.image_dir,
+        spec,
+        members,
+        snakemake.params.image_tables,
     )
     write_tsv(images, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)

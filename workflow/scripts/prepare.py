@@ -1,11 +1,13 @@
+import pandas as pd
+
 from fusion_dag.artifacts import write_tsv
 from fusion_dag.joblog import job_log
 from fusion_dag.prepare import prepare_inputs
+from fusion_dag.views import VIEW_COUNT_COLUMNS
 
 with job_log(snakemake.log[0]):
-    samples, images = prepare_inputs(
+    samples, views, counts = prepare_inputs(
         snakemake.params.samples,
-        snakemake.params.image_dir,
         snakemake.params.columns,
         snakemake.params.classes,
         snakemake.params.modalities,
@@ -14,5 +16,6 @@ with job_log(snakemake.log[0]):
         scaled=snakemake.params.scaled,
         na_values=snakemake.params.na_values,
     )
-    write_tsv(images, snakemake.output.images)
+    write_tsv(pd.DataFrame(counts, columns=list(VIEW_COUNT_COLUMNS)), snakemake.output.view_counts)
+    write_tsv(views, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)

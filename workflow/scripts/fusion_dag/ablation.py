@@ -13,16 +13,18 @@ import keras
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, prob_columns, probability_table
+from fusion_dag.artifacts import GROUP, ID, prob_columns
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.image import (
     BranchFold,
+    balanced_class_weights,
     build_image_branch,
     fit_with_early_stopping,
     inner_split,
     load_backbone_weights,
     set_fine_tuning,
 )
+from fusion_dag.views import visit_means
 
 log = logging.getLogger(__name__)
 
@@ -104,24 +106,32 @@ def train_joint(
     table = task.rows().merge(metadata_probs, on=[ID, "split"], validate="one_to_one")
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], task.seed)
+    class_weights = balanced_class_weights(task.labels(train[~held_out]))
 
-    def arrays(rows: pd.DataFrame):
+    def arrays(visits: pd.DataFrame, weights: dict | None):
+        """Every view of ``visits`` with its visit's forest probabilities, as the image stage
+        weighs views (one weight per visit)."""
+        views = task.views_of(visits)
+        forest = views[[ID]].merge(
+            visits[[ID, *columns]], on=ID, how="left", validate="many_to_one"
+        )
         x = {
-            "metadata_probs": rows[columns].to_numpy(dtype="float32"),
-            f"{task.modality}_input": task.pixels(rows),
+            "metadata_probs": forest[columns].to_numpy(dtype="float32"),
+            f"{task.modality}_input": task.pixels(views),
         }
-        return x, task.labels(rows)
+        return (x, task.labels(views), task.weights(views, weights)), views
 
-    x_fit, y_fit = arrays(train[~held_out])
-    x_stop, y_stop = arrays(train[held_out])
+    fit, _ = arrays(train[~held_out], class_weights)
+    stop, _ = arrays(train[held_out], None)
     model = build_joint_model(task, metadata_weight, learned=strategy == "V1")
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
         loss="sparse_categorical_crossentropy",
     )
-    history, best_epoch = fit_with_early_stopping(model, (x_fit, y_fit), (x_stop, y_stop), settings)
-    x_all, _ = arrays(table)
-    probs = model.predict(x_all, batch_size=settings["batch_size"], verbose=0)
+    history, best_epoch = fit_with_early_stopping(model, fit, stop, settings)
+    (x_all, _, _), views = arrays(table, None)
+    view_probs = views[[ID, "split"]].reset_index(drop=True)
+    view_probs[columns] = model.predict(x_all, batch_size=settings["batch_size"], verbose=0)
     run = {
         "epochs": len(history.epoch),
         "best_epoch": best_epoch,
@@ -137,7 +147,8 @@ def train_joint(
         run["best_epoch"],
         train[GROUP].nunique(),
     )
-    return probability_table(table[ID], table["split"], probs, task.classes), run
+    # The fused probability is linear in the image's, so a visit's is its views' mean.
+    return visit_means(view_probs, columns), run
 
 
 def ablation_fold(

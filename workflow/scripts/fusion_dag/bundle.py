@@ -21,6 +21,7 @@ import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, file_sha256, read_json, write_json
 from fusion_dag.folds import FINAL_PLACEMENT
+from fusion_dag.views import AGGREGATION
 from fusion_dag.weights import METADATA
 
 FORMAT = "fusion-dag-bundle/1"
@@ -48,6 +49,22 @@ def feature_types(samples: pd.DataFrame) -> list:
     ]
 
 
+def image_layout(settings: dict) -> dict:
+    """How a modality's images are found and cut, as the bundle records it: the samples
+    ``column``; or, for an image table, its ``path`` column, the ``keys`` that join it to the
+    visits, the ``box`` columns, the ``box_margin`` and how views make a visit
+    (``aggregation``). A new visit's images are read exactly this way."""
+    if "column" in settings:
+        return {"column": settings["column"]}
+    return {
+        "path": settings["path"],
+        "keys": list(settings["keys"]),
+        "box": settings["box"],
+        "box_margin": settings["box_margin"],
+        "aggregation": AGGREGATION,
+    }
+
+
 def model_spec(
     samples: pd.DataFrame,
     columns: dict,
@@ -59,7 +76,8 @@ def model_spec(
 ) -> dict:
     """What applying the final models needs to know, apart from the models themselves.
 
-    ``modalities`` maps each modality in use to its image settings plus ``column``;
+    ``modalities`` maps each modality in use to its image settings plus its layout
+    (:func:`image_layout`);
     ``combinations`` each selected combination to its members; ``fusion`` holds
     ``metadata_weight`` and ``weights``; ``na_values`` the strings read as missing cells, so a
     new table is read as the training table was. The default combination for prediction is the
@@ -73,7 +91,7 @@ def model_spec(
         "na_values": list(na_values),
         "features": feature_types(samples) if uses_metadata else [],
         "modalities": {
-            name: {"column": settings["column"], **{k: settings[k] for k in IMAGE_KEYS}}
+            name: {**image_layout(settings), **{k: settings[k] for k in IMAGE_KEYS}}
             for name, settings in modalities.items()
         },
         "combinations": {name: list(members) for name, members in combinations.items()},

@@ -1,10 +1,11 @@
-"""The image cache: every image of a modality decoded once into a memory-mappable array.
+"""The image cache: every view of a modality decoded once into a memory-mappable array.
 
 Why a stage of its own: decoding and resizing thousands of images per fold would dominate the
 image jobs, and holding them all in memory would not fit at scale. The cache is a ``uint8``
 ``.npy`` array at the modality's image size and channel count that every image job
-memory-maps; it depends on the size, channels and value range only, so changing any of them
-never re-runs prepare or the forest.
+memory-maps; it depends on the size, channels, value range and box margin only, so changing
+any of them never re-runs prepare or the forest. A view with a wound box is its crop
+(:func:`fusion_dag.views.crop_window`), resized to the branch's size.
 """
 
 import os
@@ -15,8 +16,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fusion_dag.artifacts import ID, InputError, partial_path, read_tsv
+from fusion_dag.artifacts import InputError, partial_path, read_tsv
 from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
+from fusion_dag.views import CROP
 
 
 def scaled_grey(image: Image.Image, size: int, value_range) -> np.ndarray:
@@ -50,43 +52,57 @@ def decoded(image: Image.Image, size: int, channels: int, value_range) -> np.nda
     return resized.reshape(size, size, channels)
 
 
-def decode_into(target: np.ndarray, paths, size: int, channels: int, value_range) -> int:
-    """Decode each image of ``paths`` into the matching row of ``target``, turned upright by its
-    EXIF orientation as a viewer shows it; return how many were colour images. The one decoding
-    both the image cache and prediction on new images use."""
+def decode_into(target: np.ndarray, views: pd.DataFrame, size: int, channels: int, value_range):
+    """Decode each view of ``views`` (``path``, and a crop :data:`~fusion_dag.views.CROP` where
+    it has a wound box) into the matching row of ``target``; return how many views came from
+    colour images. The one decoding both the image cache and prediction on new images use.
+
+    Each frame is decoded once however many views it holds (a frame with the boxes of two
+    ulcers), turned upright by its EXIF orientation as a viewer shows it (the frame the boxes
+    are drawn in), then each view is cut from it and resized; a view without a crop is the
+    whole frame.
+    """
     colour = 0
-    for row, path in enumerate(paths):
+    crops = views.reindex(columns=list(CROP)).to_numpy(dtype=float)
+    rows = pd.Series(np.arange(len(views)))
+    for path, positions in rows.groupby(views["path"].to_numpy(), sort=False):
         try:
             # prepare already logged any image over Pillow's pixel limit, naming it.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as image:
-                    colour += image.mode not in COLOURLESS_MODES
+                    is_colour = image.mode not in COLOURLESS_MODES
                     upright = ImageOps.exif_transpose(image)
-                    target[row] = decoded(upright, size, channels, value_range)
+                    upright.load()
         except (OSError, SyntaxError, ValueError) as error:
             raise InputError(
                 f"image file {path} cannot be decoded: {error}; replace the file"
             ) from None
+        for row in positions:
+            crop = crops[row]
+            view = upright if np.isnan(crop).any() else upright.crop(tuple(int(v) for v in crop))
+            target[row] = decoded(view, size, channels, value_range)
+            colour += is_colour
     return colour
 
 
 def build_cache(
-    paths: pd.Series, size: int, cache_path: Path, channels: int = 3, value_range=None
+    views: pd.DataFrame, size: int, cache_path: Path, channels: int = 3, value_range=None
 ) -> dict:
-    """Decode and resize every image once into a uint8 array of shape (n, size, size, channels).
+    """Decode, crop and resize every view once into a uint8 array (n, size, size, channels).
 
-    The array is saved as ``.npy`` so image jobs can memory-map it instead of holding every
-    image in memory. Palette and alpha images are converted to RGB or grey-scale (alpha
-    dropped). Returns how many images were converted between colour and grey-scale, for the
-    log: {"to_grey": n} with one channel, {"grey_repeated": n} with three.
+    ``views`` holds each view's ``path`` and, for a boxed view, its crop. The array is saved
+    as ``.npy`` so image jobs can memory-map it instead of holding every image in memory.
+    Palette and alpha images are converted to RGB or grey-scale (alpha dropped). Returns how
+    many views were converted between colour and grey-scale, for the log: {"to_grey": n} with
+    one channel, {"grey_repeated": n} with three.
     """
     partial = partial_path(cache_path)
     cache = np.lib.format.open_memmap(
-        partial, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, channels)
+        partial, mode="w+", dtype=np.uint8, shape=(len(views), size, size, channels)
     )
     try:
-        colour = decode_into(cache, paths, size, channels, value_range)
+        colour = decode_into(cache, views, size, channels, value_range)
     except InputError:
         del cache
         partial.unlink()
@@ -96,13 +112,15 @@ def build_cache(
     os.replace(partial, cache_path)
     if channels == 1:
         return {"to_grey": colour}
-    return {"grey_repeated": len(paths) - colour}
+    return {"grey_repeated": len(views) - colour}
 
 
-def load_cache(cache_path: Path, ids_path: Path) -> tuple[np.ndarray, pd.Series]:
-    """Memory-map an image cache; return (images, position of each sample id)."""
+def load_cache(cache_path: Path, views_path: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Memory-map an image cache; return (images, its views table: row i is image i)."""
     images = np.load(cache_path, mmap_mode="r")
-    ids = read_tsv(ids_path)[ID]
-    if len(ids) != len(images):
-        raise InputError(f"image cache {cache_path} has {len(images)} images for {len(ids)} ids")
-    return images, pd.Series(np.arange(len(ids)), index=ids.to_numpy())
+    views = read_tsv(views_path)
+    if len(views) != len(images):
+        raise InputError(
+            f"image cache {cache_path} has {len(images)} images for {len(views)} views"
+        )
+    return images, views.reset_index(drop=True)

@@ -39,10 +39,13 @@ def schema_branch(value, schema: dict, root: dict) -> dict:
         }
         schema = {**referenced, **schema, "properties": properties}
     if "oneOf" in schema and isinstance(value, dict):
-        for option in schema["oneOf"]:
-            option = schema_branch(value, option, root)
-            if option.get("type") == "object":
+        mappings = [schema_branch(value, option, root) for option in schema["oneOf"]]
+        mappings = [option for option in mappings if option.get("type") == "object"]
+        for option in mappings:
+            if all(key in value for key in option.get("required", [])):
                 return option
+        if mappings:
+            return mappings[0]
     return schema
 
 
@@ -149,14 +152,47 @@ def selected_combinations(config: dict) -> dict:
     return combinations
 
 
-def modality_column(config: dict, name: str) -> str:
-    """The samples-table column holding a modality's image paths."""
+# The keys of a modality's entry that say where its images are, not how its branch is built.
+LAYOUT_KEYS = ("column", "images", "path", "keys", "box", "box_margin", "image_dir")
+DEFAULT_BOX_MARGIN = 0.25
+
+
+def modality_column(config: dict, name: str) -> str | None:
+    """The samples-table column holding a modality's image paths (None for an image table)."""
     entry = config["modalities"][name]
-    return entry if isinstance(entry, str) else entry["column"]
+    return entry if isinstance(entry, str) else entry.get("column")
+
+
+def modality_layout(config: dict, name: str) -> dict:
+    """Where a modality's images are: ``{column, image_dir}`` for one path per visit in a
+    samples column, or ``{images, path, keys, box, box_margin, image_dir}`` for an image table
+    with one row per view. Defaults filled in: ``keys`` ``[columns.id]``, ``box`` none,
+    ``box_margin`` 0.25, ``image_dir`` the top-level one."""
+    entry = config["modalities"][name]
+    entry = {"column": entry} if isinstance(entry, str) else entry
+    image_dir = entry.get("image_dir") or config["image_dir"]
+    if "column" in entry:
+        return {"column": entry["column"], "image_dir": image_dir}
+    keys = entry.get("keys") or [config["columns"].get("id")]
+    if keys == [None]:
+        raise ConfigError(
+            f"Invalid config key 'modalities.{name}.keys': columns.id is null (rows are "
+            "numbered), so the image table cannot be joined by it; name the columns of both "
+            "tables that identify a visit, e.g. keys: [patient_id, visit]"
+        )
+    return {
+        "images": entry["images"],
+        "path": entry["path"],
+        "keys": list(keys),
+        "box": list(entry["box"]) if entry.get("box") else None,
+        "box_margin": entry.get("box_margin", DEFAULT_BOX_MARGIN),
+        "image_dir": image_dir,
+    }
 
 
 def modality_settings(config: dict, name: str) -> dict:
-    """A modality's image settings: ``image_model`` with the modality's own overrides.
+    """A modality's image settings: ``image_model`` with the modality's own overrides (its
+    layout keys, :data:`LAYOUT_KEYS`, are not settings of the branch).
 
     ``backbone_weights: none`` (the word) means no pretrained weights, like null.
     """
@@ -164,7 +200,7 @@ def modality_settings(config: dict, name: str) -> dict:
     overrides = {} if isinstance(entry, str) else entry
     settings = {
         **config["image_model"],
-        **{key: value for key, value in overrides.items() if key != "column"},
+        **{key: value for key, value in overrides.items() if key not in LAYOUT_KEYS},
     }
     if str(settings.get("backbone_weights")).lower() == "none":
         settings["backbone_weights"] = None
@@ -179,10 +215,10 @@ def setting_key(config: dict, name: str, key: str) -> str:
 
 
 def modalities_in_use(config: dict, combinations: dict) -> dict:
-    """Modality -> path column, for the modalities some selected combination uses: only these
-    are read, validated and trained."""
+    """Modality -> its layout (:func:`modality_layout`), for the modalities some selected
+    combination uses: only these are read, validated and trained."""
     return {
-        name: modality_column(config, name)
+        name: modality_layout(config, name)
         for name in config["modalities"]
         if any(name in members for members in combinations.values())
     }

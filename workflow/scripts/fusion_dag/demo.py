@@ -8,11 +8,13 @@ need data with known structure. The generator reproduces what makes the real pro
 * about 20 mixed numeric/text metadata columns with about 10 % missing cells;
 * three images per visit, each seeing the latent severity through noise of its own (independent
   of the metadata's), so each branch holds partial, partly independent signal and their fusion
-  can beat any one alone: a colour-mapped 64x64 thermal map (wound contrast, size, texture); a
-  16-bit depth map (distance from the camera in 0.1 mm: wound depth and width), the format
-  real depth cameras export; and an RGB wound photograph (slough, granulation and epithelium
-  colours, periwound redness);
-* some visits without a depth map or a photograph (empty cells), as in real collections.
+  can beat any one alone: colour-mapped thermal frames, 2 to 5 views per visit in 320 x 240
+  frames listed in an image table with a wound box per view (wound contrast and texture, inside
+  the box only), as a study's thermal camera exports them; a 16-bit depth map (distance from
+  the camera in 0.1 mm: wound depth and width), the format real depth cameras export; and an
+  RGB wound photograph (slough, granulation and epithelium colours, periwound redness);
+* some visits without a depth map, a photograph or thermal views, and thermal image rows of
+  visits the samples table does not have, as in real collections.
 """
 
 from pathlib import Path
@@ -40,7 +42,17 @@ TEMPERATURE_RANGE_C = (20.0, 37.0)
 MISSING_IMAGE_SHARE = {"depth_map": 0.08, "wound_photo": 0.05}
 
 MODALITY_FOLDERS = {"thermal_map": "thermal", "depth_map": "depth", "wound_photo": "photo"}
-NON_FEATURE_COLUMNS = ("sample_id", "patient_id", "label", *MODALITY_FOLDERS)
+NON_FEATURE_COLUMNS = ("sample_id", "patient_id", "label", "depth_map", "wound_photo")
+# The thermal camera's views: frames (width, height) in which the wound is a small part, 2 to 5
+# views per visit (angles, before and after debridement), each with a wound box; the image
+# table beside the samples table lists them.
+FRAME_SIZE = (320, 240)
+ANGLES = ("left", "middle", "right", "zoom", "after_debridement")
+THERMAL_BOX = ("x_min", "y_min", "x_max", "y_max")
+THERMAL_TABLE = "thermal_images.csv"
+MISSING_THERMAL_SHARE = 0.03
+# How much one view's appearance differs from another's of the same visit (signal units).
+VIEW_NOISE = 0.3
 
 
 def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -132,6 +144,8 @@ def metadata_table(visits: pd.DataFrame, rng: np.random.Generator) -> pd.DataFra
     )
     features = [c for c in table.columns if c not in NON_FEATURE_COLUMNS]
     missing = rng.random((n, len(features))) < MISSING_SHARE
+    # The visit number is one of the keys that join the thermal image table: always filled.
+    missing[:, features.index("visit_number")] = False
     table[features] = table[features].astype(object).mask(missing)
     return table
 
@@ -141,32 +155,80 @@ def inflammation(signal: float) -> float:
     return 1.0 / (1.0 + np.exp(1.4 * signal))
 
 
-def thermal_map(image_signal: float, rng: np.random.Generator, size: int = IMAGE_SIZE):
-    """One colour-mapped thermal image (uint8, size x size x 3) of a foot with a wound.
+def thermal_frame(image_signal: float, rng: np.random.Generator, size=FRAME_SIZE):
+    """One colour-mapped thermal frame (uint8, height x width x 3) of a foot with a wound, and
+    the wound's box (x_min, y_min, x_max, y_max) in pixels.
 
-    A lower image signal (an earlier, inflammatory phase) gives a hotter, larger wound with a
-    warm periwound ring and rougher texture; the sensor adds its own noise.
+    The frame is mostly foot and background, whose temperatures say nothing of the healing
+    phase; the wound is a small part of it, as in a study's camera frames. Inside the box, a
+    lower image signal (an earlier, inflammatory phase) gives a hotter wound with a warm
+    periwound ring and rougher texture; the sensor adds its own noise everywhere.
     """
-    y, x = np.mgrid[0:size, 0:size] / size
-    temperature = 22.0 + 1.0 * y + rng.normal(0, 0.25, (size, size))
-    cx, cy = 0.5 + rng.normal(0, 0.03), 0.52 + rng.normal(0, 0.03)
-    foot = ((x - cx) / 0.23) ** 2 + ((y - cy) / 0.42) ** 2 <= 1.0
-    temperature[foot] = 30.0 + 1.5 * (y[foot] - 0.3) + rng.normal(0, 0.3)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    temperature = 22.0 + 1.0 * y / height + rng.normal(0, 0.25, (height, width))
+    cx, cy = width * (0.5 + rng.normal(0, 0.04)), height * (0.5 + rng.normal(0, 0.04))
+    foot = ((x - cx) / (0.3 * width)) ** 2 + ((y - cy) / (0.46 * height)) ** 2 <= 1.0
+    temperature[foot] = 30.0 + 1.5 * (y[foot] / height - 0.3) + rng.normal(0, 0.3)
     level = inflammation(image_signal)
-    wx = cx + rng.uniform(-0.1, 0.1)
-    wy = cy + rng.uniform(-0.25, 0.25)
-    radius = 0.05 + 0.07 * level + rng.normal(0, 0.01)
+    # The camera's distance varies between views: the wound's size in pixels with it.
+    radius = (9.0 + 6.0 * level) * rng.uniform(0.8, 1.3)
+    reach = 1.8 * radius
+    wx = cx + rng.uniform(-0.18, 0.18) * width
+    wy = cy + rng.uniform(-0.3, 0.3) * height
+    wx, wy = np.clip(wx, reach, width - reach), np.clip(wy, reach, height - reach)
     distance = np.sqrt((x - wx) ** 2 + (y - wy) ** 2)
     wound = distance <= radius
-    ring = (distance > radius) & (distance <= 1.8 * radius) & foot
+    ring = (distance > radius) & (distance <= reach)
     contrast = 0.5 + 3.5 * level
     temperature[wound] += contrast + rng.normal(0, 0.2 + 0.8 * level, wound.sum())
     temperature[ring] += 0.5 * contrast * level
-    temperature += rng.normal(0, 0.35, (size, size))
+    temperature += rng.normal(0, 0.35, (height, width))
     low, high = TEMPERATURE_RANGE_C
     scaled = np.clip((temperature - low) / (high - low), 0.0, 1.0)
-    rgb = matplotlib.colormaps["inferno"](scaled)[..., :3]
-    return np.round(rgb * 255).astype(np.uint8)
+    rgb = np.round(matplotlib.colormaps["inferno"](scaled)[..., :3] * 255).astype(np.uint8)
+    # A clinician's box around the wound and its ring, drawn a few pixels loose.
+    loose = rng.uniform(0, 4, 4)
+    box = (
+        wx - reach - loose[0],
+        wy - reach - loose[1],
+        wx + reach + loose[2],
+        wy + reach + loose[3],
+    )
+    return rgb, tuple(round(float(v), 1) for v in box)
+
+
+def write_thermal_views(folder: Path, table: pd.DataFrame, visits: pd.DataFrame, seed: int):
+    """Write the thermal frames and their image table; return the table.
+
+    Each visit has 2 to 5 views (angles), each a frame of its own with the wound's box; a few
+    visits have none, and a few image rows belong to visits the samples table does not have
+    (a visit after the patient's last), as in a study's exports. The table's visit numbers are
+    zero-padded text (``03``) where the samples table has numbers: they still match.
+    """
+    rng = np.random.default_rng([seed, 3])
+    (folder / MODALITY_FOLDERS["thermal_map"]).mkdir(parents=True, exist_ok=True)
+    last_visit = visits.groupby("patient_index")["visit_number"].transform("max")
+    orphans = visits[(visits["visit_number"] == last_visit) & (rng.random(len(visits)) < 0.03)]
+    rows = []
+    owners = [
+        *zip(table["patient_id"], visits["visit_number"], visits["image_signal"], strict=True)
+    ]
+    owners += [
+        (f"P{p + 1:03d}", v + 1, s)
+        for p, v, s in zip(
+            orphans["patient_index"], orphans["visit_number"], orphans["image_signal"], strict=True
+        )
+    ]
+    for patient, visit, signal in owners:
+        if rng.random() < MISSING_THERMAL_SHARE:
+            continue
+        for angle in ANGLES[: rng.integers(2, 6)]:
+            frame, box = thermal_frame(signal + VIEW_NOISE * rng.normal(), rng)
+            relative = f"{MODALITY_FOLDERS['thermal_map']}/{patient}_V{visit}_{angle}.jpg"
+            Image.fromarray(frame).save(folder / relative, quality=92)
+            rows.append((patient, f"{visit:02d}", angle, relative, *box))
+    return pd.DataFrame(rows, columns=["patient_id", "visit_number", "angle", "file", *THERMAL_BOX])
 
 
 def foot_outline(size: int, rng: np.random.Generator):
@@ -259,28 +321,23 @@ def write_images(folder: Path, visits: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def write_demo(table_path: Path, patients: int, seed: int) -> pd.DataFrame:
-    """Write the demo samples table and its images; return the table.
+    """Write the demo samples table, its thermal image table and every image; return the
+    samples table.
 
-    Image paths in the table are relative to the table's folder, which is the default
-    ``image_dir``. The images are written before the table so a table never names an image
-    that is not there yet.
+    Image paths are relative to the table's folder, which is the default ``image_dir``; the
+    thermal image table (:data:`THERMAL_TABLE`) sits beside the samples table. The images are
+    written before the tables so a table never names an image that is not there yet.
     """
     rng = np.random.default_rng(seed)
     visits = simulate_visits(patients, rng)
     table = metadata_table(visits, rng)
     table_path = Path(table_path)
-    image_folder = table_path.parent / MODALITY_FOLDERS["thermal_map"]
-    image_folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for sample_id, signal in zip(table["sample_id"], visits["image_signal"], strict=True):
-        relative = f"{MODALITY_FOLDERS['thermal_map']}/{sample_id}.png"
-        Image.fromarray(thermal_map(signal, rng)).save(table_path.parent / relative)
-        paths.append(relative)
-    table.insert(3, "thermal_map", paths)
+    thermal = write_thermal_views(table_path.parent, table, visits, seed)
     others = write_images(table_path.parent, visits.assign(sample_id=table["sample_id"]), seed)
-    table.insert(4, "depth_map", others["depth_map"])
-    table.insert(5, "wound_photo", others["wound_photo"])
-    partial = partial_path(table_path)
-    table.to_csv(partial, index=False)
-    partial.replace(table_path)
+    table.insert(3, "depth_map", others["depth_map"])
+    table.insert(4, "wound_photo", others["wound_photo"])
+    for frame, path in ((thermal, table_path.parent / THERMAL_TABLE), (table, table_path)):
+        partial = partial_path(path)
+        frame.to_csv(partial, index=False)
+        partial.replace(path)
     return table

@@ -15,44 +15,36 @@ import pandas as pd
 
 from fusion_dag.artifacts import ID, prob_columns, read_json, read_tsv
 from fusion_dag.checkpoint import CheckpointError, load_frozen_branch, verify_sidecar
+from fusion_dag.views import visit_means
 from fusion_dag.weights import METADATA
 
 log = logging.getLogger(__name__)
 
-# The files of one image member a fusion job reads: its checkpoint, sidecar and probabilities,
-# and (to fuse it with another member) its image cache and the cache's ids.
-MEMBER_FILES = ("checkpoint", "sidecar", "probs", "cache", "ids")
+# The files of one image member a fusion job reads: its checkpoint, sidecar and visit
+# probabilities, and (to fuse it with another member) its per-view probabilities, its image
+# cache and the cache's views.
+MEMBER_FILES = ("checkpoint", "sidecar", "probs", "view_probs", "cache", "views")
 
 
-def build_fusion_model(branches: dict, n_classes: int, weights: dict):
-    """Image branches plus a ``metadata_probs`` input, combined by fixed weights.
+def build_fusion_model(members: list, n_classes: int, weights: dict):
+    """The fixed-weight fusion of the members' visit probabilities: one input per member
+    (``metadata_probs``, ``{modality}_probs``), each scaled by its weight (a ``Rescaling``
+    layer: a constant, not a variable) and added (``fusion_add``). Nothing in it trains.
 
-    ``branches`` maps each image member to (image shape, its image settings), so each branch
-    is rebuilt exactly as the image stage built it. Each weight is a ``Rescaling`` layer (a
-    constant, not a variable) and the terms are added, so the model has nothing a gradient
-    step could change once the branches are frozen. The model outputs the fused probabilities
-    (``fused``) and each branch's own probabilities (``{modality}``), so one pass both fuses and
-    checks the branches against the image stage.
+    The image branches are separate frozen models (:func:`fuse_v3`): a branch scores views, a
+    visit's image probability is its views' mean, and only then are visits fused.
     """
     import keras
     from keras import layers
 
-    from fusion_dag.image import build_image_branch
-
-    inputs, terms, outputs = [], [], {}
-    if METADATA in weights:
-        metadata_probs = keras.Input(shape=(n_classes,), name="metadata_probs")
-        inputs.append(metadata_probs)
-        scaled = layers.Rescaling(weights[METADATA], name="fusion_weight_metadata")
-        terms.append(scaled(metadata_probs))
-    for modality, (image_shape, settings) in branches.items():
-        branch = build_image_branch(modality, image_shape, n_classes, settings)
-        inputs.append(branch.input)
-        outputs[modality] = branch.output
-        scaled = layers.Rescaling(weights[modality], name=f"fusion_weight_{modality}")
-        terms.append(scaled(branch.output))
-    outputs["fused"] = layers.Add(name="fusion_add")(terms) if len(terms) > 1 else terms[0]
-    return keras.Model(inputs, outputs, name="fusion_v3")
+    inputs, terms = [], []
+    for member in members:
+        name = "metadata_probs" if member == METADATA else f"{member}_probs"
+        probs = keras.Input(shape=(n_classes,), name=name)
+        inputs.append(probs)
+        terms.append(layers.Rescaling(weights[member], name=f"fusion_weight_{member}")(probs))
+    fused = layers.Add(name="fusion_add")(terms) if len(terms) > 1 else terms[0]
+    return keras.Model(inputs, fused, name="fusion_v3")
 
 
 REPRODUCTION_TOLERANCE = 1e-5
@@ -62,11 +54,12 @@ REPRODUCTION_TOLERANCE = 1e-5
 class ImageMember:
     """What a fusion job needs of one pretrained image branch.
 
-    ``probs`` is the image stage's probability table; ``checkpoint`` and ``sidecar`` the
+    ``probs`` is the image stage's visit probability table; ``checkpoint`` and ``sidecar`` the
     branch's weights file and its sidecar record; ``settings`` the modality's image settings the
-    branch is rebuilt from (``backbone``, ``augmentation``, ``mixed_precision``). ``images`` (the
-    memory-mapped cache) and ``positions`` (the cache row of each id) are there only when the
-    branch is fused with another member: an image alone needs no pixels.
+    branch is rebuilt from (``backbone``, ``augmentation``, ``mixed_precision``). ``images``
+    (the memory-mapped cache), ``views`` (its views table, row i is image i) and
+    ``view_probs`` (the image stage's per-view probabilities) are there only when the branch
+    is fused with another member: an image alone needs no pixels.
     """
 
     probs: pd.DataFrame
@@ -74,24 +67,27 @@ class ImageMember:
     sidecar: dict
     settings: dict
     images: np.ndarray | None = None
-    positions: pd.Series | None = None
+    views: pd.DataFrame | None = None
+    view_probs: pd.DataFrame | None = None
 
 
 def read_image_member(files: dict, settings: dict) -> ImageMember:
-    """An :class:`ImageMember` from its files (``MEMBER_FILES`` -> path; ``cache`` and ``ids``
-    may be None)."""
-    images = positions = None
+    """An :class:`ImageMember` from its files (``MEMBER_FILES`` -> path; ``view_probs``,
+    ``cache`` and ``views`` may be None)."""
+    images = views = view_probs = None
     if files.get("cache"):
         from fusion_dag.cache import load_cache
 
-        images, positions = load_cache(files["cache"], files["ids"])
+        images, views = load_cache(files["cache"], files["views"])
+        view_probs = read_tsv(files["view_probs"])
     return ImageMember(
         probs=read_tsv(files["probs"]),
         checkpoint=Path(files["checkpoint"]),
         sidecar=read_json(files["sidecar"]),
         settings=settings,
         images=images,
-        positions=positions,
+        views=views,
+        view_probs=view_probs,
     )
 
 
@@ -137,6 +133,47 @@ def weighted_sum(tables: dict, weights: dict, classes: list) -> pd.DataFrame:
     return result
 
 
+def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch_size: int):
+    """The visit probabilities of a pretrained branch, recomputed by the frozen branch.
+
+    The branch is rebuilt as the image stage built it, verified, loaded by layer name and
+    frozen (:func:`~fusion_dag.checkpoint.load_frozen_branch`); every view the image stage
+    scored is scored again (images read from the cache a batch at a time) and must reproduce
+    the stage's per-view probabilities; then each visit's views are averaged, as the image
+    stage averaged them.
+    """
+    from fusion_dag.image import CachedBatches, build_image_branch
+
+    classes = required["classes"]
+    columns = prob_columns(classes)
+    branch = build_image_branch(modality, member.images.shape[1:], len(classes), member.settings)
+    branch_required = {**required, "backbone": member.settings["backbone"]}
+    load_frozen_branch(branch, modality, member.checkpoint, member.sidecar, branch_required)
+    if branch.trainable_weights:
+        raise CheckpointError(
+            f"{modality} branch has {len(branch.trainable_weights)} trainable weights"
+        )
+    position = pd.Series(np.arange(len(member.views)), index=member.views["view"].to_numpy())
+    rows = position[member.view_probs["view"]].to_numpy()
+    batches = CachedBatches({f"{modality}_input": (member.images, rows)}, batch_size)
+    outputs = branch.predict(batches, verbose=0)
+    difference = float(np.abs(outputs - member.view_probs[columns].to_numpy()).max())
+    log.info(
+        "Frozen %s branch reproduces the image stage on %d views: max abs diff %.2e",
+        modality,
+        len(rows),
+        difference,
+    )
+    if difference > REPRODUCTION_TOLERANCE:
+        raise CheckpointError(
+            f"frozen {modality} branch differs from the image stage's per-view probabilities "
+            f"by {difference:.2e} (> {REPRODUCTION_TOLERANCE:g}); retrain the image stage"
+        )
+    recomputed = member.view_probs[["view", ID, "split"]].copy()
+    recomputed[columns] = outputs
+    return visit_means(recomputed, columns)
+
+
 def fuse_v3(
     weights: dict,
     metadata_probs: pd.DataFrame | None,
@@ -148,49 +185,32 @@ def fuse_v3(
 
     ``image_members`` maps each modality to its :class:`ImageMember` (with its cache);
     ``required`` is what the checkpoints' sidecars must say (``repeat``, ``fold``,
-    ``classes``). Each branch is verified, loaded by layer name and frozen
-    (:func:`~fusion_dag.checkpoint.load_frozen_branch`), and must reproduce the image stage's
-    probabilities. Rows present in every member are fused; images are read from the caches a
-    batch at a time.
+    ``classes``). Each branch is loaded frozen and must reproduce the image stage per view
+    (:func:`frozen_visit_probs`); the visits present in every member are then fused by the
+    fixed-weight :func:`build_fusion_model`.
     """
-    from fusion_dag.image import CachedBatches
-
     classes = required["classes"]
     columns = prob_columns(classes)
-    tables = [m.probs for m in image_members.values()]
-    keys = shared_rows(tables if metadata_probs is None else [metadata_probs, *tables])
-    branches = {
-        m: (member.images.shape[1:], member.settings) for m, member in image_members.items()
+    visit_probs = {
+        modality: frozen_visit_probs(modality, member, required, batch_size)
+        for modality, member in image_members.items()
     }
-    model = build_fusion_model(branches, len(classes), weights)
-    model_inputs = {}
-    for modality, member in image_members.items():
-        branch_required = {**required, "backbone": member.settings["backbone"]}
-        load_frozen_branch(model, modality, member.checkpoint, member.sidecar, branch_required)
-        rows = member.positions[keys[ID]].to_numpy()
-        model_inputs[f"{modality}_input"] = (member.images, rows)
+    tables = dict(visit_probs)
+    if metadata_probs is not None:
+        tables = {METADATA: metadata_probs, **tables}
+    keys = shared_rows(list(tables.values()))
+    model = build_fusion_model(list(tables), len(classes), weights)
     if model.trainable_weights:
         raise CheckpointError(f"fusion model has {len(model.trainable_weights)} trainable weights")
-    if metadata_probs is not None:
-        model_inputs["metadata_probs"] = (
-            aligned_probs(keys, metadata_probs, columns),
-            np.arange(len(keys)),
+    inputs = {
+        ("metadata_probs" if member == METADATA else f"{member}_probs"): aligned_probs(
+            keys, table, columns
         )
+        for member, table in tables.items()
+    }
     log_weights(weights)
-    outputs = model.predict(CachedBatches(model_inputs, batch_size), verbose=0)
-    for modality, member in image_members.items():
-        stage_probs = aligned_probs(keys, member.probs, columns)
-        difference = float(np.abs(outputs[modality] - stage_probs).max())
-        log.info(
-            "Frozen %s branch reproduces the image stage: max abs diff %.2e", modality, difference
-        )
-        if difference > REPRODUCTION_TOLERANCE:
-            raise CheckpointError(
-                f"frozen {modality} branch differs from the image stage's probabilities by "
-                f"{difference:.2e} (> {REPRODUCTION_TOLERANCE:g}); retrain the image stage"
-            )
     result = keys.copy()
-    result[columns] = outputs["fused"]
+    result[columns] = model.predict(inputs, batch_size=batch_size, verbose=0)
     return result
 
 

@@ -37,10 +37,10 @@ from fusion_dag.artifacts import (
     label_indices,
     partial_path,
     prob_columns,
-    probability_table,
 )
 from fusion_dag.checkpoint import save_branch_weights
 from fusion_dag.folds import split_rows
+from fusion_dag.views import view_weights, visit_means
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +264,9 @@ def set_fine_tuning(model, modality: str, settings: dict) -> None:
     )
 
 
-def image_rows(folds: pd.DataFrame, positions: pd.Series, fold: int) -> pd.DataFrame:
-    """The fold table's rows that have a cached image, with their outer ``split``."""
-    table = folds[folds[ID].isin(positions.index)].reset_index(drop=True)
+def image_rows(folds: pd.DataFrame, views: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The fold table's visits that have at least one view, with their outer ``split``."""
+    table = folds[folds[ID].isin(views[ID])].reset_index(drop=True)
     table["split"] = split_rows(table, fold).to_numpy()
     return table
 
@@ -348,14 +348,16 @@ class CohenKappa(keras.metrics.Metric):
 
 @dataclass(frozen=True)
 class BranchFold:
-    """One image modality on one outer fold: the cached images and how to train on them.
+    """One image modality on one outer fold: the cached views and how to train on them.
 
-    ``images`` is the memory-mapped cache and ``positions`` the cache row of each sample id;
-    ``folds`` the outer fold table; ``settings`` the modality's ``image_model`` settings.
+    ``images`` is the memory-mapped cache and ``views`` its views table (row i is image i;
+    ``id`` names each view's visit); ``folds`` the outer fold table of visits; ``settings`` the
+    modality's ``image_model`` settings. Splits are made on visits (patient-grouped), then each
+    visit brings all its views, so a visit's views are never on two sides.
     """
 
     images: np.ndarray
-    positions: pd.Series
+    views: pd.DataFrame
     folds: pd.DataFrame
     fold: int
     modality: str
@@ -364,16 +366,36 @@ class BranchFold:
     seed: int
 
     def rows(self) -> pd.DataFrame:
-        """The fold table's rows that have an image, with their outer ``split``."""
-        return image_rows(self.folds, self.positions, self.fold)
+        """The fold table's visits that have a view, with their outer ``split``."""
+        return image_rows(self.folds, self.views, self.fold)
 
-    def pixels(self, rows: pd.DataFrame) -> np.ndarray:
-        """The cached images of ``rows``, in their order."""
-        return self.images[self.positions[rows[ID]].to_numpy()]
+    def views_of(self, visits: pd.DataFrame) -> pd.DataFrame:
+        """The views of ``visits`` (in cache order), with each view's cache ``position`` and
+        its visit's ``label``, ``group`` and ``split``."""
+        views = self.views[["view", ID]].assign(position=np.arange(len(self.views)))
+        wanted = [c for c in (ID, LABEL, GROUP, "split") if c in visits.columns]
+        return views.merge(visits[wanted], on=ID, how="inner", validate="many_to_one")
+
+    def pixels(self, views: pd.DataFrame) -> np.ndarray:
+        """The cached images of ``views``, in their order."""
+        return self.images[views["position"].to_numpy()]
 
     def labels(self, rows: pd.DataFrame) -> np.ndarray:
         """Class indices of ``rows``."""
         return label_indices(rows[LABEL], self.classes)
+
+    def weights(self, views: pd.DataFrame, class_weights: dict | None) -> np.ndarray:
+        """Each view's weight in the loss: its class's weight (1 without ``class_weights``)
+        divided by its visit's number of views, so each visit weighs the same in the loss and
+        in early stopping whatever its number of views (:func:`~fusion_dag.views.view_weights`)."""
+        y = self.labels(views)
+        per_class = np.ones(len(y)) if class_weights is None else np.vectorize(class_weights.get)(y)
+        return view_weights(views[ID], per_class)
+
+    def training_arrays(self, visits: pd.DataFrame, class_weights: dict | None) -> tuple:
+        """(images, labels, weights) of every view of ``visits`` (see :meth:`weights`)."""
+        views = self.views_of(visits)
+        return self.pixels(views), self.labels(views), self.weights(views, class_weights)
 
 
 class CachedBatches(keras.utils.PyDataset):
@@ -402,22 +424,24 @@ class CachedBatches(keras.utils.PyDataset):
 
 
 def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *callbacks):
-    """Fit on ``fit`` (x, y) with balanced class weights, stopping early on ``stop`` (the inner
-    patient-grouped split); the best epoch's weights are restored when training ends, stopped
-    early or not. Shared by the image stage and the ablation, so the strategies differ only in
-    what they train, not how. Returns (Keras history, the 1-based epoch whose weights were
-    restored, as ``EarlyStopping`` recorded it)."""
-    x_fit, y_fit = fit
+    """Fit on ``fit`` (x, y, sample weights), stopping early on ``stop`` (x, y, sample
+    weights: the inner patient-grouped split); the best epoch's weights are restored when
+    training ends, stopped early or not. The weights carry the balanced class weights and the
+    one-weight-per-visit rule (:meth:`BranchFold.training_arrays`). Shared by the image stage
+    and the ablation, so the strategies differ only in what they train, not how. Returns
+    (Keras history, the 1-based epoch whose weights were restored, as ``EarlyStopping``
+    recorded it)."""
+    x_fit, y_fit, w_fit = fit
     stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
     )
     history = model.fit(
         x_fit,
         y_fit,
+        sample_weight=w_fit,
         validation_data=stop,
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
-        class_weight=balanced_class_weights(y_fit),
         callbacks=[*callbacks, stopping],
         shuffle=True,
         verbose=2,
@@ -426,26 +450,32 @@ def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *cal
 
 
 def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
-    """Train one modality's branch on one outer fold's training rows; return the best model.
+    """Train one modality's branch on one outer fold's training visits; return the best model.
 
-    Early stopping and the best epoch follow the inner split's loss; the best epoch's weights
-    are restored and written, keyed by layer name, once training has finished. Returns
-    (model with the best epoch's weights, ``best_epoch`` and ``fit_images_per_second``).
+    The inner split for early stopping is drawn on visits (patient-grouped), then every view
+    of a visit goes where its visit goes. Early stopping and the best epoch follow the inner
+    split's loss; the best epoch's weights are restored and written, keyed by layer name, once
+    training has finished. Returns (model with the best epoch's weights, ``best_epoch`` and
+    ``fit_images_per_second``).
     """
     settings = task.settings
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, settings["validation_fraction"], task.seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
-    y_fit, y_stop = task.labels(fit_rows), task.labels(stop_rows)
-    x_fit, x_stop = task.pixels(fit_rows), task.pixels(stop_rows)
+    class_weights = balanced_class_weights(task.labels(fit_rows))
+    fit = task.training_arrays(fit_rows, class_weights)
+    stop = task.training_arrays(stop_rows, None)
     log.info(
-        "Fold %d, %s: %d training rows (%d patients), %d held out for early stopping (%d)",
+        "Fold %d, %s: %d training visits (%d views, %d patients), %d held out for early "
+        "stopping (%d views, %d patients)",
         task.fold,
         task.modality,
         len(fit_rows),
+        len(fit[0]),
         fit_rows[GROUP].nunique(),
         len(stop_rows),
+        len(stop[0]),
         stop_rows[GROUP].nunique(),
     )
     model = build_image_branch(task.modality, task.images.shape[1:], len(task.classes), settings)
@@ -460,25 +490,34 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     started = time.perf_counter()
     history, best_epoch = fit_with_early_stopping(
         model,
-        (x_fit, y_fit),
-        (x_stop, y_stop),
+        fit,
+        stop,
         settings,
         keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
     )
-    images_per_second = len(x_fit) * len(history.epoch) / (time.perf_counter() - started)
+    images_per_second = len(fit[0]) * len(history.epoch) / (time.perf_counter() - started)
     log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)
     save_branch_weights(model, task.modality, checkpoint_path)
     os.replace(history_partial, history_path)
     return model, {"best_epoch": best_epoch, "fit_images_per_second": images_per_second}
 
 
-def branch_probabilities(model, task: BranchFold) -> pd.DataFrame:
-    """The contract's probability table for every sample that has an image."""
-    table = task.rows()
-    rows = task.positions[table[ID]].to_numpy()
-    batches = CachedBatches({model.input.name: (task.images, rows)}, task.settings["batch_size"])
-    probs = model.predict(batches, verbose=0)
-    return probability_table(table[ID], table["split"], probs, task.classes)
+def view_probabilities(model, task: BranchFold, visits: pd.DataFrame) -> pd.DataFrame:
+    """``view``, ``id``, ``split`` and ``prob_{class}`` of every view of ``visits``."""
+    views = task.views_of(visits)
+    inputs = {model.input.name: (task.images, views["position"].to_numpy())}
+    probs = model.predict(CachedBatches(inputs, task.settings["batch_size"]), verbose=0)
+    table = views[["view", ID, "split"]].reset_index(drop=True)
+    return pd.concat([table, pd.DataFrame(probs, columns=prob_columns(task.classes))], axis=1)
+
+
+def branch_probabilities(model, task: BranchFold) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the contract's visit probability table, the per-view table) for every visit with a
+    view: a visit's probability is the mean of its views'
+    (:func:`~fusion_dag.views.visit_means`)."""
+    view_probs = view_probabilities(model, task, task.rows())
+    visits = visit_means(view_probs, prob_columns(task.classes))
+    return visits, view_probs
 
 
 def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modality: str):
@@ -502,10 +541,10 @@ def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modal
 
 def train_stage(task: BranchFold, checkpoint_path: Path, history_path: Path, threads: int):
     """An image job, fold or final: configure TensorFlow, train the branch alone, predict every
-    row with an image; return (model, probabilities, the job's record: best epoch, training
-    throughput and how TensorFlow ran)."""
+    view; return (model, visit probabilities, view probabilities, the job's record: best epoch,
+    training throughput and how TensorFlow ran)."""
     runtime = configure_tensorflow(task.settings["intra_op_threads"], threads, task.seed)
     model, fit = train_branch(task, checkpoint_path, history_path)
-    probs = branch_probabilities(model, task)
+    probs, view_probs = branch_probabilities(model, task)
     warn_if_collapsed(probs, task.classes, fit["best_epoch"], task.modality)
-    return model, probs, {**fit, "runtime": {"threads": threads, **runtime}}
+    return model, probs, view_probs, {**fit, "runtime": {"threads": threads, **runtime}}

@@ -10,6 +10,7 @@ import logging
 import re
 import warnings
 from pathlib import Path, PurePath
+from typing import NamedTuple
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -60,15 +61,11 @@ def resolve_images(
     source: Path,
     scaled: bool = False,
 ) -> pd.Series:
-    """Validate one modality's image paths and return them, indexed by sample id.
+    """Validate one modality's image paths in a samples column; return them, indexed by id.
 
-    Paths are relative to ``image_dir`` and may not leave it (a table is not allowed to make
-    the workflow read arbitrary files). Empty cells are an error or, with
-    ``missing_images: drop``, rows left out of this modality and counted in the log. Every image
-    is opened and verified here so a truncated or unreadable file stops the run before training.
-    High-bit-depth grey-scale images need the modality's ``value_range`` (``scaled``).
+    Empty cells are an error or, with ``missing_images: drop``, rows left out of this modality
+    and counted in the log; every named file is checked by :func:`checked_files`.
     """
-    root = Path(image_dir).absolute()
     cells = stripped(table[column])
     empty = blank(cells)
     if empty.any() and missing_images == "error":
@@ -78,37 +75,66 @@ def resolve_images(
         )
     if empty.any():
         log.info("Modality %s: dropped %d rows with no image", modality, int(empty.sum()))
-    outside = outside_paths(cells[~empty].astype(str))
+    owners = pd.Series([f"id {i}" for i in ids[~empty]], index=ids[~empty].to_numpy())
+    files = checked_files(
+        cells[~empty].set_axis(owners.index),
+        owners,
+        modality,
+        image_dir,
+        f"samples table {source}: image column '{column}'",
+        scaled,
+    )
+    return files["path"].rename(modality)
+
+
+def checked_files(
+    cells: pd.Series, owners: pd.Series, modality: str, image_dir: Path, where: str, scaled: bool
+) -> pd.DataFrame:
+    """Check the image files ``cells`` name (filled, stripped; one per row); return their
+    ``path`` and upright ``width`` and ``height``, on the index of ``cells``.
+
+    Paths are relative to ``image_dir`` and may not leave it (a table is not allowed to make
+    the workflow read arbitrary files). Every file is opened and verified once, however many
+    rows name it (a frame with several wound boxes), so a truncated or unreadable file stops
+    the run before training. High-bit-depth grey-scale images need the modality's
+    ``value_range`` (``scaled``). ``owners`` names each row for messages (``id P001_V1``,
+    ``data row 12``); ``where`` names the table and column.
+    """
+    root = Path(image_dir).absolute()
+    outside = outside_paths(cells.astype(str))
     if outside.any():
         raise InputError(
-            f"samples table {source}: image column '{column}' points outside image_dir {root} "
-            f"for ids {describe_rows(ids[~empty][outside].tolist())}; paths must be relative to "
+            f"{where} points outside image_dir {root} for "
+            f"{describe_rows(owners[outside.to_numpy()].tolist())}; paths must be relative to "
             "image_dir without '..' (symlinks inside image_dir are followed)"
         )
-    paths = cells[~empty].map(lambda v: root / str(v))
-    folders = paths.map(lambda p: p.is_dir())
-    if folders.any():
+    paths = cells.map(lambda v: root / str(v))
+    unique = pd.Series(paths.unique())
+    folders = unique[unique.map(lambda p: p.is_dir())]
+    if len(folders):
+        named = owners[paths.isin(folders).to_numpy()]
         raise InputError(
-            f"image path {paths[folders].iloc[0]} is a folder, not an image file (modality "
-            f"{modality}; ids {describe_rows(ids[~empty][folders].tolist())}); give each cell "
-            "the path of one image file"
+            f"image path {folders.iloc[0]} is a folder, not an image file (modality "
+            f"{modality}; {describe_rows(named.tolist())}); give each cell the path of one "
+            "image file"
         )
-    absent = paths.map(lambda p: not p.is_file())
-    if absent.any():
-        first = paths[absent].iloc[0]
+    absent = unique[unique.map(lambda p: not p.is_file())]
+    if len(absent):
+        rows = paths.isin(absent).to_numpy()
         backslash = (
             "; the paths use '\\': write them with '/'"
-            if cells[~empty][absent].str.contains("\\", regex=False).any()
+            if cells[rows].str.contains("\\", regex=False).any()
             else ""
         )
         raise InputError(
-            f"image file {first} does not exist (modality {modality}; ids "
-            f"{describe_rows(ids[~empty][absent].tolist())} have missing files){backslash}; fix "
+            f"image file {absent.iloc[0]} does not exist (modality {modality}; "
+            f"{describe_rows(owners[rows].tolist())} have missing files){backslash}; fix "
             "the paths or image_dir, or empty those cells and set missing_images: drop"
         )
-    checked = [check_image(p, modality, i) for i, p in zip(ids[~empty], paths, strict=True)]
-    modes = pd.Series([mode for mode, _ in checked], index=ids[~empty].to_numpy())
-    rotated = sum(turned for _, turned in checked)
+    first_owner = owners.groupby(paths.to_numpy()).first()
+    checked = {p: check_image(p, modality, first_owner[p]) for p in unique}
+    modes = pd.Series({p: c.mode for p, c in checked.items()})
+    rotated = sum(c.turned for c in checked.values())
     if rotated:
         log.info(
             "Modality %s: %d images carry an EXIF orientation; the cache turns them upright "
@@ -116,23 +142,31 @@ def resolve_images(
             modality,
             rotated,
         )
-    check_modes(modes, paths.set_axis(modes.index), modality, scaled)
-    return pd.Series(paths.map(str).to_numpy(), index=ids[~empty].to_numpy(), name=modality)
+    check_modes(modes, first_owner, modality, scaled)
+    return pd.DataFrame(
+        {
+            "path": paths.map(str),
+            "width": paths.map(lambda p: checked[p].size[0]),
+            "height": paths.map(lambda p: checked[p].size[1]),
+        },
+        index=cells.index,
+    )
 
 
-def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool) -> None:
+def check_modes(modes: pd.Series, owners: pd.Series, modality: str, scaled: bool) -> None:
     """Refuse high-bit-depth images without a value range; log every conversion the cache makes.
 
     A 16-bit or float thermal image carries absolute values (temperatures); scaling each image
     by its own minimum and maximum would erase the differences between images, and Pillow's
     ``convert('L')`` clips it white. So such images are scaled by one fixed range per modality
     (``modalities.{name}.value_range``), which the user sets in the images' raw units.
+    ``modes`` is indexed by file; ``owners`` names a row of each file for messages.
     """
     high_depth = modes.isin(HIGH_DEPTH_MODES)
     if high_depth.any() and not scaled:
         first = modes.index[high_depth.to_numpy()][0]
         raise InputError(
-            f"image file {paths[first]} (modality {modality}, id {first}) is high-bit-depth "
+            f"image file {first} (modality {modality}, {owners[first]}) is high-bit-depth "
             f"grey-scale (mode {modes[first]}; {int(high_depth.sum())} images of this modality "
             f"are); set modalities.{modality}.value_range: [low, high] in the images' raw units "
             "so every image is scaled by the same fixed range"
@@ -146,31 +180,46 @@ def check_modes(modes: pd.Series, paths: pd.Series, modality: str, scaled: bool)
     colour = modes.isin(COLOUR_MODES)
     if colour.any() and not colour.all():
         log.warning(
-            "Modality %s mixes %d colour and %d grey-scale images (colour: ids %s); the image "
+            "Modality %s mixes %d colour and %d grey-scale images (colour: %s); the image "
             "cache converts them all to the modality's channels (1: luminance, 3: grey repeated)",
             modality,
             int(colour.sum()),
             int((~colour).sum()),
-            describe_rows(modes.index[colour.to_numpy()].tolist()),
+            describe_rows(owners[modes.index[colour.to_numpy()]].tolist()),
         )
 
 
+# Formats whose Pillow verify() reads and checks the whole file without decoding it (PNG:
+# every chunk's CRC and the end marker); any other format is decoded once to be checked.
+THOROUGH_VERIFY = {"PNG"}
 # Pillow's EXIF tag for the camera's orientation; 1 is upright.
 ORIENTATION_TAG = 0x0112
 
 
-def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
-    """Check an image's header and integrity; return (its mode, whether its EXIF orientation
-    turns it). Refuse unreadable, truncated or corrupted files, empty sizes, files of several
-    frames, and images over Pillow's decompression-bomb limit.
+class CheckedImage(NamedTuple):
+    """What :func:`check_image` learns of a file: its Pillow mode, whether its EXIF orientation
+    turns it, and its (width, height) as a viewer shows it (upright), the frame wound boxes
+    are drawn in."""
+
+    mode: str
+    turned: bool
+    size: tuple
+
+
+def check_image(path: Path, modality: str, owner: str) -> CheckedImage:
+    """Check an image's header and integrity; return its :class:`CheckedImage`. ``owner``
+    names the table row for messages (``id P001_V1``, ``data row 12``). Refuse unreadable,
+    truncated or corrupted files, empty sizes, files of several frames, and images over
+    Pillow's decompression-bomb limit.
 
     Pillow's ``verify`` reads the whole file and checks its structure (for PNG, every chunk's
-    CRC and the end marker) without decoding pixels: the image cache decodes each image once,
-    and refuses, naming the file, any image that still fails to decode there. An animated GIF
+    CRC and the end marker) without decoding pixels; a JPEG or TIFF, whose ``verify`` checks
+    little (a JPEG cut in half passes it), is decoded once here, so a truncated camera export
+    stops the run before training too. An animated GIF
     or a multi-page TIFF is refused rather than read at its first frame: which frame shows the
     wound is not knowable here, and the other frames would be dropped without a word.
     """
-    where = f"image file {path} (modality {modality}, id {sample_id})"
+    where = f"image file {path} (modality {modality}, {owner})"
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
@@ -179,10 +228,15 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
                 # A phone's JPEG with a gain map opens as MPO with 2 frames: frame 0 is the
                 # photograph, the one the cache reads; only true animations or stacks count.
                 frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
-                turned = image.getexif().get(ORIENTATION_TAG, 1) in range(2, 9)
+                orientation = image.getexif().get(ORIENTATION_TAG, 1)
+                turned = orientation in range(2, 9)
             # verify() must start from a freshly opened file, and leaves it unusable.
             with Image.open(path) as image:
                 image.verify()
+            if image.format not in THOROUGH_VERIFY:
+                # Other formats' verify() checks little (a JPEG cut in half passes it): decode.
+                with Image.open(path) as image:
+                    image.load()
     except Image.DecompressionBombError as error:
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         count = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
@@ -216,4 +270,6 @@ def check_image(path: Path, modality: str, sample_id: str) -> tuple[str, bool]:
             f"{where} has mode {mode}, which fusion-dag does not read (modes: "
             f"{', '.join(sorted(KNOWN_MODES))}); convert it"
         )
-    return mode, turned
+    # EXIF orientations 5 to 8 turn the frame by a quarter: its width and height swap.
+    upright = size[::-1] if orientation in range(5, 9) else size
+    return CheckedImage(mode, turned, tuple(upright))

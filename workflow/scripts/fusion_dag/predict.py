@@ -14,9 +14,8 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
 from fusion_dag.bundle import FOREST, checkpoint_files
 from fusion_dag.folds import FINAL_PLACEMENT
-from fusion_dag.tables import (
-    describe_rows,
-)
+from fusion_dag.tables import describe_rows
+from fusion_dag.views import visit_means
 from fusion_dag.weights import METADATA, member_weights
 
 log = logging.getLogger(__name__)
@@ -48,12 +47,13 @@ def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.
     return probability_table(samples[ID], None, probs, spec["classes"])
 
 
-def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Series):
-    """``id`` and ``prob_{class}`` of the rows with an image, from the bundled branch.
+def image_probabilities(bundle: Path, spec: dict, modality: str, views: pd.DataFrame):
+    """``id`` and ``prob_{class}`` of the visits with a view, from the bundled branch.
 
     The branch is built as in training, its checkpoint verified against its sidecar (layer
-    names and shapes included), loaded by layer name and frozen, as in the fusion stage; images
-    are decoded exactly as the image cache decodes them.
+    names and shapes included), loaded by layer name and frozen, as in the fusion stage; views
+    are cut and decoded exactly as the image cache decodes them, and a visit's probability is
+    its views' mean, as in training.
     """
     from fusion_dag.artifacts import read_json
     from fusion_dag.cache import decode_into
@@ -61,10 +61,9 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Serie
     from fusion_dag.image import build_image_branch
 
     settings = spec["modalities"][modality]
-    present = paths.dropna()
     size, channels = settings["size"], settings["channels"]
-    images = np.empty((len(present), size, size, channels), dtype=np.uint8)
-    decode_into(images, present, size, channels, settings["value_range"])
+    images = np.empty((len(views), size, size, channels), dtype=np.uint8)
+    decode_into(images, views, size, channels, settings["value_range"])
     checkpoint, sidecar = (Path(bundle) / name for name in checkpoint_files(modality))
     classes = spec["classes"]
     model = build_image_branch(modality, images.shape[1:], len(classes), settings)
@@ -77,10 +76,10 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, paths: pd.Serie
     }
     load_frozen_branch(model, modality, checkpoint, read_json(sidecar), required)
     probs = model.predict(images, batch_size=32, verbose=0)
-    log.info(
-        "%s: %d images scored, %d rows without one", modality, len(present), paths.isna().sum()
-    )
-    return probability_table(present.index, None, probs, classes)
+    view_probs = probability_table(views[ID], None, probs, classes)
+    visits = visit_means(view_probs, prob_columns(classes))
+    log.info("%s: %d views of %d visits scored", modality, len(views), len(visits))
+    return visits
 
 
 def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: dict) -> pd.DataFrame:
@@ -157,8 +156,8 @@ def score_table(
 
         configure_tensorflow(*threads, seed=0)
         for modality in modalities:
-            paths = images.set_index(ID)[modality]
-            member_probs[modality] = image_probabilities(bundle, spec, modality, paths)
+            views = images[images["modality"] == modality].reset_index(drop=True)
+            member_probs[modality] = image_probabilities(bundle, spec, modality, views)
     return fuse_rows(samples, member_probs, members, spec)
 
 

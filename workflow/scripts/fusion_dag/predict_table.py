@@ -28,31 +28,50 @@ from fusion_dag.tables import (
     row_names,
     stripped,
 )
+from fusion_dag.views import CROP, VIEW_COLUMNS, column_views, table_views, with_crops
 from fusion_dag.weights import METADATA
 
 log = logging.getLogger(__name__)
 
 
 def new_samples(
-    path: Path, image_dir: Path, spec: dict, members: list
+    path: Path, image_dir: Path, spec: dict, members: list, image_tables: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate a new table against the bundle's spec; return (samples, image paths).
+    """Validate a new table against the bundle's spec; return (samples, views).
 
     Needed: the group column, the id column when training had one, the forest's feature
-    columns (when ``members`` include metadata) and each image member's path column. The label
+    columns (when ``members`` include metadata) and each image member's path column, or, for
+    a member the bundle reads from an image table, that table (``image_tables``: modality ->
+    path, config ``predict.images``) with the bundle's path, key and box columns. The label
     column is optional; other columns are ignored. A feature that was numeric in training must
     be numeric here; empty cells are imputed as in training, and text categories the forest has
-    not seen are ignored by its encoder. Empty image cells mean the visit has no such image.
+    not seen are ignored by its encoder. A visit without an image (an empty cell, no row in the
+    image table) is scored by the members it has. ``views`` has one row per view of every
+    image member, with its crop cut as in training.
     """
+    image_tables = image_tables or {}
     # A bundle made before na_values existed was trained with pandas' missing words.
     table = read_table(path, spec.get("na_values"), key="predict.samples")
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
-    modalities = {m: spec["modalities"][m]["column"] for m in members if m != METADATA}
+    layouts = {m: spec["modalities"][m] for m in members if m != METADATA}
+    untabled = [
+        m for m, layout in layouts.items() if "column" not in layout and m not in image_tables
+    ]
+    if untabled:
+        raise InputError(
+            f"Invalid config key 'predict.images': the bundle reads {', '.join(untabled)} from "
+            "an image table (one row per view); give the new visits' table, e.g. "
+            f"predict.images: {{{untabled[0]}: new_{untabled[0]}_images.csv}}"
+        )
     wanted = [("columns.group", columns["group"])]
     if columns["id"]:
         wanted.append(("columns.id", columns["id"]))
-    wanted += [(f"modalities.{name}", column) for name, column in modalities.items()]
+    wanted += [
+        (f"modalities.{name}", layout["column"])
+        for name, layout in layouts.items()
+        if "column" in layout
+    ]
     require_columns(
         table, wanted, path, "add it to the new table: the bundle's models were trained with it"
     )
@@ -66,7 +85,8 @@ def new_samples(
     if table.empty:
         raise InputError(f"samples table {path} has no data rows")
     ids = clean_ids(table, columns["id"], path)
-    samples = pd.DataFrame({ID: ids, GROUP: clean_groups(table, columns["group"], path)})
+    groups = clean_groups(table, columns["group"], path)
+    samples = pd.DataFrame({ID: ids, GROUP: groups})
     if columns["label"] in table.columns:
         samples[LABEL] = normalise_labels(
             table[columns["label"]], spec["classes"], columns["label"], path
@@ -78,20 +98,39 @@ def new_samples(
         samples[feature["name"]] = typed_column(table, feature, path)
     if features:
         log_missing_cells(samples[[f["name"] for f in features]], path)
-    images = pd.DataFrame({ID: ids})
-    for modality, column in modalities.items():
+    views = [
+        new_views(table, ids, groups, modality, layout, (image_dir, image_tables), path, spec)
+        for modality, layout in layouts.items()
+    ]
+    columns_out = ["modality", *VIEW_COLUMNS, *CROP]
+    views = pd.concat(views, ignore_index=True) if views else pd.DataFrame()
+    return samples, views.reindex(columns=columns_out)
+
+
+def new_views(table, ids, groups, modality, layout, sources, path, spec) -> pd.DataFrame:
+    """One image member's views of the new visits, read and cut as the bundle says;
+    ``sources`` is (the image folder, modality -> image table)."""
+    image_dir, image_tables = sources
+    scaled = layout["value_range"] is not None
+    if "column" in layout:
         resolved = resolve_images(
+            table, ids, modality, layout["column"], image_dir, "drop", path, scaled=scaled
+        )
+        views = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
+    else:
+        given = {**layout, "images": image_tables[modality], "image_dir": image_dir}
+        views, _ = table_views(
             table,
             ids,
+            groups,
             modality,
-            column,
-            image_dir,
+            given,
             "drop",
             path,
-            scaled=spec["modalities"][modality]["value_range"] is not None,
+            spec.get("na_values"),
+            scaled=scaled,
         )
-        images[modality] = ids.map(resolved)
-    return samples, images
+    return with_crops(views, layout.get("box_margin", 0)).assign(modality=modality)
 
 
 def typed_column(table: pd.DataFrame, feature: dict, path: Path) -> pd.Series:

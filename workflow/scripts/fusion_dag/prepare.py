@@ -22,6 +22,7 @@ from fusion_dag.tables import (
     read_table,
     require_columns,
 )
+from fusion_dag.views import VIEW_COLUMNS, column_views, table_views
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def clean_samples(
 
 def prepare_inputs(
     samples_path: Path,
-    image_dir: Path,
     columns: dict,
     classes: list,
     modalities: dict,
@@ -111,38 +111,74 @@ def prepare_inputs(
     ignored_columns=(),
     scaled=(),
     na_values=(),
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Validate the table and the images of the modalities in use; return (samples, images).
+) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+    """Validate the table, the image tables and the images of the modalities in use; return
+    (samples, views, view counts).
 
-    ``modalities`` maps each modality in use to its path column; ``ignored_columns`` are path
-    columns of configured modalities not in use (never features); ``scaled`` names the
-    modalities with a ``value_range``; ``na_values`` the strings that mean a missing cell
-    besides an empty one. ``images`` has one row per sample and one column per
-    modality holding the image path (empty where the row was dropped from that modality).
+    ``modalities`` maps each modality in use to its layout (``config.modality_layout``: a
+    samples ``column``, or an image table's ``images``, ``path``, ``keys`` and ``box``, with
+    the ``image_dir`` its paths are relative to); ``ignored_columns`` are path columns of
+    configured modalities not in use (never features); ``scaled`` names the modalities with a
+    ``value_range``; ``na_values`` the strings that mean a missing cell besides an empty one.
+    ``views`` has one row per view of every modality (``modality`` then
+    :data:`~fusion_dag.views.VIEW_COLUMNS`), in the order the image cache stores them;
+    ``view counts`` one record per modality (views per visit, visits without views, image rows
+    without a visit, boxes clipped).
     """
     table = read_table(samples_path, na_values)
-    samples = clean_samples(table, columns, classes, modalities, samples_path, ignored_columns)
-    images = pd.DataFrame({ID: samples[ID]})
-    for modality, column in modalities.items():
-        resolved = resolve_images(
-            table,
-            samples[ID],
-            modality,
-            column,
-            image_dir,
-            missing_images,
-            samples_path,
-            scaled=modality in scaled,
-        )
-        images[modality] = images[ID].map(resolved)
-        log.info("Modality %s: %d images checked", modality, resolved.size)
-    counts = samples[LABEL].value_counts().reindex(classes, fill_value=0)
+    image_columns = {m: layout["column"] for m, layout in modalities.items() if "column" in layout}
+    samples = clean_samples(table, columns, classes, image_columns, samples_path, ignored_columns)
+    ids = pd.Series(samples[ID].to_numpy(), index=table.index)
+    groups = pd.Series(samples[GROUP].to_numpy(), index=table.index)
+    views, counts = [], []
+    for modality, layout in modalities.items():
+        if "column" in layout:
+            resolved = resolve_images(
+                table,
+                ids,
+                modality,
+                layout["column"],
+                layout["image_dir"],
+                missing_images,
+                samples_path,
+                scaled=modality in scaled,
+            )
+            found = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
+            count = {
+                "modality": modality,
+                "views": len(found),
+                "visits": len(found),
+                "views_min": 1,
+                "views_median": 1.0,
+                "views_max": 1,
+                "visits_without_views": len(samples) - len(found),
+                "rows_without_visit": 0,
+                "boxes_clipped": 0,
+            }
+        else:
+            found, count = table_views(
+                table,
+                ids,
+                groups,
+                modality,
+                layout,
+                missing_images,
+                samples_path,
+                na_values=na_values,
+                scaled=modality in scaled,
+            )
+        log.info("Modality %s: %d images checked", modality, found["path"].nunique())
+        views.append(found.assign(modality=modality))
+        counts.append(count)
+    counts_by_class = samples[LABEL].value_counts().reindex(classes, fill_value=0)
     log.info(
         "Samples table %s: %d rows, %d groups, %d features, classes %s",
         samples_path,
         len(samples),
         samples[GROUP].nunique(),
         samples.shape[1] - 3,
-        ", ".join(f"{c}={n}" for c, n in counts.items()),
+        ", ".join(f"{c}={n}" for c, n in counts_by_class.items()),
     )
-    return samples, images
+    columns_out = ["modality", *VIEW_COLUMNS]
+    all_views = pd.concat(views, ignore_index=True) if views else pd.DataFrame()
+    return samples, all_views.reindex(columns=columns_out), counts

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pandas as pd
 
 from fusion_dag.artifacts import ID, file_sha256
+from fusion_dag.views import BOX
 
 PROVENANCE_PACKAGES = (
     "snakemake",
@@ -53,14 +54,20 @@ def git_state(folder) -> dict:
 
 
 def data_hashes(samples_path, images: pd.DataFrame) -> dict:
-    """SHA-256 of the samples table and, per modality, one digest over every image used."""
+    """SHA-256 of the samples table and, per modality, one digest over every view used (its
+    visit, its file's SHA-256 and its wound box: a moved box is other data)."""
     hashes = {"samples": {"path": str(samples_path), "sha256": file_sha256(samples_path)}}
-    for modality in images.columns.drop(ID):
-        present = images[images[modality].notna()]
+    file_hashes = {path: file_sha256(path) for path in images["path"].unique()}
+    for modality, views in images.groupby("modality", sort=False):
         digest = hashlib.sha256()
-        for sample_id, path in zip(present[ID], present[modality], strict=True):
-            digest.update(f"{sample_id}\t{file_sha256(path)}\n".encode())
-        hashes[modality] = {"images": len(present), "sha256": digest.hexdigest()}
+        for view in views.itertuples(index=False):
+            box = ",".join(str(getattr(view, name)) for name in BOX)
+            digest.update(f"{getattr(view, ID)}\t{file_hashes[view.path]}\t{box}\n".encode())
+        hashes[modality] = {
+            "images": int(views["path"].nunique()),
+            "views": len(views),
+            "sha256": digest.hexdigest(),
+        }
     return hashes
 
 

@@ -34,7 +34,7 @@ def describe_rows(row_labels) -> str:
     return f"{shown} (and {more} more; {len(row_labels)} in all)" if more > 0 else shown
 
 
-def decoded_text(path: Path) -> str:
+def decoded_text(path: Path, what: str = "samples table") -> str:
     """The file's text, or an error naming the first byte (and line) that is not UTF-8."""
     raw = path.read_bytes()
     try:
@@ -42,7 +42,7 @@ def decoded_text(path: Path) -> str:
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise InputError(
-            f"samples table {path} is not UTF-8 text (byte {error.start:,}, line {line}: "
+            f"{what} {path} is not UTF-8 text (byte {error.start:,}, line {line}: "
             f"{raw[error.start : error.start + 1]!r}); re-save it as UTF-8"
         ) from None
 
@@ -65,13 +65,13 @@ def header_names(text: str, separator: str) -> list:
     return [name.strip() for name in first]
 
 
-def check_header(names: list, path: Path, separator: str) -> None:
+def check_header(names: list, path: Path, separator: str, what: str = "samples table") -> None:
     """Refuse a header pandas would silently change: a repeated name (pandas renames the copy
     ``label.1``, and a repeated label column becomes a feature that is the label), or a file
     whose comma-separated header is really tab-separated."""
     if len(names) == 1 and "\t" in names[0] and separator != "\t":
         raise InputError(
-            f"samples table {path}: the header is one column holding tab characters; the file "
+            f"{what} {path}: the header is one column holding tab characters; the file "
             "looks tab-separated: name it .tsv (or export it comma-separated)"
         )
     filled = [name for name in names if name]
@@ -83,12 +83,14 @@ def check_header(names: list, path: Path, separator: str) -> None:
             for name in repeated
         )
         raise InputError(
-            f"samples table {path}: the header repeats column names ({where}); every column "
+            f"{what} {path}: the header repeats column names ({where}); every column "
             "needs its own name: rename or remove the copies"
         )
 
 
-def named_columns(table: pd.DataFrame, names: list, path: Path) -> pd.DataFrame:
+def named_columns(
+    table: pd.DataFrame, names: list, path: Path, what: str = "samples table"
+) -> pd.DataFrame:
     """The table with the header's names, without what spreadsheet exports add: columns with no
     header and no data, and rows with no data at all (each counted in the log). A column with
     no header but with data is an error, since nothing could refer to it."""
@@ -99,7 +101,7 @@ def named_columns(table: pd.DataFrame, names: list, path: Path) -> pd.DataFrame:
             keep.append(position)
         elif column.notna().any():
             raise InputError(
-                f"samples table {path}: column {position + 1} has no header but holds data "
+                f"{what} {path}: column {position + 1} has no header but holds data "
                 f"(data rows {describe_rows(row_names(column.notna()))}); give it a name"
             )
     dropped = table.shape[1] - len(keep)
@@ -118,7 +120,9 @@ def named_columns(table: pd.DataFrame, names: list, path: Path) -> pd.DataFrame:
     return table[~empty]
 
 
-def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
+def read_table(
+    path: Path, na_values=(), key: str = "samples", what: str = "samples table"
+) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet table with every cell as text (or missing).
 
     Text is kept as text so identifiers such as ``007`` survive; numeric columns are recognised
@@ -130,10 +134,9 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     CSV: how a bundle made before the setting existed was trained). Header names lose
     surrounding spaces; a repeated name is an error (see :func:`check_header`); the index is
     each row's position in the file. ``key`` is the config key naming the table, for the
-    message when it does not exist.
+    message when it does not exist; ``what`` the kind of table every message names.
     """
     path = Path(path)
-    what = "samples table"
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder, not a table file")
     if not path.is_file():
@@ -143,18 +146,18 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
     if suffix == ".parquet":
         table = pd.read_parquet(path).reset_index(drop=True)
         names = [str(name).strip() for name in table.columns]
-        check_header(names, path, "")
+        check_header(names, path, "", what)
         listed = table.map(lambda v: isinstance(v, str) and v.strip() in missing)
         table = table.astype(object).where(table.notna() & ~listed, None).astype(object)
-        return named_columns(table, names, path)
+        return named_columns(table, names, path, what)
     if suffix not in (".csv", ".tsv", ".txt"):
         raise InputError(f"{what} {path}: unknown format '{suffix}'; use .csv, .tsv or .parquet")
-    text = decoded_text(path)
+    text = decoded_text(path, what)
     if not text.strip():
         raise InputError(f"{what} {path} is empty: it has no header and no rows")
     separator = delimiter(path, text)
     names = header_names(text, separator)
-    check_header(names, path, separator)
+    check_header(names, path, separator, what)
     try:
         table = pd.read_csv(
             io.StringIO(text),
@@ -184,7 +187,7 @@ def read_table(path: Path, na_values=(), key: str = "samples") -> pd.DataFrame:
             path,
             [name for name in renamed if name],
         )
-    return named_columns(table, names, path)
+    return named_columns(table, names, path, what)
 
 
 def parsed_numbers(column: pd.Series) -> pd.Series | None:
@@ -267,7 +270,9 @@ COLUMN_HINTS = {
 }
 
 
-def require_columns(table: pd.DataFrame, wanted: list, source: Path, hint: str = "") -> None:
+def require_columns(
+    table: pd.DataFrame, wanted: list, source: Path, hint: str = "", what: str = "samples table"
+) -> None:
     """Fail with the list of available columns when a configured column is absent.
 
     ``wanted`` holds ``(config key, column name)`` pairs so the message names both, and says how
@@ -280,7 +285,7 @@ def require_columns(table: pd.DataFrame, wanted: list, source: Path, hint: str =
         hints = [hint] if hint else [COLUMN_HINTS.get(key, f"set {key}") for key, _ in missing]
         available = ", ".join(repr(c) for c in table.columns)
         raise InputError(
-            f"samples table {source}: no column {names}; columns are {available}; "
+            f"{what} {source}: no column {names}; columns are {available}; "
             + "; ".join(dict.fromkeys(hints))
         )
 
