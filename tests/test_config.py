@@ -8,6 +8,7 @@ from fusion_dag.config import (
     check_columns,
     check_fusion_weights,
     check_image_settings,
+    check_layouts,
     class_names,
     command_line_values,
     load_schema,
@@ -102,6 +103,14 @@ def test_an_image_table_layout_takes_its_defaults_and_its_settings_stay_apart(co
     assert list(Draft202012Validator(SCHEMA).iter_errors(config))
     config["modalities"]["thermal_map"] = {"images": "t.csv", "path": "f", "column": "c"}
     assert list(Draft202012Validator(SCHEMA).iter_errors(config))
+
+
+def test_a_column_merged_into_the_demos_image_table_is_named(config):
+    config["modalities"]["thermal_map"] = {**config["modalities"]["thermal_map"], "column": "t"}
+    with pytest.raises(ConfigError, match=r"'modalities.thermal_map': it has both a samples col"):
+        check_layouts(config)
+    config["modalities"]["thermal_map"].pop("images")
+    check_layouts(config)
 
 
 def test_only_modalities_a_combination_uses_are_in_use(config):

@@ -24,8 +24,11 @@ def test_crop_is_the_box_grown_by_the_margin_and_made_square():
 def test_a_crop_at_the_frame_edge_moves_inside_and_stays_square():
     x0, y0, x1, y1 = crop_window((0, 100, 30, 130), 320, 240, 0.5)
     assert (x0, x1) == (0, 60) and y1 - y0 == 60 and (y0 + y1) / 2 == 115
-    # A square larger than the frame is clipped to it.
-    assert crop_window((10, 10, 200, 230), 320, 240, 0.25) == (0, 0, 320, 240)
+    # A square larger than the frame's shorter side shrinks to it, still square.
+    assert crop_window((10, 10, 200, 230), 320, 240, 0.25) == (0, 0, 240, 240)
+    # A half-pixel side still gives a square (one rounding for both axes).
+    x0, y0, x1, y1 = crop_window((10.0, 20.0, 31.0, 41.0), 320, 240, 0.25)
+    assert x1 - x0 == y1 - y0 == 32
 
 
 def write_frame(path, boxes, size=(120, 90)):
@@ -55,6 +58,17 @@ def test_a_frame_with_three_boxes_is_decoded_once_into_three_crops(tmp_path, mon
     assert len(opened) == 1
     # With no margin each crop is exactly its box: one grey level per view.
     assert [int(np.median(view)) for view in cache] == [200, 120, 60]
+
+
+def test_a_frame_changed_since_prepare_is_refused_not_padded(tmp_path):
+    write_frame(tmp_path / "frame.png", [], size=(60, 40))
+    views = pd.DataFrame(
+        {"path": [str(tmp_path / "frame.png")], "x_min": [5.0], "y_min": [5.0]}
+        | {"x_max": [25.0], "y_max": [25.0], "width": [120.0], "height": [90.0]}
+    )
+    with pytest.raises(InputError, match=r"frame.png is 60 x 40 px, but was 120 x 90 when"):
+        build_cache(with_crops(views, 0.0), 8, tmp_path / "c.npy", channels=1)
+    assert not (tmp_path / "c.npy").exists()
 
 
 def write_study(folder, visit_numbers, rows):

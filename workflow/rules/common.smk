@@ -17,6 +17,7 @@ from fusion_dag.config import (
     check_columns,
     check_fusion_weights,
     check_image_settings,
+    check_layouts,
     command_line_values,
     load_schema,
     modalities_in_use,
@@ -34,6 +35,7 @@ def validate_config(config):
     fills the schema's defaults); fail with one line naming the key."""
     schema = load_schema(SCHEMA_PATH)
     config.update(command_line_values(dict(config), schema))
+    check_layouts(config)
     try:
         validate(config, schema=SCHEMA_PATH)
     except WorkflowError as error:
@@ -154,7 +156,8 @@ def image_table_inputs(wildcards):
     tables = {}
     for modality, layout in MODALITIES.items():
         path = layout.get("images")
-        if path and (Path(path) in DEMO_IMAGE_TABLES or Path(path).exists()):
+        demo = Path(path or "").resolve() in [t.resolve() for t in DEMO_IMAGE_TABLES]
+        if path and (demo or Path(path).exists()):
             tables[f"{modality}_images"] = path
     return tables
 

@@ -25,7 +25,11 @@ rule prepare:
         na_values=config["na_values"],
         columns=config["columns"],
         classes=config["classes"],
-        modalities=MODALITIES,
+        # Where each modality's images are; not the box margin, which only the cache uses.
+        modalities={
+            m: {k: v for k, v in layout.items() if k != "box_margin"}
+            for m, layout in MODALITIES.items()
+        },
         ignored_columns=IGNORED_IMAGE_COLUMNS,
         # Whether (not how) each modality is scaled: a new range never re-runs prepare.
         scaled=[m for m in MODALITIES if MODALITY_SETTINGS[m]["value_range"]],

@@ -64,8 +64,10 @@ def decode_into(target: np.ndarray, views: pd.DataFrame, size: int, channels: in
     """
     colour = 0
     crops = views.reindex(columns=list(CROP)).to_numpy(dtype=float)
+    frames = views.reindex(columns=["width", "height"]).to_numpy(dtype=float)
     rows = pd.Series(np.arange(len(views)))
-    for path, positions in rows.groupby(views["path"].to_numpy(), sort=False):
+    for path, group in rows.groupby(views["path"].to_numpy(), sort=False):
+        positions = group.to_numpy()
         try:
             # prepare already logged any image over Pillow's pixel limit, naming it.
             with warnings.catch_warnings():
@@ -78,6 +80,13 @@ def decode_into(target: np.ndarray, views: pd.DataFrame, size: int, channels: in
             raise InputError(
                 f"image file {path} cannot be decoded: {error}; replace the file"
             ) from None
+        expected = frames[positions[0]]
+        if not np.isnan(crops[positions]).all() and tuple(expected) != upright.size:
+            raise InputError(
+                f"image file {path} is {upright.size[0]} x {upright.size[1]} px, but was "
+                f"{int(expected[0])} x {int(expected[1])} when prepare checked its wound boxes: "
+                "the file changed since; re-run prepare (delete results/prepared)"
+            )
         for row in positions:
             crop = crops[row]
             view = upright if np.isnan(crop).any() else upright.crop(tuple(int(v) for v in crop))

@@ -190,6 +190,25 @@ def modality_layout(config: dict, name: str) -> dict:
     }
 
 
+def check_layouts(config: dict) -> None:
+    """A modality mapping with both a samples ``column`` and an image table (``images``).
+
+    Checked before the schema because it is almost always a merge, not a choice: a
+    ``--configfile`` mapping merges key by key into the defaults' modality of the same name,
+    and the demo's ``thermal_map`` is an image table. The schema would only say that the
+    mapping matches no alternative.
+    """
+    for name, entry in (config.get("modalities") or {}).items():
+        if isinstance(entry, dict) and "column" in entry and "images" in entry:
+            raise ConfigError(
+                f"Invalid config key 'modalities.{name}': it has both a samples column "
+                f"(column: {entry['column']!r}) and an image table (images: "
+                f"{entry['images']!r}); a --configfile merges into the default modality of "
+                "the same name (the demo reads thermal_map from an image table): give your "
+                "modality a name of its own, or use one of the two forms"
+            )
+
+
 def modality_settings(config: dict, name: str) -> dict:
     """A modality's image settings: ``image_model`` with the modality's own overrides (its
     layout keys, :data:`LAYOUT_KEYS`, are not settings of the branch).

@@ -389,7 +389,9 @@ class BranchFold:
         divided by its visit's number of views, so each visit weighs the same in the loss and
         in early stopping whatever its number of views (:func:`~fusion_dag.views.view_weights`)."""
         y = self.labels(views)
-        per_class = np.ones(len(y)) if class_weights is None else np.vectorize(class_weights.get)(y)
+        per_class = np.ones(len(y))
+        if class_weights is not None:
+            per_class = np.array([class_weights[label] for label in y], dtype=float)
         return view_weights(views[ID], per_class)
 
     def training_arrays(self, visits: pd.DataFrame, class_weights: dict | None) -> tuple:

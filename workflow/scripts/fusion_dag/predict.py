@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
-from fusion_dag.bundle import FOREST, checkpoint_files
+from fusion_dag.bundle import FOREST, BundleError, checkpoint_files
 from fusion_dag.folds import FINAL_PLACEMENT
 from fusion_dag.tables import describe_rows
-from fusion_dag.views import visit_means
+from fusion_dag.views import AGGREGATION, visit_means
 from fusion_dag.weights import METADATA, member_weights
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,11 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, views: pd.DataF
     from fusion_dag.image import build_image_branch
 
     settings = spec["modalities"][modality]
+    if settings.get("aggregation", AGGREGATION) != AGGREGATION:
+        raise BundleError(
+            f"bundle {bundle}: modality {modality} aggregates views by "
+            f"{settings['aggregation']!r}; this workflow averages them ({AGGREGATION!r})"
+        )
     size, channels = settings["size"], settings["channels"]
     images = np.empty((len(views), size, size, channels), dtype=np.uint8)
     decode_into(images, views, size, channels, settings["value_range"])

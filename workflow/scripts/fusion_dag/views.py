@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
+from fusion_dag.artifacts import GROUP, ID, InputError
 from fusion_dag.image_files import checked_files
 from fusion_dag.tables import (
     as_number,
@@ -172,17 +172,16 @@ def crop_window(box: tuple, width: int, height: int, margin: float) -> tuple:
     The box is grown by ``margin`` of its width and height on each side and made square (the
     larger side) around its centre, so the branch sees the wound and its periwound skin
     undistorted. A square that would cross the frame's edge is moved inside the frame rather
-    than cut, keeping it square and the wound whole; only a square larger than the frame is
-    clipped to it (and then is not square).
+    than cut, keeping it square and the wound whole; a square larger than the frame's shorter
+    side shrinks to that side (still square, resized without distortion).
     """
     x_min, y_min, x_max, y_max = box
-    side = max(x_max - x_min, y_max - y_min) * (1.0 + 2.0 * margin)
+    grown = max(x_max - x_min, y_max - y_min) * (1.0 + 2.0 * margin)
+    side = int(min(max(1, round(grown)), width, height))
 
     def edges(centre: float, extent: int) -> tuple:
-        if side >= extent:
-            return 0, extent
-        low = round(min(max(centre - side / 2.0, 0.0), extent - side))
-        return low, min(extent, max(low + 1, round(low + side)))
+        low = int(min(max(round(centre - side / 2.0), 0), extent - side))
+        return low, low + side
 
     x0, x1 = edges((x_min + x_max) / 2.0, int(width))
     y0, y1 = edges((y_min + y_max) / 2.0, int(height))
@@ -266,6 +265,7 @@ def table_views(
         f"image table {source}: path column '{layout['path']}'",
         scaled,
     )
+    check_shared_frames(files["path"], matched[used], groups, ids, modality, source)
     views = pd.DataFrame(
         {
             ID: matched[used].astype(str),
@@ -288,6 +288,25 @@ def table_views(
     counts = view_counts(views, ids, orphans, modality, missing_images, samples_source)
     views = order_views(views, ids)
     return views, counts
+
+
+def check_shared_frames(paths, visits, groups, ids, modality, source) -> None:
+    """Warn when one image file is listed for visits of different patients: its pixels would
+    then sit on both sides of a patient-grouped split (a frame with two ulcers of one patient
+    is fine)."""
+    patient = pd.Series(groups.to_numpy(), index=ids.to_numpy())
+    owners = pd.DataFrame({"path": paths.to_numpy(), "group": visits.map(patient).to_numpy()})
+    shared = owners.groupby("path")["group"].nunique()
+    shared = shared[shared > 1]
+    if len(shared):
+        log.warning(
+            "Modality %s: %d image files of %s are listed for more than one patient (%s); "
+            "their pixels can reach both sides of a split: check the keys of those rows",
+            modality,
+            len(shared),
+            source,
+            describe_rows(shared.index.tolist()),
+        )
 
 
 def order_views(views: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -368,9 +387,3 @@ def visit_means(view_probs: pd.DataFrame, columns: list) -> pd.DataFrame:
     order of their first view)."""
     keys = [c for c in (ID, "split") if c in view_probs.columns]
     return view_probs.groupby(keys, sort=False)[columns].mean().reset_index()
-
-
-def visit_labels(views: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
-    """``views`` with their visit's ``label`` and ``split`` (visits: ``id``, ``label``,
-    ``split``), only for the visits in ``visits``."""
-    return views.merge(visits[[ID, LABEL, "split"]], on=ID, how="inner", validate="many_to_one")
