@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.crops import COMBINATIONS as FRAME_COMBINATIONS
+from bench.crops import FRAMES
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
 from fusion_dag.image import inner_split
@@ -222,18 +224,11 @@ def test_the_image_stage_writes_visit_means_of_its_view_probabilities(tiny_run):
     assert f"{thermal['views']} cropped to their wound box (margin 0.25, square)" in cache_log
 
 
+# The frames-vs-crops run of bench/crops.py, at the tiny size (a few more epochs).
 CROPS_VS_FRAMES = {
     **TINY,
-    "modalities": {
-        "thermal_frame": {
-            "images": "resources/demo/thermal_images.csv",
-            "path": "file",
-            "keys": ["patient_id", "visit_number"],
-            "box": None,
-            "channels": 3,
-        }
-    },
-    "combinations": [["thermal_map"], ["thermal_frame"]],
+    "modalities": FRAMES,
+    "combinations": FRAME_COMBINATIONS,
     "image_model": {**TINY["image_model"], "epochs": 6, "patience": 3},
 }
 
