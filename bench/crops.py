@@ -38,10 +38,24 @@ FRAMES = {
         "path": "file",
         "keys": ["patient_id", "visit_number"],
         "box": None,
+        # Every setting of the demo's thermal_map but the box: the same branch, size and
+        # training, so the views are the only difference.
         "channels": 3,
+        "size": 48,
+        "patience": 5,
+        "batch_size": 64,
     }
 }
 COMBINATIONS = [["thermal_map"], ["thermal_frame"]]
+
+
+def tiny_sizes(modalities: dict) -> dict:
+    """Both thermal modalities at the tiny size (their own size would override image_model's)."""
+    size = TINY["image_model"]["size"]
+    return {
+        "thermal_map": {"size": size},
+        **{name: {**entry, "size": size} for name, entry in modalities.items()},
+    }
 
 
 def crops_against_frames(workdir: Path, tiny: bool, cores: int) -> dict:
@@ -49,11 +63,9 @@ def crops_against_frames(workdir: Path, tiny: bool, cores: int) -> dict:
     from fusion_dag.artifacts import read_tsv
     from fusion_dag.report import compare, fold_kappa_differences, paired_rows
 
-    config = {
-        **(TINY if tiny else {}),
-        "modalities": FRAMES,
-        "combinations": COMBINATIONS,
-    }
+    config = {**(TINY if tiny else {}), "modalities": FRAMES, "combinations": COMBINATIONS}
+    if tiny:
+        config["modalities"] = tiny_sizes(FRAMES)
     seconds, jobs = snakemake(workdir, "fusion_results", config=config, cores=cores)
     classes = ["I", "P", "R"]
     crops, frames = (

@@ -67,7 +67,12 @@ def main() -> None:
         "image_dir": ".",
         # The demo's thermal image table holds both tables' visits: each run leaves the
         # other's rows out as image rows without a visit.
-        "modalities": {"thermal_map": {"images": "thermal_images.csv"}},
+        "modalities": {
+            "thermal_map": {
+                "images": "thermal_images.csv",
+                **({"size": TINY["image_model"]["size"]} if arguments.tiny else {}),
+            }
+        },
         "predict": {"samples": "new.csv", "images": {"thermal_map": "thermal_images.csv"}},
     }
     final_seconds, final_jobs = snakemake(

@@ -123,6 +123,8 @@ TINY = {
         "inner_folds": 3,
     },
     "image_model": IMAGE_SETTINGS,
+    # The demo's thermal views have a size of their own: the tiny one here.
+    "modalities": {"thermal_map": {"size": IMAGE_SETTINGS["size"]}},
 }
 
 

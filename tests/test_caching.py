@@ -59,7 +59,7 @@ def test_fusion_weight_change_reruns_only_fusion(tiny_run):
 
 
 def test_box_margin_change_recrops_that_modality_only(tiny_run):
-    modalities = {"thermal_map": {"box_margin": 0.4}}
+    modalities = {"thermal_map": {**TINY["modalities"]["thermal_map"], "box_margin": 0.4}}
     jobs = dry_run(tiny_run, {**TINY, "modalities": modalities})
     assert jobs.pop("image_cache") == 1 and jobs.pop("image") == 3 and jobs.pop("fusion") == 6
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1

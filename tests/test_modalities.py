@@ -20,7 +20,7 @@ MODALITIES = {
     **TINY,
     "cv": {"folds": 2, "repeats": 1, "seed": 42},
     "modalities": {
-        "thermal_map": {"channels": 3},
+        "thermal_map": {"channels": 3, "size": 24},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
     "combinations": [name.split("+") for name in ALL],

@@ -27,7 +27,7 @@ EXTERNAL = {
     "samples": "train.csv",
     "image_dir": ".",
     "modalities": {
-        "thermal_map": {"images": "thermal_images.csv", "channels": 3},
+        "thermal_map": {"images": "thermal_images.csv", "channels": 3, "size": 24},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
     "combinations": [COMBINATION.split("+")],

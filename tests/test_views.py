@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from bench.crops import COMBINATIONS as FRAME_COMBINATIONS
-from bench.crops import FRAMES
+from bench.crops import FRAMES, tiny_sizes
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
 from fusion_dag.image import inner_split
@@ -227,7 +227,7 @@ def test_the_image_stage_writes_visit_means_of_its_view_probabilities(tiny_run):
 # The frames-vs-crops run of bench/crops.py, at the tiny size (a few more epochs).
 CROPS_VS_FRAMES = {
     **TINY,
-    "modalities": FRAMES,
+    "modalities": tiny_sizes(FRAMES),
     "combinations": FRAME_COMBINATIONS,
     "image_model": {**TINY["image_model"], "epochs": 6, "patience": 3},
 }
