@@ -65,8 +65,8 @@ def plain_throughput(task) -> float:
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
     held_out = inner_split(train, task.settings["validation_fraction"], task.seed)
-    fit, stop = train[~held_out], train[held_out]
-    x, y = task.pixels(fit), task.labels(fit)
+    x, y, _ = task.training_arrays(train[~held_out], None)
+    x_stop, y_stop, _ = task.training_arrays(train[held_out], None)
     model = build_image_branch(task.modality, task.images.shape[1:], 3, task.settings)
     model.compile(
         keras.optimizers.Adam(task.settings["learning_rate"]), "sparse_categorical_crossentropy"
@@ -75,7 +75,7 @@ def plain_throughput(task) -> float:
     model.fit(
         x,
         y,
-        validation_data=(task.pixels(stop), task.labels(stop)),
+        validation_data=(x_stop, y_stop),
         epochs=task.settings["epochs"],
         batch_size=task.settings["batch_size"],
         verbose=0,
