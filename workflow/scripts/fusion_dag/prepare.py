@@ -22,7 +22,7 @@ from fusion_dag.tables import (
     read_table,
     require_columns,
 )
-from fusion_dag.views import VIEW_COLUMNS, column_views, table_views
+from fusion_dag.views import VIEW_COLUMNS, column_views, table_views, view_counts
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +144,8 @@ def prepare_inputs(
                 scaled=modality in scaled,
             )
             found = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
-            count = {
-                "modality": modality,
-                "views": len(found),
-                "visits": len(found),
-                "views_min": 1,
-                "views_median": 1.0,
-                "views_max": 1,
-                "visits_without_views": len(samples) - len(found),
-                "rows_without_visit": 0,
-                "boxes_clipped": 0,
-            }
+            no_orphans = pd.Series(False, index=found.index)
+            count = view_counts(found, ids, no_orphans, modality, missing_images, samples_path)
         else:
             found, count = table_views(
                 table,
