@@ -72,6 +72,13 @@ def cached(demo_table, tmp_path_factory):
     return cache_modality(demo_table, tmp_path_factory.mktemp("cache"), 24, channels=3)
 
 
+@pytest.fixture(scope="session")
+def cached32(demo_table, tmp_path_factory):
+    """The demo's thermal views cached at 32 px (the smallest keras.applications backbones
+    accept) with 3 channels, with folds."""
+    return cache_modality(demo_table, tmp_path_factory.mktemp("cache32"), 32, channels=3)
+
+
 def train_tiny_branch(cached, folder: Path, **overrides):
     """Train the thermal branch on fold 1 of the cached demo into ``folder``; return the model."""
     configure_tensorflow(1, 1, 42)

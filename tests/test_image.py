@@ -18,7 +18,7 @@ from fusion_dag.image import (
     train_branch,
 )
 from fusion_dag.views import CROP
-from tests.conftest import CLASSES, branch_fold, cache_modality, train_tiny_branch
+from tests.conftest import CLASSES, branch_fold, train_tiny_branch
 
 
 def test_cache_is_memory_mapped_uint8_and_holds_each_views_crop(cached):
@@ -190,12 +190,6 @@ def test_kappa_metric_is_a_registered_keras_object():
 BACKBONE_SETTINGS = {"size": 32, "epochs": 1, "batch_size": 16, "patience": 1}
 
 
-@pytest.fixture(scope="module")
-def cached32(demo_table, tmp_path_factory):
-    """The demo's thermal views cached at 32 px with 3 channels, with folds."""
-    return cache_modality(demo_table, tmp_path_factory.mktemp("cache32"), 32, channels=3)
-
-
 def trained_backbone(cached32, folder, **settings):
     """Train the thermal branch on fold 1 with a backbone; return (model, task)."""
     from fusion_dag.image import configure_tensorflow, train_branch
@@ -297,17 +291,71 @@ def test_backbone_weights_file_is_loaded_and_frozen_leaves_it_unchanged(
     assert not np.array_equal(model.get_layer("thermal_map_probs").get_weights()[0], head_before)
 
 
-def test_top_k_fine_tuning_changes_only_the_top_layers(cached32, backbone_file, tmp_path):
+def backbone_weights(model) -> dict | None:
+    """Layer name -> weights of the thermal branch's backbone; None for a model without one
+    (the head trained on cached features)."""
+    names = [layer.name for layer in model.layers]
+    if "thermal_map_backbone" not in names:
+        return None
+    backbone = model.get_layer("thermal_map_backbone")
+    return {layer.name: layer.get_weights() for layer in backbone.layers if layer.weights}
+
+
+def differing(first: dict, second: dict) -> set:
+    """Layers whose weights differ between two :func:`backbone_weights` records."""
+    return {
+        name
+        for name in first
+        if any(not np.array_equal(a, b) for a, b in zip(first[name], second[name], strict=True))
+    }
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Each training phase's fit: its backbone weights before and after, its learning rate."""
+    import fusion_dag.image as image
+
+    calls = []
+    original = image.fit_with_early_stopping
+
+    def spy(model, fit, stop, settings, *callbacks):
+        before = backbone_weights(model)
+        result = original(model, fit, stop, settings, *callbacks)
+        after = backbone_weights(model)
+        rate = float(model.optimizer.learning_rate)
+        calls.append({"before": before, "after": after, "learning_rate": rate})
+        return result
+
+    monkeypatch.setattr(image, "fit_with_early_stopping", spy)
+    return calls
+
+
+def test_fine_tuning_trains_the_head_first_then_only_the_top_layers(
+    cached32, backbone_file, tmp_path, fit_calls
+):
     path, stored = backbone_file
     settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path), "fine_tune": 6}
-    model, _ = trained_backbone(cached32, tmp_path, **settings, learning_rate=0.01)
+    model, task = trained_backbone(
+        cached32, tmp_path, **settings, epochs=2, fine_tune_learning_rate=3e-4
+    )
+    head, tuned = fit_calls
+    # Phase 1 trains the head alone: its backbone weights stay the file's throughout.
+    assert differing(head["before"], stored) == set()
+    assert differing(head["after"], stored) == set()
+    assert differing(tuned["before"], stored) == set()
+    assert head["learning_rate"] == pytest.approx(task.settings["learning_rate"])
+    # Phase 2: the configured learning rate; only the top 6 layers, BatchNorm excepted, change.
+    assert tuned["learning_rate"] == pytest.approx(3e-4)
     backbone = model.get_layer("thermal_map_backbone")
     top = {layer.name for layer in backbone.layers[-6:]}
     trainable = {layer.name for layer in backbone.layers if layer.trainable_weights}
     assert trainable and trainable <= top
     assert not any("BatchNorm" in type(backbone.get_layer(n)).__name__ for n in trainable)
-    changed = changed_layers(model, stored)
+    changed = differing(tuned["after"], stored)
     assert changed and changed <= trainable
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    assert sorted(history["phase"].unique()) == [1, 2]
+    assert list(history["epoch"]) == list(range(len(history)))
 
 
 def test_grey_images_enter_a_pretrained_backbone_on_three_channels():

@@ -26,6 +26,7 @@ from fusion_dag.config import (
     schema_error,
     selected_combinations,
 )
+from fusion_dag.features import FLIP_ONLY, flips, no_cache_reason
 
 SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -60,6 +61,11 @@ MODALITY_SETTINGS = {
     name: modality_settings(config, name) for name in config["modalities"]
 }
 
+# Modalities in use whose head trains on the backbone's cached features (rule features).
+FEATURE_MODALITIES = [
+    name for name in MODALITIES if no_cache_reason(MODALITY_SETTINGS[name]) is None
+]
+
 
 def image_setting(key):
     """A params function: one setting of the job's modality, so that the rule re-runs only
@@ -93,6 +99,42 @@ wildcard_constraints:
     fold=r"\d+",
     combination="|".join(re.escape(name) for name in COMBINATIONS),
     modality="|".join(re.escape(name) for name in MODALITIES) or "(?!)",
+
+
+def feature_settings(wildcards):
+    """What a modality's feature cache depends on besides its image cache: the backbone, its
+    weights source, whether flips are cached, TensorFlow's intra-op threads and, for a seeded
+    random initialisation only, the seed. No fold setting (epochs, batch size, learning rate,
+    patience, cv.repeats, fusion weights) is among them, so none re-runs the features.
+    """
+    settings = MODALITY_SETTINGS[wildcards.modality]
+    random_weights = settings["backbone_weights"] is None
+    return {
+        "backbone": settings["backbone"],
+        "backbone_weights": settings["backbone_weights"],
+        "augmentation": FLIP_ONLY if flips(settings) else None,
+        "intra_op_threads": settings["intra_op_threads"],
+        "seed": config["cv"]["seed"] if random_weights else None,
+    }
+
+
+def feature_files(modality, prefix=""):
+    """A modality's feature cache files as inputs named ``{prefix}features``,
+    ``{prefix}features_sidecar`` and ``{prefix}features_backbone``; none when its branch trains
+    on pixels."""
+    if modality not in FEATURE_MODALITIES:
+        return {}
+    folder = f"results/features/{modality}"
+    return {
+        f"{prefix}features": f"{folder}/features.npy",
+        f"{prefix}features_sidecar": f"{folder}/features.json",
+        f"{prefix}features_backbone": f"{folder}/backbone.weights.h5",
+    }
+
+
+def feature_inputs(wildcards):
+    """An image job's feature cache, when its modality has one."""
+    return feature_files(wildcards.modality)
 
 
 def partition_files(**patterns):
@@ -185,6 +227,8 @@ def combination_inputs(members, metadata, stage):
                 inputs[f"{modality}_view_probs"] = f"{stage(modality)}/view_probs.tsv"
                 inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
                 inputs[f"{modality}_views"] = f"results/prepared/{modality}_views.tsv"
+                cached = feature_files(modality, prefix=f"{modality}_")
+                inputs.update({k: v for k, v in cached.items() if "backbone" not in k})
     return inputs
 
 

@@ -27,6 +27,7 @@ rule final_metadata:
 rule final_image:
     input:
         unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
+        unpack(feature_inputs),
         cache="results/prepared/images/{modality}.npy",
         views="results/prepared/{modality}_views.tsv",
         samples="results/prepared/samples.tsv",

@@ -23,9 +23,40 @@ rule image_cache:
         "../scripts/image_cache.py"
 
 
+# Per modality whose frozen keras.applications backbone can be cached (FEATURE_MODALITIES):
+# its pooled features of every view (and flip), once for every fold, repeat and final model.
+rule features:
+    input:
+        unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
+        cache="results/prepared/images/{modality}.npy",
+        views="results/prepared/{modality}_views.tsv",
+    output:
+        features="results/features/{modality}/features.npy",
+        backbone="results/features/{modality}/backbone.weights.h5",
+        sidecar="results/features/{modality}/features.json",
+    log:
+        "logs/features/{modality}.log",
+    benchmark:
+        "benchmarks/features/{modality}.tsv"
+    wildcard_constraints:
+        modality="|".join(re.escape(name) for name in FEATURE_MODALITIES) or "(?!)",
+    conda:
+        "../envs/tensorflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    params:
+        classes=config["classes"],
+        settings=feature_settings,
+    script:
+        "../scripts/features.py"
+
+
 rule image:
     input:
         unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
+        unpack(feature_inputs),
         cache="results/prepared/images/{modality}.npy",
         views="results/prepared/{modality}_views.tsv",
         folds="results/folds/repeat{repeat}.tsv",

@@ -15,6 +15,7 @@ import pandas as pd
 
 from fusion_dag.artifacts import ID, prob_columns, read_json, read_tsv
 from fusion_dag.checkpoint import CheckpointError, load_frozen_branch, verify_sidecar
+from fusion_dag.features import FeatureCache, check_backbone, feature_arrays, load_feature_cache
 from fusion_dag.views import visit_means
 from fusion_dag.weights import METADATA
 
@@ -22,8 +23,17 @@ log = logging.getLogger(__name__)
 
 # The files of one image member a fusion job reads: its checkpoint, sidecar and visit
 # probabilities, and (to fuse it with another member) its per-view probabilities, its image
-# cache and the cache's views.
-MEMBER_FILES = ("checkpoint", "sidecar", "probs", "view_probs", "cache", "views")
+# cache and the cache's views, and its feature cache and that cache's sidecar when it has one.
+MEMBER_FILES = (
+    "checkpoint",
+    "sidecar",
+    "probs",
+    "view_probs",
+    "cache",
+    "views",
+    "features",
+    "features_sidecar",
+)
 
 
 def build_fusion_model(members: list, n_classes: int, weights: dict):
@@ -48,6 +58,10 @@ def build_fusion_model(members: list, n_classes: int, weights: dict):
 
 
 REPRODUCTION_TOLERANCE = 1e-5
+# Views a branch with a feature cache scores from pixels too, spread over the views in order:
+# its head already reproduces every view from the cached features; these prove the whole loaded
+# branch (backbone included) gives the same probabilities from the images.
+PIXEL_CHECK_VIEWS = 8
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,8 @@ class ImageMember:
     branch is rebuilt from (``backbone``, ``augmentation``, ``mixed_precision``). ``images``
     (the memory-mapped cache), ``views`` (its views table, row i is image i) and
     ``view_probs`` (the image stage's per-view probabilities) are there only when the branch
-    is fused with another member: an image alone needs no pixels.
+    is fused with another member: an image alone needs no pixels. ``features`` is the
+    modality's feature cache when its branch has one (frozen backbone).
     """
 
     probs: pd.DataFrame
@@ -69,17 +84,20 @@ class ImageMember:
     images: np.ndarray | None = None
     views: pd.DataFrame | None = None
     view_probs: pd.DataFrame | None = None
+    features: FeatureCache | None = None
 
 
 def read_image_member(files: dict, settings: dict) -> ImageMember:
     """An :class:`ImageMember` from its files (``MEMBER_FILES`` -> path; ``view_probs``,
-    ``cache`` and ``views`` may be None)."""
-    images = views = view_probs = None
+    ``cache``, ``views`` and the feature cache's files may be None)."""
+    images = views = view_probs = features = None
     if files.get("cache"):
         from fusion_dag.cache import load_cache
 
         images, views = load_cache(files["cache"], files["views"])
         view_probs = read_tsv(files["view_probs"])
+    if files.get("features"):
+        features = load_feature_cache(files["features"], files["features_sidecar"])
     return ImageMember(
         probs=read_tsv(files["probs"]),
         checkpoint=Path(files["checkpoint"]),
@@ -88,6 +106,7 @@ def read_image_member(files: dict, settings: dict) -> ImageMember:
         images=images,
         views=views,
         view_probs=view_probs,
+        features=features,
     )
 
 
@@ -133,16 +152,36 @@ def weighted_sum(tables: dict, weights: dict, classes: list) -> pd.DataFrame:
     return result
 
 
+def reproduction_check(outputs: np.ndarray, expected: np.ndarray, modality: str, what: str):
+    """Log and enforce the V3 check: recomputed probabilities equal the image stage's per view
+    (<= :data:`REPRODUCTION_TOLERANCE`)."""
+    difference = float(np.abs(outputs - expected).max())
+    log.info(
+        "Frozen %s branch reproduces the image stage on %d views: max abs diff %.2e (%s)",
+        modality,
+        len(outputs),
+        difference,
+        what,
+    )
+    if difference > REPRODUCTION_TOLERANCE:
+        raise CheckpointError(
+            f"frozen {modality} branch differs from the image stage's per-view probabilities "
+            f"{what} by {difference:.2e} (> {REPRODUCTION_TOLERANCE:g}); retrain the image stage"
+        )
+
+
 def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch_size: int):
     """The visit probabilities of a pretrained branch, recomputed by the frozen branch.
 
     The branch is rebuilt as the image stage built it, verified, loaded by layer name and
     frozen (:func:`~fusion_dag.checkpoint.load_frozen_branch`); every view the image stage
-    scored is scored again (images read from the cache a batch at a time) and must reproduce
-    the stage's per-view probabilities; then each visit's views are averaged, as the image
-    stage averaged them.
+    scored is scored again and must reproduce the stage's per-view probabilities; then each
+    visit's views are averaged, as the image stage averaged them. Views are read from the
+    image cache a batch at a time, or, with a feature cache, the loaded backbone's weights must
+    equal the cache's by hash, the loaded head scores every view from the cached features, and
+    :data:`PIXEL_CHECK_VIEWS` views also go through the whole branch from pixels.
     """
-    from fusion_dag.image import CachedBatches, build_image_branch
+    from fusion_dag.image import CachedBatches, build_image_branch, feature_head
 
     classes = required["classes"]
     columns = prob_columns(classes)
@@ -155,20 +194,22 @@ def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch
         )
     position = pd.Series(np.arange(len(member.views)), index=member.views["view"].to_numpy())
     rows = position[member.view_probs["view"]].to_numpy()
-    batches = CachedBatches({f"{modality}_input": (member.images, rows)}, batch_size)
-    outputs = branch.predict(batches, verbose=0)
-    difference = float(np.abs(outputs - member.view_probs[columns].to_numpy()).max())
-    log.info(
-        "Frozen %s branch reproduces the image stage on %d views: max abs diff %.2e",
-        modality,
-        len(rows),
-        difference,
-    )
-    if difference > REPRODUCTION_TOLERANCE:
-        raise CheckpointError(
-            f"frozen {modality} branch differs from the image stage's per-view probabilities "
-            f"by {difference:.2e} (> {REPRODUCTION_TOLERANCE:g}); retrain the image stage"
+    expected = member.view_probs[columns].to_numpy()
+    if member.features is None:
+        batches = CachedBatches({f"{modality}_input": (member.images, rows)}, batch_size)
+        outputs = branch.predict(batches, verbose=0)
+        reproduction_check(outputs, expected, modality, "from pixels")
+    else:
+        check_backbone(
+            branch.get_layer(f"{modality}_backbone"), member.features.sidecar, member.checkpoint
         )
+        head = feature_head(branch, modality)
+        features = feature_arrays(member.features, rows)
+        outputs = head.predict(features, batch_size=batch_size, verbose=0)
+        reproduction_check(outputs, expected, modality, "from cached features")
+        spot = np.unique(np.linspace(0, len(rows) - 1, PIXEL_CHECK_VIEWS).round().astype(int))
+        from_pixels = branch.predict(np.asarray(member.images[rows[spot]]), verbose=0)
+        reproduction_check(from_pixels, expected[spot], modality, "from pixels, whole branch")
     recomputed = member.view_probs[["view", ID, "split"]].copy()
     recomputed[columns] = outputs
     return visit_means(recomputed, columns)

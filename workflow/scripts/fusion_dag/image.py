@@ -35,10 +35,17 @@ from fusion_dag.artifacts import (
     LABEL,
     InputError,
     label_indices,
-    partial_path,
     prob_columns,
+    write_tsv,
 )
 from fusion_dag.checkpoint import save_branch_weights
+from fusion_dag.features import (
+    FeatureCache,
+    check_backbone,
+    check_cache_matches,
+    feature_arrays,
+    no_cache_reason,
+)
 from fusion_dag.folds import split_rows
 from fusion_dag.views import view_weights, visit_means
 
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SMALL_CNN = "small_cnn"
 FILTERS = (16, 32, 64)
+DROPOUT = 0.3
 # keras.applications backbones -> the module whose preprocess_input maps 0-255 pixels to the
 # range the backbone was trained on (EfficientNet and MobileNetV3 rescale inside the model and
 # take 0-255; ResNet50V2 takes [-1, 1]; DenseNet121 ImageNet-normalised values).
@@ -177,8 +185,10 @@ def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
     named Concatenate layer), then the backbone's own ``preprocess_input`` is applied. With
     pretrained weights the backbone runs in inference mode (``training=False``), so its
     BatchNormalization statistics stay those it was trained with even when layers are
-    fine-tuned, as keras.io's transfer-learning guide recommends; trained from scratch
-    (``backbone_weights: null``) it learns its own statistics.
+    fine-tuned, as keras.io's transfer-learning guide recommends. A frozen backbone runs in
+    inference mode too (no stochastic depth or dropout inside it during ``fit``), so it is a
+    fixed function of the image, the one its cached features record; trained from scratch
+    (``backbone_weights: null`` and fine-tuned) it learns its own statistics.
     """
     name = settings["backbone"]
     size = image_shape[0]
@@ -189,16 +199,31 @@ def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
         include_top=False, weights=None, input_shape=(size, size, 3), name=f"{modality}_backbone"
     )
     pretrained = settings.get("backbone_weights") is not None
-    return backbone(x, training=False) if pretrained else backbone(x)
+    frozen = settings.get("fine_tune", "frozen") == "frozen"
+    return backbone(x, training=False) if pretrained or frozen else backbone(x)
 
 
-def build_image_branch(modality: str, image_shape: tuple, n_classes: int, settings=None):
+def branch_head(x, modality: str, n_classes: int, seed: int | None = None):
+    """The head on pooled features: dropout, then the softmax layer ``{modality}_probs``
+    (float32 whatever the compute precision, as Keras advises). One definition for the branch
+    and for the head trained on cached features, so both have the same layers and names.
+    ``seed`` seeds the dropout masks (None: Keras's global seed)."""
+    x = layers.Dropout(DROPOUT, seed=seed, name=f"{modality}_dropout")(x)
+    return layers.Dense(n_classes, activation="softmax", dtype="float32", name=f"{modality}_probs")(
+        x
+    )
+
+
+def build_image_branch(
+    modality: str, image_shape: tuple, n_classes: int, settings=None, seed: int | None = None
+):
     """One modality's branch for images of ``image_shape`` (size, size, channels).
 
     ``settings`` are the modality's image settings (``backbone``, ``augmentation``,
     ``mixed_precision``, ``backbone_weights``; absent keys take :data:`BRANCH_DEFAULTS`). The
     weights are randomly initialised: pretrained backbone weights are loaded by
-    :func:`load_backbone_weights`, a trained branch by the checkpoint loader.
+    :func:`load_backbone_weights`, a trained branch by the checkpoint loader. ``seed`` seeds the
+    head's dropout (:func:`branch_head`).
     """
     settings = {**BRANCH_DEFAULTS, **(settings or {})}
     with dtype_policy(settings["mixed_precision"]):
@@ -211,12 +236,34 @@ def build_image_branch(modality: str, image_shape: tuple, n_classes: int, settin
         else:
             x = pretrained_backbone(x, modality, tuple(image_shape), settings)
         x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
-        x = layers.Dropout(0.3, name=f"{modality}_dropout")(x)
-        # Probabilities in float32 whatever the compute precision, as Keras advises.
-        outputs = layers.Dense(
-            n_classes, activation="softmax", dtype="float32", name=f"{modality}_probs"
-        )(x)
+        outputs = branch_head(x, modality, n_classes, seed)
     return keras.Model(inputs, outputs, name=f"{modality}_branch")
+
+
+def feature_extractor(model, modality: str):
+    """The branch from its image input to its pooled features (``{modality}_gap``): what the
+    feature cache holds. Augmentation layers pass images through unchanged outside ``fit``."""
+    return keras.Model(model.input, model.get_layer(f"{modality}_gap").output)
+
+
+def feature_head(model, modality: str, seed: int | None = None):
+    """The branch's head as a model of its own on pooled features (input
+    ``{modality}_features``), holding the branch's current head weights: trained on cached
+    features, its weights go back into the branch by layer name (:func:`copy_head`)."""
+    dimension = int(model.get_layer(f"{modality}_gap").output.shape[-1])
+    n_classes = int(model.output.shape[-1])
+    inputs = keras.Input(shape=(dimension,), name=f"{modality}_features")
+    head = keras.Model(
+        inputs, branch_head(inputs, modality, n_classes, seed), name=f"{modality}_head"
+    )
+    copy_head(model, head, modality)
+    return head
+
+
+def copy_head(source, target, modality: str) -> None:
+    """Copy the head's weights (layer ``{modality}_probs``) from ``source`` into ``target``."""
+    name = f"{modality}_probs"
+    target.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
 def load_backbone_weights(model, modality: str, settings: dict) -> None:
@@ -243,18 +290,21 @@ def load_backbone_weights(model, modality: str, settings: dict) -> None:
 
 def set_fine_tuning(model, modality: str, settings: dict) -> None:
     """Choose which backbone layers train: ``frozen`` (the head only), ``all``, or an integer k
-    (the top k layers of the backbone, BatchNormalization layers excepted, as in keras.io's
-    EfficientNet fine-tuning example). ``small_cnn`` always trains all its layers.
+    (the top k layers of the backbone). BatchNormalization layers stay frozen, as in keras.io's
+    EfficientNet fine-tuning example, except in a backbone trained from random weights with
+    ``all``, which must learn its own statistics. ``small_cnn`` always trains all its layers.
     """
     if settings.get("backbone", SMALL_CNN) == SMALL_CNN:
         return
     backbone = model.get_layer(f"{modality}_backbone")
     fine_tune = settings.get("fine_tune", "frozen")
     backbone.trainable = fine_tune != "frozen"
-    if isinstance(fine_tune, int):
+    from_scratch = settings.get("backbone_weights") is None and fine_tune == "all"
+    if fine_tune != "frozen" and not from_scratch:
+        top = len(backbone.layers) if fine_tune == "all" else fine_tune
         for position, layer in enumerate(backbone.layers):
-            top = position >= len(backbone.layers) - fine_tune
-            layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
+            in_top = position >= len(backbone.layers) - top
+            layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)
     log.info(
         "Backbone %s, fine_tune %s: %d of %d backbone weights trainable",
         settings["backbone"],
@@ -353,7 +403,9 @@ class BranchFold:
     ``images`` is the memory-mapped cache and ``views`` its views table (row i is image i;
     ``id`` names each view's visit); ``folds`` the outer fold table of visits; ``settings`` the
     modality's ``image_model`` settings. Splits are made on visits (patient-grouped), then each
-    visit brings all its views, so a visit's views are never on two sides.
+    visit brings all its views, so a visit's views are never on two sides. ``features``, when
+    the modality has a feature cache, holds the backbone's cached features of every view (row i
+    is image i) and the backbone weights they were computed with.
     """
 
     images: np.ndarray
@@ -364,6 +416,7 @@ class BranchFold:
     classes: list
     settings: dict
     seed: int
+    features: FeatureCache | None = None
 
     def rows(self) -> pd.DataFrame:
         """The fold table's visits that have a view, with their outer ``split``."""
@@ -425,40 +478,186 @@ class CachedBatches(keras.utils.PyDataset):
         return ({name: array[rows[batch]] for name, (array, rows) in self.inputs.items()},)
 
 
-def fit_with_early_stopping(model, fit: tuple, stop: tuple, settings: dict, *callbacks):
-    """Fit on ``fit`` (x, y, sample weights), stopping early on ``stop`` (x, y, sample
-    weights: the inner patient-grouped split); the best epoch's weights are restored when
-    training ends, stopped early or not. The weights carry the balanced class weights and the
-    one-weight-per-visit rule (:meth:`BranchFold.training_arrays`). Shared by the image stage
-    and the ablation, so the strategies differ only in what they train, not how. Returns
-    (Keras history, the 1-based epoch whose weights were restored, as ``EarlyStopping``
-    recorded it)."""
-    x_fit, y_fit, w_fit = fit
+class FeatureBatches(keras.utils.PyDataset):
+    """Training batches of cached features, for ``model.fit`` of the head.
+
+    Each epoch a seeded generator draws a new order of the views and, when the cache holds
+    flipped variants, one flip per view (``RandomFlip("horizontal")`` flips each image with
+    probability 1/2): the head sees what it would see on pixels, from features computed once.
+    Yields (features, labels, sample weights); ``shuffle=False`` keeps the views' order (for
+    comparing with a fit on pixels in the same batches).
+    """
+
+    def __init__(self, cache: FeatureCache, views: tuple, batch_size: int, seed: int, shuffle=True):
+        super().__init__()
+        self.features = cache.features
+        self.positions, self.labels, self.weights = views
+        self.flip = bool(cache.sidecar["flip"])
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = np.random.default_rng(seed)
+        self.draw()
+
+    def draw(self) -> None:
+        """The next epoch's order of the views and flip of each."""
+        n_views = len(self.positions)
+        self.order = self.generator.permutation(n_views) if self.shuffle else np.arange(n_views)
+        self.variants = (
+            self.generator.integers(0, 2, n_views) if self.flip else np.zeros(n_views, dtype=int)
+        )
+
+    def __len__(self) -> int:
+        return -(-len(self.positions) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple:
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        x = self.features[self.positions[rows], self.variants[rows]]
+        return x, self.labels[rows], self.weights[rows]
+
+    def on_epoch_end(self) -> None:
+        self.draw()
+
+
+def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks):
+    """Fit on ``fit`` (x, y, sample weights, or batches that yield them), stopping early on
+    ``stop`` (x, y, sample weights: the inner patient-grouped split); the best epoch's weights
+    are restored when training ends, stopped early or not. The weights carry the balanced class
+    weights and the one-weight-per-visit rule (:meth:`BranchFold.training_arrays`). Shared by
+    the image stage's phases and the ablation, so the strategies differ only in what they
+    train, not how. Returns (Keras history, the 1-based epoch whose weights were restored, as
+    ``EarlyStopping`` recorded it)."""
     stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=settings["patience"], restore_best_weights=True
     )
-    history = model.fit(
-        x_fit,
-        y_fit,
-        sample_weight=w_fit,
-        validation_data=stop,
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        callbacks=[*callbacks, stopping],
-        shuffle=True,
-        verbose=2,
-    )
+    common = {
+        "validation_data": stop,
+        "epochs": settings["epochs"],
+        "callbacks": [*callbacks, stopping],
+        "verbose": 2,
+    }
+    if isinstance(fit, keras.utils.PyDataset):
+        # The batches draw their own order each epoch (FeatureBatches).
+        history = model.fit(fit, shuffle=False, **common)
+    else:
+        x_fit, y_fit, w_fit = fit
+        history = model.fit(
+            x_fit,
+            y_fit,
+            sample_weight=w_fit,
+            batch_size=settings["batch_size"],
+            shuffle=True,
+            **common,
+        )
     return history, stopping.best_epoch + 1
+
+
+def training_phases(settings: dict) -> list:
+    """The branch's training phases, in order.
+
+    ``head``: the head on the frozen backbone (from cached features when there are);
+    ``fine_tune``: then the top backbone layers on pixels at ``fine_tune_learning_rate``, as
+    keras.io fine-tunes pretrained weights only once the new head has converged (a random
+    head's large gradients would destroy the pretrained features); ``all``: every trainable
+    layer at once at ``learning_rate`` (``small_cnn``, a backbone trained from random weights).
+    """
+    if settings.get("backbone", SMALL_CNN) == SMALL_CNN:
+        return ["all"]
+    if settings.get("fine_tune", "frozen") == "frozen":
+        return ["head"]
+    if settings.get("backbone_weights") is None:
+        return ["all"]
+    return ["head", "fine_tune"]
+
+
+def uses_cached_features(task: BranchFold) -> bool:
+    """Whether the trained branch's backbone is still the one its features were cached with
+    (a frozen backbone), so its views can be scored from the cache."""
+    return task.features is not None and training_phases(task.settings) == ["head"]
+
+
+def compile_branch(model, learning_rate: float, n_classes: int) -> None:
+    """Adam at ``learning_rate``, cross-entropy, accuracy and the streaming kappa."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", CohenKappa(n_classes)],
+    )
+
+
+def initial_branch(task: BranchFold):
+    """The branch as training starts: randomly initialised, its backbone holding the configured
+    pretrained weights, or with a feature cache exactly the weights the features were computed
+    with (checked by hash, so the head learns on the backbone it will run on)."""
+    settings = task.settings
+    model = build_image_branch(task.modality, task.images.shape[1:], len(task.classes), settings)
+    if task.features is None:
+        load_backbone_weights(model, task.modality, settings)
+        return model
+    check_cache_matches(task.features, settings, task.images)
+    load_backbone_weights(
+        model, task.modality, {**settings, "backbone_weights": str(task.features.backbone)}
+    )
+    check_backbone(
+        model.get_layer(f"{task.modality}_backbone"), task.features.sidecar, task.features.backbone
+    )
+    return model
+
+
+def set_phase_trainable(model, modality: str, settings: dict, phase: str) -> None:
+    """Freeze the backbone for the ``head`` phase; otherwise train what ``fine_tune`` says."""
+    if phase == "head":
+        model.get_layer(f"{modality}_backbone").trainable = False
+        log.info("Backbone %s frozen: the head trains alone", settings["backbone"])
+    else:
+        set_fine_tuning(model, modality, settings)
+
+
+def run_phase(model, task: BranchFold, phase: str, views: tuple, pixels) -> tuple:
+    """Train one phase (:func:`training_phases`) with early stopping on the inner split.
+
+    ``views`` are the (fit, stop) views with their sample weights' class weights applied by
+    ``pixels()``, which returns the (fit, stop) pixel arrays when a phase needs them. The head
+    phase with a feature cache trains :func:`feature_head` on the cached features and copies it
+    back into the branch. Returns (history, best epoch, what it trained on).
+    """
+    settings = task.settings
+    set_phase_trainable(model, task.modality, settings, phase)
+    rate = settings["learning_rate"]
+    if phase == "fine_tune":
+        rate = settings.get("fine_tune_learning_rate", 1e-5)
+    (fit_views, fit_weights), (stop_views, stop_weights) = views
+    if phase == "head" and task.features is not None:
+        head = feature_head(model, task.modality, seed=task.seed)
+        compile_branch(head, rate, len(task.classes))
+        fit = FeatureBatches(
+            task.features,
+            (fit_views["position"].to_numpy(), task.labels(fit_views), fit_weights),
+            settings["batch_size"],
+            task.seed,
+        )
+        stop_features = feature_arrays(task.features, stop_views["position"].to_numpy())
+        stop = (stop_features, task.labels(stop_views), stop_weights)
+        history, best_epoch = fit_with_early_stopping(head, fit, stop, settings)
+        copy_head(head, model, task.modality)
+        source = "cached features" + (" and their flips" if task.features.sidecar["flip"] else "")
+    else:
+        compile_branch(model, rate, len(task.classes))
+        fit, stop = pixels()
+        history, best_epoch = fit_with_early_stopping(model, fit, stop, settings)
+        source = "pixels"
+    return history, best_epoch, f"{phase} on {source}, learning rate {rate:g}"
 
 
 def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     """Train one modality's branch on one outer fold's training visits; return the best model.
 
     The inner split for early stopping is drawn on visits (patient-grouped), then every view
-    of a visit goes where its visit goes. Early stopping and the best epoch follow the inner
-    split's loss; the best epoch's weights are restored and written, keyed by layer name, once
-    training has finished. Returns (model with the best epoch's weights, ``best_epoch`` and
-    ``fit_images_per_second``).
+    of a visit goes where its visit goes. Each phase (:func:`training_phases`) stops early on
+    the inner split's loss and restores its best epoch; a fine-tuning phase that does not
+    improve on the head phase's best loss gives the head phase's weights back. The weights are
+    written, keyed by layer name, once training has finished, and ``history.tsv`` holds every
+    epoch with its ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
+    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
     """
     settings = task.settings
     table = task.rows()
@@ -466,49 +665,90 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     held_out = inner_split(train, settings["validation_fraction"], task.seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
     class_weights = balanced_class_weights(task.labels(fit_rows))
-    fit = task.training_arrays(fit_rows, class_weights)
-    stop = task.training_arrays(stop_rows, None)
+    fit_views, stop_views = task.views_of(fit_rows), task.views_of(stop_rows)
     log.info(
         "Fold %d, %s: %d training visits (%d views, %d patients), %d held out for early "
         "stopping (%d views, %d patients)",
         task.fold,
         task.modality,
         len(fit_rows),
-        len(fit[0]),
+        len(fit_views),
         fit_rows[GROUP].nunique(),
         len(stop_rows),
-        len(stop[0]),
+        len(stop_views),
         stop_rows[GROUP].nunique(),
     )
-    model = build_image_branch(task.modality, task.images.shape[1:], len(task.classes), settings)
-    load_backbone_weights(model, task.modality, settings)
-    set_fine_tuning(model, task.modality, settings)
-    model.compile(
-        optimizer=keras.optimizers.Adam(settings["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", CohenKappa(len(task.classes))],
+    views = (
+        (fit_views, task.weights(fit_views, class_weights)),
+        (stop_views, task.weights(stop_views, None)),
     )
-    history_partial = partial_path(history_path)
+    loaded = {}
+
+    def pixels():
+        # Read from the cache once, and only when a phase trains on pixels.
+        if not loaded:
+            loaded["arrays"] = tuple((task.pixels(v), task.labels(v), w) for v, w in views)
+        return loaded["arrays"]
+
+    model = initial_branch(task)
     started = time.perf_counter()
-    history, best_epoch = fit_with_early_stopping(
-        model,
-        fit,
-        stop,
-        settings,
-        keras.callbacks.CSVLogger(str(history_partial), separator="\t"),
-    )
-    images_per_second = len(fit[0]) * len(history.epoch) / (time.perf_counter() - started)
-    log.info("Trained %d epochs at %.0f images/s", len(history.epoch), images_per_second)
+    frames, phases, kept, epochs_before = [], [], None, 0
+    for number, phase in enumerate(training_phases(settings), start=1):
+        history, best_epoch, what = run_phase(model, task, phase, views, pixels)
+        best_loss = history.history["val_loss"][best_epoch - 1]
+        record = {"phase": number, "name": phase, "epochs": len(history.epoch)}
+        record |= {"best_epoch": best_epoch, "best_val_loss": float(best_loss)}
+        log.info(
+            "Phase %d (%s): %d epochs, best epoch %d (validation loss %.4f)",
+            number,
+            what,
+            record["epochs"],
+            best_epoch,
+            best_loss,
+        )
+        if kept is not None and best_loss >= kept["best_val_loss"]:
+            model.set_weights(kept["weights"])
+            log.info(
+                "Phase %d did not improve on phase %d's validation loss (%.4f): phase %d's "
+                "weights are kept",
+                number,
+                kept["phase"],
+                kept["best_val_loss"],
+                kept["phase"],
+            )
+        else:
+            kept = {**record, "epoch": epochs_before + best_epoch, "weights": model.get_weights()}
+        frame = pd.DataFrame(history.history)
+        frames.append(frame.assign(epoch=epochs_before + np.arange(len(frame)), phase=number))
+        epochs_before += len(frame)
+        phases.append(record)
+    seconds = time.perf_counter() - started
+    images_per_second = sum(len(fit_views) * p["epochs"] for p in phases) / seconds
+    log.info("Trained %d epochs at %.0f views/s", epochs_before, images_per_second)
     save_branch_weights(model, task.modality, checkpoint_path)
-    os.replace(history_partial, history_path)
-    return model, {"best_epoch": best_epoch, "fit_images_per_second": images_per_second}
+    history_table = pd.concat(frames, ignore_index=True)
+    metrics = sorted(c for c in history_table.columns if c not in ("epoch", "phase"))
+    write_tsv(history_table[["epoch", "phase", *metrics]], history_path)
+    return model, {
+        "best_epoch": kept["epoch"],
+        "fit_images_per_second": images_per_second,
+        "phases": phases,
+    }
 
 
 def view_probabilities(model, task: BranchFold, visits: pd.DataFrame) -> pd.DataFrame:
-    """``view``, ``id``, ``split`` and ``prob_{class}`` of every view of ``visits``."""
+    """``view``, ``id``, ``split`` and ``prob_{class}`` of every view of ``visits``: from the
+    cached features when the backbone stayed frozen (the head on the features the backbone
+    gives), else from the pixels through the whole branch."""
     views = task.views_of(visits)
-    inputs = {model.input.name: (task.images, views["position"].to_numpy())}
-    probs = model.predict(CachedBatches(inputs, task.settings["batch_size"]), verbose=0)
+    positions = views["position"].to_numpy()
+    if uses_cached_features(task):
+        head = feature_head(model, task.modality)
+        features = feature_arrays(task.features, positions)
+        probs = head.predict(features, batch_size=task.settings["batch_size"], verbose=0)
+    else:
+        inputs = {model.input.name: (task.images, positions)}
+        probs = model.predict(CachedBatches(inputs, task.settings["batch_size"]), verbose=0)
     table = views[["view", ID, "split"]].reset_index(drop=True)
     return pd.concat([table, pd.DataFrame(probs, columns=prob_columns(task.classes))], axis=1)
 
@@ -541,11 +781,29 @@ def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modal
         )
 
 
+def log_feature_source(task: BranchFold) -> None:
+    """State whether the branch's head trains on cached features, and if not, why."""
+    if task.settings.get("backbone", SMALL_CNN) == SMALL_CNN:
+        return
+    if task.features is not None:
+        log.info(
+            "Feature cache: %d views x %d variants x %d features (%s, weights %s, sha256 %s...)",
+            *task.features.features.shape,
+            task.features.sidecar["backbone"],
+            task.features.sidecar["weights_source"] or "randomly initialised",
+            task.features.sidecar["backbone_sha256"][:12],
+        )
+    else:
+        reason = no_cache_reason(task.settings) or "none was given to this job"
+        log.info("No feature cache for %s: %s; the branch trains on pixels", task.modality, reason)
+
+
 def train_stage(task: BranchFold, checkpoint_path: Path, history_path: Path, threads: int):
     """An image job, fold or final: configure TensorFlow, train the branch alone, predict every
     view; return (model, visit probabilities, view probabilities, the job's record: best epoch,
     training throughput and how TensorFlow ran)."""
     runtime = configure_tensorflow(task.settings["intra_op_threads"], threads, task.seed)
+    log_feature_source(task)
     model, fit = train_branch(task, checkpoint_path, history_path)
     probs, view_probs = branch_probabilities(model, task)
     warn_if_collapsed(probs, task.classes, fit["best_epoch"], task.modality)
