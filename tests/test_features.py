@@ -23,7 +23,6 @@ from fusion_dag.features import (
 )
 from tests.conftest import CLASSES, IMAGE_SETTINGS, TINY, run_snakemake, scheduled_jobs
 
-
 # The tests of the module's run share one xdist worker, which builds the run once.
 RUN = pytest.mark.xdist_group("feature_run")
 
@@ -379,3 +378,24 @@ def test_fold_settings_never_rerun_the_features_and_backbone_settings_do(
     rotation = changed(feature_config, image_model={"augmentation": {"rotation": 0.1}})
     jobs = dry_run(feature_run, rotation)
     assert "features" not in jobs and jobs["image"] == 3
+
+
+def test_a_second_backbone_in_one_process_matches_its_cache_by_layer_position():
+    """Keras numbers unnamed inner layers per process (a fusion job builds one branch per
+    modality): EfficientNetB0's Normalization layer is ``normalization_1`` the second time."""
+    from fusion_dag.features import check_backbone, combined_hash, layer_hashes
+    from fusion_dag.image import build_image_branch
+
+    settings = {"backbone": "EfficientNetB0"}
+    first = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
+    second = build_image_branch("depth_map", (32, 32, 3), 3, settings)
+    backbones = [
+        m.get_layer(f"{n}_backbone") for m, n in [(first, "thermal_map"), (second, "depth_map")]
+    ]
+    backbones[1].set_weights(backbones[0].get_weights())
+    names = [{layer.name for layer in b.layers} for b in backbones]
+    assert names[0] != names[1]  # the premise: the same layers, other names
+    hashes = layer_hashes(backbones[0])
+    check_backbone(
+        backbones[1], {"layer_sha256": hashes, "backbone_sha256": combined_hash(hashes)}, "c"
+    )

@@ -330,18 +330,45 @@ def fit_calls(monkeypatch):
     return calls
 
 
+def feature_cache_of(cached32, settings: dict, folder):
+    """The feature cache of the cached demo views for a branch of ``settings``."""
+    from fusion_dag.features import load_feature_cache, write_feature_cache
+    from fusion_dag.image import feature_extractor, load_backbone_weights
+
+    branch = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
+    load_backbone_weights(branch, "thermal_map", settings)
+    paths = {
+        "features": folder / "features.npy",
+        "backbone": folder / "backbone.weights.h5",
+        "sidecar": folder / "features.json",
+    }
+    backbone = branch.get_layer("thermal_map_backbone")
+    extractor = feature_extractor(branch, "thermal_map")
+    write_feature_cache(extractor, backbone, cached32[0], settings, paths, "mobilenet_v3")
+    return load_feature_cache(paths["features"], paths["sidecar"], paths["backbone"])
+
+
+@pytest.mark.parametrize("from_cache", [False, True], ids=["pixels", "cached features"])
 def test_fine_tuning_trains_the_head_first_then_only_the_top_layers(
-    cached32, backbone_file, tmp_path, fit_calls
+    cached32, backbone_file, tmp_path, fit_calls, from_cache
 ):
+    from fusion_dag.image import configure_tensorflow, train_branch
+
     path, stored = backbone_file
     settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path), "fine_tune": 6}
-    model, task = trained_backbone(
-        cached32, tmp_path, **settings, epochs=2, fine_tune_learning_rate=3e-4
-    )
+    settings = {**BACKBONE_SETTINGS, **settings, "epochs": 2, "fine_tune_learning_rate": 3e-4}
+    features = feature_cache_of(cached32, settings, tmp_path) if from_cache else None
+    configure_tensorflow(1, 1, 42)
+    task = replace(branch_fold(cached32, **settings), features=features)
+    model, _ = train_branch(task, tmp_path / "checkpoint.weights.h5", tmp_path / "history.tsv")
     head, tuned = fit_calls
-    # Phase 1 trains the head alone: its backbone weights stay the file's throughout.
-    assert differing(head["before"], stored) == set()
-    assert differing(head["after"], stored) == set()
+    # Phase 1 trains the head alone: on cached features a head model without the backbone, on
+    # pixels the branch whose backbone weights stay the file's throughout.
+    if from_cache:
+        assert head["before"] is None and head["after"] is None
+    else:
+        assert differing(head["before"], stored) == set()
+        assert differing(head["after"], stored) == set()
     assert differing(tuned["before"], stored) == set()
     assert head["learning_rate"] == pytest.approx(task.settings["learning_rate"])
     # Phase 2: the configured learning rate; only the top 6 layers, BatchNorm excepted, change.

@@ -83,11 +83,13 @@ def flips(settings: dict) -> bool:
     return active_augmentation(settings) == FLIP_ONLY
 
 
-def layer_hashes(backbone) -> dict:
-    """SHA-256 of each weighted layer of a nested backbone, by layer name (weights in layer
-    order, shapes included), so a changed weight is named by its layer."""
-    hashes = {}
-    for layer in backbone.layers:
+def layer_hashes(backbone) -> list:
+    """[position, name, SHA-256] of each weighted layer of a nested backbone (weights in layer
+    order, shapes included), so a changed weight is named by its layer. Layers are matched by
+    position: Keras numbers the names of unnamed inner layers per process (a second
+    EfficientNet in one fusion job has ``normalization_1``), the architecture fixes the order."""
+    hashes = []
+    for position, layer in enumerate(backbone.layers):
         if not layer.weights:
             continue
         digest = hashlib.sha256()
@@ -95,13 +97,13 @@ def layer_hashes(backbone) -> dict:
             value = np.ascontiguousarray(np.asarray(weight))
             digest.update(str(value.shape).encode())
             digest.update(value.tobytes())
-        hashes[layer.name] = digest.hexdigest()
+        hashes.append([position, layer.name, digest.hexdigest()])
     return hashes
 
 
-def combined_hash(hashes: dict) -> str:
-    """One SHA-256 of a backbone's layer hashes (the sidecar's ``backbone_sha256``)."""
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+def combined_hash(hashes: list) -> str:
+    """One SHA-256 of a backbone's layer hashes in order (the sidecar's ``backbone_sha256``)."""
+    return hashlib.sha256("".join(digest for _, _, digest in hashes).encode()).hexdigest()
 
 
 def compute_features(extractor, images: np.ndarray, flip: bool, target: np.ndarray) -> None:
@@ -242,13 +244,12 @@ def check_cache_matches(cache: FeatureCache, settings: dict, images: np.ndarray)
 def check_backbone(backbone, sidecar: dict, checkpoint) -> None:
     """The V3 check with a cache, part 1: the loaded branch's backbone weights must equal, by
     hash, those the features were computed with; a difference names the backbone's layers."""
-    found = layer_hashes(backbone)
-    expected = sidecar["layer_sha256"]
-    changed = sorted(
-        name for name in set(found) | set(expected) if found.get(name) != expected.get(name)
-    )
+    found = {position: digest for position, _, digest in layer_hashes(backbone)}
+    expected = {position: digest for position, _, digest in sidecar["layer_sha256"]}
+    changed = sorted(p for p in set(found) | set(expected) if found.get(p) != expected.get(p))
     if changed:
-        shown = ", ".join(f"{backbone.name}/{name}" for name in changed[:5])
+        names = [backbone.layers[p].name if p < len(backbone.layers) else f"#{p}" for p in changed]
+        shown = ", ".join(f"{backbone.name}/{name}" for name in names[:5])
         more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise FeatureCacheError(
             f"checkpoint {checkpoint}: backbone weights differ from those the cached features "

@@ -208,7 +208,8 @@ def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch
         outputs = head.predict(features, batch_size=batch_size, verbose=0)
         reproduction_check(outputs, expected, modality, "from cached features")
         spot = np.unique(np.linspace(0, len(rows) - 1, PIXEL_CHECK_VIEWS).round().astype(int))
-        from_pixels = branch.predict(np.asarray(member.images[rows[spot]]), verbose=0)
+        pixels = {f"{modality}_input": np.asarray(member.images[rows[spot]])}
+        from_pixels = branch.predict(pixels, verbose=0)
         reproduction_check(from_pixels, expected[spot], modality, "from pixels, whole branch")
     recomputed = member.view_probs[["view", ID, "split"]].copy()
     recomputed[columns] = outputs
