@@ -274,7 +274,8 @@ FEATURE_RUN = {
     "image_dir": ".",
     "image_model": {**IMAGE_SETTINGS, "size": 32, "channels": 3, **FROZEN},
     "modalities": {"thermal_map": {"images": "thermal_images.csv", "size": 32}},
-    "combinations": [["thermal_map"], ["metadata", "thermal_map"]],
+    "combinations": [["metadata", "thermal_map"]],
+    "evaluation": {"bootstrap": 200, "confidence": 0.95},
     "predict": {"samples": "demo.csv", "images": {"thermal_map": "thermal_images.csv"}},
 }
 
