@@ -79,6 +79,23 @@ def cached32(demo_table, tmp_path_factory):
     return cache_modality(demo_table, tmp_path_factory.mktemp("cache32"), 32, channels=3)
 
 
+def thermal_feature_cache(branch, images, settings: dict, folder: Path):
+    """Write the feature cache of ``images`` for a thermal branch that holds its backbone's
+    weights (a MobileNetV3Small) into ``folder``; return it loaded."""
+    from fusion_dag.features import load_feature_cache, write_feature_cache
+    from fusion_dag.image import feature_extractor
+
+    paths = {
+        "features": folder / "features.npy",
+        "backbone": folder / "backbone.weights.h5",
+        "sidecar": folder / "features.json",
+    }
+    backbone = branch.get_layer("thermal_map_backbone")
+    extractor = feature_extractor(branch, "thermal_map")
+    write_feature_cache(extractor, backbone, images, settings, paths, "mobilenet_v3")
+    return load_feature_cache(paths["features"], paths["sidecar"], paths["backbone"])
+
+
 def train_tiny_branch(cached, folder: Path, **overrides):
     """Train the thermal branch on fold 1 of the cached demo into ``folder``; return the model."""
     configure_tensorflow(1, 1, 42)

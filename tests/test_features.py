@@ -17,11 +17,16 @@ from fusion_dag.features import (
     FeatureCacheError,
     compute_features,
     flips,
-    load_feature_cache,
     no_cache_reason,
-    write_feature_cache,
 )
-from tests.conftest import CLASSES, IMAGE_SETTINGS, TINY, run_snakemake, scheduled_jobs
+from tests.conftest import (
+    CLASSES,
+    IMAGE_SETTINGS,
+    TINY,
+    run_snakemake,
+    scheduled_jobs,
+    thermal_feature_cache,
+)
 
 # The tests of the module's run share one xdist worker, which builds the run once.
 RUN = pytest.mark.xdist_group("feature_run")
@@ -169,19 +174,11 @@ def unshuffled_batches(cache, labels, weights):
 def cached_member(cached32, pretrained, tmp_path):
     """A frozen branch's image-stage outputs with a feature cache on disk: (member, branch)."""
     from fusion_dag.fusion import ImageMember
-    from fusion_dag.image import feature_extractor, feature_head
+    from fusion_dag.image import feature_head
 
     images, views, _ = cached32
     branch = frozen_branch(pretrained)
-    paths = {
-        "features": tmp_path / "features.npy",
-        "backbone": tmp_path / "backbone.weights.h5",
-        "sidecar": tmp_path / "features.json",
-    }
-    backbone = branch.get_layer("thermal_map_backbone")
-    extractor = feature_extractor(branch, "thermal_map")
-    write_feature_cache(extractor, backbone, images, pretrained, paths, "mobilenet_v3")
-    cache = load_feature_cache(paths["features"], paths["sidecar"], paths["backbone"])
+    cache = thermal_feature_cache(branch, images, pretrained, tmp_path)
     probs = feature_head(branch, "thermal_map").predict(cache.features[:, 0], verbose=0)
     view_probs = views[["view", "id"]].assign(split="val")
     view_probs[[f"prob_{c}" for c in CLASSES]] = probs
@@ -288,12 +285,13 @@ def feature_config(calibrated):
 
 @pytest.fixture(scope="module")
 def feature_run(tmp_path_factory, feature_config):
-    """A finished fusion_results and predict run with a feature cache (shared, read-only)."""
+    """A finished run with a feature cache, through the fusion's out-of-fold table and predict
+    (shared, read-only)."""
     workdir = tmp_path_factory.mktemp("feature_run")
     write_demo(workdir / "demo.csv", patients=40, seed=7)
-    result = run_snakemake(
-        workdir, "--cores", "2", "fusion_results", "predict", config=feature_config
-    )
+    # The fused out-of-fold table and predict: every job these tests read, not the report's.
+    oof = "results/fusion/metadata+thermal_map/oof.tsv"
+    result = run_snakemake(workdir, "--cores", "2", oof, "predict", config=feature_config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir
 

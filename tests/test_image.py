@@ -18,7 +18,7 @@ from fusion_dag.image import (
     train_branch,
 )
 from fusion_dag.views import CROP
-from tests.conftest import CLASSES, branch_fold, train_tiny_branch
+from tests.conftest import CLASSES, branch_fold, thermal_feature_cache, train_tiny_branch
 
 
 def test_cache_is_memory_mapped_uint8_and_holds_each_views_crop(cached):
@@ -332,20 +332,11 @@ def fit_calls(monkeypatch):
 
 def feature_cache_of(cached32, settings: dict, folder):
     """The feature cache of the cached demo views for a branch of ``settings``."""
-    from fusion_dag.features import load_feature_cache, write_feature_cache
-    from fusion_dag.image import feature_extractor, load_backbone_weights
+    from fusion_dag.image import load_backbone_weights
 
     branch = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
     load_backbone_weights(branch, "thermal_map", settings)
-    paths = {
-        "features": folder / "features.npy",
-        "backbone": folder / "backbone.weights.h5",
-        "sidecar": folder / "features.json",
-    }
-    backbone = branch.get_layer("thermal_map_backbone")
-    extractor = feature_extractor(branch, "thermal_map")
-    write_feature_cache(extractor, backbone, cached32[0], settings, paths, "mobilenet_v3")
-    return load_feature_cache(paths["features"], paths["sidecar"], paths["backbone"])
+    return thermal_feature_cache(branch, cached32[0], settings, folder)
 
 
 @pytest.mark.parametrize("from_cache", [False, True], ids=["pixels", "cached features"])

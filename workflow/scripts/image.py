@@ -2,7 +2,7 @@ from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.cache import load_cache
 from fusion_dag.checkpoint import checkpoint_sidecar
 from fusion_dag.evaluate import fold_metrics
-from fusion_dag.features import load_feature_cache
+from fusion_dag.features import input_feature_cache
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
@@ -11,13 +11,6 @@ with job_log(snakemake.log[0]) as log:
 
     settings = snakemake.params.settings
     repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
-    features = None
-    if snakemake.input.get("features"):
-        features = load_feature_cache(
-            snakemake.input.features,
-            snakemake.input.features_sidecar,
-            snakemake.input.features_backbone,
-        )
     task = BranchFold(
         *load_cache(snakemake.input.cache, snakemake.input.views),
         folds=read_tsv(snakemake.input.folds),
@@ -26,7 +19,7 @@ with job_log(snakemake.log[0]) as log:
         classes=snakemake.params.classes,
         settings=settings,
         seed=snakemake.params.seed,
-        features=features,
+        features=input_feature_cache(snakemake.input),
     )
     output = snakemake.output
     model, probs, view_probs, record = train_stage(

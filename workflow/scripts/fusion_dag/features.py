@@ -220,6 +220,16 @@ def load_feature_cache(features: Path, sidecar: Path, backbone: Path | None = No
     return FeatureCache(array, record, Path(backbone) if backbone else None)
 
 
+def input_feature_cache(inputs) -> FeatureCache | None:
+    """The feature cache a job's inputs name (``features``, ``features_sidecar``,
+    ``features_backbone``), or None when its modality has none."""
+    if not inputs.get("features"):
+        return None
+    return load_feature_cache(
+        inputs.get("features"), inputs.get("features_sidecar"), inputs.get("features_backbone")
+    )
+
+
 def check_cache_matches(cache: FeatureCache, settings: dict, images: np.ndarray) -> None:
     """Refuse a feature cache made for another backbone, weights source, size, channel count,
     flip or number of views than the branch that is about to use it."""
