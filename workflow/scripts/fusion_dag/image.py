@@ -615,10 +615,11 @@ def set_phase_trainable(model, modality: str, settings: dict, phase: str) -> Non
 def run_phase(model, task: BranchFold, phase: str, views: tuple, pixels) -> tuple:
     """Train one phase (:func:`training_phases`) with early stopping on the inner split.
 
-    ``views`` are the (fit, stop) views with their sample weights' class weights applied by
-    ``pixels()``, which returns the (fit, stop) pixel arrays when a phase needs them. The head
-    phase with a feature cache trains :func:`feature_head` on the cached features and copies it
-    back into the branch. Returns (history, best epoch, what it trained on).
+    ``views`` is ((fit views, their sample weights), (stop views, theirs)); ``pixels()``
+    returns the (fit, stop) arrays of images, labels and weights, read from the image cache the
+    first time a phase needs them. The head phase with a feature cache trains
+    :func:`feature_head` on the cached features and copies it back into the branch. Returns
+    (history, best epoch, what it trained on).
     """
     settings = task.settings
     set_phase_trainable(model, task.modality, settings, phase)
