@@ -4,7 +4,7 @@
     python bench/backbones.py --tiny    # 32 px, MobileNetV3Small only (CI keeps it working)
 
 The image stage (``train_branch``: inner patient-grouped early-stopping split, balanced class
-weights, the streaming kappa metric, the CSV history and best-epoch restore) and a plain
+weights, the streaming kappa metric, the per-epoch history and best-epoch restore) and a plain
 ``model.fit`` train the same branch (``backbone_weights: null``) on the same memory-mapped
 arrays, with the same batch size, epochs and validation rows, in this one process. The ratio
 of their training throughputs (training images per second of wall time, validation passes
