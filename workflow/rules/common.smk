@@ -227,8 +227,7 @@ def combination_inputs(members, metadata, stage):
                 inputs[f"{modality}_view_probs"] = f"{stage(modality)}/view_probs.tsv"
                 inputs[f"{modality}_cache"] = f"results/prepared/images/{modality}.npy"
                 inputs[f"{modality}_views"] = f"results/prepared/{modality}_views.tsv"
-                cached = feature_files(modality, prefix=f"{modality}_")
-                inputs.update({k: v for k, v in cached.items() if "backbone" not in k})
+                inputs.update(feature_files(modality, prefix=f"{modality}_"))
     return inputs
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from fusion_dag.artifacts import ID, prob_columns, read_json, read_tsv
 from fusion_dag.checkpoint import CheckpointError, load_frozen_branch, verify_sidecar
-from fusion_dag.features import FeatureCache, check_backbone, feature_arrays, load_feature_cache
+from fusion_dag.features import FeatureCache, check_backbone, feature_arrays, input_feature_cache
 from fusion_dag.views import visit_means
 from fusion_dag.weights import METADATA
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # The files of one image member a fusion job reads: its checkpoint, sidecar and visit
 # probabilities, and (to fuse it with another member) its per-view probabilities, its image
-# cache and the cache's views, and its feature cache and that cache's sidecar when it has one.
+# cache and the cache's views, and its feature cache (features, sidecar, backbone) when it has one.
 MEMBER_FILES = (
     "checkpoint",
     "sidecar",
@@ -33,6 +33,7 @@ MEMBER_FILES = (
     "views",
     "features",
     "features_sidecar",
+    "features_backbone",
 )
 
 
@@ -90,14 +91,13 @@ class ImageMember:
 def read_image_member(files: dict, settings: dict) -> ImageMember:
     """An :class:`ImageMember` from its files (``MEMBER_FILES`` -> path; ``view_probs``,
     ``cache``, ``views`` and the feature cache's files may be None)."""
-    images = views = view_probs = features = None
+    images = views = view_probs = None
     if files.get("cache"):
         from fusion_dag.cache import load_cache
 
         images, views = load_cache(files["cache"], files["views"])
         view_probs = read_tsv(files["view_probs"])
-    if files.get("features"):
-        features = load_feature_cache(files["features"], files["features_sidecar"])
+    features = input_feature_cache(files)
     return ImageMember(
         probs=read_tsv(files["probs"]),
         checkpoint=Path(files["checkpoint"]),
