@@ -12,6 +12,7 @@ row was scored and the metrics table (results/predict/metrics.tsv), and writes t
 """
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,9 @@ def main() -> None:
             }
         },
         "predict": {"samples": "new.csv", "images": {"thermal_map": "thermal_images.csv"}},
+        # The bench measures the bundle as trained, a branch stuck at one class included
+        # (final_models refuses that by default); the report names any such branch.
+        "final": {"allow_collapsed": True},
     }
     final_seconds, final_jobs = snakemake(
         workdir, "final_models", config=config, cores=arguments.cores
@@ -85,8 +89,10 @@ def main() -> None:
     metrics = pd.read_csv(workdir / "results/predict/metrics.tsv", sep="\t")
     bundle = workdir / "results/final/bundle"
     shown = ["predictor", "n_rows", "n_groups", "n_unscored"]
-    for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "ece"):
+    for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "ece"):
         shown += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+    checks = json.loads((workdir / "results/final/bundle/manifest.json").read_text())
+    collapsed = checks["final_checks"]["collapsed_branches"]
     used = predictions["members_used"].value_counts().rename_axis("members_used")
     report = "\n".join(
         [
@@ -100,6 +106,8 @@ def main() -> None:
             f"{predict_jobs}.",
             f"Bundle: {folder_size(bundle) / 1e6:.2f} MB in "
             f"{sum(1 for p in bundle.rglob('*') if p.is_file())} files.",
+            "Final branches that predict one class for every training row (bundled with "
+            f"final.allow_collapsed: true): {collapsed or 'none'}.",
             "",
             used.reset_index(name="rows").to_markdown(index=False),
             "",

@@ -102,6 +102,25 @@ def test_a_row_without_any_member_is_kept_unscored(caplog):
     assert metrics.loc[0, "n_rows"] == 1 and metrics.loc[0, "n_unscored"] == 3
 
 
+def test_a_final_branch_predicting_one_class_everywhere_is_collapsed():
+    from fusion_dag.bundle import BundleError, check_collapsed, collapsed_branches
+
+    learned = probs(["a", "b", "c"], [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7]])
+    stuck = probs(["a", "b", "c"], [[0.3, 0.6, 0.1]] * 3)
+    # A validation row of another class does not count: only training rows are the branch's fit.
+    stuck_with_val = pd.concat([stuck, probs(["d"], [[0.9, 0.1, 0.0]])], ignore_index=True)
+    for table in (learned, stuck, stuck_with_val):
+        table["split"] = "train"
+    stuck_with_val.loc[3, "split"] = "val"
+    branches = {"thermal_map": learned, "wound_photo": stuck, "depth_map": stuck_with_val}
+    collapsed = collapsed_branches(branches, CLASSES)
+    assert collapsed == {"wound_photo": "P", "depth_map": "P"}
+    with pytest.raises(BundleError, match="raise modalities.wound_photo.patience"):
+        check_collapsed(collapsed, allow=False)
+    check_collapsed(collapsed, allow=True)
+    check_collapsed({}, allow=False)
+
+
 def test_a_numeric_feature_with_text_is_one_error_naming_rows():
     table = pd.DataFrame({"age": ["61", "seventy", "3,5"]})
     with pytest.raises(InputError, match=r"'age' was numeric in training.*'seventy'.*rows 2"):

@@ -1,6 +1,7 @@
 """The workflow reused as a Snakemake module from another folder, with the user's own config."""
 
 import copy
+import json
 
 import pandas as pd
 import pytest
@@ -53,8 +54,21 @@ use rule * from fusion_dag
     result = run_command(tmp_path, ["--cores", "2", "fusion_results"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
-    assert headline["combination"].tolist() == ["metadata", "metadata+thermal_map"]
-    assert headline["n_repeats"].tolist() == [2, 2]
+    assert headline[["combination", "rows"]].values.tolist() == [
+        ["metadata", "complete"],
+        ["metadata+thermal_map", "complete"],
+        ["metadata+thermal_map", "all"],
+    ]
+    assert headline["n_repeats"].tolist() == [2, 2, 2]
+    # Each repeat seeds its own models: repeat 2's image branch and fusion run with cv.seed + 1.
+    for stage in ("image/thermal_map", "fusion/metadata+thermal_map"):
+        seeds = [
+            json.loads((tmp_path / f"results/{stage}/repeat{r}/fold1/metrics.json").read_text())[
+                "runtime"
+            ]["seed"]
+            for r in (1, 2)
+        ]
+        assert seeds == [42, 43], stage
     log = (tmp_path / "logs/fusion/metadata+thermal_map/repeat2/fold1.log").read_text()
     assert "Loaded weights for layer: thermal_map_conv1" in log
     folds = pd.read_csv(tmp_path / "results/folds.tsv", sep="\t")
@@ -68,10 +82,11 @@ use rule * from fusion_dag
     views = pd.read_csv(tmp_path / "results/prepared/thermal_map_views.tsv", sep="\t")
     assert oof.groupby("repeat")["id"].nunique().tolist() == [views["id"].nunique()] * 2
     comparisons = pd.read_csv(tmp_path / "results/comparisons.tsv", sep="\t")
-    assert (
-        comparisons["versus"].tolist() == ["metadata"]
-        and comparisons["p_value"].between(0, 1).all()
-    )
+    assert comparisons[["versus", "family"]].values.tolist() == [
+        ["metadata", "primary"],
+        ["metadata", "primary, all visits"],
+    ]
+    assert comparisons["p_value"].between(0, 1).all()
     sweep = pd.read_csv(
         tmp_path / "results/diagnostics/metadata+thermal_map/weight_sweep.tsv", sep="\t"
     )

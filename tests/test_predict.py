@@ -295,3 +295,44 @@ def test_predict_without_a_table_names_the_key(tmp_path):
     result = run_snakemake(tmp_path, "-n", "predict", config=TINY)
     assert result.returncode != 0
     assert "Invalid config key 'predict.samples'" in result.stdout + result.stderr
+
+
+def test_a_collapsed_final_branch_stops_the_bundle_unless_allowed(external_run, tmp_path):
+    """The final thermal branch made to predict class P everywhere (as a branch stuck at its
+    first plateau does): the bundle job stops with one line naming it, writes no bundle, and
+    with final.allow_collapsed the manifest records it."""
+    import json
+
+    workdir = tmp_path / "run"
+    shutil.copytree(external_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / "results/final/bundle")
+    probs_file = workdir / "results/final/image/thermal_map/probs.tsv"
+    probs = pd.read_csv(probs_file, sep="\t")
+    probs[PROBS] = [0.2, 0.7, 0.1]
+    probs.to_csv(probs_file, sep="\t", index=False)
+    # Only the bundle re-runs: the final fusion would (rightly) refuse the edited probabilities.
+    arguments = [
+        "--cores",
+        "1",
+        "final_models",
+        "--rerun-triggers",
+        "params",
+        "--forcerun",
+        "bundle",
+    ]
+    result = run_snakemake(workdir, *arguments, config=EXTERNAL)
+    assert result.returncode != 0
+    errors = [line for line in result.stdout.splitlines() if "fusion-dag input error" in line]
+    errors += [line for line in result.stderr.splitlines() if "fusion-dag input error" in line]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "final image branch thermal_map predicts class P for every training row" in errors[0]
+    assert "final: {allow_collapsed: true}" in errors[0] and "patience" in errors[0]
+    assert not (workdir / "results/final/bundle").exists()
+    config = {**EXTERNAL, "final": {"allow_collapsed": True}}
+    result = run_snakemake(workdir, *arguments, config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((workdir / "results/final/bundle/manifest.json").read_text())
+    assert manifest["final_checks"] == {
+        "collapsed_branches": {"thermal_map": "P"},
+        "allow_collapsed": True,
+    }

@@ -1,24 +1,34 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from fusion_dag.report import (
+    all_visits_oof,
     comparisons_table,
     headline_table,
     markdown_table,
     per_fold_table,
+    results_markdown,
 )
 from tests.conftest import CLASSES
 
-EVALUATION = {"bootstrap": 300, "confidence": 0.95}
-INTERVALS = ["kappa", "qwk", "balanced_accuracy", "macro_f1", "brier", "log_loss", "ece"]
+EVALUATION = {"bootstrap": 300, "confidence": 0.95, "primary": "a"}
+INTERVALS = ["kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece"]
 HEADLINE = (
-    ["combination", "n_folds", "n_repeats", "n_rows"]
+    ["combination", "rows", "n_folds", "n_repeats", "n_rows"]
     + [
         column
         for metric in INTERVALS
         for column in (
-            [f"{metric}_mean", "kappa_std", f"{metric}_ci_low", f"{metric}_ci_high"]
+            [
+                "kappa_mean",
+                "kappa_std",
+                "kappa_ci_low",
+                "kappa_ci_high",
+                "kappa_boot_low",
+                "kappa_boot_high",
+            ]
             if metric == "kappa"
             else [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"]
         )
@@ -76,30 +86,150 @@ def test_headline_has_the_contract_columns_and_intervals_around_the_points():
     assert list(headline.columns) == HEADLINE
     assert headline["combination"].tolist() == ["metadata", "thermal_map"]
     row = headline.set_index("combination").loc["metadata"]
-    assert (row["n_folds"], row["n_repeats"], row["n_rows"]) == (3, 2, 180)
+    assert (row["rows"], row["n_folds"], row["n_repeats"], row["n_rows"]) == ("complete", 3, 2, 180)
     for metric in INTERVALS:
         assert row[f"{metric}_ci_low"] <= row[f"{metric}_mean"] <= row[f"{metric}_ci_high"]
+    assert row["kappa_boot_low"] <= row["kappa_mean"] <= row["kappa_boot_high"]
     assert row["gap_mean"] == pytest.approx(0.4 - row["kappa_mean"])
     assert headline.loc[0, "kappa_mean"] > headline.loc[1, "kappa_mean"]
 
 
-def test_a_model_compared_with_itself_differs_by_zero_with_no_evidence():
+def fold_kappas(oof):
+    """Each (repeat, fold)'s kappa with scikit-learn, and n_test / n_train of each fold."""
+    kappas, shares = [], []
+    for (repeat, _), rows in oof.groupby(["repeat", "fold"]):
+        predicted = rows[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(axis=1)
+        kappas.append(cohen_kappa_score(rows["label"].map(CLASSES.index), predicted))
+        shares.append(len(rows) / ((oof["repeat"] == repeat).sum() - len(rows)))
+    return np.array(kappas), np.mean(shares)
+
+
+def test_the_headline_interval_is_the_corrected_t_interval_around_the_pooled_kappa():
+    from scipy import stats
+
+    oof = synthetic_oof(0.3, seed=5)
+    headline = headline_table(
+        per_fold_table(per_fold("a", oof)), {"a": oof}, CLASSES, EVALUATION, 1
+    )
+    kappas, share = fold_kappas(oof)
+    error = np.sqrt(kappas.var(ddof=1) * (1 / 6 + share))  # J = 6 folds; share about 1/2
+    half = stats.t.ppf(0.975, df=5) * error
+    row = headline.iloc[0]
+    assert row["kappa_std"] == pytest.approx(kappas.std(ddof=1))
+    assert row["kappa_ci_low"] == pytest.approx(row["kappa_mean"] - half, abs=1e-9)
+    assert row["kappa_ci_high"] == pytest.approx(row["kappa_mean"] + half, abs=1e-9)
+
+
+def test_a_model_compared_with_itself_differs_by_zero_and_is_inconclusive():
     oof = synthetic_oof(0.3)
     table = comparisons_table({"a+b": oof, "a": oof.copy()}, CLASSES, EVALUATION, 42)
     row = table.iloc[0]
-    assert (row["combination"], row["versus"]) == ("a+b", "a")
+    assert (row["combination"], row["versus"], row["primary"]) == ("a+b", "a", True)
     assert row["kappa_diff"] == 0.0 and row["kappa_diff_ci_low"] == row["kappa_diff_ci_high"] == 0.0
-    assert row["p_value"] == 1.0 and row["verdict"] == "no evidence of a difference"
+    assert row["p_value"] == 1.0 and row["p_holm"] == 1.0 and row["verdict"] == "inconclusive"
 
 
-def test_comparison_uses_only_rows_both_sides_scored_and_finds_a_real_gain():
+def test_comparison_uses_only_rows_both_sides_scored_and_its_interval_inverts_the_test():
+    from scipy import stats
+
     strong, weak = synthetic_oof(0.6, seed=3), synthetic_oof(0.05, seed=3)
     weak = weak[~weak["group"].isin(["p0", "p1"])]  # a modality that dropped two patients
-    table = comparisons_table({"a+b": strong, "b": weak}, CLASSES, EVALUATION, 42)
+    table = comparisons_table({"a+b": strong, "a": weak}, CLASSES, EVALUATION, 42)
     row = table.iloc[0]
     assert row["n_rows"] == 180 - 6
-    assert row["kappa_diff"] > 0 and row["kappa_diff_ci_low"] > 0
-    assert row["verdict"] == "fusion better" and row["p_value"] < 0.05
+    # By hand: per-fold kappas on the shared rows, mean +- t x the corrected standard error,
+    # with K - 1 = 2 degrees of freedom (3 folds; the repeats add none).
+    shared = strong[strong["id"].isin(weak["id"])]
+    mine, share = fold_kappas(shared)
+    theirs, _ = fold_kappas(weak)
+    d = mine - theirs
+    error = np.sqrt(d.var(ddof=1) * (1 / 6 + share))
+    half = stats.t.ppf(0.975, df=2) * error
+    assert row["kappa_diff_folds"] == pytest.approx(d.mean())
+    assert row["kappa_diff_ci_low"] == pytest.approx(d.mean() - half)
+    assert row["kappa_diff_ci_high"] == pytest.approx(d.mean() + half)
+    assert row["t_corrected"] == pytest.approx(d.mean() / error)
+    assert row["kappa_diff_ci_low"] > 0 and row["p_value"] < 0.05
+    assert row["verdict"] == "better" and row["brier_diff"] < 0 and row["brier_diff_ci_high"] < 0
+
+
+def test_holm_adjusts_a_hand_computed_family():
+    from fusion_dag.evaluate import holm_adjusted
+    from fusion_dag.report import verdicts
+
+    # Sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (order kept), 0.20.
+    p = [0.04, 0.01, 0.20, 0.03]
+    assert holm_adjusted(p) == pytest.approx([0.09, 0.04, 0.20, 0.09])
+    adjusted, words = verdicts([0.1, -0.2, 0.05, 0.1], [0.04, 0.01, 0.20, 0.03])
+    assert words == ["inconclusive", "worse", "inconclusive", "inconclusive"]
+    assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with_the_primary():
+    oofs = {
+        "a": synthetic_oof(0.2, seed=1),
+        "b": synthetic_oof(0.1, seed=2),
+        "c": synthetic_oof(0.15, seed=3),
+        "a+b": synthetic_oof(0.3, seed=4),
+        "a+b+c": synthetic_oof(0.35, seed=5),
+    }
+    table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
+    pairs = table[["combination", "versus", "family"]].values.tolist()
+    assert pairs == [
+        ["a+b", "a", "primary"],
+        ["a+b", "b", "secondary"],
+        ["a+b+c", "a", "primary"],
+        ["a+b+c", "b", "secondary"],
+        ["a+b+c", "c", "secondary"],
+    ]
+    assert table["primary"].tolist() == [True, False, True, False, False]
+    from fusion_dag.evaluate import holm_adjusted
+
+    for _, family in table.groupby("family"):
+        assert family["p_holm"].to_numpy() == pytest.approx(holm_adjusted(family["p_value"]))
+    assert (table["p_holm"] >= table["p_value"]).all()
+
+
+def test_rows_all_scores_each_visit_with_the_members_it_has_as_predict_weighs_them():
+    metadata = synthetic_oof(0.3, repeats=1, patients=12, seed=6)
+    image = synthetic_oof(0.2, repeats=1, patients=12, seed=7)
+    image = image[image["id"].isin(metadata["id"])].iloc[:20]  # some visits lack the image
+    image = image.drop(columns="fold").merge(metadata[["id", "fold"]], on="id")
+    folds = metadata[["id", "group", "label", "repeat", "fold"]]
+    scored = all_visits_oof(
+        ["metadata", "thermal_map"],
+        {"metadata": metadata, "thermal_map": image},
+        folds,
+        CLASSES,
+        {"metadata_weight": 0.7, "weights": None},
+    )
+    assert len(scored) == len(metadata) and list(scored.columns[:5]) == list(
+        folds.columns[[3, 4, 0, 1, 2]]
+    )
+    columns = [f"prob_{c}" for c in CLASSES]
+    by_id = scored.set_index("id")[columns]
+    both = image["id"]
+    expected = (
+        0.7 * metadata.set_index("id").loc[both, columns] + 0.3 * image.set_index("id")[columns]
+    )
+    assert by_id.loc[both].to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-12)
+    alone = metadata[~metadata["id"].isin(both)].set_index("id")[columns]
+    assert by_id.loc[alone.index].to_numpy() == pytest.approx(alone.to_numpy(), abs=1e-12)
+
+
+def test_results_markdown_shows_the_primary_verdicts_before_the_headline():
+    oofs = {"a": synthetic_oof(0.2, seed=1), "a+b": synthetic_oof(0.4, seed=2)}
+    records = per_fold("a", oofs["a"]) + per_fold("a+b", oofs["a+b"])
+    headline = headline_table(per_fold_table(records), oofs, CLASSES, EVALUATION, 42)
+    comparisons = comparisons_table(oofs, CLASSES, EVALUATION, 42)
+    text = results_markdown(headline, comparisons, "a")
+    assert text.index("Does each fusion add to a?") < text.index("## Headline")
+    verdict_table = text[: text.index("## Headline")]
+    assert "| a+b " in verdict_table and comparisons.loc[0, "verdict"] in verdict_table
+    header = next(
+        line for line in text[text.index("## Headline") :].splitlines() if "kappa" in line
+    )
+    assert len(header.split("|")) - 2 <= 14  # readable: the README's columns, not the TSV's 40
 
 
 def test_markdown_table_has_a_row_per_combination():

@@ -2,8 +2,10 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import cohen_kappa_score
 
 from tests.conftest import CLASSES, TINY, run_snakemake
 
@@ -35,15 +37,24 @@ def test_folds_and_fold_probabilities_follow_the_contract(tiny_run):
 @pytest.mark.xdist_group("tiny_run")
 def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
     headline = read(tiny_run, "fusion_results.tsv")
-    assert headline["combination"].tolist() == ["metadata", "thermal_map", "metadata+thermal_map"]
+    assert headline[["combination", "rows"]].values.tolist() == [
+        ["metadata", "complete"],
+        ["thermal_map", "complete"],
+        ["metadata+thermal_map", "complete"],
+        ["metadata+thermal_map", "all"],
+    ]
     assert headline.loc[0, ["n_folds", "n_repeats"]].tolist() == [3, 1]
     # Every interval holds its point estimate.
-    for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "brier", "log_loss", "ece"):
+    metrics = ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece")
+    for metric in metrics:
         low, point, high = (headline[f"{metric}_{part}"] for part in ("ci_low", "mean", "ci_high"))
         assert ((low <= point) & (point <= high)).all(), metric
     # Forests memorise: in-sample kappa is far above the out-of-fold train kappa.
     assert headline.loc[0, "fit_kappa_mean"] > headline.loc[0, "train_kappa_mean"] + 0.3
     assert "| metadata" in (tiny_run / "results/fusion_results.md").read_text()
+    # The report opens on the run's verdicts and headline.
+    front = (tiny_run / "results/report/front_page.rst").read_text()
+    assert front.index("Does each fusion add to metadata?") < front.index("Headline")
 
 
 @pytest.mark.xdist_group("tiny_run")
@@ -64,14 +75,47 @@ def test_per_fold_and_out_of_fold_tables_cover_every_partition_and_row(tiny_run)
 @pytest.mark.xdist_group("tiny_run")
 def test_comparisons_pair_each_fusion_with_its_members_on_the_same_rows(tiny_run):
     comparisons = read(tiny_run, "comparisons.tsv")
-    assert comparisons[["combination", "versus"]].values.tolist() == [
-        ["metadata+thermal_map", "metadata"],
-        ["metadata+thermal_map", "thermal_map"],
+    assert comparisons[["combination", "versus", "family", "rows"]].values.tolist() == [
+        ["metadata+thermal_map", "metadata", "primary", "complete"],
+        ["metadata+thermal_map", "metadata", "primary, all visits", "all"],
+        ["metadata+thermal_map", "thermal_map", "secondary", "complete"],
     ]
-    # Both sides of each comparison are scored on the same rows: the visits with thermal views.
+    assert comparisons["primary"].tolist() == [True, False, False]
+    assert set(comparisons["verdict"]) <= {"better", "worse", "inconclusive"}
+    # Both sides of each comparison are scored on the same rows: the visits with thermal views,
+    # or every visit for rows: all.
     fused = read(tiny_run, "fusion/metadata+thermal_map/oof.tsv")
-    assert (comparisons["n_rows"] == len(fused)).all()
-    assert len(fused) < len(read(tiny_run, "fusion/metadata/oof.tsv"))
+    metadata = read(tiny_run, "fusion/metadata/oof.tsv")
+    assert comparisons["n_rows"].tolist() == [len(fused), len(metadata), len(fused)]
+    assert len(fused) < len(metadata)
+
+
+@pytest.mark.xdist_group("tiny_run")
+def test_rows_all_equals_predicts_scoring_of_the_out_of_fold_member_probabilities(tiny_run):
+    from fusion_dag.artifacts import prob_columns
+    from fusion_dag.predict import fuse_rows
+
+    columns = prob_columns(CLASSES)
+    folds = read(tiny_run, "folds.tsv")
+    members = {}
+    for member, stage in (("metadata", "metadata"), ("thermal_map", "image/thermal_map")):
+        parts = [
+            read(tiny_run, f"{stage}/repeat1/fold{k}/probs.tsv").query("split == 'val'")
+            for k in (1, 2, 3)
+        ]
+        members[member] = pd.concat(parts)[["id", *columns]]
+    spec = {"classes": CLASSES, "fusion": {"metadata_weight": 0.7, "weights": None}}
+    predicted = fuse_rows(folds, members, ["metadata", "thermal_map"], spec)
+    assert set(predicted["members_used"]) == {"metadata", "metadata+thermal_map"}
+    truth = predicted["label"].map(CLASSES.index)
+    expected = cohen_kappa_score(truth, predicted[columns].to_numpy().argmax(axis=1))
+    headline = read(tiny_run, "fusion_results.tsv").set_index(["combination", "rows"])
+    row = headline.loc[("metadata+thermal_map", "all")]
+    assert row["n_rows"] == len(folds) and row["kappa_mean"] == pytest.approx(expected)
+    # On the visits with every member it is the fusion jobs' own scoring.
+    fused = read(tiny_run, "fusion/metadata+thermal_map/oof.tsv").set_index("id")[columns]
+    complete = predicted.set_index("id").loc[fused.index, columns]
+    assert np.abs(complete.to_numpy() - fused.to_numpy()).max() < 1e-5
 
 
 @pytest.mark.xdist_group("tiny_run")

@@ -21,7 +21,7 @@ rule ablation_fold:
         classes=config["classes"],
         settings=lambda wildcards: MODALITY_SETTINGS[PAIRS[wildcards.combination]],
         weights=pair_weight_settings,
-        seed=config["cv"]["seed"],
+        seed=repeat_seed,
     script:
         "../scripts/ablation_fold.py"
 

@@ -16,6 +16,7 @@ from fusion_dag.config import (
     class_names,
     check_columns,
     check_fusion_weights,
+    check_primary,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -51,6 +52,7 @@ try:
     check_columns(config["columns"])
     COMBINATIONS = selected_combinations(config)
     check_fusion_weights(config, COMBINATIONS)
+    check_primary(config)
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
@@ -204,9 +206,13 @@ def image_table_inputs(wildcards):
     return tables
 
 
-def partition_seed(wildcards):
-    """The seed of one repeat's partition: cv.seed for repeat 1, then cv.seed + 1, ..."""
-    return config["cv"]["seed"] + int(wildcards.repeat) - 1
+def repeat_seed(wildcards):
+    """The seed of one repeat: cv.seed for repeat 1, then cv.seed + 1, ...; it seeds the
+    repeat's partition and every model in it (forest, inner splits, TensorFlow, early-stopping
+    split), so repeats vary the models' randomness as well as the partition. The final models,
+    outside every repeat, use cv.seed."""
+    repeat = int(getattr(wildcards, "repeat", 1))
+    return config["cv"]["seed"] + repeat - 1
 
 
 def combination_inputs(members, metadata, stage):
@@ -296,7 +302,7 @@ def fusion_settings(wildcards):
     if len(members) > 1 and images:
         settings["batch_size"] = config["image_model"]["batch_size"]
         settings["intra_op_threads"] = config["image_model"]["intra_op_threads"]
-        settings["seed"] = config["cv"]["seed"]
+        settings["seed"] = repeat_seed(wildcards)
     return settings
 
 
@@ -348,6 +354,65 @@ def run_metrics(wildcards):
     )
 
 
+def member_stage_probs(member, repeat, fold):
+    """A fold's probabilities of one member alone: the forest's, or an image branch's."""
+    if member == "metadata":
+        return f"results/metadata/repeat{repeat}/fold{fold}/probs.tsv"
+    return f"results/image/{member}/repeat{repeat}/fold{fold}/probs.tsv"
+
+
+def member_fold_files(wildcards):
+    """Each fold's record of every member of a fusion: ``member``, ``repeat``, ``fold`` and its
+    stage probabilities, from which aggregate_results scores every visit with the members it
+    has (the headline's ``rows: all``), as predict does."""
+    members = {m for ms in COMBINATIONS.values() if len(ms) > 1 for m in ms}
+    return [
+        {
+            "member": member,
+            "repeat": repeat,
+            "fold": fold,
+            "probs": member_stage_probs(member, repeat, fold),
+        }
+        for member in sorted(members)
+        for repeat, fold in PARTITIONS
+    ]
+
+
+# The report's front page, written with the headline: the run's verdicts and tables.
+FRONT_PAGE = "results/report/front_page.rst"
+
+
+def report_front_page():
+    """The page the report opens on: the run's front page (verdicts and headline first) once
+    aggregate_results has written it, else the workflow's description."""
+    page = Path(FRONT_PAGE)
+    return str(page.resolve()) if page.is_file() else "report/workflow.rst"
+
+
+def run_summary():
+    """What the front page says was run: classes, folds, repeats, the primary, the image
+    modalities and the fusion weights."""
+    weights = config["fusion"].get("weights")
+    if weights:
+        described = ", ".join(
+            f"{member} {weight:g}" for member, weight in weights.items()
+        )
+    else:
+        share = 1 - config["fusion"]["metadata_weight"]
+        described = (
+            f"{config['fusion']['metadata_weight']:.2f} x RF + {share:.2f} x the images, "
+            "shared equally"
+        )
+    return {
+        "classes": config["classes"],
+        "folds": config["cv"]["folds"],
+        "repeats": config["cv"]["repeats"],
+        "primary": config["evaluation"]["primary"],
+        "modalities": list(MODALITIES),
+        "weights": described,
+    }
+
+
 def diagnostic_fold_files(wildcards):
     """Each fold's record (see :func:`partition_files`) of a metadata + image combination: the
     fold's forest probabilities and its image's probabilities."""
@@ -370,6 +435,7 @@ def report_figures(wildcards):
         "results/plots/kappa_intervals.png",
         "results/plots/comparisons.png",
         "results/plots/reliability.png",
+        "results/plots/roc_curves.png",
     ]
     figures += expand(
         "results/plots/learning_curves_{modality}.png", modality=MODALITIES
@@ -427,6 +493,7 @@ def bundle_inputs(wildcards):
         inputs[f"{modality}_sidecar"] = (
             f"results/final/image/{modality}/checkpoint.json"
         )
+        inputs[f"{modality}_probs"] = f"results/final/image/{modality}/probs.tsv"
     return inputs
 
 

@@ -132,6 +132,8 @@ rule bundle:
         runtime=10,
     params:
         modalities=list(MODALITIES),
+        classes=config["classes"],
+        allow_collapsed=config["final"]["allow_collapsed"],
         config={key: value for key, value in config.items() if key != "predict"},
         workflow_dir=workflow.basedir,
     script:

@@ -54,6 +54,8 @@ rule aggregate_results:
             fold=FOLDS,
         ),
         oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
+        folds="results/folds.tsv",
+        members=files_of(member_fold_files, "probs"),
     output:
         per_fold="results/fusion_results_per_fold.tsv",
         table=report(
@@ -68,6 +70,7 @@ rule aggregate_results:
             category="Results",
         ),
         comparisons_markdown="results/comparisons.md",
+        front_page=FRONT_PAGE,
     log:
         "logs/aggregate_results/aggregate_results.log",
     benchmark:
@@ -80,9 +83,12 @@ rule aggregate_results:
         mem_mb=2000,
         runtime=30,
     params:
-        combinations=list(COMBINATIONS),
+        combinations=COMBINATIONS,
         classes=config["classes"],
         evaluation=config["evaluation"],
+        fusion=config["fusion"],
+        member_files=member_fold_files,
         seed=config["cv"]["seed"],
+        run=run_summary(),
     script:
         "../scripts/aggregate_results.py"

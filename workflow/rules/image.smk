@@ -80,6 +80,6 @@ rule image:
     params:
         classes=config["classes"],
         settings=lambda wildcards: MODALITY_SETTINGS[wildcards.modality],
-        seed=config["cv"]["seed"],
+        seed=repeat_seed,
     script:
         "../scripts/image.py"

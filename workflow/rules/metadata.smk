@@ -19,6 +19,6 @@ rule metadata:
     params:
         classes=config["classes"],
         settings=config["metadata_model"],
-        seed=config["cv"]["seed"],
+        seed=repeat_seed,
     script:
         "../scripts/metadata.py"

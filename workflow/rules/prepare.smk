@@ -56,7 +56,7 @@ rule folds:
         runtime=10,
     params:
         folds=config["cv"]["folds"],
-        seed=partition_seed,
+        seed=repeat_seed,
         classes=config["classes"],
     script:
         "../scripts/folds.py"

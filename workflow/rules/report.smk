@@ -167,6 +167,11 @@ rule plot_evaluation:
             caption="../report/reliability.rst",
             category="Results",
         ),
+        roc=report(
+            "results/plots/roc_curves.png",
+            caption="../report/roc_curves.rst",
+            category="Results",
+        ),
     log:
         "logs/plot_evaluation/plot_evaluation.log",
     localrule: True
@@ -179,6 +184,6 @@ rule plot_evaluation:
     params:
         combinations=list(COMBINATIONS),
         classes=config["classes"],
-        confidence=config["evaluation"]["confidence"],
+        primary=config["evaluation"]["primary"],
     script:
         "../scripts/plot_evaluation.py"

@@ -1,6 +1,20 @@
+import pandas as pd
+
 from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
+from fusion_dag.evaluate import oof_table
 from fusion_dag.joblog import job_log
-from fusion_dag.report import comparisons_table, headline_table, markdown_table, per_fold_table
+from fusion_dag.report import (
+    all_visits_oof,
+    comparisons_markdown,
+    comparisons_table,
+    front_page,
+    headline_table,
+    per_fold_table,
+    readable_comparisons,
+    readable_headline,
+    readable_table,
+    results_markdown,
+)
 
 with job_log(snakemake.log[0]) as log:
     records = [read_json(path) for path in snakemake.input.metrics]
@@ -8,17 +22,50 @@ with job_log(snakemake.log[0]) as log:
         record.pop("weights")
         record.pop("runtime", None)
     per_fold = per_fold_table(records)
+    combinations = snakemake.params.combinations
     oofs = {
-        name: read_tsv(path)
-        for name, path in zip(snakemake.params.combinations, snakemake.input.oof, strict=True)
+        name: read_tsv(path) for name, path in zip(combinations, snakemake.input.oof, strict=True)
     }
     classes, evaluation = snakemake.params.classes, snakemake.params.evaluation
-    headline = headline_table(per_fold, oofs, classes, evaluation, snakemake.params.seed)
-    comparisons = comparisons_table(oofs, classes, evaluation, snakemake.params.seed)
+    folds = read_tsv(snakemake.input.folds)
+    member_files = pd.DataFrame(
+        snakemake.params.member_files, columns=["member", "repeat", "fold", "probs"]
+    )
+    member_oofs = {
+        member: oof_table(
+            [(r.repeat, r.fold, read_tsv(r.probs)) for r in files.itertuples()], folds, classes
+        )
+        for member, files in member_files.groupby("member")
+    }
+    all_visits = {}
+    for name, members in combinations.items():
+        if len(members) > 1:
+            scored = all_visits_oof(members, member_oofs, folds, classes, snakemake.params.fusion)
+            if len(scored) > len(oofs[name]):
+                all_visits[name] = scored
+                log.info(
+                    "%s: %d of %d visits have every member; rows: all scores each of them "
+                    "with the members it has, as predict does",
+                    name,
+                    oofs[name]["id"].nunique(),
+                    scored["id"].nunique(),
+                )
+    primary = evaluation["primary"]
+    if primary not in oofs and any(len(m) > 1 for m in combinations.values()):
+        log.warning(
+            "evaluation.primary %s is not among the combinations run (%s): no primary "
+            "contrasts; add it to 'combinations' to compare each fusion with it",
+            primary,
+            ", ".join(oofs),
+        )
+    seed = snakemake.params.seed
+    headline = headline_table(per_fold, oofs, classes, evaluation, seed, all_visits)
+    comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)
     write_tsv(per_fold, snakemake.output.per_fold)
     write_tsv(headline, snakemake.output.table)
-    write_text(markdown_table(headline), snakemake.output.markdown)
+    write_text(results_markdown(headline, comparisons, primary), snakemake.output.markdown)
     write_tsv(comparisons, snakemake.output.comparisons)
-    write_text(markdown_table(comparisons), snakemake.output.comparisons_markdown)
-    log.info("Headline table:\n%s", markdown_table(headline))
-    log.info("Paired comparisons:\n%s", markdown_table(comparisons))
+    write_text(comparisons_markdown(comparisons), snakemake.output.comparisons_markdown)
+    write_text(front_page(headline, comparisons, snakemake.params.run), snakemake.output.front_page)
+    log.info("Headline table:\n%s", readable_table(readable_headline(headline)))
+    log.info("Paired comparisons:\n%s", readable_table(readable_comparisons(comparisons)))

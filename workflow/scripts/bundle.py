@@ -1,11 +1,22 @@
 import platform
 
 from fusion_dag.artifacts import read_json, read_tsv
-from fusion_dag.bundle import write_bundle
+from fusion_dag.bundle import check_collapsed, collapsed_branches, write_bundle
 from fusion_dag.joblog import job_log
 from fusion_dag.provenance import data_hashes, git_state, package_versions
 
 with job_log(snakemake.log[0]) as log:
+    modalities, allow = snakemake.params.modalities, snakemake.params.allow_collapsed
+    branch_probs = {m: read_tsv(snakemake.input[f"{m}_probs"]) for m in modalities}
+    collapsed = collapsed_branches(branch_probs, snakemake.params.classes)
+    check_collapsed(collapsed, allow)
+    for modality, name in collapsed.items():
+        log.warning(
+            "Final image branch %s predicts class %s for every training row; bundled anyway "
+            "(final.allow_collapsed: true, recorded in the manifest)",
+            modality,
+            name,
+        )
     checks = [read_json(path) for path in snakemake.input.fusion_metrics]
     provenance = {
         "workflow": git_state(snakemake.params.workflow_dir),
@@ -20,10 +31,11 @@ with job_log(snakemake.log[0]) as log:
         snakemake.input.get("forest"),
         {
             m: (snakemake.input[f"{m}_checkpoint"], snakemake.input[f"{m}_sidecar"])
-            for m in snakemake.params.modalities
+            for m in modalities
         },
         snakemake.params.config,
         provenance,
+        {"collapsed_branches": collapsed, "allow_collapsed": allow},
     )
     log.info("Bundle %s: %d files", snakemake.output.bundle, len(manifest["files"]))
     for relative, digest in manifest["files"].items():

@@ -17,9 +17,19 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, file_sha256, read_json, write_json
+from fusion_dag.artifacts import (
+    GROUP,
+    ID,
+    LABEL,
+    InputError,
+    file_sha256,
+    prob_columns,
+    read_json,
+    write_json,
+)
 from fusion_dag.folds import FINAL_PLACEMENT
 from fusion_dag.views import AGGREGATION
 from fusion_dag.weights import METADATA
@@ -114,6 +124,42 @@ def choose_combination(spec: dict, requested: str | None) -> list:
     return spec["combinations"][name]
 
 
+def collapsed_branches(branch_probs: dict, classes: list) -> dict:
+    """Each final image branch whose training-row predictions all fall in one class:
+    modality -> that class. ``branch_probs`` maps modality to its final probabilities table.
+
+    Such a branch has learned nothing from the images (a small network that stopped at its
+    first plateau predicts the class prior); fused with its weight, it only shifts the
+    forest's probabilities, and on new patients its kappa is 0.
+    """
+    columns = prob_columns(classes)
+    collapsed = {}
+    for modality, probs in branch_probs.items():
+        train = probs[probs["split"] == "train"]
+        predicted = np.unique(train[columns].to_numpy().argmax(axis=1))
+        if len(train) and len(predicted) == 1:
+            collapsed[modality] = classes[predicted[0]]
+    return collapsed
+
+
+def check_collapsed(collapsed: dict, allow: bool) -> None:
+    """Refuse to bundle a collapsed final branch (see :func:`collapsed_branches`) unless
+    ``final.allow_collapsed`` is true; one line names the branch and the settings to change."""
+    if not collapsed or allow:
+        return
+    branches = "; ".join(
+        f"{modality} predicts class {name} for every training row"
+        for modality, name in collapsed.items()
+    )
+    first = next(iter(collapsed))
+    raise BundleError(
+        f"final image branch {branches}: it has not learned from the images, so the bundle is "
+        f"not written; raise modalities.{first}.patience or epochs (or check its images), "
+        f"leave {first} out of 'combinations', or set final: {{allow_collapsed: true}} to "
+        "bundle it anyway"
+    )
+
+
 def checkpoint_files(modality: str) -> tuple[str, str]:
     """A modality's checkpoint and sidecar, relative to the bundle folder."""
     return f"image/{modality}/checkpoint.weights.h5", f"image/{modality}/checkpoint.json"
@@ -126,10 +172,12 @@ def write_bundle(
     checkpoints: dict,
     config: dict,
     provenance: dict,
+    final_checks: dict | None = None,
 ) -> dict:
     """Copy the final models into ``folder`` with their manifest; return the manifest.
 
-    ``checkpoints`` maps each modality to its (checkpoint, sidecar) files. The folder is
+    ``checkpoints`` maps each modality to its (checkpoint, sidecar) files; ``final_checks``
+    (recorded as it is) says which branches collapsed and whether that was allowed. The folder is
     written under a temporary name and renamed, so an interrupted job never leaves a bundle
     that looks complete.
     """
@@ -144,7 +192,8 @@ def write_bundle(
         shutil.copyfile(source, partial / relative)
     write_json(config, partial / "config.json")
     files = {relative: file_sha256(partial / relative) for relative in [*sources, "config.json"]}
-    manifest = {**spec, "provenance": provenance, "files": dict(sorted(files.items()))}
+    manifest = {**spec, "provenance": provenance, "final_checks": final_checks or {}}
+    manifest["files"] = dict(sorted(files.items()))
     manifest[SPEC_HASH] = spec_sha256(manifest)
     write_json(manifest, partial / MANIFEST)
     shutil.rmtree(folder, ignore_errors=True)

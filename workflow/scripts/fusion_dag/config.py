@@ -300,3 +300,17 @@ def check_fusion_weights(config: dict, combinations: dict) -> None:
             raise ConfigError(
                 f"Invalid config key 'fusion.weights': combination {name} has total weight 0"
             )
+
+
+def check_primary(config: dict) -> None:
+    """``evaluation.primary`` names a combination: members joined by ``+``, each metadata or
+    a configured modality (a typo would otherwise leave the run without primary contrasts)."""
+    primary = config["evaluation"]["primary"]
+    known = [METADATA, *config["modalities"]]
+    unknown = [member for member in primary.split("+") if member not in known]
+    if unknown:
+        raise ConfigError(
+            f"Invalid config key 'evaluation.primary': {primary!r} names {unknown}, neither "
+            f"metadata nor a modality ({', '.join(known)}); write a combination's members "
+            "joined by '+', e.g. metadata or metadata+thermal_map"
+        )

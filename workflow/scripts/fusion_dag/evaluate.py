@@ -197,7 +197,35 @@ def weighted_metrics(weights: np.ndarray, truth: np.ndarray, probs: np.ndarray) 
     metrics["brier"] = weights @ ((probs - onehot) ** 2).sum(axis=1) / total
     metrics["log_loss"] = weights @ -np.log(clipped[np.arange(len(truth)), truth]) / total
     metrics["ece"] = calibration_error(weights, truth, probs)
+    metrics["auc"] = one_vs_rest_auc(weights, truth, probs)
     return metrics
+
+
+def one_vs_rest_auc(weights: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest ROC AUC for each row of ``weights``: scikit-learn's
+    ``roc_auc_score(multi_class="ovr", average="macro", sample_weight=...)``.
+
+    A class's AUC is the weighted share of (positive, negative) pairs the positive's
+    probability ranks higher, ties counted one half (the Mann-Whitney statistic). Sorting once
+    and taking cumulative negative weight gives every resample at once; a resample that lacks
+    a class's positives or negatives has no AUC (NaN).
+    """
+    aucs = []
+    for k in range(probs.shape[1]):
+        order = np.argsort(probs[:, k], kind="stable")
+        score = probs[order, k]
+        positive = truth[order] == k
+        w = weights[:, order]
+        negatives = np.hstack([np.zeros((len(w), 1)), np.cumsum(w * ~positive, axis=1)])
+        below = negatives[:, np.searchsorted(score, score, side="left")]
+        tied = negatives[:, np.searchsorted(score, score, side="right")] - below
+        pairs = (w * positive * (below + 0.5 * tied)).sum(axis=1)
+        n_positive, n_negative = (w * positive).sum(axis=1), (w * ~positive).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append(
+                np.where(n_positive * n_negative > 0, pairs / (n_positive * n_negative), np.nan)
+            )
+    return np.mean(aucs, axis=0)
 
 
 def calibration_bins(probs: np.ndarray) -> np.ndarray:
@@ -271,20 +299,93 @@ def interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def corrected_resampled_ttest(differences, test_share: float) -> tuple[float, float]:
+def corrected_standard_error(values, test_share: float) -> float:
+    """Nadeau and Bengio's corrected standard error of the mean of J per-fold values.
+
+    The sample variance is inflated by ``1/J + n_test/n_train`` (not the naive ``1/J``)
+    because overlapping training sets make the folds' values correlated. At the 3 folds x 2
+    repeats default the factor is 1/6 + 1/2.
+    """
+    values = np.asarray(values, dtype=float)
+    return float(np.sqrt(values.var(ddof=1) * (1.0 / len(values) + test_share)))
+
+
+def corrected_resampled_ttest(
+    differences, test_share: float, df: int | None = None
+) -> tuple[float, float]:
     """Nadeau and Bengio's corrected resampled t-test (Machine Learning 52:239, 2003).
 
     ``differences`` are the J = repeats x folds per-fold differences of a metric between two
-    models scored on the same rows; ``test_share`` is n_test / n_train of a fold. The variance
-    is inflated by ``1/J + n_test/n_train`` because overlapping training sets make the folds'
-    differences correlated; the statistic has J - 1 degrees of freedom. Returns (t, p) with a
-    two-sided p-value.
+    models scored on the same rows; ``test_share`` is n_test / n_train of a fold. The statistic
+    is their mean over :func:`corrected_standard_error`, with ``df`` degrees of freedom (J - 1
+    when None, as Nadeau and Bengio use). Returns (t, p) with a two-sided p-value.
     """
     from scipy import stats
 
     d = np.asarray(differences, dtype=float)
-    variance = d.var(ddof=1) * (1.0 / len(d) + test_share)
-    if variance == 0.0:
+    error = corrected_standard_error(d, test_share)
+    if error == 0.0:
         return 0.0, 1.0
-    t = float(d.mean() / np.sqrt(variance))
-    return t, float(2.0 * stats.t.sf(abs(t), df=len(d) - 1))
+    t = float(d.mean() / error)
+    return t, float(2.0 * stats.t.sf(abs(t), df=len(d) - 1 if df is None else df))
+
+
+def corrected_interval(
+    centre: float, values, test_share: float, confidence: float, df: int | None = None
+) -> tuple[float, float]:
+    """``centre`` plus or minus the t quantile (``df`` degrees of freedom, J - 1 when None)
+    times the corrected standard error of the J per-fold ``values``: the interval that inverts
+    :func:`corrected_resampled_ttest` when ``centre`` is the values' mean.
+
+    Unlike a bootstrap of the pooled predictions, which holds the fitted fold models fixed,
+    it carries the spread the folds' refitted models show, so it is an interval for the
+    method's expected score on new patients (Nadeau and Bengio 2003; Bates, Hastie and
+    Tibshirani 2023 on why the naive CV interval is too narrow). Values a fold could not
+    define (a class absent from it) are left out.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    degrees = len(values) - 1 if df is None else df
+    half = stats.t.ppf(0.5 + confidence / 2.0, df=degrees)
+    half *= corrected_standard_error(values, test_share)
+    return float(centre - half), float(centre + half)
+
+
+def fold_test_share(oof: pd.DataFrame) -> float:
+    """The mean over folds of n_test / n_train (rows), from a pooled out-of-fold table."""
+    fold_rows = oof.groupby(["repeat", "fold"]).size()
+    repeat_rows = oof.groupby("repeat").size().reindex(fold_rows.index, level=0)
+    return float(np.mean(fold_rows / (repeat_rows - fold_rows)))
+
+
+def fold_values(oof: pd.DataFrame, classes: list) -> dict:
+    """Every pooled metric on each (repeat, fold)'s validation rows: name -> array (J,), in
+    (repeat, fold) order. The folds' spread is what :func:`corrected_interval` needs."""
+    columns = prob_columns(classes)
+    truth = label_indices(oof[LABEL], classes)
+    probs = oof[columns].to_numpy(dtype=float)
+    per_fold = []
+    for rows in oof.groupby(["repeat", "fold"], sort=True).indices.values():
+        per_fold.append(weighted_metrics(np.ones((1, len(rows))), truth[rows], probs[rows]))
+    return {name: np.array([m[name][0] for m in per_fold]) for name in per_fold[0]}
+
+
+def holm_adjusted(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Scand. J. Statist. 6:65, 1979).
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, the running maximum taken so
+    the order is kept, and capped at 1. It controls the family-wise error rate with no
+    assumption on how the tests depend on each other, which matters here: every contrast of a
+    family shares the primary's predictions. (statsmodels' ``multipletests(method="holm")``
+    computes the same; it is not a dependency of the workflow.)
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted

@@ -124,39 +124,57 @@ def plot_weight_sweep(sweep: pd.DataFrame, configured: float, combination: str):
     return fig
 
 
+def row_labels(table: pd.DataFrame) -> list:
+    """A combination's name, marked when its row scores every visit (``rows: all``)."""
+    return [
+        f"{name} (all visits)" if rows == "all" else name
+        for name, rows in zip(table["combination"], table["rows"], strict=True)
+    ]
+
+
 def plot_kappa_intervals(headline: pd.DataFrame):
-    """Forest plot: each combination's pooled validation kappa with its bootstrap interval."""
+    """Forest plot: each combination's pooled validation kappa with its corrected interval."""
     plt = figure_style()
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * len(headline)))
     y = np.arange(len(headline))[::-1]
     low = headline["kappa_mean"] - headline["kappa_ci_low"]
     high = headline["kappa_ci_high"] - headline["kappa_mean"]
     ax.errorbar(headline["kappa_mean"], y, xerr=[low, high], fmt="o", color="#08519c", capsize=4)
-    ax.set_yticks(y, headline["combination"])
-    ax.set_xlabel("Cohen's kappa (pooled out-of-fold validation), with interval")
+    ax.set_yticks(y, row_labels(headline))
+    ax.set_xlabel("Cohen's kappa (pooled out-of-fold), corrected resampled interval")
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_title("Validation kappa per combination")
     return fig
 
 
 def plot_comparisons(comparisons: pd.DataFrame):
-    """Paired kappa differences with their bootstrap intervals and corrected p-values."""
+    """Paired per-fold kappa differences with their corrected t intervals, Holm-adjusted
+    p-values and verdicts; the primary contrasts in red, the others in grey."""
     plt = figure_style()
-    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.5 * max(len(comparisons), 1)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.55 * max(len(comparisons), 1)))
     y = np.arange(len(comparisons))[::-1]
     labels = [
-        f"{c} vs {v}"
-        for c, v in zip(comparisons["combination"], comparisons["versus"], strict=True)
+        f"{c} vs {v}" + (" (all visits)" if rows == "all" else "")
+        for c, v, rows in zip(
+            comparisons["combination"], comparisons["versus"], comparisons["rows"], strict=True
+        )
     ]
-    low = comparisons["kappa_diff"] - comparisons["kappa_diff_ci_low"]
-    high = comparisons["kappa_diff_ci_high"] - comparisons["kappa_diff"]
-    ax.errorbar(comparisons["kappa_diff"], y, xerr=[low, high], fmt="s", color="#a50f15", capsize=4)
-    for row, (difference, p) in enumerate(
-        zip(comparisons["kappa_diff"], comparisons["p_value"], strict=True)
-    ):
+    centre = comparisons["kappa_diff_folds"]
+    low = centre - comparisons["kappa_diff_ci_low"]
+    high = comparisons["kappa_diff_ci_high"] - centre
+    colours = np.where(comparisons["family"].str.startswith("primary"), "#a50f15", "#636363")
+    for row in range(len(comparisons)):
+        ax.errorbar(
+            centre.iloc[row],
+            y[row],
+            xerr=[[low.iloc[row]], [high.iloc[row]]],
+            fmt="s",
+            color=colours[row],
+            capsize=4,
+        )
         ax.annotate(
-            f"p = {p:.3f}",
-            (difference, y[row]),
+            f"{comparisons['verdict'].iloc[row]}, Holm p = {comparisons['p_holm'].iloc[row]:.3f}",
+            (centre.iloc[row], y[row]),
             xytext=(0, 8),
             textcoords="offset points",
             ha="center",
@@ -165,8 +183,32 @@ def plot_comparisons(comparisons: pd.DataFrame):
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.6, len(comparisons) - 0.2)
     ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("Kappa difference (paired, same rows)")
-    ax.set_title("Does the combination beat its members?")
+    ax.set_xlabel("Kappa difference (paired per-fold mean, corrected t interval)")
+    ax.set_title("Does the fusion add? Primary contrasts in red")
+    return fig
+
+
+def plot_roc_curves(oofs: dict, shown: list, classes: list):
+    """One-vs-rest ROC curve of each class for the combinations ``shown`` (the primary and the
+    fusions compared with it), from the pooled out-of-fold predictions of every repeat."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = figure_style()
+    fig, axes = plt.subplots(1, len(classes), figsize=(3.8 * len(classes), 3.9), squeeze=False)
+    for index, (ax, name_of_class) in enumerate(zip(axes[0], classes, strict=True)):
+        for name in shown:
+            arrays = repeat_arrays(oofs[name], classes)
+            truth = np.concatenate([t for _, t, _ in arrays]) == index
+            score = np.concatenate([p for _, _, p in arrays])[:, index]
+            false_positive, true_positive, _ = roc_curve(truth, score)
+            area = roc_auc_score(truth, score)
+            ax.plot(false_positive, true_positive, linewidth=1.2, label=f"{name} ({area:.2f})")
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"{name_of_class} vs rest")
+        ax.set_xlabel("False positive rate")
+        ax.legend(frameon=False, fontsize=7, loc="lower right", title="AUC", title_fontsize=7)
+    axes[0][0].set_ylabel("True positive rate")
+    fig.tight_layout()
     return fig
 
 

@@ -182,7 +182,7 @@ def prediction_summary(
     ]
     if len(metrics) and "kappa" in metrics:
         shown = ["predictor", "n_rows", "n_groups"]
-        for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "ece"):
+        for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "ece"):
             shown += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
         lines += [
             "Metrics on the labelled rows, with patient-bootstrap intervals:",

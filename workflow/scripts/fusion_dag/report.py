@@ -2,29 +2,53 @@
 
 Why intervals and paired tests: on one 3-fold partition of a clinical table a forest's kappa
 moves by 0.05 with the partition seed alone, so a mean over folds cannot tell a real gain from
-noise. The headline averages repeated partitions and gives each metric a patient-bootstrap
-interval; a claim that one combination beats another rests on a paired comparison on the
-same rows (a paired bootstrap interval and the corrected resampled t-test).
+noise. The headline averages repeated partitions; its intervals come from the spread of the
+refitted fold models (the corrected resampled variance), because a bootstrap of the pooled
+predictions holds the fitted models fixed and covers only which patients were sampled. A claim
+that one combination beats another rests on the corrected resampled t-test of the paired
+per-fold differences, Holm-adjusted within a pre-specified family: each fusion against
+``evaluation.primary`` is the primary family.
 """
 
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
+from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns
 from fusion_dag.evaluate import (
     bootstrap_metrics,
+    corrected_interval,
     corrected_resampled_ttest,
+    fold_test_share,
+    fold_values,
+    holm_adjusted,
     interval,
-    kappa,
     oof_table,
     predicted_index,
     predicted_shares,
     repeat_arrays,
 )
+from fusion_dag.predict import fuse_rows
 
-# Metrics with a patient-bootstrap interval in the headline, the primary one first.
-INTERVAL_METRICS = ("kappa", "qwk", "balanced_accuracy", "macro_f1", "brier", "log_loss", "ece")
+# Metrics with an interval in the headline, the primary one first.
+INTERVAL_METRICS = (
+    "kappa",
+    "qwk",
+    "balanced_accuracy",
+    "macro_f1",
+    "auc",
+    "brier",
+    "log_loss",
+    "ece",
+)
 SIGNIFICANCE = 0.05
+# Which visits a headline or comparison row scores: those with every member of the
+# combination, or every visit with the members it has (as predict scores it).
+COMPLETE, ALL = "complete", "all"
+# Comparison families, each Holm-adjusted on its own: each fusion against evaluation.primary on
+# the visits with every member (the pre-specified question), the same on every visit, and each
+# fusion against its other members.
+PRIMARY, PRIMARY_ALL, SECONDARY = "primary", "primary, all visits", "secondary"
+VERDICTS = ("better", "worse", "inconclusive")
 
 
 def per_fold_table(records: list) -> pd.DataFrame:
@@ -35,33 +59,45 @@ def per_fold_table(records: list) -> pd.DataFrame:
 
 
 def headline_table(
-    per_fold: pd.DataFrame, oofs: dict, classes: list, evaluation: dict, seed: int
+    per_fold: pd.DataFrame,
+    oofs: dict,
+    classes: list,
+    evaluation: dict,
+    seed: int,
+    all_visits: dict | None = None,
 ) -> pd.DataFrame:
-    """One row per combination (in the order of ``oofs``) with the contracted columns.
+    """One row per combination (in the order of ``oofs``) with the contracted columns, and a
+    second row (``rows`` = ``all``) for each combination in ``all_visits``: every visit scored
+    with the members it has (:func:`all_visits_oof`).
 
-    Pooled metrics come from each repeat's out-of-fold predictions (mean over repeats, with a
-    patient-bootstrap interval); ``kappa_std`` is the spread over all folds of all repeats;
-    train and fit kappa are means over folds, and ``gap_mean`` is train kappa minus the pooled
-    validation kappa.
+    Pooled metrics come from each repeat's out-of-fold predictions (mean over repeats);
+    ``_ci_`` intervals are :func:`~fusion_dag.evaluate.corrected_interval` of the per-fold
+    values around that mean, ``kappa_boot_`` the patient bootstrap of the pooled predictions
+    (fitted models held fixed). ``kappa_std`` is the spread over all folds of all repeats; train
+    and fit kappa are means over the fusion jobs' folds (complete rows only), and
+    ``gap_mean`` is train kappa minus the pooled validation kappa.
     """
     rows = []
-    for name, oof in oofs.items():
-        folds = per_fold[per_fold["combination"] == name]
+    scored = [(name, COMPLETE, oof) for name, oof in oofs.items()]
+    scored += [(name, ALL, oof) for name, oof in (all_visits or {}).items()]
+    order = {name: position for position, name in enumerate(oofs)}
+    for name, visits, oof in sorted(scored, key=lambda item: order[item[0]]):
         estimates = bootstrap_metrics(oof, classes, evaluation["bootstrap"], seed)
+        values = fold_values(oof, classes)
         row = {
             "combination": name,
-            "n_folds": int(folds["fold"].nunique()),
+            "rows": visits,
+            "n_folds": int(oof["fold"].nunique()),
             "n_repeats": int(oof["repeat"].nunique()),
             "n_rows": int(oof[ID].nunique()),
         }
-        kappa_std = folds["kappa"].std(ddof=1) if len(folds) > 1 else 0.0
-        for column, value in metric_columns(estimates, classes, evaluation, "_mean").items():
-            row[column] = value
-            if column == "kappa_mean":
-                row["kappa_std"] = kappa_std
-        row["train_kappa_mean"] = folds["train_kappa"].mean()
+        row.update(headline_metric_columns(estimates, values, fold_test_share(oof), evaluation))
+        row.update(class_columns(estimates, classes, "_mean"))
+        folds = per_fold[per_fold["combination"] == name]
+        complete = visits == COMPLETE
+        row["train_kappa_mean"] = folds["train_kappa"].mean() if complete else np.nan
         row["gap_mean"] = row["train_kappa_mean"] - row["kappa_mean"]
-        row["fit_kappa_mean"] = folds["fit_kappa"].mean()
+        row["fit_kappa_mean"] = folds["fit_kappa"].mean() if complete else np.nan
         predicted = np.concatenate(
             [probs.argmax(axis=1) for _, _, probs in repeat_arrays(oof, classes)]
         )
@@ -70,20 +106,71 @@ def headline_table(
     return pd.DataFrame(rows)
 
 
+def headline_metric_columns(
+    estimates: dict, values: dict, test_share: float, evaluation: dict
+) -> dict:
+    """``{metric}_mean`` with its corrected interval ``{metric}_ci_low``/``_high`` for every
+    interval metric; ``kappa_std`` (fold spread) and the patient-bootstrap ``kappa_boot_low``/
+    ``_high`` beside kappa's."""
+    columns = {}
+    for metric in INTERVAL_METRICS:
+        point = estimates[metric][0]
+        columns[f"{metric}_mean"] = point
+        if metric == "kappa":
+            columns["kappa_std"] = float(np.std(values["kappa"], ddof=1))
+        low, high = corrected_interval(point, values[metric], test_share, evaluation["confidence"])
+        columns[f"{metric}_ci_low"], columns[f"{metric}_ci_high"] = low, high
+        if metric == "kappa":
+            boot = interval(estimates["kappa"][1], evaluation["confidence"])
+            columns["kappa_boot_low"], columns["kappa_boot_high"] = boot
+    return columns
+
+
+def class_columns(estimates: dict, classes: list, suffix: str) -> dict:
+    """Accuracy, per-class F1 and recall point estimates, named ``...{suffix}``."""
+    columns = {f"accuracy{suffix}": estimates["accuracy"][0]}
+    for index, name_of_class in enumerate(classes):
+        columns[f"f1_{name_of_class}{suffix}"] = estimates[f"f1_{index}"][0]
+        columns[f"recall_{name_of_class}{suffix}"] = estimates[f"recall_{index}"][0]
+    return columns
+
+
+def all_visits_oof(
+    members: list, member_oofs: dict, folds: pd.DataFrame, classes: list, fusion: dict
+) -> pd.DataFrame:
+    """Pooled out-of-fold predictions of a combination on every visit that has any member,
+    each fused from the members it has with :func:`fusion_dag.predict.fuse_rows` (predict's own
+    reweighting), from the members' pooled out-of-fold probabilities ``member_oofs``.
+
+    This is the policy ``predict`` applies to a visit that lacks an image; the complete-row
+    headline never measured it. ``fusion`` holds ``metadata_weight`` and ``weights``.
+    """
+    columns = prob_columns(classes)
+    spec = {"classes": classes, "fusion": fusion}
+    parts = []
+    for repeat, visits in folds.groupby("repeat", sort=True):
+        probs = {
+            m: member_oofs[m].loc[member_oofs[m]["repeat"] == repeat, [ID, *columns]]
+            for m in members
+        }
+        fused = fuse_rows(visits[[ID, GROUP, LABEL]], probs, members, spec)
+        fused = fused.loc[fused["members_used"] != "", [ID, *columns]]
+        parts.append(fused.merge(visits[[ID, GROUP, LABEL, "fold"]], on=ID).assign(repeat=repeat))
+    return pd.concat(parts, ignore_index=True)[["repeat", "fold", ID, GROUP, LABEL, *columns]]
+
+
 def metric_columns(estimates: dict, classes: list, evaluation: dict, suffix: str) -> dict:
-    """Point estimates (named ``{metric}{suffix}``) with percentile intervals of the interval
-    metrics, then accuracy and per-class F1 and recall, from :func:`bootstrap_metrics`."""
+    """Point estimates (named ``{metric}{suffix}``) with patient-bootstrap percentile intervals
+    of the interval metrics, then accuracy and per-class F1 and recall, from
+    :func:`bootstrap_metrics`. For one fixed model scored on new patients (``predict``), where
+    the bootstrap's premise, fitted models held fixed, is the situation itself."""
     columns = {}
     for metric in INTERVAL_METRICS:
         point, samples = estimates[metric]
         columns[f"{metric}{suffix}"] = point
         low, high = interval(samples, evaluation["confidence"])
         columns[f"{metric}_ci_low"], columns[f"{metric}_ci_high"] = low, high
-    columns[f"accuracy{suffix}"] = estimates["accuracy"][0]
-    for index, name_of_class in enumerate(classes):
-        columns[f"f1_{name_of_class}{suffix}"] = estimates[f"f1_{index}"][0]
-        columns[f"recall_{name_of_class}{suffix}"] = estimates[f"recall_{index}"][0]
-    return columns
+    return columns | class_columns(estimates, classes, suffix)
 
 
 def external_metrics(
@@ -135,71 +222,148 @@ def fold_kappa_differences(first, second, classes: list) -> np.ndarray:
 
     The tables are row-aligned (as :func:`paired_rows` returns them).
     """
-    columns = prob_columns(classes)
-    truth = label_indices(first["label"], classes)
-    mine = first[columns].to_numpy().argmax(axis=1)
-    theirs = second[columns].to_numpy().argmax(axis=1)
-    differences = []
-    for rows in first.groupby(["repeat", "fold"], sort=True).indices.values():
-        differences.append(
-            kappa(truth[rows], mine[rows], len(classes))
-            - kappa(truth[rows], theirs[rows], len(classes))
-        )
-    return np.asarray(differences)
+    return fold_values(first, classes)["kappa"] - fold_values(second, classes)["kappa"]
 
 
 def compare(
     first: pd.DataFrame, second: pd.DataFrame, classes: list, evaluation: dict, seed: int
 ) -> dict:
-    """Paired comparison of two combinations' validation kappa on the rows both scored.
+    """Paired comparison of two combinations on the rows both scored.
 
-    The difference is the mean over repeats of (kappa of ``first`` - kappa of ``second``); its
-    interval resamples patients once for both sides (a paired patient bootstrap); the p-value
-    is the corrected resampled t-test over the repeats x folds differences.
+    ``kappa_diff`` is the mean over repeats of (pooled kappa of ``first`` - of ``second``), the
+    headline's difference. The test and its interval are about the J per-fold differences: the
+    corrected resampled t-test with K - 1 degrees of freedom (K folds), and their mean
+    (``kappa_diff_folds``) plus or minus that t quantile times the corrected standard error,
+    so the interval excludes zero exactly when the unadjusted p-value is below
+    1 - confidence. Why K - 1 and not Nadeau and Bengio's J - 1: the repeats re-partition the
+    same patients, so an advantage this sample of patients happens to give one model shows in
+    every repeat and the repeats add no independent replicate of it; with J - 1 the test
+    rejected two models of equal expected kappa in 12 % and 16 % of 200 simulated data sets at
+    3 x 2 and 5 x 5, with K - 1 in 2.5 % and 5.5 % (bench/RESULTS.md). The paired patient
+    bootstrap (one patient draw for both sides) stays as ``kappa_diff_boot_``: it excludes
+    zero far more often than its level. Brier score differences (lower is better) get the same test.
     """
     first, second = paired_rows(first, second)
     # The same rows, hence the same patients and seed: both sides get the same patient draws.
     mine, theirs = (
-        bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)["kappa"]
+        bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
         for table in (first, second)
     )
-    difference = mine[0] - theirs[0]
-    low, high = interval(mine[1] - theirs[1], evaluation["confidence"])
-    fold_rows = first.groupby(["repeat", "fold"]).size()
-    repeat_rows = first.groupby("repeat").size()
-    test_share = float(
-        np.mean(fold_rows / (repeat_rows.reindex(fold_rows.index, level=0) - fold_rows))
-    )
-    t, p = corrected_resampled_ttest(fold_kappa_differences(first, second, classes), test_share)
-    if p < SIGNIFICANCE:
-        verdict = "fusion better" if difference > 0 else "fusion worse"
-    else:
-        verdict = "no evidence of a difference"
-    return {
-        "n_rows": int(first[ID].nunique()),
-        "kappa_diff": difference,
-        "kappa_diff_ci_low": low,
-        "kappa_diff_ci_high": high,
-        "t_corrected": t,
-        "p_value": p,
-        "verdict": verdict,
-    }
+    share = fold_test_share(first)
+    df = int(first["fold"].nunique()) - 1
+    mine_folds, theirs_folds = fold_values(first, classes), fold_values(second, classes)
+    result = {"n_rows": int(first[ID].nunique())}
+    for metric in ("kappa", "brier"):
+        differences = mine_folds[metric] - theirs_folds[metric]
+        t, p = corrected_resampled_ttest(differences, share, df)
+        centre = float(differences.mean())
+        low, high = corrected_interval(centre, differences, share, evaluation["confidence"], df)
+        if metric == "kappa":
+            boot = interval(mine["kappa"][1] - theirs["kappa"][1], evaluation["confidence"])
+            result.update(
+                kappa_diff=mine["kappa"][0] - theirs["kappa"][0],
+                kappa_diff_ci_low=low,
+                kappa_diff_ci_high=high,
+                kappa_diff_folds=centre,
+                t_corrected=t,
+                p_value=p,
+                kappa_diff_boot_low=boot[0],
+                kappa_diff_boot_high=boot[1],
+            )
+        else:
+            result.update(
+                brier_diff=mine["brier"][0] - theirs["brier"][0],
+                brier_diff_ci_low=low,
+                brier_diff_ci_high=high,
+                brier_p_value=p,
+            )
+    return result
 
 
-def comparisons_table(oofs: dict, classes: list, evaluation: dict, seed: int) -> pd.DataFrame:
-    """Each combination of several members against each of its members run alone."""
+def verdicts(differences, p_values) -> tuple[np.ndarray, list]:
+    """Holm-adjusted p-values of one family and each contrast's verdict: ``better`` or
+    ``worse`` (the sign of its difference) when the adjusted p is below SIGNIFICANCE,
+    otherwise ``inconclusive``: at 5 degrees of freedom a real gain often does not reach it,
+    so no verdict says there is no difference."""
+    adjusted = holm_adjusted(p_values)
+    words = [
+        ("better" if d > 0 else "worse") if p < SIGNIFICANCE else "inconclusive"
+        for d, p in zip(differences, adjusted, strict=True)
+    ]
+    return adjusted, words
+
+
+COMPARISON_COLUMNS = [
+    "combination",
+    "versus",
+    "primary",
+    "family",
+    "rows",
+    "n_rows",
+    "kappa_diff",
+    "kappa_diff_ci_low",
+    "kappa_diff_ci_high",
+    "kappa_diff_folds",
+    "t_corrected",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "kappa_diff_boot_low",
+    "kappa_diff_boot_high",
+    "brier_diff",
+    "brier_diff_ci_low",
+    "brier_diff_ci_high",
+    "brier_p_value",
+]
+
+
+def comparisons_table(
+    oofs: dict,
+    classes: list,
+    evaluation: dict,
+    seed: int,
+    all_visits: dict | None = None,
+) -> pd.DataFrame:
+    """Each fusion (a combination of several members) against ``evaluation.primary`` (default
+    metadata), on the visits both scored and, for a combination in ``all_visits``, on every
+    visit as predict scores it; then against each of its other members. Each family gets its
+    own Holm adjustment and verdicts; ``primary`` marks the pre-specified family."""
+    primary = evaluation.get("primary", "metadata")
     rows = []
     for name, oof in oofs.items():
         members = name.split("+")
         if len(members) < 2:
             continue
+        if primary in oofs and name != primary:
+            rows.append((name, primary, PRIMARY, COMPLETE, oof))
+            if name in (all_visits or {}):
+                rows.append((name, primary, PRIMARY_ALL, ALL, all_visits[name]))
         for member in members:
-            if member in oofs:
-                result = compare(oof, oofs[member], classes, evaluation, seed)
-                rows.append({"combination": name, "versus": member, **result})
-    columns = ["combination", "versus", "n_rows", "kappa_diff", "kappa_diff_ci_low"]
-    columns += ["kappa_diff_ci_high", "t_corrected", "p_value", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+            if member in oofs and member != primary:
+                rows.append((name, member, SECONDARY, COMPLETE, oof))
+    records = []
+    for name, versus, family, visits, oof in rows:
+        result = compare(oof, oofs[versus], classes, evaluation, seed)
+        records.append(
+            {
+                "combination": name,
+                "versus": versus,
+                "primary": family == PRIMARY,
+                "family": family,
+                "rows": visits,
+                **result,
+            }
+        )
+    table = pd.DataFrame(
+        records, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "verdict")]
+    )
+    table["p_holm"], table["verdict"] = np.nan, ""
+    for _, members in table.groupby("family", sort=False).groups.items():
+        adjusted, words = verdicts(
+            table.loc[members, "kappa_diff_folds"], table.loc[members, "p_value"]
+        )
+        table.loc[members, "p_holm"], table.loc[members, "verdict"] = adjusted, words
+    return table[COMPARISON_COLUMNS]
 
 
 def ablation_table(records: list, v3_records: list) -> pd.DataFrame:
@@ -231,9 +395,9 @@ def versus_v3(
 
     ``variant_probs`` holds ``(repeat, fold, table)`` of the ablation's per-fold probabilities
     (every variant, told apart by ``strategy`` and ``rf_source``). The columns carry
-    :func:`compare`'s interval and corrected p-value; the verdict names V3.
+    :func:`compare`'s corrected interval and p-value, Holm-adjusted over the variants (the
+    ablation is its own family); the verdict names V3.
     """
-    wording = {"fusion better": "V3 better", "fusion worse": "V3 worse"}
     variants = variant_probs[0][2][["strategy", "rf_source"]].drop_duplicates()
     rows = []
     for strategy, source in variants.itertuples(index=False):
@@ -249,13 +413,196 @@ def versus_v3(
                 "v3_kappa_gain": result["kappa_diff"],
                 "v3_kappa_gain_ci_low": result["kappa_diff_ci_low"],
                 "v3_kappa_gain_ci_high": result["kappa_diff_ci_high"],
+                "v3_kappa_gain_folds": result["kappa_diff_folds"],
                 "v3_p_value": result["p_value"],
-                "v3_verdict": wording.get(result["verdict"], result["verdict"]),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    adjusted, words = verdicts(table["v3_kappa_gain_folds"], table["v3_p_value"])
+    table["v3_p_holm"] = adjusted
+    table["v3_verdict"] = [f"V3 {word}" if word != "inconclusive" else word for word in words]
+    return table
 
 
 def markdown_table(headline: pd.DataFrame) -> str:
-    """The headline as a Markdown table for people, three decimals."""
+    """A table as Markdown for people, three decimals."""
     return headline.to_markdown(index=False, floatfmt=".3f") + "\n"
+
+
+def with_interval(point: float, low: float, high: float, signed: bool = False) -> str:
+    """``0.307 [0.230, 0.379]`` (``+0.037 [-0.010, +0.084]`` for a difference)."""
+    form = "{:+.3f}" if signed else "{:.3f}"
+    if pd.isna(point):
+        return ""
+    return f"{form.format(point)} [{form.format(low)}, {form.format(high)}]"
+
+
+def readable_table(table: pd.DataFrame, style: str = "pipe") -> str:
+    """A readable table as Markdown (``pipe``) or reStructuredText (``rst``): three decimals,
+    empty cells for values a row does not have."""
+    return table.to_markdown(index=False, tablefmt=style, floatfmt=".3f", missingval="")
+
+
+def readable_headline(headline: pd.DataFrame) -> pd.DataFrame:
+    """The headline's columns a reader needs first (the TSV keeps every column)."""
+    table = pd.DataFrame(
+        {
+            "combination": headline["combination"],
+            "rows": headline["rows"],
+            "n_rows": headline["n_rows"],
+        }
+    )
+    for metric in ("kappa", "qwk", "auc"):
+        table[f"{metric} (95% CI)"] = [
+            with_interval(*values)
+            for values in headline[
+                [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"]
+            ].itertuples(index=False)
+        ]
+        if metric == "kappa":
+            table["kappa_std"] = headline["kappa_std"]
+    for column, name in (
+        ("balanced_accuracy_mean", "balanced_acc"),
+        ("macro_f1_mean", "macro_f1"),
+        ("brier_mean", "brier"),
+        ("ece_mean", "ece"),
+        ("train_kappa_mean", "train_kappa"),
+        ("gap_mean", "gap"),
+    ):
+        table[name] = headline[column]
+    return table
+
+
+def readable_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons' columns a reader needs: the difference with its corrected interval,
+    the p-values and the verdict."""
+    table = comparisons[["combination", "versus", "family", "rows", "n_rows"]].copy()
+    table["kappa_diff (95% CI)"] = [
+        with_interval(*values, signed=True)
+        for values in comparisons[
+            ["kappa_diff_folds", "kappa_diff_ci_low", "kappa_diff_ci_high"]
+        ].itertuples(index=False)
+    ]
+    table["p_value"] = comparisons["p_value"]
+    table["p_holm"] = comparisons["p_holm"]
+    table["verdict"] = comparisons["verdict"]
+    return table
+
+
+def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, primary: str) -> str:
+    """``results/fusion_results.md``: the primary verdicts, then the readable headline."""
+    confidence = "95 %"
+    lines = ["# fusion-dag results", ""]
+    primary_rows = comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
+    if len(primary_rows):
+        lines += [
+            f"## Does each fusion add to {primary}? (the primary contrasts)",
+            "",
+            readable_table(readable_comparisons(primary_rows)),
+            "",
+            "kappa_diff: the mean over the repeats x folds of the paired per-fold difference, "
+            f"with the {confidence} interval of the corrected resampled t-test (Nadeau and "
+            "Bengio 2003); p_holm: Holm-adjusted within each family. `better` or `worse` when "
+            "p_holm < 0.05, otherwise `inconclusive` (not evidence of no difference: with few "
+            "folds a real gain often does not reach it). `rows: all` scores every visit with "
+            "the members it has, as `predict` does.",
+            "",
+        ]
+    lines += [
+        "## Headline",
+        "",
+        readable_table(readable_headline(headline)),
+        "",
+        "Each value is the mean over repeats of the metric on that repeat's pooled out-of-fold "
+        f"predictions. The {confidence} intervals are corrected resampled t intervals from the "
+        "spread of the refitted fold models, so they cover training variability too; the "
+        "patient bootstrap of the fixed predictions (`kappa_boot_low`/`_high` in the TSV) "
+        "does not. `rows: complete` counts the visits with every member, `rows: all` every "
+        "visit scored with the members it has.",
+        "",
+        "Every column, every comparison: `results/fusion_results.tsv`, "
+        "`results/comparisons.tsv` (see docs/evaluation.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def comparisons_markdown(comparisons: pd.DataFrame) -> str:
+    """``results/comparisons.md``: every comparison, readable columns."""
+    return readable_table(readable_comparisons(comparisons)) + "\n"
+
+
+# A headline metric's point and interval columns, as suffixes of its name.
+PARTS = ("mean", "ci_low", "ci_high")
+
+
+def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict) -> str:
+    """The HTML report's front page (reStructuredText): what was run, the primary verdicts and
+    the headline, so a reader of the report sees the answer before any click.
+
+    Lists, not tables: the report sets the page's text in a column beside the workflow's
+    graph, where a table of the headline's width runs under the graph. ``run`` holds
+    ``classes``, ``folds``, ``repeats``, ``primary``, ``modalities`` and the fusion
+    ``weights`` description. Snakemake renders the page with Jinja2 first: nothing here may
+    contain a Jinja delimiter.
+    """
+    primary = run["primary"]
+    images = ", ".join(run["modalities"]) or "none"
+    lines = [
+        f"fusion-dag classifies wound healing phases ({' < '.join(run['classes'])}) by fusing a "
+        f"random forest on the clinical metadata with an image branch per modality ({images}). "
+        "Each image branch is trained alone, its checkpoint loaded by layer name into the "
+        f"fusion job, frozen and verified, and fused with fixed weights ({run['weights']}); the "
+        "forest's training-row probabilities are out-of-fold. Every number below is out-of-fold, "
+        f"on {run['folds']} patient-grouped folds x {run['repeats']} repeats (each repeat its own "
+        "partition and model seeds).",
+        "",
+    ]
+    primary_rows = comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
+    if len(primary_rows):
+        title = f"Does each fusion add to {primary}?"
+        lines += [title, "-" * len(title), ""]
+        for row in primary_rows.itertuples(index=False):
+            visits = (
+                "every visit, scored as predict scores it"
+                if row.rows == ALL
+                else "the visits with every member"
+            )
+            interval_text = with_interval(
+                row.kappa_diff_folds, row.kappa_diff_ci_low, row.kappa_diff_ci_high, signed=True
+            )
+            lines.append(
+                f"- **{row.combination}** against {row.versus}, {row.n_rows} visits ({visits}): "
+                f"kappa {interval_text}, p {row.p_value:.3f}, Holm p {row.p_holm:.3f}: "
+                f"**{row.verdict}**"
+            )
+        lines += [
+            "",
+            "Fixed in the config (``evaluation.primary``) before any result: the mean paired "
+            "per-fold kappa difference with the 95 % interval of the corrected resampled "
+            "t-test, its p-value Holm-adjusted within the family. Better or worse when the "
+            "Holm p is below 0.05, otherwise inconclusive, which is not evidence of no "
+            "difference.",
+            "",
+        ]
+    lines += ["Headline", "--------", ""]
+    for row in headline.itertuples(index=False):
+        visits = f"all {row.n_rows} visits" if row.rows == ALL else f"{row.n_rows} visits"
+        metrics = ", ".join(
+            f"{name} {with_interval(*(getattr(row, f'{metric}_{part}') for part in PARTS))}"
+            for metric, name in (("kappa", "kappa"), ("qwk", "QWK"), ("auc", "AUC"))
+        )
+        extra = f"balanced accuracy {row.balanced_accuracy_mean:.3f}, ECE {row.ece_mean:.3f}"
+        if not pd.isna(row.gap_mean):
+            extra += f", train - validation gap {row.gap_mean:.3f}"
+        lines.append(f"- **{row.combination}** ({visits}): {metrics}; {extra}")
+    lines += [
+        "",
+        "The mean over repeats of each metric on the pooled out-of-fold predictions, with 95 % "
+        "intervals from the spread of the refitted fold models (corrected resampled variance), "
+        "which include training variability. Every column and comparison: "
+        "fusion_results.tsv and comparisons.tsv under Results; how each number is computed: "
+        "docs/evaluation.md.",
+        "",
+    ]
+    return "\n".join(lines)
