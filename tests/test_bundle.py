@@ -8,9 +8,9 @@ import pytest
 
 from fusion_dag.artifacts import InputError
 from fusion_dag.bundle import BundleError, choose_combination, load_bundle, model_spec
-from fusion_dag.predict import fuse_rows
 from fusion_dag.predict_table import typed_column
 from fusion_dag.report import external_metrics
+from fusion_dag.weights import fuse_rows
 
 CLASSES = ["I", "P", "R"]
 SAMPLES = pd.DataFrame(

@@ -32,12 +32,13 @@ def dry_run(workdir, config):
     return scheduled_jobs(result.stdout + result.stderr)
 
 
-def test_full_run_writes_three_rows_and_contract_logs(tiny_run):
+def test_full_run_writes_a_row_per_combination_and_contract_logs(tiny_run):
     table = (tiny_run / "results/fusion_results.tsv").read_text().splitlines()
-    assert [line.split("\t")[0] for line in table[1:]] == [
-        "metadata",
-        "thermal_map",
-        "metadata+thermal_map",
+    assert [line.split("\t")[:2] for line in table[1:]] == [
+        ["metadata", "complete"],
+        ["thermal_map", "complete"],
+        ["metadata+thermal_map", "complete"],
+        ["metadata+thermal_map", "all"],
     ]
     log = (tiny_run / "logs/fusion/metadata+thermal_map/repeat1/fold2.log").read_text()
     assert "Loaded weights for layer: thermal_map_conv1" in log

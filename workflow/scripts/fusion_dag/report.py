@@ -27,7 +27,7 @@ from fusion_dag.evaluate import (
     predicted_shares,
     repeat_arrays,
 )
-from fusion_dag.predict import fuse_rows
+from fusion_dag.weights import fuse_rows
 
 # Metrics with an interval in the headline, the primary one first.
 INTERVAL_METRICS = (
@@ -139,7 +139,7 @@ def all_visits_oof(
     members: list, member_oofs: dict, folds: pd.DataFrame, classes: list, fusion: dict
 ) -> pd.DataFrame:
     """Pooled out-of-fold predictions of a combination on every visit that has any member,
-    each fused from the members it has with :func:`fusion_dag.predict.fuse_rows` (predict's own
+    each fused from the members it has with :func:`fusion_dag.weights.fuse_rows` (predict's own
     reweighting), from the members' pooled out-of-fold probabilities ``member_oofs``.
 
     This is the policy ``predict`` applies to a visit that lacks an image; the complete-row

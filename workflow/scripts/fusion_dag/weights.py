@@ -1,8 +1,20 @@
-"""Fusion weights: how much each member's probabilities count in a combination.
+"""Fusion weights: how much each member's probabilities count in a combination, and the
+fusion of each row from the members it has.
 
 A module of its own, free of Keras and h5py, because the light report jobs (weight sweep,
-diagnostics) need the same weights the fusion jobs use.
+diagnostics, the headline's ``rows: all``) need the same weights and the same reweighting the
+fusion jobs and ``predict`` use.
 """
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns
+from fusion_dag.tables import describe_rows
+
+log = logging.getLogger(__name__)
 
 METADATA = "metadata"
 
@@ -28,3 +40,56 @@ def member_weights(
         share = (1.0 - metadata_weight) / len(images)
         return {METADATA: metadata_weight, **{m: share for m in images}}
     return {m: 1.0 / len(members) for m in members}
+
+
+def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: dict) -> pd.DataFrame:
+    """The predictions table: each row fused from the members it has.
+
+    Columns: ``id``, ``group``, ``label`` (empty without labels), ``members_used``
+    (``+``-joined, empty when a row has none), ``predicted``, fused ``prob_{class}`` and each
+    member's ``{member}_prob_{class}``. A row's weights are those its members have as a
+    combination in training (``fusion.weights`` rescaled, or ``metadata_weight`` and equal image
+    shares), so a visit with every image gets exactly the combination's fusion.
+    """
+    classes = spec["classes"]
+    columns = prob_columns(classes)
+    table = samples[[ID, GROUP, LABEL]].reset_index(drop=True)
+    stacked = {}
+    for member in members:
+        aligned = table[[ID]].merge(member_probs[member], on=ID, how="left")[columns]
+        stacked[member] = aligned.to_numpy(dtype=float)
+        for column in columns:
+            table[f"{member}_{column}"] = aligned[column].to_numpy()
+    present = np.column_stack([~np.isnan(stacked[m]).any(axis=1) for m in members])
+    fused = np.full((len(table), len(classes)), np.nan)
+    used = np.full(len(table), "", dtype=object)
+    for pattern in np.unique(present, axis=0):
+        rows = (present == pattern).all(axis=1)
+        chosen = [m for m, has in zip(members, pattern, strict=True) if has]
+        if not chosen:
+            continue
+        weights = member_weights(chosen, **spec["fusion"])
+        fused[rows] = sum(weights[m] * stacked[m][rows] for m in chosen)
+        used[rows] = "+".join(chosen)
+        log.info(
+            "%d rows scored by %s (weights %s)",
+            int(rows.sum()),
+            "+".join(chosen),
+            ", ".join(f"{m}={w:.3f}" for m, w in weights.items()),
+        )
+    unscored = used == ""
+    if unscored.any():
+        log.warning(
+            "%d rows have none of the members %s and get no prediction: ids %s",
+            int(unscored.sum()),
+            "+".join(members),
+            describe_rows(table.loc[unscored, ID].tolist()),
+        )
+    table.insert(3, "members_used", used)
+    predicted = np.where(
+        unscored, "", np.array(classes, dtype=object)[np.nan_to_num(fused).argmax(axis=1)]
+    )
+    table.insert(4, "predicted", predicted)
+    for index, column in enumerate(columns):
+        table.insert(5 + index, column, fused[:, index])
+    return table
