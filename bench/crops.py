@@ -7,9 +7,9 @@ One run trains two modalities on the same image table: ``thermal_map`` (each vie
 box's square crop, the demo default) and ``thermal_frame`` (``box: null``: each view its whole
 320 x 240 frame shrunk to the branch's size), on the same folds and seeds. The script prints
 and writes (``bench/RESULTS.md``, section "Crops vs whole frames"; not for ``--tiny``) each
-one's kappa, the paired difference (patient bootstrap interval, corrected resampled t-test
-over the repeats x folds) and the spread of the per-fold differences: the fold noise the
-difference is judged against.
+one's kappa, the paired difference (the mean per-fold difference with the corrected resampled
+t interval and p-value, K - 1 degrees of freedom; the paired patient bootstrap for reference)
+and the spread of the per-fold differences: the fold noise the difference is judged against.
 """
 
 import argparse
@@ -122,10 +122,12 @@ def report(figures: dict, tiny: bool) -> str:
                 right={"n_visits", "kappa_std", "qwk", "balanced_acc"},
             ),
             "",
-            f"Crops minus frames: kappa {comparison['kappa_diff']:+.3f} "
+            f"Crops minus frames: kappa {comparison['kappa_diff_folds']:+.3f} "
             f"[{comparison['kappa_diff_ci_low']:+.3f}, {comparison['kappa_diff_ci_high']:+.3f}] "
-            f"(paired patient bootstrap), corrected resampled t = {comparison['t_corrected']:.2f}, "
-            f"p = {comparison['p_value']:.3f}; per-fold differences "
+            f"(mean per-fold difference, corrected resampled t interval), t = "
+            f"{comparison['t_corrected']:.2f}, p = {comparison['p_value']:.3f} (paired patient "
+            f"bootstrap, for reference: [{comparison['kappa_diff_boot_low']:+.3f}, "
+            f"{comparison['kappa_diff_boot_high']:+.3f}]); per-fold differences "
             f"{', '.join(f'{d:+.3f}' for d in differences)} (mean {np.mean(differences):+.3f}, "
             f"standard deviation {np.std(differences, ddof=1):.3f}: the fold noise).",
             "",
