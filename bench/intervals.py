@@ -134,9 +134,8 @@ def coverage(datasets: int, patients: int, folds: int, repeats: int, bootstrap: 
     hits = {"bootstrap": [], "corrected": []}
     widths = {"bootstrap": [], "corrected": []}
     for number in range(datasets):
-        oof = cross_validated(
-            simulated_visits(rng, patients, thresholds), FEATURES, folds, repeats, number
-        )
+        table = simulated_visits(rng, patients, thresholds)
+        oof = cross_validated(table, FEATURES, partitions(table, folds, repeats, number))
         point, samples = bootstrap_metrics(oof, CLASSES, bootstrap, number)["kappa"]
         values = fold_values(oof, CLASSES)["kappa"]
         intervals = {
@@ -273,6 +272,10 @@ def main() -> None:
         "patients": 160,
         "bootstrap": 200 if arguments.tiny else 1000,
     }
+    from threadpoolctl import threadpool_limits
+
+    # The fits are small: one BLAS thread per process is faster than two fighting for 2 cores.
+    threadpool_limits(1)
     start = time.time()
     measured = {}
     for folds, repeats in DESIGNS[:1] if arguments.tiny else DESIGNS:
