@@ -236,3 +236,13 @@ def test_markdown_table_has_a_row_per_combination():
     frame = pd.DataFrame({"combination": ["metadata"], "kappa_mean": [0.25]})
     lines = markdown_table(frame).splitlines()
     assert len(lines) == 3 and "| metadata" in lines[2] and "0.250" in lines[2]
+
+
+def test_a_primary_that_was_not_run_leaves_no_primary_contrast_and_says_so(caplog):
+    import logging
+
+    oofs = {"b": synthetic_oof(0.2, seed=1), "a+b": synthetic_oof(0.3, seed=2)}
+    with caplog.at_level(logging.WARNING):
+        table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
+    assert table["family"].tolist() == ["secondary"] and not table["primary"].any()
+    assert "evaluation.primary a is not among the combinations run (b, a+b)" in caplog.text

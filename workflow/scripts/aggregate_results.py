@@ -4,7 +4,7 @@ from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
 from fusion_dag.evaluate import oof_table
 from fusion_dag.joblog import job_log
 from fusion_dag.report import (
-    all_visits_oof,
+    all_visits_oofs,
     comparisons_markdown,
     comparisons_table,
     front_page,
@@ -37,33 +37,16 @@ with job_log(snakemake.log[0]) as log:
         )
         for member, files in member_files.groupby("member")
     }
-    all_visits = {}
-    for name, members in combinations.items():
-        if len(members) > 1:
-            scored = all_visits_oof(members, member_oofs, folds, classes, snakemake.params.fusion)
-            if len(scored) > len(oofs[name]):
-                all_visits[name] = scored
-                log.info(
-                    "%s: %d of %d visits have every member; rows: all scores each of them "
-                    "with the members it has, as predict does",
-                    name,
-                    oofs[name]["id"].nunique(),
-                    scored["id"].nunique(),
-                )
-    primary = evaluation["primary"]
-    if primary not in oofs and any(len(m) > 1 for m in combinations.values()):
-        log.warning(
-            "evaluation.primary %s is not among the combinations run (%s): no primary "
-            "contrasts; add it to 'combinations' to compare each fusion with it",
-            primary,
-            ", ".join(oofs),
-        )
+    fusion = snakemake.params.fusion
+    all_visits = all_visits_oofs(combinations, oofs, member_oofs, folds, classes, fusion)
     seed = snakemake.params.seed
     headline = headline_table(per_fold, oofs, classes, evaluation, seed, all_visits)
     comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)
     write_tsv(per_fold, snakemake.output.per_fold)
     write_tsv(headline, snakemake.output.table)
-    write_text(results_markdown(headline, comparisons, primary), snakemake.output.markdown)
+    write_text(
+        results_markdown(headline, comparisons, evaluation["primary"]), snakemake.output.markdown
+    )
     write_tsv(comparisons, snakemake.output.comparisons)
     write_text(comparisons_markdown(comparisons), snakemake.output.comparisons_markdown)
     write_text(front_page(headline, comparisons, snakemake.params.run), snakemake.output.front_page)

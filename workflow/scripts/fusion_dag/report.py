@@ -10,6 +10,8 @@ per-fold differences, Holm-adjusted within a pre-specified family: each fusion a
 ``evaluation.primary`` is the primary family.
 """
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -28,6 +30,8 @@ from fusion_dag.evaluate import (
     repeat_arrays,
 )
 from fusion_dag.weights import fuse_rows
+
+log = logging.getLogger(__name__)
 
 # Metrics with an interval in the headline, the primary one first.
 INTERVAL_METRICS = (
@@ -48,7 +52,6 @@ COMPLETE, ALL = "complete", "all"
 # the visits with every member (the pre-specified question), the same on every visit, and each
 # fusion against its other members.
 PRIMARY, PRIMARY_ALL, SECONDARY = "primary", "primary, all visits", "secondary"
-VERDICTS = ("better", "worse", "inconclusive")
 
 
 def per_fold_table(records: list) -> pd.DataFrame:
@@ -157,6 +160,33 @@ def all_visits_oof(
         fused = fused.loc[fused["members_used"] != "", [ID, *columns]]
         parts.append(fused.merge(visits[[ID, GROUP, LABEL, "fold"]], on=ID).assign(repeat=repeat))
     return pd.concat(parts, ignore_index=True)[["repeat", "fold", ID, GROUP, LABEL, *columns]]
+
+
+def all_visits_oofs(
+    combinations: dict,
+    oofs: dict,
+    member_oofs: dict,
+    folds: pd.DataFrame,
+    classes: list,
+    fusion: dict,
+) -> dict:
+    """:func:`all_visits_oof` of every fusion that some visits lack a member of (name ->
+    table): the combinations whose ``rows: all`` scores more visits than its complete rows."""
+    scored_all = {}
+    for name, members in combinations.items():
+        if len(members) < 2:
+            continue
+        scored = all_visits_oof(members, member_oofs, folds, classes, fusion)
+        if scored[ID].nunique() > oofs[name][ID].nunique():
+            scored_all[name] = scored
+            log.info(
+                "%s: %d of %d visits have every member; rows: all scores each of them with "
+                "the members it has, as predict does",
+                name,
+                oofs[name][ID].nunique(),
+                scored[ID].nunique(),
+            )
+    return scored_all
 
 
 def metric_columns(estimates: dict, classes: list, evaluation: dict, suffix: str) -> dict:
@@ -329,6 +359,13 @@ def comparisons_table(
     visit as predict scores it; then against each of its other members. Each family gets its
     own Holm adjustment and verdicts; ``primary`` marks the pre-specified family."""
     primary = evaluation.get("primary", "metadata")
+    if primary not in oofs and any(len(name.split("+")) > 1 for name in oofs):
+        log.warning(
+            "evaluation.primary %s is not among the combinations run (%s): no primary "
+            "contrasts; add it to 'combinations' to compare each fusion with it",
+            primary,
+            ", ".join(oofs),
+        )
     rows = []
     for name, oof in oofs.items():
         members = name.split("+")
