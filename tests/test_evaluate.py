@@ -100,6 +100,26 @@ def test_weighted_metrics_agree_with_scikit_learn_sample_weights():
         assert got[name] == pytest.approx(value, abs=1e-9), name
 
 
+def test_one_vs_rest_auc_agrees_with_scikit_learn_on_tied_and_weighted_scores():
+    from sklearn.metrics import roc_auc_score
+
+    from fusion_dag.evaluate import one_vs_rest_auc
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    probs[:100] = np.round(probs[:100], 1)  # a third of the scores tied
+    probs /= probs.sum(axis=1, keepdims=True)
+    weights = rng.integers(0, 3, (4, 300)).astype(float)  # four resamples, some rows drawn 0 times
+    expected = [
+        roc_auc_score(truth, probs, multi_class="ovr", average="macro", sample_weight=w)
+        for w in weights
+    ]
+    assert one_vs_rest_auc(weights, truth, probs) == pytest.approx(expected, abs=1e-12)
+    # A resample without any row of a class has no AUC.
+    assert np.isnan(one_vs_rest_auc(np.where(truth == 2, 0.0, 1.0)[None, :], truth, probs)[0])
+
+
 def test_patient_bootstrap_resamples_whole_patients():
     from fusion_dag.evaluate import patient_weights
 

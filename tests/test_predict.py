@@ -255,6 +255,23 @@ def test_the_bundle_records_each_modalitys_image_layout(external_run):
     assert spec["modalities"]["depth_map"]["column"] == "depth_map"
 
 
+def test_the_manifest_records_the_collapsed_final_branches_it_was_allowed_to_bundle(external_run):
+    """The fixture's 3-epoch final depth branch predicts one class for every training row
+    (measured); with final.allow_collapsed the bundle takes it and says so."""
+    from fusion_dag.bundle import collapsed_branches
+
+    final = external_run / "results/final/image"
+    probs = {
+        m: pd.read_csv(final / m / "probs.tsv", sep="\t") for m in ("thermal_map", "depth_map")
+    }
+    collapsed = collapsed_branches(probs, ["I", "P", "R"])
+    assert collapsed, "no final branch collapsed: the override path is no longer exercised here"
+    checks = load_bundle(external_run / "results/final/bundle")["final_checks"]
+    assert checks == {"collapsed_branches": collapsed, "allow_collapsed": True}
+    log = (external_run / "logs/bundle/bundle.log").read_text()
+    assert f"Final image branch {next(iter(collapsed))} predicts class" in log
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -301,12 +318,10 @@ def test_predict_without_a_table_names_the_key(tmp_path):
     assert "Invalid config key 'predict.samples'" in result.stdout + result.stderr
 
 
-def test_a_collapsed_final_branch_stops_the_bundle_unless_allowed(external_run, tmp_path):
+def test_a_collapsed_final_branch_stops_the_bundle_naming_it(external_run, tmp_path):
     """The final thermal branch made to predict class P everywhere (as a branch stuck at its
-    first plateau does): the bundle job stops with one line naming it and writes no bundle;
-    with final.allow_collapsed the manifest records it."""
-    import json
-
+    first plateau does): with final.allow_collapsed false the bundle job stops with one line
+    naming it and writes no bundle (the override is the fixture's own run, above)."""
     workdir = tmp_path / "run"
     shutil.copytree(external_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results/final/bundle")
@@ -333,8 +348,3 @@ def test_a_collapsed_final_branch_stops_the_bundle_unless_allowed(external_run, 
     assert "thermal_map predicts class P for every training row" in errors[0]
     assert "final: {allow_collapsed: true}" in errors[0] and "patience" in errors[0]
     assert not (workdir / "results/final/bundle").exists()
-    result = run_snakemake(workdir, *arguments, config=EXTERNAL)
-    assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((workdir / "results/final/bundle/manifest.json").read_text())
-    assert manifest["final_checks"]["allow_collapsed"] is True
-    assert manifest["final_checks"]["collapsed_branches"]["thermal_map"] == "P"
