@@ -348,3 +348,32 @@ def test_a_collapsed_final_branch_stops_the_bundle_naming_it(external_run, tmp_p
     assert "thermal_map predicts class P for every training row" in errors[0]
     assert "final: {allow_collapsed: true}" in errors[0] and "patience" in errors[0]
     assert not (workdir / "results/final/bundle").exists()
+
+
+def test_predict_explain_writes_each_new_visits_contributions_and_heatmaps(external_run):
+    config = {**EXTERNAL, "predict": {**EXTERNAL["predict"], "explain": True}}
+    result = run_snakemake(external_run, "--cores", "2", "predict", config=config)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    # Only the explanations run: the predictions and the models are up to date.
+    assert scheduled_jobs(result.stdout + result.stderr) == {"predict_explain": 1, "predict": 1}
+    predictions = pd.read_csv(external_run / "results/predict/predictions.tsv", sep="\t")
+    table = pd.read_csv(external_run / "results/predict/contributions.tsv", sep="\t")
+    assert table["id"].tolist() == predictions["id"].tolist()
+    members = COMBINATION.split("+")
+    parts = table[[f"contribution_{m}" for m in members]].sum(axis=1)
+    np.testing.assert_allclose(parts, table["prob_predicted"], atol=1e-6)
+    chosen = np.searchsorted(["I", "P", "R"], predictions["predicted"])
+    scored = predictions[PROBS].to_numpy()[np.arange(len(predictions)), chosen]
+    np.testing.assert_allclose(table["prob_predicted"], scored, atol=1e-12)
+    # A visit without a depth map gets no depth contribution (weight 0).
+    no_depth = predictions["depth_map_prob_I"].isna()
+    assert (table.loc[no_depth, "weight_depth_map"] == 0).all()
+    # One heatmap per new visit with the image, for each image member.
+    for modality, column in [
+        ("depth_map", "depth_map_prob_I"),
+        ("thermal_map", "thermal_map_prob_I"),
+    ]:
+        folder = external_run / "results/predict/heatmaps" / modality
+        rows = pd.read_csv(folder / "heatmaps.tsv", sep="\t")
+        assert sorted(rows["id"]) == sorted(predictions.loc[predictions[column].notna(), "id"])
+        assert all((folder / name).is_file() for name in rows["file"])

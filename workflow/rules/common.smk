@@ -17,6 +17,7 @@ from fusion_dag.config import (
     check_columns,
     check_fusion_weights,
     check_primary,
+    check_review,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -24,6 +25,7 @@ from fusion_dag.config import (
     modalities_in_use,
     modality_column,
     modality_settings,
+    review_combination,
     schema_error,
     selected_combinations,
 )
@@ -53,6 +55,7 @@ try:
     COMBINATIONS = selected_combinations(config)
     check_fusion_weights(config, COMBINATIONS)
     check_primary(config)
+    check_review(config, COMBINATIONS)
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
@@ -546,3 +549,73 @@ def predict_image_tables(wildcards):
 def predict_image_dir(wildcards):
     """The folder the new table's image paths are relative to (default: image_dir)."""
     return config["predict"]["image_dir"] or config["image_dir"]
+
+
+# Combinations of several members: the ones with contributions and a member-drop table.
+FUSIONS = {name: members for name, members in COMBINATIONS.items() if len(members) > 1}
+# The combination whose visits misclassified in every repeat review.tsv lists.
+REVIEW = review_combination(
+    COMBINATIONS, config["evaluation"]["primary"], config["explain"]["review"]
+)
+# Each fold's fitted forest, whose permutation importance explain_importance measures.
+IMPORTANCE_FOLD_FILES = partition_files(
+    model="results/metadata/repeat{repeat}/fold{fold}/model.skops"
+)
+
+
+# Each fold of repeat 1 (every visit held out once) of an image modality, with the files its
+# Grad-CAM heatmaps need: the checkpoint, its sidecar and the image stage's probabilities.
+def heatmap_fold_files(wildcards):
+    """Each fold of repeat 1 (every visit held out once) of an image modality, with the files
+    its Grad-CAM heatmaps need: the checkpoint, its sidecar and the image stage's visit and
+    view probabilities."""
+    folder = f"results/image/{wildcards.modality}/repeat1"
+    return [
+        {
+            "fold": fold,
+            "checkpoint": f"{folder}/fold{fold}/checkpoint.weights.h5",
+            "sidecar": f"{folder}/fold{fold}/checkpoint.json",
+            "probs": f"{folder}/fold{fold}/probs.tsv",
+            "view_probs": f"{folder}/fold{fold}/view_probs.tsv",
+        }
+        for fold in FOLDS
+    ]
+
+
+def explain_member_files(wildcards):
+    """member_fold_files' records for the members of every fusion and of the review
+    combination (contributions, member drops and review.tsv)."""
+    members = {m for ms in [*FUSIONS.values(), COMBINATIONS[REVIEW]] for m in ms}
+    return [
+        {
+            "member": member,
+            "repeat": repeat,
+            "fold": fold,
+            "probs": member_stage_probs(member, repeat, fold),
+        }
+        for member in sorted(members)
+        for repeat, fold in PARTITIONS
+    ]
+
+
+def explain_outputs(wildcards):
+    """What the explain target writes for this selection: the forest's importance (when a
+    combination uses metadata), contributions and member drops (no rows without a fusion),
+    the review list and each image modality's heatmaps."""
+    outputs = []
+    if any("metadata" in members for members in COMBINATIONS.values()):
+        outputs += ["results/explain/importance.tsv", "results/explain/importance.png"]
+    outputs += [
+        "results/explain/contributions.tsv",
+        "results/explain/member_drop.tsv",
+        "results/explain/review.tsv",
+    ]
+    outputs += expand("results/explain/heatmaps_{modality}.png", modality=MODALITIES)
+    return outputs
+
+
+def predict_explain_outputs(wildcards):
+    """The predict target's explanations, when predict.explain is true."""
+    if not config["predict"]["explain"]:
+        return []
+    return ["results/predict/contributions.tsv", "results/predict/heatmaps"]

@@ -1,7 +1,6 @@
 import pandas as pd
 
 from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
-from fusion_dag.evaluate import oof_table
 from fusion_dag.joblog import job_log
 from fusion_dag.report import (
     all_visits_oofs,
@@ -9,6 +8,7 @@ from fusion_dag.report import (
     comparisons_table,
     front_page,
     headline_table,
+    member_oofs,
     per_fold_table,
     readable_comparisons,
     readable_headline,
@@ -31,14 +31,9 @@ with job_log(snakemake.log[0]) as log:
     member_files = pd.DataFrame(
         snakemake.params.member_files, columns=["member", "repeat", "fold", "probs"]
     )
-    member_oofs = {
-        member: oof_table(
-            [(r.repeat, r.fold, read_tsv(r.probs)) for r in files.itertuples()], folds, classes
-        )
-        for member, files in member_files.groupby("member")
-    }
+    members = member_oofs(member_files, read_tsv, folds, classes)
     fusion = snakemake.params.fusion
-    all_visits = all_visits_oofs(combinations, oofs, member_oofs, folds, classes, fusion)
+    all_visits = all_visits_oofs(combinations, oofs, members, folds, classes, fusion)
     seed = snakemake.params.seed
     headline = headline_table(per_fold, oofs, classes, evaluation, seed, all_visits)
     comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)

@@ -314,3 +314,28 @@ def check_primary(config: dict) -> None:
             f"metadata nor a modality ({', '.join(known)}); write a combination's members "
             "joined by '+', e.g. metadata or metadata+thermal_map"
         )
+
+
+def check_review(config: dict, combinations: dict) -> None:
+    """``explain.review``, when set, is one of the combinations this run selects (review.tsv
+    lists the visits that combination gets wrong in every repeat)."""
+    review = config["explain"].get("review")
+    if review and review not in combinations:
+        raise ConfigError(
+            f"Invalid config key 'explain.review': {review!r} is not among the combinations run "
+            f"({', '.join(combinations)}); name one of them, or null for the fullest fusion"
+        )
+
+
+def review_combination(combinations: dict, primary: str, requested: str | None) -> str:
+    """The fusion whose persistent errors are listed for review: ``explain.review`` when set,
+    else the fusion with the most members among those holding ``evaluation.primary`` (the
+    run's fullest fusion if none does); the first listed wins a tie."""
+    if requested:
+        return requested
+    fusions = [name for name, members in combinations.items() if len(members) > 1]
+    if not fusions:
+        return next(iter(combinations))
+    wanted = set(primary.split("+"))
+    holding = [name for name in fusions if wanted <= set(combinations[name])] or fusions
+    return max(holding, key=lambda name: len(combinations[name]))

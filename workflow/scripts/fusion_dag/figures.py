@@ -1,15 +1,18 @@
 """The report's figures: fold kappa, confusion matrices, learning curves, the weight sweep,
-kappa intervals, paired comparisons and reliability diagrams, each saved as a PNG.
+kappa intervals, paired comparisons, reliability diagrams, the metadata columns' permutation
+importance and the image branches' Grad-CAM grids, each saved as a PNG.
 
 Why a module of its own: the tables (``fusion_dag.report``) are imported by jobs that only
 compute numbers (aggregation, ablation, scoring a new table); keeping the figures here means
 those jobs never import matplotlib, and only the plot rule scripts pay for it.
 """
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import partial_path
+from fusion_dag.artifacts import LABEL, partial_path
 from fusion_dag.evaluate import calibration_bins, calibration_error, repeat_arrays
 
 
@@ -253,3 +256,66 @@ def save_figure(fig, path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def plot_importance(importance: pd.DataFrame, warnings: list, top: int = 15):
+    """The ``top`` columns by permutation importance (mean drop in kappa over folds and repeats,
+    whiskers the fold range), leak suspects in red with the warning under the plot."""
+    figure_style()
+    import matplotlib.pyplot as plt
+
+    shown = importance.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(shown) + 1.8))
+    colours = np.where(shown["leak_suspect"], "#c0392b", "#2c7fb8")
+    spread = np.vstack(
+        [
+            shown["importance_mean"] - shown["importance_min"],
+            shown["importance_max"] - shown["importance_mean"],
+        ]
+    )
+    ax.barh(shown["feature"], shown["importance_mean"], xerr=spread, color=colours, capsize=2)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("Drop in validation kappa when the column is shuffled")
+    ax.set_title("Metadata: permutation importance on held-out visits")
+    if warnings:
+        text = "\n".join(textwrap.fill(line, 110) for line in warnings)
+        fig.text(0.01, 0.01, text, color="#c0392b", fontsize=7, va="bottom")
+        fig.subplots_adjust(bottom=0.12 + 0.06 * len(warnings))
+    fig.tight_layout(rect=(0, 0.1 * bool(warnings), 1, 1))
+    return fig
+
+
+def plot_heatmap_grid(rows: pd.DataFrame, pictures: list, modality: str, per_cell: int = 6):
+    """Grad-CAM overlays in a grid: one row per (label, correct or wrong), up to ``per_cell``
+    visits each, titled with the fold, the predicted class and its probability."""
+    figure_style()
+    import matplotlib.pyplot as plt
+
+    cells = rows.assign(picture=range(len(rows))).groupby([LABEL, "correct"], sort=False)
+    order = sorted(cells.groups, key=lambda key: (str(key[0]), not key[1]))
+    fig, axes = plt.subplots(
+        len(order), per_cell, figsize=(1.6 * per_cell, 1.9 * len(order)), squeeze=False
+    )
+    for line, key in enumerate(order):
+        members = cells.get_group(key).head(per_cell)
+        for column, ax in enumerate(axes[line]):
+            ax.axis("off")
+            if column < len(members):
+                row = members.iloc[column]
+                ax.imshow(pictures[int(row["picture"])])
+                ax.set_title(
+                    f"fold {row['fold']}: {row['predicted']} {row['prob_predicted']:.2f}",
+                    fontsize=7,
+                )
+        axes[line][0].text(
+            -0.1,
+            0.5,
+            f"label {key[0]}\n{'correct' if key[1] else 'wrong'}",
+            transform=axes[line][0].transAxes,
+            ha="right",
+            va="center",
+            fontsize=8,
+        )
+    fig.suptitle(f"{modality}: Grad-CAM of the predicted class (repeat 1, validation visits)")
+    fig.tight_layout(rect=(0.06, 0, 1, 0.97))
+    return fig

@@ -46,13 +46,12 @@ def forest_probabilities(bundle: Path, spec: dict, samples: pd.DataFrame) -> pd.
     return probability_table(samples[ID], None, probs, spec["classes"])
 
 
-def image_probabilities(bundle: Path, spec: dict, modality: str, views: pd.DataFrame):
-    """``id`` and ``prob_{class}`` of the visits with a view, from the bundled branch.
+def bundle_branch(bundle: Path, spec: dict, modality: str, views: pd.DataFrame) -> tuple:
+    """(the bundled branch of ``modality``, loaded and frozen, and the pixels of ``views``).
 
     The branch is built as in training, its checkpoint verified against its sidecar (layer
     names and shapes included), loaded by layer name and frozen, as in the fusion stage; views
-    are cut and decoded exactly as the image cache decodes them, and a visit's probability is
-    its views' mean, as in training.
+    are cut and decoded exactly as the image cache decodes them.
     """
     from fusion_dag.artifacts import read_json
     from fusion_dag.cache import decode_into
@@ -79,6 +78,14 @@ def image_probabilities(bundle: Path, spec: dict, modality: str, views: pd.DataF
         "backbone": settings["backbone"],
     }
     load_frozen_branch(model, modality, checkpoint, read_json(sidecar), required)
+    return model, images
+
+
+def image_probabilities(bundle: Path, spec: dict, modality: str, views: pd.DataFrame):
+    """``id`` and ``prob_{class}`` of the visits with a view, from the bundled branch
+    (:func:`bundle_branch`); a visit's probability is its views' mean, as in training."""
+    classes = spec["classes"]
+    model, images = bundle_branch(bundle, spec, modality, views)
     probs = model.predict(images, batch_size=32, verbose=0)
     view_probs = probability_table(views[ID], None, probs, classes)
     visits = visit_means(view_probs, prob_columns(classes))

@@ -162,6 +162,18 @@ def all_visits_oof(
     return pd.concat(parts, ignore_index=True)[["repeat", "fold", ID, GROUP, LABEL, *columns]]
 
 
+def member_oofs(member_files: pd.DataFrame, read, folds: pd.DataFrame, classes: list) -> dict:
+    """Each fusion member's pooled out-of-fold probabilities (member -> out-of-fold table) from
+    the records of its stage files (``member``, ``repeat``, ``fold``, ``probs``); ``read``
+    reads one file."""
+    return {
+        member: oof_table(
+            [(r.repeat, r.fold, read(r.probs)) for r in files.itertuples()], folds, classes
+        )
+        for member, files in member_files.groupby("member")
+    }
+
+
 def all_visits_oofs(
     combinations: dict,
     oofs: dict,

@@ -1,0 +1,353 @@
+"""The explanations: permutation importance, the leak screen, contributions, member drops and
+the review list, on generated tables, and the explain target on the tiny end-to-end run."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import cohen_kappa_score
+
+from fusion_dag.artifacts import GROUP, ID, LABEL
+from fusion_dag.explain import (
+    LEAK_KAPPA,
+    alone_kappas,
+    contributions,
+    fold_importance,
+    importance_table,
+    leak_warnings,
+    member_drop_table,
+    review_table,
+    row_contributions,
+)
+from fusion_dag.metadata import build_pipeline, feature_frame, fit_on
+from fusion_dag.prepare import prepare_inputs
+from fusion_dag.weights import fuse_rows
+from tests.conftest import CLASSES, COLUMNS, run_snakemake
+
+PROBS = ["prob_I", "prob_P", "prob_R"]
+FOREST = {"n_estimators": 60, "min_samples_leaf": 2, "class_weight": "balanced"}
+# The leak screen's single-column forests, smaller here than the workflow's to keep it quick.
+ALONE = {**FOREST, "n_estimators": 20}
+EVALUATION = {"bootstrap": 200, "confidence": 0.95}
+
+
+def planted_table(patients=120, seed=0) -> pd.DataFrame:
+    """Visits whose label is cut from a latent value that one numeric column (``planted``) and
+    one text column (``stage``, three levels, noisier) carry; ``noise`` and ``colour`` carry
+    nothing."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat([f"G{p:03d}" for p in range(patients)], 3)
+    latent = rng.normal(size=len(group))
+    label = np.asarray(CLASSES)[np.digitize(latent, [-0.55, 1.2])]
+    return pd.DataFrame(
+        {
+            ID: [f"V{i:04d}" for i in range(len(group))],
+            GROUP: group,
+            LABEL: label,
+            "planted": latent + rng.normal(0, 0.3, len(group)),
+            "noise": rng.normal(size=len(group)),
+            "stage": np.asarray(["early", "mid", "late"])[
+                np.digitize(latent + rng.normal(0, 0.8, len(group)), [-0.3, 0.8])
+            ],
+            "colour": rng.choice(["red", "green", "blue", "grey"], size=len(group)),
+        }
+    )
+
+
+class RecordingPipeline(ClassifierMixin, BaseEstimator):
+    """A fitted pipeline that records every table it is asked to predict."""
+
+    def __init__(self, pipeline, seen=None):
+        self.pipeline, self.seen = pipeline, seen if seen is not None else []
+
+    @property
+    def classes_(self):
+        return self.pipeline.classes_
+
+    def fit(self, x, y):
+        return self
+
+    def predict(self, x):
+        self.seen.append(x.copy())
+        return self.pipeline.predict(x)
+
+
+@pytest.fixture(scope="module")
+def planted_importance():
+    """Permutation importance of a forest fit on half the planted table's patients, measured
+    on the other half, with every table the forest was asked to predict."""
+    table = planted_table()
+    train = table[GROUP] < "G060"
+    pipeline = build_pipeline(FOREST, seed=1)
+    fit_on(pipeline, table[train], np.searchsorted(CLASSES, table.loc[train, LABEL]), 1)
+    recording = RecordingPipeline(pipeline)
+    held_out = table[~train]
+    importance = fold_importance(recording, held_out, CLASSES, permutations=10, seed=3)
+    return importance.set_index("feature"), recording.seen, held_out
+
+
+def test_the_planted_column_ranks_first_and_noise_sits_near_zero(planted_importance):
+    importance, _, _ = planted_importance
+    ranked = importance["importance"].sort_values(ascending=False)
+    assert ranked.index[0] == "planted"
+    assert ranked["planted"] > 0.2
+    # Noise: within 0.03 kappa of zero (its 10 shuffles' spread is about 0.01 here).
+    assert abs(importance.loc["noise", "importance"]) < 0.03
+    assert abs(importance.loc["colour", "importance"]) < 0.03
+
+
+def test_one_hot_levels_of_a_text_column_are_permuted_together(planted_importance):
+    importance, seen, held_out = planted_importance
+    # One row per raw column: the text columns are not split into their one-hot levels.
+    assert sorted(importance.index) == ["colour", "noise", "planted", "stage"]
+    assert importance.loc["stage", "importance"] > 0.05
+    original = sorted(held_out["stage"])
+    shuffled = [x for x in seen if not x["stage"].equals(feature_frame(held_out)["stage"])]
+    assert shuffled, "no prediction saw a shuffled stage column"
+    for x in shuffled:
+        # Every visit keeps exactly one level (a permutation of the column's own values),
+        # and the other columns are untouched.
+        assert sorted(x["stage"]) == original
+        assert x["planted"].equals(feature_frame(held_out)["planted"])
+
+
+@pytest.fixture(scope="module")
+def demo_samples(demo_table):
+    samples, _, _ = prepare_inputs(
+        demo_table, COLUMNS, CLASSES, {}, "drop", ignored_columns=["depth_map", "wound_photo"]
+    )
+    return samples
+
+
+def test_the_leak_screen_names_the_label_with_five_percent_noise(demo_samples):
+    samples = demo_samples.copy()
+    rng = np.random.default_rng(5)
+    leak = samples[LABEL].map({"I": 1.0, "P": 2.0, "R": 3.0}).to_numpy(copy=True)
+    redrawn = rng.random(len(leak)) < 0.05
+    leak[redrawn] = rng.choice([1.0, 2.0, 3.0], size=redrawn.sum())
+    samples.insert(3, "phase_confidence", leak)
+    alone = alone_kappas(samples, CLASSES, ALONE, folds=3, seed=42)
+    assert alone["phase_confidence"] >= LEAK_KAPPA
+    columns = feature_frame(samples).columns
+    per_fold = pd.DataFrame({"feature": columns, "importance": 0.01})
+    per_fold.loc[per_fold["feature"] == "phase_confidence", "importance"] = 0.4
+    warnings = leak_warnings(importance_table(per_fold, alone))
+    assert len(warnings) == 1
+    assert "'phase_confidence'" in warnings[0]
+    assert "columns: {exclude: [phase_confidence]}" in warnings[0]
+
+
+def test_the_leak_screen_is_quiet_on_the_demos_real_features(demo_samples):
+    alone = alone_kappas(demo_samples, CLASSES, ALONE, folds=3, seed=42)
+    assert len(alone) == feature_frame(demo_samples).shape[1]
+    assert max(alone.values()) < LEAK_KAPPA
+    per_fold = pd.DataFrame({"feature": list(alone), "importance": np.linspace(0.2, 0, len(alone))})
+    assert leak_warnings(importance_table(per_fold, alone)) == []
+
+
+def member_tables(patients=60, repeats=2, seed=0):
+    """Out-of-fold tables of three members (metadata informative, thermal weakly, depth noise;
+    depth missing for a tenth of the visits) and the folds table, ``repeats`` x 3 folds."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat([f"G{p:02d}" for p in range(patients)], 2)
+    n = len(group)
+    label = rng.choice(CLASSES, size=n, p=[0.3, 0.6, 0.1])
+    truth = np.searchsorted(CLASSES, label)
+    ids = [f"V{i:03d}" for i in range(n)]
+    folds, tables = [], {"metadata": [], "thermal_map": [], "depth_map": []}
+    for repeat in range(1, repeats + 1):
+        fold_of_group = rng.integers(1, 4, patients)
+        fold = fold_of_group[np.repeat(np.arange(patients), 2)]
+        folds.append(
+            pd.DataFrame({ID: ids, GROUP: group, LABEL: label, "repeat": repeat, "fold": fold})
+        )
+        for member, signal in [("metadata", 2.5), ("thermal_map", 1.0), ("depth_map", 0.0)]:
+            logits = rng.normal(size=(n, 3)) + signal * np.eye(3)[truth]
+            probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            frame = pd.DataFrame(probs, columns=PROBS)
+            frame.insert(0, ID, ids)
+            frame.insert(1, GROUP, group)
+            frame.insert(2, LABEL, label)
+            frame.insert(0, "fold", fold)
+            frame.insert(0, "repeat", repeat)
+            if member == "depth_map":
+                frame = frame[np.arange(n) % 10 != 0]
+            tables[member].append(frame)
+    return (
+        {m: pd.concat(parts, ignore_index=True) for m, parts in tables.items()},
+        pd.concat(folds, ignore_index=True),
+    )
+
+
+def test_contributions_sum_to_the_fused_probability_of_each_row():
+    tables, folds = member_tables()
+    members = ["metadata", "thermal_map", "depth_map"]
+    fusion = {"metadata_weight": 0.7, "weights": None}
+    table = contributions(members, tables, folds, CLASSES, fusion)
+    parts = table[[f"contribution_{m}" for m in members]].sum(axis=1)
+    np.testing.assert_allclose(parts, table["prob_predicted"], atol=1e-6)
+    # The fused probability is predict's: 0.7 x RF + 0.15 x each image, or 0.7 / 0.3 without
+    # a depth map.
+    first = folds[folds["repeat"] == 1]
+    probs = {m: t.loc[t["repeat"] == 1, [ID, *PROBS]] for m, t in tables.items()}
+    fused = fuse_rows(first, probs, members, {"classes": CLASSES, "fusion": fusion})
+    repeat1 = table[table["repeat"] == 1].set_index(ID)
+    expected = fused.set_index(ID)
+    chosen = expected.loc[repeat1.index, "predicted"]
+    assert (repeat1["predicted"] == chosen).all()
+    lookup = expected.loc[repeat1.index, PROBS].to_numpy()
+    picked = lookup[np.arange(len(lookup)), np.searchsorted(CLASSES, chosen)]
+    np.testing.assert_allclose(repeat1["prob_predicted"], picked, atol=1e-12)
+    no_depth = repeat1["members_used"] == "metadata+thermal_map"
+    assert no_depth.sum() == len(repeat1) // 10
+    assert (repeat1.loc[no_depth, "weight_depth_map"] == 0).all()
+    np.testing.assert_allclose(repeat1.loc[no_depth, "weight_thermal_map"], 0.3)
+    np.testing.assert_allclose(repeat1.loc[~no_depth, "weight_thermal_map"], 0.15)
+
+
+def test_a_new_tables_contributions_sum_to_its_predictions():
+    tables, folds = member_tables()
+    members = ["metadata", "thermal_map"]
+    first = folds[folds["repeat"] == 1]
+    probs = {m: t.loc[t["repeat"] == 1, [ID, *PROBS]] for m, t in tables.items()}
+    spec = {"classes": CLASSES, "fusion": {"metadata_weight": 0.7, "weights": None}}
+    fused = fuse_rows(first, probs, members, spec)
+    table = row_contributions(fused, members, CLASSES, spec["fusion"])
+    parts = table["contribution_metadata"] + table["contribution_thermal_map"]
+    np.testing.assert_allclose(parts, table["prob_predicted"], atol=1e-6)
+
+
+def complete_oof(tables, members):
+    """The combination's out-of-fold rows: the visits every member scored."""
+    keys = tables[members[0]][["repeat", "fold", ID, GROUP, LABEL]]
+    for member in members[1:]:
+        keys = keys.merge(tables[member][["repeat", ID]], on=["repeat", ID])
+    return keys
+
+
+def test_dropping_a_member_of_weight_zero_changes_nothing():
+    tables, _ = member_tables()
+    members = ["metadata", "thermal_map", "depth_map"]
+    name = "+".join(members)
+    fusion = {"weights": {"metadata": 0.6, "thermal_map": 0.4, "depth_map": 0.0}}
+    table = member_drop_table(
+        {name: members},
+        {name: complete_oof(tables, members)},
+        tables,
+        CLASSES,
+        fusion,
+        EVALUATION,
+        seed=42,
+    ).set_index("member")
+    depth = table.loc["depth_map"]
+    assert depth["weight"] == 0
+    assert depth["kappa_dropped"] == depth["kappa_full"]
+    assert depth["kappa_loss"] == 0 and depth["kappa_loss_folds"] == 0
+    assert depth["p_value"] == 1 and depth["verdict"] == "inconclusive"
+    # The informative forest, dropped, loses kappa (so the drop does change the fusion).
+    metadata = table.loc["metadata"]
+    assert metadata["kappa_loss"] > 0.2
+    assert metadata["kappa_loss_ci_low"] <= metadata["kappa_loss_folds"]
+    assert metadata["kappa_loss_folds"] <= metadata["kappa_loss_ci_high"]
+    assert (table["p_holm"] >= table["p_value"]).all()
+
+
+def test_member_drop_kappas_are_the_pooled_kappas_of_the_renormalised_fusion():
+    tables, _ = member_tables()
+    members = ["metadata", "thermal_map"]
+    name = "+".join(members)
+    oof = complete_oof(tables, members)
+    fusion = {"metadata_weight": 0.7, "weights": None}
+    row = member_drop_table(
+        {name: members}, {name: oof}, tables, CLASSES, fusion, EVALUATION, seed=42
+    ).set_index("member")
+    # Without thermal_map the fusion is metadata alone (renormalised weight 1).
+    thermal = tables["metadata"].merge(oof[["repeat", ID]], on=["repeat", ID])
+    alone = np.mean(
+        [
+            cohen_kappa_score(part[LABEL], np.asarray(CLASSES)[part[PROBS].to_numpy().argmax(1)])
+            for _, part in thermal.groupby("repeat")
+        ]
+    )
+    assert row.loc["thermal_map", "kappa_dropped"] == pytest.approx(alone, abs=1e-12)
+
+
+def test_review_lists_the_visits_wrong_in_every_repeat_only():
+    tables, folds = member_tables()
+    oof = tables["thermal_map"]
+    wrong = oof[PROBS].to_numpy().argmax(1) != np.searchsorted(CLASSES, oof[LABEL])
+    per_visit = pd.Series(wrong).groupby(oof[ID].to_numpy()).agg(["sum", "size"])
+    expected = sorted(per_visit.index[per_visit["sum"] == 2])
+    assert 0 < len(expected) < (per_visit["sum"] > 0).sum()  # some wrong only once
+    review = review_table(oof, ["thermal_map"], tables, CLASSES)
+    assert sorted(review[ID]) == expected
+    assert (review["repeats_wrong"] == 2).all()
+    assert (review["predicted"] != review[LABEL]).all()
+    assert review["prob_label"].is_monotonic_increasing
+    assert {"thermal_map_prob_I", "thermal_map_prob_R"} <= set(review.columns)
+
+
+@pytest.fixture(scope="module")
+def explained(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with the explain target run on it."""
+    workdir = tmp_path_factory.mktemp("explained") / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    config = (tiny_run / "test_config.yaml").read_text()
+    (workdir / "test_config.yaml").write_text(config)
+    import yaml
+
+    result = run_snakemake(workdir, "--cores", "2", "explain", config=yaml.safe_load(config))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return workdir, result
+
+
+@pytest.mark.workflow
+@pytest.mark.xdist_group("tiny_run")
+def test_explain_writes_every_table_from_the_runs_own_models(explained):
+    workdir, result = explained
+    folder = workdir / "results" / "explain"
+    importance = pd.read_csv(folder / "importance.tsv", sep="\t")
+    # Every metadata column, once, measured on the 3 folds, the demo's real features no leak.
+    assert importance["n_folds"].eq(3).all()
+    assert importance["importance_mean"].is_monotonic_decreasing
+    assert not importance["leak_suspect"].any()
+    assert "possible leak" not in (workdir / "logs/explain/importance.log").read_text()
+    # Contributions sum to the fused probability, which is the fusion job's own on complete
+    # visits (its Keras model computes in float32).
+    table = pd.read_csv(folder / "contributions.tsv", sep="\t", dtype={ID: str})
+    parts = table["contribution_metadata"] + table["contribution_thermal_map"]
+    np.testing.assert_allclose(parts, table["prob_predicted"], atol=1e-6)
+    oof = pd.read_csv(workdir / "results/fusion/metadata+thermal_map/oof.tsv", sep="\t")
+    both = table[table["members_used"] == "metadata+thermal_map"].merge(oof, on=["repeat", ID])
+    assert len(both) == len(oof)
+    scored = both[PROBS].to_numpy()[
+        np.arange(len(both)), np.searchsorted(CLASSES, both["predicted"])
+    ]
+    np.testing.assert_allclose(both["prob_predicted"], scored, atol=1e-5)
+    drop = pd.read_csv(folder / "member_drop.tsv", sep="\t")
+    assert sorted(drop["member"]) == ["metadata", "thermal_map"]
+    assert set(drop["verdict"]) <= {"adds", "hurts", "inconclusive"}
+    review = pd.read_csv(folder / "review.tsv", sep="\t")
+    assert (review["predicted"] != review[LABEL]).all()
+
+
+@pytest.mark.workflow
+@pytest.mark.xdist_group("tiny_run")
+def test_explain_draws_a_heatmap_per_chosen_visit_from_each_folds_checkpoint(explained):
+    workdir, _ = explained
+    folder = workdir / "results" / "explain" / "heatmaps" / "thermal_map"
+    rows = pd.read_csv(folder / "heatmaps.tsv", sep="\t")
+    # explain.visits (12) per fold of repeat 1, every one a validation visit of its fold.
+    assert rows.groupby("fold").size().tolist() == [12, 12, 12]
+    folds = pd.read_csv(workdir / "results/folds.tsv", sep="\t")
+    folds = folds[folds["repeat"] == 1]
+    held_out = rows.merge(folds, on=ID, suffixes=("", "_outer"))
+    assert (held_out["fold"] == held_out["fold_outer"]).all()
+    # Correct and wrong predictions both shown, each file on disk.
+    assert rows["correct"].any() and (~rows["correct"]).any()
+    assert all((folder / name).is_file() for name in rows["file"])
+    log = (workdir / "logs/explain/heatmaps_thermal_map.log").read_text()
+    assert log.count("reproduces the image stage") == 3
+    assert (workdir / "results/explain/heatmaps_thermal_map.png").stat().st_size > 10_000
