@@ -24,7 +24,7 @@ from fusion_dag.explain import (
 from fusion_dag.metadata import build_pipeline, feature_frame, fit_on
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.weights import fuse_rows
-from tests.conftest import CLASSES, COLUMNS, run_snakemake
+from tests.conftest import CLASSES, COLUMNS, TINY, run_snakemake, scheduled_jobs
 
 PROBS = ["prob_I", "prob_P", "prob_R"]
 FOREST = {"n_estimators": 60, "min_samples_leaf": 2, "class_weight": "balanced"}
@@ -291,14 +291,12 @@ def test_review_lists_the_visits_wrong_in_every_repeat_only():
 
 @pytest.fixture(scope="module")
 def explained(tiny_run, tmp_path_factory):
-    """A copy of the tiny run with the explain target run on it."""
+    """A copy of the tiny run with the explain target run on it (5 shuffles per column: the
+    tests read the tables' shape, not the importances' precision)."""
     workdir = tmp_path_factory.mktemp("explained") / "run"
     shutil.copytree(tiny_run, workdir, symlinks=True)
-    config = (tiny_run / "test_config.yaml").read_text()
-    (workdir / "test_config.yaml").write_text(config)
-    import yaml
-
-    result = run_snakemake(workdir, "--cores", "2", "explain", config=yaml.safe_load(config))
+    config = {**TINY, "explain": {"visits": 12, "permutations": 5}}
+    result = run_snakemake(workdir, "--cores", "2", "explain", config=config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir, result
 
@@ -351,3 +349,15 @@ def test_explain_draws_a_heatmap_per_chosen_visit_from_each_folds_checkpoint(exp
     log = (workdir / "logs/explain/heatmaps_thermal_map.log").read_text()
     assert log.count("reproduces the image stage") == 3
     assert (workdir / "results/explain/heatmaps_thermal_map.png").stat().st_size > 10_000
+
+
+def test_explain_is_part_of_all_and_not_of_the_quick_start(tmp_path):
+    def jobs(target):
+        result = run_snakemake(tmp_path, "-n", target, config=TINY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return scheduled_jobs(result.stdout + result.stderr)
+
+    everything, quick = jobs("all"), jobs("fusion_results")
+    for rule in ("explain_importance", "explain_members", "explain_heatmaps"):
+        assert everything.get(rule) == 1 and rule not in quick
+    assert everything["final_fusion"] >= 1

@@ -190,6 +190,18 @@ def test_kappa_metric_is_a_registered_keras_object():
 BACKBONE_SETTINGS = {"size": 32, "epochs": 1, "batch_size": 16, "patience": 1}
 
 
+@pytest.fixture(scope="module")
+def few_cached32(cached32):
+    """``cached32`` restricted to 20 of its 40 patients (their views, visits and folds): the
+    contract needs rows of every class in each split, not many rows, and the large backbones
+    train and predict in proportion to the views."""
+    cache, views, folds = cached32
+    patients = sorted(folds["group"].unique())[:20]
+    keep = views["group"].isin(patients).to_numpy()
+    visits = folds[folds["group"].isin(patients)].reset_index(drop=True)
+    return np.asarray(cache[keep]), views[keep].reset_index(drop=True), visits
+
+
 def trained_backbone(cached32, folder, **settings):
     """Train the thermal branch on fold 1 with a backbone; return (model, task)."""
     from fusion_dag.image import configure_tensorflow, train_branch
@@ -204,12 +216,12 @@ def trained_backbone(cached32, folder, **settings):
     "backbone", ["EfficientNetB0", "MobileNetV3Small", "ResNet50V2", "DenseNet121"]
 )
 def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
-    backbone, cached32, tmp_path, caplog
+    backbone, few_cached32, tmp_path, caplog
 ):
     from fusion_dag.checkpoint import CheckpointError, checkpoint_sidecar
     from fusion_dag.fusion import ImageMember, fuse_v3
 
-    model, task = trained_backbone(cached32, tmp_path, backbone=backbone, fine_tune="all")
+    model, task = trained_backbone(few_cached32, tmp_path, backbone=backbone, fine_tune="all")
     nested = model.get_layer("thermal_map_backbone")
     assert len(nested.layers) > 100 and nested.trainable_weights
     checkpoint = tmp_path / "checkpoint.weights.h5"
@@ -219,8 +231,8 @@ def test_backbone_trains_alone_then_loads_frozen_and_reproduces_in_fusion(
         checkpoint=checkpoint,
         sidecar=checkpoint_sidecar(model, "thermal_map", backbone, (1, 1), CLASSES, checkpoint),
         settings={"backbone": backbone},
-        images=cached32[0],
-        views=cached32[1],
+        images=few_cached32[0],
+        views=few_cached32[1],
         view_probs=view_probs,
     )
     expected = {"repeat": 1, "fold": 1, "classes": CLASSES}

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 # Pixels of a saved heatmap's side: the branch's images (24 to 64 px) are too small to read.
 SHOWN_SIZE = 160
-# Share of the overlay taken by the heatmap's colours.
-HEAT_ALPHA = 0.45
+# Share of the overlay the heatmap's colours take where the heat is 1 (in proportion below, so
+# regions without heat show the view itself).
+HEAT_ALPHA = 0.6
 
 
 def feature_map_layer(modality: str, settings: dict) -> str:
@@ -101,7 +102,8 @@ def chosen_visits(
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """An RGB uint8 picture of ``image`` (h, w, channels) with ``heat`` (any resolution, 0-1)
-    in the jet colour map over it, both enlarged to :data:`SHOWN_SIZE` px."""
+    in the jet colour map over it, opaque in proportion to the heat, both enlarged to
+    :data:`SHOWN_SIZE` px."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -110,8 +112,10 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     heat_image = Image.fromarray(np.uint8(255 * heat)).resize(
         (SHOWN_SIZE, SHOWN_SIZE), Image.BILINEAR
     )
-    colours = colormaps["jet"](np.asarray(heat_image) / 255.0)[..., :3] * 255
-    return np.uint8((1 - HEAT_ALPHA) * picture + HEAT_ALPHA * colours)
+    heat = np.asarray(heat_image) / 255.0
+    colours = colormaps["jet"](heat)[..., :3] * 255
+    share = HEAT_ALPHA * heat[..., None]
+    return np.uint8((1 - share) * picture + share * colours)
 
 
 def heatmap_name(fold: int, row) -> str:
