@@ -152,10 +152,11 @@ TINY = {
 }
 
 
-def finished_run(tmp_path_factory, name: str, config: dict) -> Path:
-    """A completed ``fusion_results`` run of ``config`` in a new temporary folder."""
+def finished_run(tmp_path_factory, name: str, config: dict, *targets: str) -> Path:
+    """A completed run of ``config`` in a new temporary folder: ``fusion_results``, or only
+    ``targets`` (files) for a test that reads no table or figure of the report."""
     workdir = tmp_path_factory.mktemp(name)
-    result = run_snakemake(workdir, "--cores", "2", "fusion_results", config=config)
+    result = run_snakemake(workdir, "--cores", "2", *(targets or ["fusion_results"]), config=config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir
 

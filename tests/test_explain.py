@@ -351,6 +351,20 @@ def test_explain_draws_a_heatmap_per_chosen_visit_from_each_folds_checkpoint(exp
     assert (workdir / "results/explain/heatmaps_thermal_map.png").stat().st_size > 10_000
 
 
+@pytest.mark.workflow
+@pytest.mark.xdist_group("tiny_run")
+def test_the_report_has_an_explanations_section(explained):
+    workdir, _ = explained
+    report = workdir / "report.html"
+    config = {**TINY, "explain": {"visits": 12, "permutations": 5}}
+    result = run_snakemake(workdir, "--report", str(report), "explain", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text()
+    assert "Explanations" in html
+    for name in ("importance.png", "member_drop.tsv", "review.tsv", "heatmaps_thermal_map.png"):
+        assert name in html, name
+
+
 def test_explain_is_part_of_all_and_not_of_the_quick_start(tmp_path):
     def jobs(target):
         result = run_snakemake(tmp_path, "-n", target, config=TINY)
