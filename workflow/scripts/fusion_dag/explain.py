@@ -97,7 +97,7 @@ def forest_importance(
         )
         top = part.sort_values("importance", ascending=False).iloc[0]
         log.info(
-            "Repeat %d, fold %d: %d held-out visits, kappa %.3f; top column %s (-%.3f)",
+            "Repeat %d, fold %d: %d held-out visits, kappa %.3f; top column %s (kappa drop %.3f)",
             repeat,
             fold,
             len(rows),
