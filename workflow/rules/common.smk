@@ -364,11 +364,9 @@ def member_stage_probs(member, repeat, fold):
     return f"results/image/{member}/repeat{repeat}/fold{fold}/probs.tsv"
 
 
-def member_fold_files(wildcards):
-    """Each fold's record of every member of a fusion: ``member``, ``repeat``, ``fold`` and its
-    stage probabilities, from which aggregate_results scores every visit with the members it
-    has (the headline's ``rows: all``), as predict does."""
-    members = {m for ms in COMBINATIONS.values() if len(ms) > 1 for m in ms}
+def member_records(members):
+    """Each fold's record of each of ``members``: ``member``, ``repeat``, ``fold`` and its
+    stage probabilities (member_stage_probs)."""
     return [
         {
             "member": member,
@@ -379,6 +377,14 @@ def member_fold_files(wildcards):
         for member in sorted(members)
         for repeat, fold in PARTITIONS
     ]
+
+
+def member_fold_files(wildcards):
+    """The fold records of every member of a fusion, from which aggregate_results scores every
+    visit with the members it has (the headline's ``rows: all``), as predict does."""
+    return member_records(
+        {m for ms in COMBINATIONS.values() if len(ms) > 1 for m in ms}
+    )
 
 
 # The report's front page, written with the headline: the run's verdicts and tables.
@@ -583,19 +589,11 @@ def heatmap_fold_files(wildcards):
 
 
 def explain_member_files(wildcards):
-    """member_fold_files' records for the members of every fusion and of the review
-    combination (contributions, member drops and review.tsv)."""
-    members = {m for ms in [*FUSIONS.values(), COMBINATIONS[REVIEW]] for m in ms}
-    return [
-        {
-            "member": member,
-            "repeat": repeat,
-            "fold": fold,
-            "probs": member_stage_probs(member, repeat, fold),
-        }
-        for member in sorted(members)
-        for repeat, fold in PARTITIONS
-    ]
+    """The fold records of the members of every fusion and of the review combination
+    (contributions, member drops and review.tsv)."""
+    return member_records(
+        {m for ms in [*FUSIONS.values(), COMBINATIONS[REVIEW]] for m in ms}
+    )
 
 
 def explain_outputs(wildcards):

@@ -12,13 +12,24 @@ probabilities before any heatmap is drawn.
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from fusion_dag.artifacts import ID, LABEL, label_indices, prob_columns
+from fusion_dag.artifacts import (
+    ID,
+    LABEL,
+    label_indices,
+    prob_columns,
+    read_json,
+    read_tsv,
+    write_tsv,
+)
+from fusion_dag.checkpoint import load_frozen_branch
 from fusion_dag.fusion import reproduction_check
-from fusion_dag.image import FILTERS, SMALL_CNN, layers
+from fusion_dag.image import FILTERS, SMALL_CNN, build_image_branch, layers
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +116,6 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     in the jet colour map over it, opaque in proportion to the heat, both enlarged to
     :data:`SHOWN_SIZE` px."""
     from matplotlib import colormaps
-    from PIL import Image
 
     picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
     picture = np.asarray(picture.resize((SHOWN_SIZE, SHOWN_SIZE), Image.BILINEAR), dtype=float)
@@ -118,11 +128,16 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.uint8((1 - share) * picture + share * colours)
 
 
+def safe_name(visit) -> str:
+    """A visit id as a file name: characters other than letters, digits, ``_``, ``.`` and
+    ``-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(visit))
+
+
 def heatmap_name(fold: int, row) -> str:
     """A heatmap's file name: fold, label, correct or wrong, and the visit id (made safe)."""
-    visit = re.sub(r"[^A-Za-z0-9_.-]", "_", str(row[ID]))
     outcome = "correct" if row["correct"] else "wrong"
-    return f"fold{fold}_{row[LABEL]}_{outcome}_{visit}.png"
+    return f"fold{fold}_{row[LABEL]}_{outcome}_{safe_name(row[ID])}.png"
 
 
 def fold_heatmaps(
@@ -156,10 +171,6 @@ def fold_branch(modality: str, settings: dict, image_shape: tuple, record: dict,
     """Fold ``record["fold"]`` of repeat 1's branch, rebuilt as the image stage built it, its
     checkpoint verified against its sidecar, loaded by layer name and frozen (as fusion loads
     it)."""
-    from fusion_dag.artifacts import read_json
-    from fusion_dag.checkpoint import load_frozen_branch
-    from fusion_dag.image import build_image_branch
-
     model = build_image_branch(modality, image_shape, len(classes), settings)
     required = {
         "repeat": 1,
@@ -182,8 +193,6 @@ def modality_heatmaps(
     ``settings``, ``classes``, ``visits`` and ``seed``. Returns (one row per heatmap: ``fold``,
     ``id``, ``view``, ``label``, ``predicted``, ``correct``, ``prob_predicted``, ``file``; the
     overlay pictures)."""
-    from fusion_dag.artifacts import read_tsv
-
     modality, settings, classes = job["modality"], job["settings"], job["classes"]
     labels = folds[folds["repeat"] == 1]
     tables, pictures = [], []
@@ -218,12 +227,6 @@ def modality_heatmaps(
 
 def write_heatmaps(rows: pd.DataFrame, pictures: list, folder) -> None:
     """Each overlay as ``folder/{file}`` and the rows as ``folder/heatmaps.tsv``."""
-    from pathlib import Path
-
-    from PIL import Image
-
-    from fusion_dag.artifacts import write_tsv
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, picture in zip(rows["file"], pictures, strict=True):
@@ -238,8 +241,6 @@ def new_visit_heatmaps(
     bundle's combination, for the visit's predicted (fused) class, by the bundled final branch;
     written to ``folder/{modality}/``. Returns the rows of every heatmap (``modality``, ``id``,
     ``predicted``, ``file``)."""
-    from pathlib import Path
-
     from fusion_dag.predict import bundle_branch
 
     classes = spec["classes"]
@@ -249,7 +250,7 @@ def new_visit_heatmaps(
         views = images[images["modality"] == modality].drop_duplicates(ID).reset_index(drop=True)
         views = views[views[ID].isin(scored[ID])].reset_index(drop=True)
         rows = views[[ID]].merge(scored[[ID, "predicted"]], on=ID, how="left")
-        rows["file"] = [re.sub(r"[^A-Za-z0-9_.-]", "_", str(v)) + ".png" for v in rows[ID]]
+        rows["file"] = [safe_name(visit) + ".png" for visit in rows[ID]]
         if len(views):
             model, pixels = bundle_branch(bundle, spec, modality, views)
             settings = spec["modalities"][modality]
