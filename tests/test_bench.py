@@ -30,3 +30,15 @@ def test_the_last_section_is_replaced_and_a_new_one_appended():
 )
 def test_a_ratio_is_printed_with_its_target_and_whether_it_was_met(ratio, target, at_most, verdict):
     assert against(ratio, target, at_most) == verdict
+
+
+def test_a_measured_span_is_rewritten_in_place_and_a_missing_marker_is_an_error():
+    from bench.quickstart import duration, fill
+
+    text = "It took <!-- measured: suite -->9 min<!-- /measured --> on 2 cores."
+    assert fill(text, "suite", "8 min 1 s") == text.replace("9 min", "8 min 1 s")
+    with pytest.raises(ValueError, match="quickstart"):
+        fill(text, "quickstart", "1 s")
+    assert duration(276.4) == "4 min 36 s"
+    assert duration(59.6) == "1 min 0 s"
+    assert duration(12) == "12 s"

@@ -5,7 +5,7 @@ they use validates and that their targets build a DAG, in seconds. ``--report`` 
 run, so its command is dry-run without ``--report``; the report itself is built from a real run
 in tests/test_ablation.py. Config files the docs show (a ``yaml`` block whose first line is
 ``# name.yaml``) are written before the commands run, with empty stand-ins for the tables they
-name (``samples`` and ``predict.samples``).
+name (``samples`` and ``predict.samples``), relative to the config file's folder.
 """
 
 import re
@@ -67,14 +67,17 @@ def clone(tmp_path_factory):
             shutil.copy2(REPO / name, target)
     for _, block in shown("yaml"):
         first = block.splitlines()[0]
-        match = re.fullmatch(r"# ([\w.-]+\.yaml)", first.strip())
+        match = re.fullmatch(r"# ([\w./-]+\.yaml)", first.strip())
         if match:
-            (folder / match.group(1)).write_text(block)
+            config_file = folder / match.group(1)
+            config_file.parent.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(block)
             shown_config = yaml.safe_load(block)
             tables = [shown_config.get("samples"), shown_config.get("predict", {}).get("samples")]
             for table in filter(None, tables):
-                (folder / table).parent.mkdir(parents=True, exist_ok=True)
-                (folder / table).touch()
+                # Relative to the config's folder: the study folder a command's --directory names.
+                (config_file.parent / table).parent.mkdir(parents=True, exist_ok=True)
+                (config_file.parent / table).touch()
     return folder
 
 
@@ -116,3 +119,35 @@ def test_command_works_as_printed(clone, document, command):
     assert result.returncode == 0, f"{document}: {command}\n{output[-3000:]}"
     if dry:
         assert "This was a dry-run" in output or "Nothing to be done" in output, output[-2000:]
+
+
+def test_the_readme_picture_is_the_workflow_s_own_rule_graph(clone):
+    """The README's mermaid block is what the command it names prints (edges compared as a set:
+    Snakemake prints them in no fixed order), so the picture cannot drift from the rules."""
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"`(snakemake --rulegraph mermaid-js \w+)`", readme).group(1)
+    shown_graph = re.search(r"```mermaid\n(.*?)```", readme, re.S).group(1)
+    result = subprocess.run(
+        [sys.executable, "-m", *shlex.split(command)],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def lines(graph: str) -> set:
+        return {line.strip() for line in graph.splitlines() if line.strip()}
+
+    printed = lines(result.stdout)
+    assert {line for line in printed if not line.startswith("style")} == lines(shown_graph)
+
+
+def test_measured_figures_are_marked_for_the_script_that_writes_them():
+    """Each measured figure in README.md sits between the markers bench/quickstart.py fills, so a
+    re-measure rewrites it in place instead of a hand edit."""
+    readme = (REPO / "README.md").read_text()
+    for name in ("quickstart", "suite"):
+        assert re.search(rf"<!-- measured: {name} -->.+?<!-- /measured -->", readme, re.S), name
+    evaluation = (REPO / "docs" / "evaluation.md").read_text()
+    assert "<!-- measured: demo-results -->" in evaluation
