@@ -217,7 +217,7 @@ def load_bundle(folder: Path) -> dict:
 
     Every file the manifest lists must exist with its recorded SHA-256; the files its
     combinations need (the forest, each modality's checkpoint and sidecar) must be listed; each
-    sidecar must describe its checkpoint (hash, modality, final placement, classes, image size
+    sidecar must describe its checkpoint (hash, modality, final partition, classes, image size
     and channels). Anything else is a :class:`BundleError` naming the file.
     """
     folder = Path(folder)

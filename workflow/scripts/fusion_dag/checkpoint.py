@@ -135,14 +135,14 @@ def load_branch_weights(model, modality: str, checkpoint: Path) -> None:
 
 
 def checkpoint_sidecar(
-    model, modality: str, backbone: str, placement: tuple, classes: list, checkpoint: Path
+    model, modality: str, backbone: str, partition: tuple, classes: list, checkpoint: Path
 ) -> dict:
     """The sidecar written next to a checkpoint: what it is for and what it must contain.
 
-    ``placement`` is the (repeat, fold) the branch was trained on.
+    ``partition`` is the (repeat, fold) the branch was trained on.
     """
     size, _, channels = input_shape(model, modality)
-    repeat, fold = placement
+    repeat, fold = partition
     return {
         "modality": modality,
         "repeat": repeat,

@@ -52,7 +52,7 @@ def split_rows(folds: pd.DataFrame, fold: int) -> pd.Series:
     return folds["fold"].eq(fold).map({True: "val", False: "train"})
 
 
-# The final models' placement (repeat, fold): cross-validation numbers both from 1, and the
+# The final models' partition (repeat, fold): cross-validation numbers both from 1, and the
 # final models hold out fold 0 of repeat 0, which no row is in, so they train on every row.
 FINAL_PLACEMENT = (0, 0)
 
