@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import cohen_kappa_score
 
+from fusion_dag.inference import holm_adjusted
 from fusion_dag.report import (
     all_visits_oof,
     comparisons_table,
@@ -11,7 +11,7 @@ from fusion_dag.report import (
     per_fold_table,
     results_markdown,
 )
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, fold_kappas, synthetic_oof
 
 EVALUATION = {"bootstrap": 300, "confidence": 0.95, "primary": "a"}
 INTERVALS = ["kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece"]
@@ -38,31 +38,6 @@ HEADLINE = (
     + ["train_kappa_mean", "gap_mean", "fit_kappa_mean"]
     + [f"pred_frac_{c}" for c in CLASSES]
 )
-
-
-def synthetic_oof(skill: float, repeats: int = 2, patients: int = 60, seed: int = 0):
-    """Pooled out-of-fold predictions: 3 visits per patient, 3 folds, ``skill`` in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, size=(patients, 3))
-    rows = []
-    for repeat in range(1, repeats + 1):
-        folds = rng.permutation(np.arange(patients) % 3) + 1
-        for patient in range(patients):
-            for visit in range(3):
-                label = labels[patient, visit]
-                probs = rng.dirichlet(np.ones(3))
-                probs = (1 - skill) * probs + skill * np.eye(3)[label]
-                rows.append(
-                    {
-                        "repeat": repeat,
-                        "fold": folds[patient],
-                        "id": f"p{patient}_v{visit}",
-                        "group": f"p{patient}",
-                        "label": CLASSES[label],
-                        **{f"prob_{c}": probs[k] for k, c in enumerate(CLASSES)},
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def per_fold(combination, oof):
@@ -94,16 +69,6 @@ def test_headline_has_the_contract_columns_and_intervals_around_the_points():
     assert headline.loc[0, "kappa_mean"] > headline.loc[1, "kappa_mean"]
 
 
-def fold_kappas(oof):
-    """Each (repeat, fold)'s kappa with scikit-learn, and n_test / n_train of each fold."""
-    kappas, shares = [], []
-    for (repeat, _), rows in oof.groupby(["repeat", "fold"]):
-        predicted = rows[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(axis=1)
-        kappas.append(cohen_kappa_score(rows["label"].map(CLASSES.index), predicted))
-        shares.append(len(rows) / ((oof["repeat"] == repeat).sum() - len(rows)))
-    return np.array(kappas), np.mean(shares)
-
-
 def test_the_headline_interval_is_the_corrected_t_interval_around_the_pooled_kappa():
     from scipy import stats
 
@@ -129,42 +94,6 @@ def test_a_model_compared_with_itself_differs_by_zero_and_is_inconclusive():
     assert row["p_value"] == 1.0 and row["p_holm"] == 1.0 and row["verdict"] == "inconclusive"
 
 
-def test_comparison_uses_only_rows_both_sides_scored_and_its_interval_inverts_the_test():
-    from scipy import stats
-
-    strong, weak = synthetic_oof(0.6, seed=3), synthetic_oof(0.05, seed=3)
-    weak = weak[~weak["group"].isin(["p0", "p1"])]  # a modality that dropped two patients
-    table = comparisons_table({"a+b": strong, "a": weak}, CLASSES, EVALUATION, 42)
-    row = table.iloc[0]
-    assert row["n_rows"] == 180 - 6
-    # By hand: per-fold kappas on the shared rows, mean +- t x the corrected standard error,
-    # with K - 1 = 2 degrees of freedom (3 folds; the repeats add none).
-    shared = strong[strong["id"].isin(weak["id"])]
-    mine, share = fold_kappas(shared)
-    theirs, _ = fold_kappas(weak)
-    d = mine - theirs
-    error = np.sqrt(d.var(ddof=1) * (1 / 6 + share))
-    half = stats.t.ppf(0.975, df=2) * error
-    assert row["kappa_diff_folds"] == pytest.approx(d.mean())
-    assert row["kappa_diff_ci_low"] == pytest.approx(d.mean() - half)
-    assert row["kappa_diff_ci_high"] == pytest.approx(d.mean() + half)
-    assert row["t_corrected"] == pytest.approx(d.mean() / error)
-    assert row["kappa_diff_ci_low"] > 0 and row["p_value"] < 0.05
-    assert row["verdict"] == "better" and row["brier_diff"] < 0 and row["brier_diff_ci_high"] < 0
-
-
-def test_holm_adjusts_a_hand_computed_family():
-    from fusion_dag.evaluate import holm_adjusted
-    from fusion_dag.report import verdicts
-
-    # Sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (order kept), 0.20.
-    p = [0.04, 0.01, 0.20, 0.03]
-    assert holm_adjusted(p) == pytest.approx([0.09, 0.04, 0.20, 0.09])
-    adjusted, words = verdicts([0.1, -0.2, 0.05, 0.1], [0.04, 0.01, 0.20, 0.03])
-    assert words == ["inconclusive", "worse", "inconclusive", "inconclusive"]
-    assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
-
-
 def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with_the_primary():
     oofs = {
         "a": synthetic_oof(0.2, seed=1),
@@ -183,8 +112,6 @@ def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with
         ["a+b+c", "c", "secondary"],
     ]
     assert table["primary"].tolist() == [True, False, True, False, False]
-    from fusion_dag.evaluate import holm_adjusted
-
     for _, family in table.groupby("family"):
         assert family["p_holm"].to_numpy() == pytest.approx(holm_adjusted(family["p_value"]))
     assert (table["p_holm"] >= table["p_value"]).all()

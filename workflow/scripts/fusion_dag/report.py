@@ -1,13 +1,9 @@
-"""Aggregation: the headline table, paired comparisons and the ablation tables.
+"""Aggregation into tables and Markdown: the headline, the paired comparisons, the ablation
+tables, and their readable forms (``results/fusion_results.md``, the report's front page).
 
-Why intervals and paired tests: on one 3-fold partition of a clinical table a forest's kappa
-moves by 0.05 with the partition seed alone, so a mean over folds cannot tell a real gain from
-noise. The headline averages repeated partitions; its intervals come from the spread of the
-refitted fold models (the corrected resampled variance), because a bootstrap of the pooled
-predictions holds the fitted models fixed and covers only which patients were sampled. A claim
-that one combination beats another rests on the corrected resampled t-test of the paired
-per-fold differences, Holm-adjusted within a pre-specified family: each fusion against
-``evaluation.primary`` is the primary family.
+Why apart from :mod:`fusion_dag.inference`: which rows a table holds and how a reader sees it
+change with the questions a study asks; the statistics behind each number do not. Each fusion
+against ``evaluation.primary`` is the pre-specified primary family of comparisons.
 """
 
 import logging
@@ -16,18 +12,15 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns
-from fusion_dag.evaluate import (
+from fusion_dag.evaluate import oof_table, predicted_index, predicted_shares, repeat_arrays
+from fusion_dag.inference import (
     bootstrap_metrics,
+    compare,
     corrected_interval,
-    corrected_resampled_ttest,
     fold_test_share,
     fold_values,
-    holm_adjusted,
     interval,
-    oof_table,
-    predicted_index,
-    predicted_shares,
-    repeat_arrays,
+    verdicts,
 )
 from fusion_dag.weights import fuse_rows
 
@@ -44,7 +37,6 @@ INTERVAL_METRICS = (
     "log_loss",
     "ece",
 )
-SIGNIFICANCE = 0.05
 # Which visits a headline or comparison row scores: those with every member of the
 # combination, or every visit with the members it has (as predict scores it).
 COMPLETE, ALL = "complete", "all"
@@ -74,7 +66,7 @@ def headline_table(
     with the members it has (:func:`all_visits_oof`).
 
     Pooled metrics come from each repeat's out-of-fold predictions (mean over repeats);
-    ``_ci_`` intervals are :func:`~fusion_dag.evaluate.corrected_interval` of the per-fold
+    ``_ci_`` intervals are :func:`~fusion_dag.inference.corrected_interval` of the per-fold
     values around that mean, ``kappa_boot_`` the patient bootstrap of the pooled predictions
     (fitted models held fixed). ``kappa_std`` is the spread over all folds of all repeats; train
     and fit kappa are means over the fusion jobs' folds (complete rows only), and
@@ -204,8 +196,9 @@ def all_visits_oofs(
 def metric_columns(estimates: dict, classes: list, evaluation: dict, suffix: str) -> dict:
     """Point estimates (named ``{metric}{suffix}``) with patient-bootstrap percentile intervals
     of the interval metrics, then accuracy and per-class F1 and recall, from
-    :func:`bootstrap_metrics`. For one fixed model scored on new patients (``predict``), where
-    the bootstrap's premise, fitted models held fixed, is the situation itself."""
+    :func:`~fusion_dag.inference.bootstrap_metrics`. For one fixed model scored on new
+    patients (``predict``), where the bootstrap's premise, fitted models held fixed, is the
+    situation itself."""
     columns = {}
     for metric in INTERVAL_METRICS:
         point, samples = estimates[metric]
@@ -248,91 +241,6 @@ def external_metrics(
             row.update(predicted_shares(predicted_index(table, classes), classes))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def paired_rows(first: pd.DataFrame, second: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two out-of-fold tables restricted to the (repeat, id) rows both scored."""
-    keys = first[["repeat", ID]].merge(second[["repeat", ID]], on=["repeat", ID])
-    return (
-        keys.merge(first, on=["repeat", ID], validate="1:1"),
-        keys.merge(second, on=["repeat", ID], validate="1:1"),
-    )
-
-
-def fold_kappa_differences(first, second, classes: list) -> np.ndarray:
-    """Per (repeat, fold) validation kappa of ``first`` minus ``second``.
-
-    The tables are row-aligned (as :func:`paired_rows` returns them).
-    """
-    return fold_values(first, classes)["kappa"] - fold_values(second, classes)["kappa"]
-
-
-def compare(
-    first: pd.DataFrame, second: pd.DataFrame, classes: list, evaluation: dict, seed: int
-) -> dict:
-    """Paired comparison of two combinations on the rows both scored.
-
-    ``kappa_diff`` is the mean over repeats of (pooled kappa of ``first`` - of ``second``), the
-    headline's difference. The test and its interval are about the J per-fold differences: the
-    corrected resampled t-test with K - 1 degrees of freedom (K folds), and their mean
-    (``kappa_diff_folds``) plus or minus that t quantile times the corrected standard error,
-    so the interval excludes zero exactly when the unadjusted p-value is below
-    1 - confidence. Why K - 1 and not Nadeau and Bengio's J - 1: the repeats re-partition the
-    same patients, so an advantage this sample of patients happens to give one model shows in
-    every repeat and the repeats add no independent replicate of it; with J - 1 the test
-    rejected two models of equal expected kappa in 12 % and 16 % of 200 simulated data sets at
-    3 x 2 and 5 x 5, with K - 1 in 2.5 % and 5.5 % (bench/RESULTS.md). The paired patient
-    bootstrap (one patient draw for both sides) stays as ``kappa_diff_boot_``: it excludes
-    zero far more often than its level. Brier score differences (lower is better) get the same test.
-    """
-    first, second = paired_rows(first, second)
-    # The same rows, hence the same patients and seed: both sides get the same patient draws.
-    mine, theirs = (
-        bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
-        for table in (first, second)
-    )
-    share = fold_test_share(first)
-    df = int(first["fold"].nunique()) - 1
-    mine_folds, theirs_folds = fold_values(first, classes), fold_values(second, classes)
-    result = {"n_rows": int(first[ID].nunique())}
-    for metric in ("kappa", "brier"):
-        differences = mine_folds[metric] - theirs_folds[metric]
-        t, p = corrected_resampled_ttest(differences, share, df)
-        centre = float(differences.mean())
-        low, high = corrected_interval(centre, differences, share, evaluation["confidence"], df)
-        if metric == "kappa":
-            boot = interval(mine["kappa"][1] - theirs["kappa"][1], evaluation["confidence"])
-            result.update(
-                kappa_diff=mine["kappa"][0] - theirs["kappa"][0],
-                kappa_diff_ci_low=low,
-                kappa_diff_ci_high=high,
-                kappa_diff_folds=centre,
-                t_corrected=t,
-                p_value=p,
-                kappa_diff_boot_low=boot[0],
-                kappa_diff_boot_high=boot[1],
-            )
-        else:
-            result.update(
-                brier_diff=mine["brier"][0] - theirs["brier"][0],
-                brier_diff_ci_low=low,
-                brier_diff_ci_high=high,
-                brier_p_value=p,
-            )
-    return result
-
-
-def verdicts(differences, p_values) -> tuple[np.ndarray, list]:
-    """Holm-adjusted p-values of one family and each contrast's verdict: ``better`` or
-    ``worse`` (the sign of its difference) when the adjusted p is below SIGNIFICANCE,
-    otherwise ``inconclusive``: at 5 degrees of freedom a real gain often does not reach it,
-    so no verdict says there is no difference."""
-    adjusted = holm_adjusted(p_values)
-    words = [
-        ("better" if d > 0 else "worse") if p < SIGNIFICANCE else "inconclusive"
-        for d, p in zip(differences, adjusted, strict=True)
-    ]
-    return adjusted, words
 
 
 COMPARISON_COLUMNS = [
@@ -444,8 +352,8 @@ def versus_v3(
 
     ``variant_probs`` holds ``(repeat, fold, table)`` of the ablation's per-fold probabilities
     (every variant, told apart by ``strategy`` and ``rf_source``). The columns carry
-    :func:`compare`'s corrected interval and p-value, Holm-adjusted over the variants (the
-    ablation is its own family); the verdict names V3.
+    :func:`~fusion_dag.inference.compare`'s corrected interval and p-value, Holm-adjusted over
+    the variants (the ablation is its own family); the verdict names V3.
     """
     variants = variant_probs[0][2][["strategy", "rf_source"]].drop_duplicates()
     rows = []
