@@ -61,7 +61,7 @@ def tiny_sizes(modalities: dict) -> dict:
 def crops_against_frames(workdir: Path, tiny: bool, cores: int) -> dict:
     """Run both modalities in one workflow run; return the comparison's figures."""
     from fusion_dag.artifacts import read_tsv
-    from fusion_dag.report import compare, fold_kappa_differences, paired_rows
+    from fusion_dag.inference import compare, fold_kappa_differences, paired_rows
 
     config = {**(TINY if tiny else {}), "modalities": FRAMES, "combinations": COMBINATIONS}
     if tiny:

@@ -9,7 +9,7 @@ time when it is not. Both depend on training variability, which only refitting s
 simulated data set (patients with 1 to 6 visits sharing a patient effect, the study's
 imbalance I/P/R about 29/60/11 %) goes through this workflow's own patient-grouped,
 stratified folds (``fusion_dag.folds.assign_folds``), R x K refitted models and its own
-interval and test code (``fusion_dag.report``, ``fusion_dag.evaluate``).
+interval and test code (``fusion_dag.inference``).
 
 - Coverage: the truth is the expected kappa of the model trained on a fold's share of the
   patients, averaged over many independent training samples, each scored on a large sample of
@@ -31,17 +31,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fusion_dag.evaluate import (  # noqa: E402
+from fusion_dag.evaluate import kappa  # noqa: E402
+from fusion_dag.folds import assign_folds  # noqa: E402
+from fusion_dag.inference import (  # noqa: E402
     bootstrap_metrics,
+    compare,
     corrected_interval,
     corrected_resampled_ttest,
     fold_test_share,
     fold_values,
     interval,
-    kappa,
 )
-from fusion_dag.folds import assign_folds  # noqa: E402
-from fusion_dag.report import compare  # noqa: E402
 
 CLASSES = ["I", "P", "R"]
 SHARES = (0.29, 0.60, 0.11)

@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import cohen_kappa_score
 
 from fusion_dag.cache import build_cache, load_cache
 from fusion_dag.demo import THERMAL_TABLE, write_demo
@@ -219,3 +222,38 @@ def scheduled_jobs(output: str) -> dict:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+def synthetic_oof(skill: float, repeats: int = 2, patients: int = 60, seed: int = 0):
+    """Pooled out-of-fold predictions: 3 visits per patient, 3 folds, ``skill`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=(patients, 3))
+    rows = []
+    for repeat in range(1, repeats + 1):
+        folds = rng.permutation(np.arange(patients) % 3) + 1
+        for patient in range(patients):
+            for visit in range(3):
+                label = labels[patient, visit]
+                probs = rng.dirichlet(np.ones(3))
+                probs = (1 - skill) * probs + skill * np.eye(3)[label]
+                rows.append(
+                    {
+                        "repeat": repeat,
+                        "fold": folds[patient],
+                        "id": f"p{patient}_v{visit}",
+                        "group": f"p{patient}",
+                        "label": CLASSES[label],
+                        **{f"prob_{c}": probs[k] for k, c in enumerate(CLASSES)},
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def fold_kappas(oof):
+    """Each (repeat, fold)'s kappa with scikit-learn, and n_test / n_train of each fold."""
+    kappas, shares = [], []
+    for (repeat, _), rows in oof.groupby(["repeat", "fold"]):
+        predicted = rows[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(axis=1)
+        kappas.append(cohen_kappa_score(rows["label"].map(CLASSES.index), predicted))
+        shares.append(len(rows) / ((oof["repeat"] == repeat).sum() - len(rows)))
+    return np.array(kappas), np.mean(shares)

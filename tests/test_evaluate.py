@@ -120,65 +120,6 @@ def test_one_vs_rest_auc_agrees_with_scikit_learn_on_tied_and_weighted_scores():
     assert np.isnan(one_vs_rest_auc(np.where(truth == 2, 0.0, 1.0)[None, :], truth, probs)[0])
 
 
-def test_patient_bootstrap_resamples_whole_patients():
-    from fusion_dag.evaluate import patient_weights
-
-    groups = np.array(["a", "a", "b", "c", "c", "c"])
-    (weights,) = patient_weights([groups], 200, 1)
-    assert (weights[:, 0] == weights[:, 1]).all() and (weights[:, 3] == weights[:, 5]).all()
-    # Each resample draws as many patients as there are (3), whatever their row counts.
-    assert (weights[:, [0, 2, 3]].sum(axis=1) == 3).all()
-
-
-def clustered_sample(rng, patients: int):
-    """Visits of patients whose predictions are all right or mostly wrong together."""
-    visits = 4
-    good = rng.random(patients) < 0.6
-    truth = rng.integers(0, 3, (patients, visits))
-    wrong = (truth + rng.integers(1, 3, (patients, visits))) % 3
-    right = np.where(
-        good[:, None], rng.random((patients, visits)) < 0.9, rng.random((patients, visits)) < 0.2
-    )
-    predicted = np.where(right, truth, wrong)
-    groups = np.repeat(np.arange(patients), visits).astype(str)
-    return groups, truth.ravel(), np.eye(3)[predicted.ravel()] * 0.9 + 0.1 / 3
-
-
-def test_patient_bootstrap_interval_covers_the_true_kappa_about_95_percent():
-    """Coverage over 200 simulated data sets of 60 patients with strongly clustered errors.
-
-    The true kappa comes from one sample of 40,000 patients. With 200 data sets the observed
-    coverage of a true 95 % interval has a binomial standard deviation of 1.5 points; the
-    percentile bootstrap is known to under-cover slightly at this size, so 0.88 to 0.99 is
-    accepted (measured 0.945). Resampling rows instead of patients ignores the clustering and
-    covers far less (measured 0.78), which the test also requires, so it can tell the two apart.
-    """
-    from fusion_dag.evaluate import interval, patient_weights, weighted_metrics
-
-    rng = np.random.default_rng(11)
-    groups, truth, probs = clustered_sample(rng, 40_000)
-    true_kappa = weighted_metrics(np.ones((1, len(truth))), truth, probs)["kappa"][0]
-    covered = {"patients": 0, "rows": 0}
-    for simulation in range(200):
-        groups, truth, probs = clustered_sample(rng, 60)
-        units = {"patients": groups, "rows": np.arange(len(truth)).astype(str)}
-        for unit, labels in units.items():
-            (weights,) = patient_weights([labels], 500, simulation)
-            low, high = interval(weighted_metrics(weights, truth, probs)["kappa"], 0.95)
-            covered[unit] += low <= true_kappa <= high
-    assert 0.88 <= covered["patients"] / 200 <= 0.99
-    assert covered["rows"] / 200 < 0.88
-
-
-def test_corrected_resampled_ttest_matches_the_hand_computed_value():
-    from fusion_dag.evaluate import corrected_resampled_ttest
-
-    # mean 0.1; sample variance 0.02 / 3; corrected by 1/4 + 1/2: 0.005; t = 0.1 / sqrt(0.005).
-    t, p = corrected_resampled_ttest([0.1, 0.2, 0.0, 0.1], test_share=0.5)
-    assert t == pytest.approx(np.sqrt(2.0))
-    assert p == pytest.approx(0.2522155, abs=1e-6)  # two-sided, t distribution with 3 df
-
-
 def test_oof_table_pools_each_rows_validation_prediction_per_repeat():
     from fusion_dag.evaluate import oof_table
 
@@ -208,26 +149,3 @@ def test_oof_table_pools_each_rows_validation_prediction_per_repeat():
     assert list(oof.columns[:5]) == ["repeat", "fold", "id", "group", "label"]
     values = oof.set_index(["repeat", "id"])["prob_I"].to_dict()
     assert values == {(1, "a"): 0.1, (1, "b"): 0.2, (2, "b"): 0.3, (2, "a"): 0.4}
-
-
-def test_the_comparisons_test_rejects_two_equal_models_at_most_about_5_percent():
-    """A null simulation that refits: 200 data sets of 60 patients (bench/intervals.py's
-    generator), two logistic regressions of equal expected kappa (each on two of four equally
-    informative features), refitted on this workflow's 3 folds x 2 repeats.
-
-    Bounds: with 200 data sets a true 5 % rate has a binomial standard deviation of 1.5 points.
-    The failure that matters is an anti-conservative test (false ``better`` verdicts), so the
-    comparisons' test (K - 1 degrees of freedom) must reject at most 5 % + 2 SD = 8 %, and it
-    must reject at all (a test that never rejects would pass any upper bound). In the same data
-    the naive t-test, which ignores that the folds' training sets overlap, must reject more than
-    15 %: the simulation has the correlation a correction is for (measured: 0.010 and 0.34;
-    Nadeau and Bengio's J - 1 degrees of freedom: 0.085, see docs/evaluation.md).
-    """
-    from threadpoolctl import threadpool_limits
-
-    from bench.intervals import null_rejections
-
-    with threadpool_limits(1):
-        rates = null_rejections(200, 60, 3, 2, bootstrap=0, seed=2)
-    assert 0.0 < rates["folds_df"] <= 0.08
-    assert rates["naive"] > 0.15

@@ -1,17 +1,19 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import cohen_kappa_score
 
+from fusion_dag.inference import holm_adjusted
 from fusion_dag.report import (
     all_visits_oof,
+    comparisons_markdown,
     comparisons_table,
+    front_page,
     headline_table,
     markdown_table,
     per_fold_table,
     results_markdown,
 )
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, fold_kappas, synthetic_oof
 
 EVALUATION = {"bootstrap": 300, "confidence": 0.95, "primary": "a"}
 INTERVALS = ["kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece"]
@@ -38,31 +40,6 @@ HEADLINE = (
     + ["train_kappa_mean", "gap_mean", "fit_kappa_mean"]
     + [f"pred_frac_{c}" for c in CLASSES]
 )
-
-
-def synthetic_oof(skill: float, repeats: int = 2, patients: int = 60, seed: int = 0):
-    """Pooled out-of-fold predictions: 3 visits per patient, 3 folds, ``skill`` in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, size=(patients, 3))
-    rows = []
-    for repeat in range(1, repeats + 1):
-        folds = rng.permutation(np.arange(patients) % 3) + 1
-        for patient in range(patients):
-            for visit in range(3):
-                label = labels[patient, visit]
-                probs = rng.dirichlet(np.ones(3))
-                probs = (1 - skill) * probs + skill * np.eye(3)[label]
-                rows.append(
-                    {
-                        "repeat": repeat,
-                        "fold": folds[patient],
-                        "id": f"p{patient}_v{visit}",
-                        "group": f"p{patient}",
-                        "label": CLASSES[label],
-                        **{f"prob_{c}": probs[k] for k, c in enumerate(CLASSES)},
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def per_fold(combination, oof):
@@ -94,16 +71,6 @@ def test_headline_has_the_contract_columns_and_intervals_around_the_points():
     assert headline.loc[0, "kappa_mean"] > headline.loc[1, "kappa_mean"]
 
 
-def fold_kappas(oof):
-    """Each (repeat, fold)'s kappa with scikit-learn, and n_test / n_train of each fold."""
-    kappas, shares = [], []
-    for (repeat, _), rows in oof.groupby(["repeat", "fold"]):
-        predicted = rows[[f"prob_{c}" for c in CLASSES]].to_numpy().argmax(axis=1)
-        kappas.append(cohen_kappa_score(rows["label"].map(CLASSES.index), predicted))
-        shares.append(len(rows) / ((oof["repeat"] == repeat).sum() - len(rows)))
-    return np.array(kappas), np.mean(shares)
-
-
 def test_the_headline_interval_is_the_corrected_t_interval_around_the_pooled_kappa():
     from scipy import stats
 
@@ -129,42 +96,6 @@ def test_a_model_compared_with_itself_differs_by_zero_and_is_inconclusive():
     assert row["p_value"] == 1.0 and row["p_holm"] == 1.0 and row["verdict"] == "inconclusive"
 
 
-def test_comparison_uses_only_rows_both_sides_scored_and_its_interval_inverts_the_test():
-    from scipy import stats
-
-    strong, weak = synthetic_oof(0.6, seed=3), synthetic_oof(0.05, seed=3)
-    weak = weak[~weak["group"].isin(["p0", "p1"])]  # a modality that dropped two patients
-    table = comparisons_table({"a+b": strong, "a": weak}, CLASSES, EVALUATION, 42)
-    row = table.iloc[0]
-    assert row["n_rows"] == 180 - 6
-    # By hand: per-fold kappas on the shared rows, mean +- t x the corrected standard error,
-    # with K - 1 = 2 degrees of freedom (3 folds; the repeats add none).
-    shared = strong[strong["id"].isin(weak["id"])]
-    mine, share = fold_kappas(shared)
-    theirs, _ = fold_kappas(weak)
-    d = mine - theirs
-    error = np.sqrt(d.var(ddof=1) * (1 / 6 + share))
-    half = stats.t.ppf(0.975, df=2) * error
-    assert row["kappa_diff_folds"] == pytest.approx(d.mean())
-    assert row["kappa_diff_ci_low"] == pytest.approx(d.mean() - half)
-    assert row["kappa_diff_ci_high"] == pytest.approx(d.mean() + half)
-    assert row["t_corrected"] == pytest.approx(d.mean() / error)
-    assert row["kappa_diff_ci_low"] > 0 and row["p_value"] < 0.05
-    assert row["verdict"] == "better" and row["brier_diff"] < 0 and row["brier_diff_ci_high"] < 0
-
-
-def test_holm_adjusts_a_hand_computed_family():
-    from fusion_dag.evaluate import holm_adjusted
-    from fusion_dag.report import verdicts
-
-    # Sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1: 0.04, 0.09, 0.08 -> 0.09 (order kept), 0.20.
-    p = [0.04, 0.01, 0.20, 0.03]
-    assert holm_adjusted(p) == pytest.approx([0.09, 0.04, 0.20, 0.09])
-    adjusted, words = verdicts([0.1, -0.2, 0.05, 0.1], [0.04, 0.01, 0.20, 0.03])
-    assert words == ["inconclusive", "worse", "inconclusive", "inconclusive"]
-    assert holm_adjusted([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
-
-
 def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with_the_primary():
     oofs = {
         "a": synthetic_oof(0.2, seed=1),
@@ -183,8 +114,6 @@ def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with
         ["a+b+c", "c", "secondary"],
     ]
     assert table["primary"].tolist() == [True, False, True, False, False]
-    from fusion_dag.evaluate import holm_adjusted
-
     for _, family in table.groupby("family"):
         assert family["p_holm"].to_numpy() == pytest.approx(holm_adjusted(family["p_value"]))
     assert (table["p_holm"] >= table["p_value"]).all()
@@ -222,14 +151,141 @@ def test_results_markdown_shows_the_primary_verdicts_before_the_headline():
     records = per_fold("a", oofs["a"]) + per_fold("a+b", oofs["a+b"])
     headline = headline_table(per_fold_table(records), oofs, CLASSES, EVALUATION, 42)
     comparisons = comparisons_table(oofs, CLASSES, EVALUATION, 42)
-    text = results_markdown(headline, comparisons, "a")
+    text = results_markdown(headline, comparisons, EVALUATION)
     assert text.index("Does each fusion add to a?") < text.index("## Headline")
-    verdict_table = text[: text.index("## Headline")]
-    assert "| a+b " in verdict_table and comparisons.loc[0, "verdict"] in verdict_table
+    assert "| C2  | a+b " in text  # the combinations' key: C2 is a+b
+    verdict_table = text[text.index("## Primary contrasts") : text.index("## Headline")]
+    assert "| C2  | complete |" in verdict_table
+    assert comparisons.loc[0, "verdict"] in verdict_table
     header = next(
         line for line in text[text.index("## Headline") :].splitlines() if "kappa" in line
     )
     assert len(header.split("|")) - 2 <= 14  # readable: the README's columns, not the TSV's 40
+
+
+DEMO = [
+    "metadata",
+    "thermal_map",
+    "metadata+thermal_map",
+    "metadata+thermal_map+depth_map+wound_photo",
+]
+
+
+def made_up_headline(names=DEMO) -> pd.DataFrame:
+    """A headline with the columns the readable forms read: each combination on its complete
+    visits, the last also on all visits (no train kappa there), one qwk interval undefined."""
+    rows = [(name, "complete") for name in names] + [(names[-1], "all")]
+    table = pd.DataFrame(rows, columns=["combination", "rows"]).assign(n_rows=180)
+    for metric in ("kappa", "qwk", "auc", "balanced_accuracy", "macro_f1", "brier", "ece"):
+        table[f"{metric}_mean"] = np.linspace(0.2, 0.5, len(table))
+        table[f"{metric}_ci_low"] = table[f"{metric}_mean"] - 0.1
+        table[f"{metric}_ci_high"] = table[f"{metric}_mean"] + 0.1
+    table.loc[0, ["qwk_ci_low", "qwk_ci_high"]] = np.nan
+    table["kappa_std"] = 0.05
+    table["train_kappa_mean"] = 0.4
+    table.loc[table["rows"] == "all", "train_kappa_mean"] = np.nan
+    table["gap_mean"] = table["train_kappa_mean"] - table["kappa_mean"]
+    return table
+
+
+def made_up_comparisons() -> pd.DataFrame:
+    """Primary contrasts with each verdict (one on all visits), and one secondary contrast."""
+    columns = ["combination", "versus", "family", "rows", "n_rows", "kappa_diff_folds"]
+    columns += ["kappa_diff_ci_low", "kappa_diff_ci_high", "p_value", "p_holm", "verdict"]
+    big = DEMO[3]
+    rows = [
+        ["metadata+thermal_map", "metadata", "primary", "complete", 180, 0.04, -0.06, 0.14]
+        + [0.31, 0.62, "inconclusive"],
+        [big, "metadata", "primary", "complete", 150, 0.12, 0.05, 0.19, 0.004, 0.008, "better"],
+        [big, "metadata", "primary, all visits", "all", 180, -0.09, -0.15, -0.03]
+        + [0.0004, 0.0004, "worse"],
+        [big, "thermal_map", "secondary", "complete", 150, 0.3, 0.2, 0.4, 0.001, 0.003, "better"],
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+NINETY = {"primary": "metadata", "confidence": 0.9}
+
+
+def test_the_results_open_with_one_sentence_per_primary_contrast_and_its_numbers():
+    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY)
+    opening = " ".join(text[: text.index("## Combinations")].split())
+    sentences = [
+        "Adding thermal_map to metadata changes kappa by +0.04 (90 % CI -0.06 to +0.14; Holm p = "
+        "0.620) on the 180 visits with every member: not distinguishable from no change at this "
+        "design.",
+        "Adding thermal_map, depth_map and wound_photo to metadata improves kappa by 0.12 (90 % CI "
+        "+0.05 to +0.19; Holm p = 0.008) on the 150 visits with every member.",
+        "Adding thermal_map, depth_map and wound_photo to metadata lowers kappa by 0.09 (90 % CI "
+        "-0.15 to -0.03; Holm p < 0.001) on all 180 visits, each scored with the members it has.",
+    ]
+    for sentence in sentences:
+        assert f"- {sentence}" in opening
+    assert opening.count("- ") == 3  # the secondary contrast is not one of them
+    assert "95 %" not in text  # the run's confidence, not a fixed level
+
+
+def markdown_tables(text: str) -> list:
+    """The header cells of every Markdown table in ``text``."""
+    lines = text.splitlines()
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line, below in zip(lines, lines[1:], strict=False)
+        if line.startswith("|") and below.startswith("|:")
+    ]
+
+
+def test_every_column_shown_has_a_legend_entry():
+    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY)
+    legend = " ".join(text[text.index("## Legend") :].split())
+    headers = {cell for header in markdown_tables(text) for cell in header}
+    assert {"kappa (90 % CI)", "kappa_diff (90 % CI)", "p_holm", "train_kappa", "gap"} <= headers
+    for header in headers:
+        assert f"- `{header}`: " in legend, header
+    entries = legend.split("- `")[1:]
+    assert len(entries) == len(headers)  # and no entry for a column not shown
+    train = next(entry for entry in entries if entry.startswith("train_kappa`"))
+    assert "inner out-of-fold" in train and "image branch" in train and "fusion" in train
+
+
+def test_no_markdown_cell_or_front_page_line_says_nan():
+    import re
+
+    headline, comparisons = made_up_headline(), made_up_comparisons()
+    comparisons.loc[0, ["p_value", "p_holm"]] = np.nan
+    text = results_markdown(headline, comparisons, NINETY)
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, comparisons, run, 0.9)
+    for document in (text, page, comparisons_markdown(comparisons, 0.9)):
+        assert not re.search(r"\bnan\b", document, flags=re.IGNORECASE)
+    all_row = next(
+        line for line in text.splitlines() if line.startswith("| C4  | all ") and "–" in line
+    )
+    assert all_row.rstrip(" |").endswith("–")  # train kappa and gap: an en dash
+    assert "0.200 [–]" in text  # qwk whose folds gave no interval
+
+
+def test_the_markdown_fits_100_characters_with_long_combination_names():
+    names = DEMO + [f"metadata+thermal_map+depth_map+wound_photo_{k}" for k in range(10)]
+    comparisons = made_up_comparisons()
+    text = results_markdown(made_up_headline(names), comparisons, NINETY)
+    assert "| C14 | metadata+thermal_map+depth_map+wound_photo_9 |" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_the_front_page_opens_with_the_sentences_and_defines_its_terms():
+    headline, comparisons = made_up_headline(), made_up_comparisons()
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, comparisons, run, 0.9)
+    first = page.splitlines()[0]
+    assert first.startswith("- Adding thermal_map to metadata changes kappa by +0.04 (90 % CI")
+    assert page.index("Does each fusion add to metadata?") < page.index("Headline")
+    terms = page[page.index("What the terms mean") :]
+    for term in ("kappa", "QWK", "AUC", "ECE", "Holm p", "train kappa"):
+        assert f"- **{term}**: " in terms
+    assert "95 %" not in page and not any(d in page for d in ("{{", "{%", "{#"))
 
 
 def test_markdown_table_has_a_row_per_combination():

@@ -239,7 +239,7 @@ def test_wound_crops_are_not_worse_than_whole_frames_beyond_the_fold_noise(tmp_p
     run on the same folds: crops must not lose more than the spread of the per-fold
     differences (bench/crops.py measures it on the full demo)."""
     from fusion_dag.artifacts import read_tsv
-    from fusion_dag.report import fold_kappa_differences, paired_rows
+    from fusion_dag.inference import fold_kappa_differences, paired_rows
 
     # The two out-of-fold tables are all it reads: no report figure is drawn.
     oofs = [f"results/fusion/{m}/oof.tsv" for m in ("thermal_map", "thermal_frame")]

@@ -39,11 +39,15 @@ with job_log(snakemake.log[0]) as log:
     comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)
     write_tsv(per_fold, snakemake.output.per_fold)
     write_tsv(headline, snakemake.output.table)
-    write_text(
-        results_markdown(headline, comparisons, evaluation["primary"]), snakemake.output.markdown
-    )
+    write_text(results_markdown(headline, comparisons, evaluation), snakemake.output.markdown)
     write_tsv(comparisons, snakemake.output.comparisons)
-    write_text(comparisons_markdown(comparisons), snakemake.output.comparisons_markdown)
-    write_text(front_page(headline, comparisons, snakemake.params.run), snakemake.output.front_page)
-    log.info("Headline table:\n%s", readable_table(readable_headline(headline)))
-    log.info("Paired comparisons:\n%s", readable_table(readable_comparisons(comparisons)))
+    confidence = evaluation["confidence"]
+    write_text(comparisons_markdown(comparisons, confidence), snakemake.output.comparisons_markdown)
+    write_text(
+        front_page(headline, comparisons, snakemake.params.run, confidence),
+        snakemake.output.front_page,
+    )
+    log.info("Headline table:\n%s", readable_table(readable_headline(headline, confidence)))
+    log.info(
+        "Paired comparisons:\n%s", readable_table(readable_comparisons(comparisons, confidence))
+    )

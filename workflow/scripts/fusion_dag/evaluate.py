@@ -1,9 +1,10 @@
-"""Metrics for one fold of one combination.
+"""Metrics of predictions: one fold's, and a pooled out-of-fold table's for any row weights.
 
 Unweighted Cohen's kappa on validation rows is the primary metric (as in the original study);
 quadratic weighted kappa credits near misses on the ordinal scale I < P < R. Train kappa and
 the train-minus-validation gap are reported because overfitting, not raw accuracy, is what
-broke the naive fusion.
+broke the naive fusion. How sure a run can be of these numbers (bootstrap, corrected t-test,
+Holm) is :mod:`fusion_dag.inference`'s: this module only says what a model scored on which rows.
 """
 
 import numpy as np
@@ -129,15 +130,14 @@ def branch_agreement(metadata_probs, image_probs, labels, classes) -> dict:
     }
 
 
-# --- Pooled out-of-fold evaluation with patient-bootstrap intervals ------------------------
+# --- Pooled out-of-fold metrics for any row weights ----------------------------------------
 #
 # Every metric below is computed from row weights, so one code path gives the point estimate
-# (all weights 1) and each bootstrap resample (weights = how often the row's patient was
-# drawn). Resampling patients, not rows, keeps each patient's visits together, as the folds
-# do (a cluster bootstrap: Field and Welsh 2007, JRSS-B 69:369). Confusion-matrix metrics are
-# the formulas of scikit-learn's cohen_kappa_score, balanced_accuracy_score, f1_score and
-# recall_score with sample_weight (tests/test_evaluate.py checks they agree), evaluated for all
-# resamples at once as one matrix product instead of 2,000 calls per metric.
+# (all weights 1) and each patient-bootstrap resample of fusion_dag.inference (weights = how
+# often the row's patient was drawn). Confusion-matrix metrics are the formulas of
+# scikit-learn's cohen_kappa_score, balanced_accuracy_score, f1_score and recall_score with
+# sample_weight (tests/test_evaluate.py checks they agree), evaluated for all resamples at once
+# as one matrix product instead of 2,000 calls per metric.
 
 CALIBRATION_BINS = 10
 PROBABILITY_FLOOR = 1e-15
@@ -244,20 +244,6 @@ def calibration_error(weights: np.ndarray, truth: np.ndarray, probs: np.ndarray)
     return np.abs(gap).sum(axis=1) / count.sum(axis=1)
 
 
-def patient_weights(groups_by_repeat: list, n_resamples: int, seed: int) -> list:
-    """Row weights of ``n_resamples`` patient-bootstrap resamples, one matrix per repeat.
-
-    Patients are drawn with replacement once per resample and the same draw weights every
-    repeat's rows (and both sides of a paired comparison), so differences are paired.
-    """
-    patients = np.unique(np.concatenate(groups_by_repeat))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(patients), size=(n_resamples, len(patients)))
-    counts = np.zeros((n_resamples, len(patients)))
-    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
-    return [counts[:, np.searchsorted(patients, groups)] for groups in groups_by_repeat]
-
-
 def repeat_arrays(oof: pd.DataFrame, classes: list) -> list:
     """(groups, truth, probs) per repeat of a pooled out-of-fold table, in repeat order."""
     columns = prob_columns(classes)
@@ -269,123 +255,3 @@ def repeat_arrays(oof: pd.DataFrame, classes: list) -> list:
         )
         for _, rows in oof.sort_values(["repeat", ID]).groupby("repeat", sort=True)
     ]
-
-
-def bootstrap_metrics(oof: pd.DataFrame, classes: list, n_resamples: int, seed: int) -> dict:
-    """Point estimate and patient-bootstrap samples of every pooled metric.
-
-    Returns name -> (point, samples): the point is the mean over repeats of the metric on that
-    repeat's pooled out-of-fold rows; each sample is the same mean on one patient resample.
-    """
-    arrays = repeat_arrays(oof, classes)
-    weights = patient_weights([groups for groups, _, _ in arrays], n_resamples, seed)
-    points, samples = [], []
-    for (_, truth, probs), resampled in zip(arrays, weights, strict=True):
-        points.append(weighted_metrics(np.ones((1, len(truth))), truth, probs))
-        samples.append(weighted_metrics(resampled, truth, probs))
-    return {
-        name: (
-            float(np.mean([p[name][0] for p in points])),
-            np.mean([s[name] for s in samples], axis=0),
-        )
-        for name in points[0]
-    }
-
-
-def interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap samples (resamples with an undefined metric skipped)."""
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.nanpercentile(samples, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
-def corrected_standard_error(values, test_share: float) -> float:
-    """Nadeau and Bengio's corrected standard error of the mean of J per-fold values.
-
-    The sample variance is inflated by ``1/J + n_test/n_train`` (not the naive ``1/J``)
-    because overlapping training sets make the folds' values correlated. At the 3 folds x 2
-    repeats default the factor is 1/6 + 1/2.
-    """
-    values = np.asarray(values, dtype=float)
-    return float(np.sqrt(values.var(ddof=1) * (1.0 / len(values) + test_share)))
-
-
-def corrected_resampled_ttest(
-    differences, test_share: float, df: int | None = None
-) -> tuple[float, float]:
-    """Nadeau and Bengio's corrected resampled t-test (Machine Learning 52:239, 2003).
-
-    ``differences`` are the J = repeats x folds per-fold differences of a metric between two
-    models scored on the same rows; ``test_share`` is n_test / n_train of a fold. The statistic
-    is their mean over :func:`corrected_standard_error`, with ``df`` degrees of freedom (J - 1
-    when None, as Nadeau and Bengio use). Returns (t, p) with a two-sided p-value.
-    """
-    from scipy import stats
-
-    d = np.asarray(differences, dtype=float)
-    error = corrected_standard_error(d, test_share)
-    if error == 0.0:
-        return 0.0, 1.0
-    t = float(d.mean() / error)
-    return t, float(2.0 * stats.t.sf(abs(t), df=len(d) - 1 if df is None else df))
-
-
-def corrected_interval(
-    centre: float, values, test_share: float, confidence: float, df: int | None = None
-) -> tuple[float, float]:
-    """``centre`` plus or minus the t quantile (``df`` degrees of freedom, J - 1 when None)
-    times the corrected standard error of the J per-fold ``values``: the interval that inverts
-    :func:`corrected_resampled_ttest` when ``centre`` is the values' mean.
-
-    Unlike a bootstrap of the pooled predictions, which holds the fitted fold models fixed,
-    it carries the spread the folds' refitted models show, so it is an interval for the
-    method's expected score on new patients (Nadeau and Bengio 2003; Bates, Hastie and
-    Tibshirani 2023 on why the naive CV interval is too narrow). Values a fold could not
-    define (a class absent from it) are left out.
-    """
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    degrees = len(values) - 1 if df is None else df
-    half = stats.t.ppf(0.5 + confidence / 2.0, df=degrees)
-    half *= corrected_standard_error(values, test_share)
-    return float(centre - half), float(centre + half)
-
-
-def fold_test_share(oof: pd.DataFrame) -> float:
-    """The mean over folds of n_test / n_train (rows), from a pooled out-of-fold table."""
-    fold_rows = oof.groupby(["repeat", "fold"]).size()
-    repeat_rows = oof.groupby("repeat").size().reindex(fold_rows.index, level=0)
-    return float(np.mean(fold_rows / (repeat_rows - fold_rows)))
-
-
-def fold_values(oof: pd.DataFrame, classes: list) -> dict:
-    """Every pooled metric on each (repeat, fold)'s validation rows: name -> array (J,), in
-    (repeat, fold) order. The folds' spread is what :func:`corrected_interval` needs."""
-    columns = prob_columns(classes)
-    truth = label_indices(oof[LABEL], classes)
-    probs = oof[columns].to_numpy(dtype=float)
-    per_fold = []
-    for rows in oof.groupby(["repeat", "fold"], sort=True).indices.values():
-        per_fold.append(weighted_metrics(np.ones((1, len(rows))), truth[rows], probs[rows]))
-    return {name: np.array([m[name][0] for m in per_fold]) for name in per_fold[0]}
-
-
-def holm_adjusted(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p-values (Scand. J. Statist. 6:65, 1979).
-
-    The k-th smallest of m p-values is multiplied by m - k + 1, the running maximum taken so
-    the order is kept, and capped at 1. It controls the family-wise error rate with no
-    assumption on how the tests depend on each other, which matters here: every contrast of a
-    family shares the primary's predictions. (statsmodels' ``multipletests(method="holm")``
-    computes the same; it is not a dependency of the workflow.)
-    """
-    p = np.asarray(p_values, dtype=float)
-    order = np.argsort(p, kind="stable")
-    scaled = (len(p) - np.arange(len(p))) * p[order]
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return adjusted

@@ -26,9 +26,9 @@ from sklearn.metrics import cohen_kappa_score, make_scorer
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
-from fusion_dag.evaluate import holm_adjusted, kappa
+from fusion_dag.evaluate import kappa
+from fusion_dag.inference import SIGNIFICANCE, compare, holm_adjusted
 from fusion_dag.metadata import build_pipeline, feature_frame
-from fusion_dag.report import SIGNIFICANCE, compare
 from fusion_dag.weights import fuse_rows, member_weights
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def member_drop_table(
     """Per fusion and member: the kappa lost when the member is dropped and the other members'
     weights are rescaled to sum to 1, on the visits with every member; from the cached
     out-of-fold probabilities (no model is retrained), with the comparisons' corrected
-    resampled t-test (:func:`fusion_dag.report.compare`) and Holm within each combination.
+    resampled t-test (:func:`fusion_dag.inference.compare`) and Holm within each combination.
     ``verdict``: ``adds`` or ``hurts`` when the adjusted p is below 0.05, else
     ``inconclusive``."""
     records = []

@@ -1,33 +1,29 @@
-"""Aggregation: the headline table, paired comparisons and the ablation tables.
+"""Aggregation into tables and Markdown: the headline, the paired comparisons, the ablation
+tables, and their readable forms (``results/fusion_results.md``, the report's front page).
 
-Why intervals and paired tests: on one 3-fold partition of a clinical table a forest's kappa
-moves by 0.05 with the partition seed alone, so a mean over folds cannot tell a real gain from
-noise. The headline averages repeated partitions; its intervals come from the spread of the
-refitted fold models (the corrected resampled variance), because a bootstrap of the pooled
-predictions holds the fitted models fixed and covers only which patients were sampled. A claim
-that one combination beats another rests on the corrected resampled t-test of the paired
-per-fold differences, Holm-adjusted within a pre-specified family: each fusion against
-``evaluation.primary`` is the primary family.
+Why apart from :mod:`fusion_dag.inference`: which rows a table holds and how a reader sees it
+change with the questions a study asks; the statistics behind each number do not. Each fusion
+against ``evaluation.primary`` is the pre-specified primary family of comparisons.
 """
 
 import logging
+import re
+import textwrap
 
 import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns
-from fusion_dag.evaluate import (
+from fusion_dag.evaluate import oof_table, predicted_index, predicted_shares, repeat_arrays
+from fusion_dag.inference import (
+    SIGNIFICANCE,
     bootstrap_metrics,
+    compare,
     corrected_interval,
-    corrected_resampled_ttest,
     fold_test_share,
     fold_values,
-    holm_adjusted,
     interval,
-    oof_table,
-    predicted_index,
-    predicted_shares,
-    repeat_arrays,
+    verdicts,
 )
 from fusion_dag.weights import fuse_rows
 
@@ -44,7 +40,6 @@ INTERVAL_METRICS = (
     "log_loss",
     "ece",
 )
-SIGNIFICANCE = 0.05
 # Which visits a headline or comparison row scores: those with every member of the
 # combination, or every visit with the members it has (as predict scores it).
 COMPLETE, ALL = "complete", "all"
@@ -74,7 +69,7 @@ def headline_table(
     with the members it has (:func:`all_visits_oof`).
 
     Pooled metrics come from each repeat's out-of-fold predictions (mean over repeats);
-    ``_ci_`` intervals are :func:`~fusion_dag.evaluate.corrected_interval` of the per-fold
+    ``_ci_`` intervals are :func:`~fusion_dag.inference.corrected_interval` of the per-fold
     values around that mean, ``kappa_boot_`` the patient bootstrap of the pooled predictions
     (fitted models held fixed). ``kappa_std`` is the spread over all folds of all repeats; train
     and fit kappa are means over the fusion jobs' folds (complete rows only), and
@@ -204,8 +199,9 @@ def all_visits_oofs(
 def metric_columns(estimates: dict, classes: list, evaluation: dict, suffix: str) -> dict:
     """Point estimates (named ``{metric}{suffix}``) with patient-bootstrap percentile intervals
     of the interval metrics, then accuracy and per-class F1 and recall, from
-    :func:`bootstrap_metrics`. For one fixed model scored on new patients (``predict``), where
-    the bootstrap's premise, fitted models held fixed, is the situation itself."""
+    :func:`~fusion_dag.inference.bootstrap_metrics`. For one fixed model scored on new
+    patients (``predict``), where the bootstrap's premise, fitted models held fixed, is the
+    situation itself."""
     columns = {}
     for metric in INTERVAL_METRICS:
         point, samples = estimates[metric]
@@ -248,91 +244,6 @@ def external_metrics(
             row.update(predicted_shares(predicted_index(table, classes), classes))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def paired_rows(first: pd.DataFrame, second: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two out-of-fold tables restricted to the (repeat, id) rows both scored."""
-    keys = first[["repeat", ID]].merge(second[["repeat", ID]], on=["repeat", ID])
-    return (
-        keys.merge(first, on=["repeat", ID], validate="1:1"),
-        keys.merge(second, on=["repeat", ID], validate="1:1"),
-    )
-
-
-def fold_kappa_differences(first, second, classes: list) -> np.ndarray:
-    """Per (repeat, fold) validation kappa of ``first`` minus ``second``.
-
-    The tables are row-aligned (as :func:`paired_rows` returns them).
-    """
-    return fold_values(first, classes)["kappa"] - fold_values(second, classes)["kappa"]
-
-
-def compare(
-    first: pd.DataFrame, second: pd.DataFrame, classes: list, evaluation: dict, seed: int
-) -> dict:
-    """Paired comparison of two combinations on the rows both scored.
-
-    ``kappa_diff`` is the mean over repeats of (pooled kappa of ``first`` - of ``second``), the
-    headline's difference. The test and its interval are about the J per-fold differences: the
-    corrected resampled t-test with K - 1 degrees of freedom (K folds), and their mean
-    (``kappa_diff_folds``) plus or minus that t quantile times the corrected standard error,
-    so the interval excludes zero exactly when the unadjusted p-value is below
-    1 - confidence. Why K - 1 and not Nadeau and Bengio's J - 1: the repeats re-partition the
-    same patients, so an advantage this sample of patients happens to give one model shows in
-    every repeat and the repeats add no independent replicate of it; with J - 1 the test
-    rejected two models of equal expected kappa in 12 % and 16 % of 200 simulated data sets at
-    3 x 2 and 5 x 5, with K - 1 in 2.5 % and 5.5 % (bench/RESULTS.md). The paired patient
-    bootstrap (one patient draw for both sides) stays as ``kappa_diff_boot_``: it excludes
-    zero far more often than its level. Brier score differences (lower is better) get the same test.
-    """
-    first, second = paired_rows(first, second)
-    # The same rows, hence the same patients and seed: both sides get the same patient draws.
-    mine, theirs = (
-        bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
-        for table in (first, second)
-    )
-    share = fold_test_share(first)
-    df = int(first["fold"].nunique()) - 1
-    mine_folds, theirs_folds = fold_values(first, classes), fold_values(second, classes)
-    result = {"n_rows": int(first[ID].nunique())}
-    for metric in ("kappa", "brier"):
-        differences = mine_folds[metric] - theirs_folds[metric]
-        t, p = corrected_resampled_ttest(differences, share, df)
-        centre = float(differences.mean())
-        low, high = corrected_interval(centre, differences, share, evaluation["confidence"], df)
-        if metric == "kappa":
-            boot = interval(mine["kappa"][1] - theirs["kappa"][1], evaluation["confidence"])
-            result.update(
-                kappa_diff=mine["kappa"][0] - theirs["kappa"][0],
-                kappa_diff_ci_low=low,
-                kappa_diff_ci_high=high,
-                kappa_diff_folds=centre,
-                t_corrected=t,
-                p_value=p,
-                kappa_diff_boot_low=boot[0],
-                kappa_diff_boot_high=boot[1],
-            )
-        else:
-            result.update(
-                brier_diff=mine["brier"][0] - theirs["brier"][0],
-                brier_diff_ci_low=low,
-                brier_diff_ci_high=high,
-                brier_p_value=p,
-            )
-    return result
-
-
-def verdicts(differences, p_values) -> tuple[np.ndarray, list]:
-    """Holm-adjusted p-values of one family and each contrast's verdict: ``better`` or
-    ``worse`` (the sign of its difference) when the adjusted p is below SIGNIFICANCE,
-    otherwise ``inconclusive``: at 5 degrees of freedom a real gain often does not reach it,
-    so no verdict says there is no difference."""
-    adjusted = holm_adjusted(p_values)
-    words = [
-        ("better" if d > 0 else "worse") if p < SIGNIFICANCE else "inconclusive"
-        for d, p in zip(differences, adjusted, strict=True)
-    ]
-    return adjusted, words
 
 
 COMPARISON_COLUMNS = [
@@ -444,8 +355,8 @@ def versus_v3(
 
     ``variant_probs`` holds ``(repeat, fold, table)`` of the ablation's per-fold probabilities
     (every variant, told apart by ``strategy`` and ``rf_source``). The columns carry
-    :func:`compare`'s corrected interval and p-value, Holm-adjusted over the variants (the
-    ablation is its own family); the verdict names V3.
+    :func:`~fusion_dag.inference.compare`'s corrected interval and p-value, Holm-adjusted over
+    the variants (the ablation is its own family); the verdict names V3.
     """
     variants = variant_probs[0][2][["strategy", "rf_source"]].drop_duplicates()
     rows = []
@@ -478,40 +389,83 @@ def markdown_table(headline: pd.DataFrame) -> str:
     return headline.to_markdown(index=False, floatfmt=".3f") + "\n"
 
 
+# The second headline table's headers and their metrics (balanced_acc: the table fits within
+# LINE_WIDTH whatever the combinations' names).
+SHORT_HEADERS = {
+    "auc": "auc",
+    "balanced_acc": "balanced_accuracy",
+    "macro_f1": "macro_f1",
+    "brier": "brier",
+    "ece": "ece",
+    "train_kappa": "train_kappa",
+    "gap": "gap",
+}
+# What a readable table shows where a row has no value (a NaN would print as ``nan``).
+MISSING = "–"
+# The width the Markdown results are kept to, so a reader needs no horizontal scrolling.
+LINE_WIDTH = 100
+
+
+def level(confidence: float) -> str:
+    """The interval's level as the run configured it (``evaluation.confidence``): ``95 %``."""
+    return f"{100 * confidence:g} %"
+
+
+def number(value, form: str = "{:.3f}") -> str:
+    """``value`` in ``form``, or an en dash where the row has none (NaN)."""
+    return MISSING if pd.isna(value) else form.format(value)
+
+
+def p_text(p: float) -> str:
+    """A p-value with three decimals, ``< 0.001`` below that (``= 0.000`` would read as zero)."""
+    return MISSING if pd.isna(p) else ("< 0.001" if p < 0.001 else f"= {p:.3f}")
+
+
 def with_interval(point: float, low: float, high: float, signed: bool = False) -> str:
-    """``0.307 [0.230, 0.379]`` (``+0.037 [-0.010, +0.084]`` for a difference)."""
+    """``0.307 [0.230, 0.379]`` (``+0.037 [-0.010, +0.084]`` for a difference); an en dash for
+    a point the row lacks, ``[–]`` for an interval the folds could not give."""
     form = "{:+.3f}" if signed else "{:.3f}"
     if pd.isna(point):
-        return ""
+        return MISSING
+    if pd.isna(low) or pd.isna(high):
+        return f"{form.format(point)} [{MISSING}]"
     return f"{form.format(point)} [{form.format(low)}, {form.format(high)}]"
 
 
 def readable_table(table: pd.DataFrame, style: str = "pipe") -> str:
     """A readable table as Markdown (``pipe``) or reStructuredText (``rst``): three decimals,
-    empty cells for values a row does not have."""
-    return table.to_markdown(index=False, tablefmt=style, floatfmt=".3f", missingval="")
+    an en dash for values a row does not have, numbers right-aligned.
+
+    Cells are formatted here, not by tabulate, which prints a NaN as ``nan`` and re-reads
+    ``0.010`` as ``0.01``.
+    """
+    shown = table.astype(object).map(lambda v: number(v) if isinstance(v, float) else v)
+    align = ["right" if pd.api.types.is_numeric_dtype(table[c]) else "left" for c in table]
+    return shown.to_markdown(index=False, tablefmt=style, disable_numparse=True, colalign=align)
 
 
-def readable_headline(headline: pd.DataFrame) -> pd.DataFrame:
-    """The headline's columns a reader needs first (the TSV keeps every column)."""
-    table = pd.DataFrame(
-        {
-            "combination": headline["combination"],
-            "rows": headline["rows"],
-            "n_rows": headline["n_rows"],
-        }
-    )
+def interval_cells(table: pd.DataFrame, metric: str, signed: bool = False) -> list:
+    """``{metric}_mean`` (or ``{metric}_folds`` for a difference) with its ``_ci_`` interval,
+    one text per row."""
+    point = f"{metric}_folds" if signed else f"{metric}_mean"
+    return [
+        with_interval(*values, signed=signed)
+        for values in table[[point, f"{metric}_ci_low", f"{metric}_ci_high"]].itertuples(
+            index=False
+        )
+    ]
+
+
+def readable_headline(headline: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Every headline row with the columns a reader needs first, for the log (the TSV keeps
+    every column)."""
+    table = headline[["combination", "rows", "n_rows"]].copy()
     for metric in ("kappa", "qwk", "auc"):
-        table[f"{metric} (95% CI)"] = [
-            with_interval(*values)
-            for values in headline[
-                [f"{metric}_mean", f"{metric}_ci_low", f"{metric}_ci_high"]
-            ].itertuples(index=False)
-        ]
+        table[f"{metric} ({level(confidence)} CI)"] = interval_cells(headline, metric)
         if metric == "kappa":
             table["kappa_std"] = headline["kappa_std"]
     for column, name in (
-        ("balanced_accuracy_mean", "balanced_acc"),
+        ("balanced_accuracy_mean", "balanced_accuracy"),
         ("macro_f1_mean", "macro_f1"),
         ("brier_mean", "brier"),
         ("ece_mean", "ece"),
@@ -522,82 +476,216 @@ def readable_headline(headline: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def readable_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
+def readable_comparisons(comparisons: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """The comparisons' columns a reader needs: the difference with its corrected interval,
     the p-values and the verdict."""
     table = comparisons[["combination", "versus", "family", "rows", "n_rows"]].copy()
-    table["kappa_diff (95% CI)"] = [
-        with_interval(*values, signed=True)
-        for values in comparisons[
-            ["kappa_diff_folds", "kappa_diff_ci_low", "kappa_diff_ci_high"]
-        ].itertuples(index=False)
-    ]
-    table["p_value"] = comparisons["p_value"]
-    table["p_holm"] = comparisons["p_holm"]
-    table["verdict"] = comparisons["verdict"]
+    table[f"kappa_diff ({level(confidence)} CI)"] = interval_cells(comparisons, "kappa_diff", True)
+    table[["p_value", "p_holm", "verdict"]] = comparisons[["p_value", "p_holm", "verdict"]]
     return table
 
 
-def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, primary: str) -> str:
-    """``results/fusion_results.md``: the primary verdicts, then the readable headline."""
-    confidence = "95 %"
-    lines = ["# fusion-dag results", ""]
-    primary_rows = comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
-    if len(primary_rows):
-        lines += [
-            f"## Does each fusion add to {primary}? (the primary contrasts)",
-            "",
-            readable_table(readable_comparisons(primary_rows)),
-            "",
-            "kappa_diff: the mean over the repeats x folds of the paired per-fold difference, "
-            f"with the {confidence} interval of the corrected resampled t-test (Nadeau and "
-            "Bengio 2003); p_holm: Holm-adjusted within each family. `better` or `worse` when "
-            "p_holm < 0.05, otherwise `inconclusive` (not evidence of no difference: with few "
-            "folds a real gain often does not reach it). `rows: all` scores every visit with "
-            "the members it has, as `predict` does.",
-            "",
+def legend(confidence: float) -> dict:
+    """What each column of the Markdown results means, by its header: read off the code that
+    computes it (:func:`headline_table`, :func:`~fusion_dag.inference.compare`,
+    :func:`~fusion_dag.evaluate.weighted_metrics`)."""
+    ci = level(confidence)
+    return {
+        "#": "the combination's label in these tables (the Combinations table names it).",
+        "combination": "the inputs fused, joined by `+`: `metadata` is the random forest on the "
+        "clinical table, any other name the image branch of that modality.",
+        "rows": "which visits a row scores: `complete`, the visits with every member of the "
+        "combination; `all`, every visit with any member, each scored with the members it has "
+        "(as `predict` scores a new visit).",
+        "n_rows": "the number of visits scored (in a contrast: the visits both sides scored).",
+        f"kappa ({ci} CI)": "Cohen's kappa (unweighted: 1 is perfect, 0 chance agreement) "
+        "between the true and the predicted phase (the most probable) of the pooled "
+        "out-of-fold predictions, the mean over repeats; in brackets its corrected resampled t "
+        f"interval at {ci} (Nadeau and Bengio 2003) from the spread of the per-fold kappas, so "
+        "it includes how differently the models came out in each fold.",
+        "kappa_std": "the standard deviation of the validation kappa over all folds of all "
+        "repeats.",
+        f"qwk ({ci} CI)": "quadratic weighted kappa: as kappa, but a miss by two phases (I for "
+        "R) costs four times a miss by one; same pooling and interval.",
+        "auc": "the mean over phases of the one-vs-rest ROC AUC of the predicted probabilities "
+        "(0.5 is chance, 1 a perfect ranking), the mean over repeats.",
+        "balanced_acc": "the mean over phases of recall (the share of each true phase "
+        "predicted as such): balanced accuracy, which counts a rare phase as much as a common "
+        "one.",
+        "macro_f1": "the unweighted mean over phases of F1 (the harmonic mean of precision and "
+        "recall).",
+        "brier": "the Brier score: the mean over visits of the summed squared differences "
+        "between the predicted probabilities and the true phase's 0/1 vector (0 is perfect, 2 "
+        "the worst; lower is better).",
+        "ece": "expected calibration error: visits binned by their top probability into 10 "
+        "equal-width bins; the visit-weighted mean over bins of the absolute difference between "
+        "the bin's accuracy and its mean top probability (0 is perfectly calibrated).",
+        "train_kappa": "kappa on each fold's training visits, the mean over folds, of the "
+        "probabilities the fusion stage sees for them: for `metadata` (the forest) an inner "
+        "out-of-fold estimate (each training visit predicted by a forest fit on the other "
+        "training patients), for an image branch its network's own predictions on the visits "
+        "it was trained on, for a fusion the fixed-weight fusion of its members' such "
+        f"probabilities. {MISSING} on `all` rows.",
+        "gap": "train_kappa minus kappa: how much better training visits are scored than "
+        f"held-out ones (overfitting shows as a large gap). {MISSING} on `all` rows.",
+        f"kappa_diff ({ci} CI)": "the combination's kappa minus the primary's on the visits "
+        "both scored: the mean of the paired per-fold differences over repeats x folds, with "
+        f"the {ci} interval of the corrected resampled t-test (K - 1 degrees of freedom for K "
+        f"folds); it excludes 0 exactly when p_value < {1 - confidence:g}.",
+        "p_value": "the two-sided p-value of the corrected resampled t-test of the paired "
+        "per-fold kappa differences, before adjustment.",
+        "p_holm": "p_value after Holm's adjustment within its family (the `complete` contrasts "
+        "are one family, the `all` contrasts another), which bounds the chance of any false "
+        f"verdict in the family at {SIGNIFICANCE}.",
+        "verdict": f"`better` or `worse` (the sign of kappa_diff) when p_holm < {SIGNIFICANCE}; "
+        "otherwise `inconclusive`: this design cannot tell the difference from zero, which is "
+        "not evidence that there is none.",
+    }
+
+
+def labelled(table: pd.DataFrame, labels: dict) -> pd.DataFrame:
+    """``table`` with its combination names replaced by their short labels (``#``)."""
+    return table.drop(columns="combination").assign(**{"#": table["combination"].map(labels)})
+
+
+def spoken_list(names: list) -> str:
+    """``a``, ``a and b``, ``a, b and c``: names as a sentence lists them."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def contrast_sentence(row, confidence: float) -> str:
+    """One plain sentence for one primary contrast (a row of the comparisons table): what the
+    fusion changes, by how much, how sure the design is, on which visits."""
+    members, reference = row.combination.split("+"), row.versus.split("+")
+    added = [m for m in members if m not in reference]
+    if len(added) + len(reference) == len(members):
+        subject = f"Adding {spoken_list(added)} to {row.versus}"
+    else:
+        subject = f"Using {row.combination} instead of {row.versus}"
+    d, low, high = row.kappa_diff_folds, row.kappa_diff_ci_low, row.kappa_diff_ci_high
+    numbers = (
+        f"({level(confidence)} CI {number(low, '{:+.2f}')} to {number(high, '{:+.2f}')}; "
+        f"Holm p {p_text(row.p_holm)})"
+    )
+    visits = (
+        f"on all {row.n_rows} visits, each scored with the members it has"
+        if row.rows == ALL
+        else f"on the {row.n_rows} visits with every member"
+    )
+    if row.verdict == "better":
+        return f"{subject} improves kappa by {number(abs(d), '{:.2f}')} {numbers} {visits}."
+    if row.verdict == "worse":
+        return f"{subject} lowers kappa by {number(abs(d), '{:.2f}')} {numbers} {visits}."
+    return (
+        f"{subject} changes kappa by {number(d, '{:+.2f}')} {numbers} {visits}: not "
+        "distinguishable from no change at this design."
+    )
+
+
+def primary_contrasts(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons of the pre-specified question: each fusion against the primary."""
+    return comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
+
+
+def contrast_sentences(comparisons: pd.DataFrame, primary: str, confidence: float) -> list:
+    """:func:`contrast_sentence` of every primary contrast, or why there is none."""
+    rows = primary_contrasts(comparisons)
+    if rows.empty:
+        return [
+            f"No primary contrast: no fusion was compared with {primary} (it was not run, or "
+            "no combination fuses several inputs)."
         ]
+    return [contrast_sentence(row, confidence) for row in rows.itertuples(index=False)]
+
+
+def markdown_list(items: list) -> list:
+    """Markdown list items, each wrapped at LINE_WIDTH with its continuation indented."""
+    return [
+        textwrap.fill(item, LINE_WIDTH, initial_indent="- ", subsequent_indent="  ")
+        for item in items
+    ]
+
+
+def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, evaluation: dict) -> str:
+    """``results/fusion_results.md``, for a reader new to the project: one sentence per primary
+    contrast, then the tables, then what every column shown means.
+
+    Combinations are named by short labels in the tables (and in full in a table of their
+    own), so the tables stay within LINE_WIDTH with the demo's four-input names; the TSVs keep
+    every column.
+    """
+    primary, confidence = evaluation["primary"], evaluation["confidence"]
+    names = list(dict.fromkeys(headline["combination"]))
+    labels = {name: f"C{index}" for index, name in enumerate(names, start=1)}
+    key = pd.DataFrame({"#": list(labels.values()), "combination": names})
+    ci = level(confidence)
+    tables = [("Combinations", key)]
+    contrasts = primary_contrasts(comparisons)
+    if len(contrasts):
+        table = labelled(contrasts, labels)[["#", "rows", "n_rows"]]
+        table[f"kappa_diff ({ci} CI)"] = interval_cells(contrasts, "kappa_diff", True)
+        table[["p_value", "p_holm", "verdict"]] = contrasts[["p_value", "p_holm", "verdict"]]
+        tables.append((f"Primary contrasts: each fusion against {primary}", table))
+    rows = labelled(headline, labels)
+    agreement = rows[["#", "rows", "n_rows"]].copy()
+    agreement[f"kappa ({ci} CI)"] = interval_cells(headline, "kappa")
+    agreement["kappa_std"] = headline["kappa_std"]
+    agreement[f"qwk ({ci} CI)"] = interval_cells(headline, "qwk")
+    tables.append(("Headline: agreement with the true phase", agreement))
+    other = rows[["#", "rows"]].copy()
+    for column, metric in SHORT_HEADERS.items():
+        other[column] = headline[f"{metric}_mean"]
+    tables.append(("Headline: ranking, calibration and overfitting", other))
+    lines = [f"# Does each fusion add to {primary}?", ""]
+    lines += [*markdown_list(contrast_sentences(comparisons, primary, confidence)), ""]
+    for title, table in tables:
+        lines += [f"## {title}", "", readable_table(table), ""]
+    definitions = legend(confidence)
+    shown = {column for _, table in tables for column in table.columns}
+    lines += ["## Legend", ""]
+    lines += markdown_list(
+        [
+            f"`{column}`: {definitions[column]}"
+            for column in sorted(shown, key=list(definitions).index)
+        ]
+    )
     lines += [
-        "## Headline",
         "",
-        readable_table(readable_headline(headline)),
-        "",
-        "Each value is the mean over repeats of the metric on that repeat's pooled out-of-fold "
-        f"predictions. The {confidence} intervals are corrected resampled t intervals from the "
-        "spread of the refitted fold models, so they cover training variability too; the "
-        "patient bootstrap of the fixed predictions (`kappa_boot_low`/`_high` in the TSV) "
-        "does not. `rows: complete` counts the visits with every member, `rows: all` every "
-        "visit scored with the members it has.",
-        "",
-        "Every column, every comparison: `results/fusion_results.tsv`, "
-        "`results/comparisons.tsv` (see docs/evaluation.md).",
+        textwrap.fill(
+            "Every column and every comparison: `results/fusion_results.tsv` and "
+            "`results/comparisons.tsv`; how each number is computed: docs/evaluation.md.",
+            LINE_WIDTH,
+        ),
         "",
     ]
     return "\n".join(lines)
 
 
-def comparisons_markdown(comparisons: pd.DataFrame) -> str:
+def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
     """``results/comparisons.md``: every comparison, readable columns."""
-    return readable_table(readable_comparisons(comparisons)) + "\n"
+    return readable_table(readable_comparisons(comparisons, confidence)) + "\n"
 
 
 # A headline metric's point and interval columns, as suffixes of its name.
 PARTS = ("mean", "ci_low", "ci_high")
 
 
-def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict) -> str:
-    """The HTML report's front page (reStructuredText): what was run, the primary verdicts and
-    the headline, so a reader of the report sees the answer before any click.
+def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, confidence) -> str:
+    """The HTML report's front page (reStructuredText): the answer in one sentence per primary
+    contrast, what was run, the contrasts and the headline, then what each term means, so a
+    reader of the report sees the answer before any click.
 
     Lists, not tables: the report sets the page's text in a column beside the workflow's
     graph, where a table of the headline's width runs under the graph. ``run`` holds
     ``classes``, ``folds``, ``repeats``, ``primary``, ``modalities`` and the fusion
-    ``weights`` description. Snakemake renders the page with Jinja2 first: nothing here may
-    contain a Jinja delimiter.
+    ``weights`` description; ``confidence`` is ``evaluation.confidence``. Snakemake renders
+    the page with Jinja2 first: nothing here may contain a Jinja delimiter.
     """
-    primary = run["primary"]
+    primary, ci = run["primary"], level(confidence)
     images = ", ".join(run["modalities"]) or "none"
-    lines = [
+    lines = [f"- {sentence}" for sentence in contrast_sentences(comparisons, primary, confidence)]
+    lines += [
+        "",
         f"fusion-dag classifies wound healing phases ({' < '.join(run['classes'])}) by fusing a "
         f"random forest on the clinical metadata with an image branch per modality ({images}). "
         "Each image branch is trained alone, its checkpoint loaded by layer name into the "
@@ -607,11 +695,11 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict) -> 
         "partition and model seeds).",
         "",
     ]
-    primary_rows = comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
-    if len(primary_rows):
+    contrasts = primary_contrasts(comparisons)
+    if len(contrasts):
         title = f"Does each fusion add to {primary}?"
         lines += [title, "-" * len(title), ""]
-        for row in primary_rows.itertuples(index=False):
+        for row in contrasts.itertuples(index=False):
             visits = (
                 "every visit, scored as predict scores it"
                 if row.rows == ALL
@@ -622,16 +710,16 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict) -> 
             )
             lines.append(
                 f"- **{row.combination}** against {row.versus}, {row.n_rows} visits ({visits}): "
-                f"kappa {interval_text}, p {row.p_value:.3f}, Holm p {row.p_holm:.3f}: "
+                f"kappa {interval_text}, p {p_text(row.p_value)}, Holm p {p_text(row.p_holm)}: "
                 f"**{row.verdict}**"
             )
         lines += [
             "",
             "Fixed in the config (``evaluation.primary``) before any result: the mean paired "
-            "per-fold kappa difference with the 95 % interval of the corrected resampled "
+            f"per-fold kappa difference with the {ci} interval of the corrected resampled "
             "t-test, its p-value Holm-adjusted within the family. Better or worse when the "
-            "Holm p is below 0.05, otherwise inconclusive, which is not evidence of no "
-            "difference.",
+            f"Holm p is below {SIGNIFICANCE}, otherwise inconclusive, which is not evidence of "
+            "no difference.",
             "",
         ]
     lines += ["Headline", "--------", ""]
@@ -641,17 +729,42 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict) -> 
             f"{name} {with_interval(*(getattr(row, f'{metric}_{part}') for part in PARTS))}"
             for metric, name in (("kappa", "kappa"), ("qwk", "QWK"), ("auc", "AUC"))
         )
-        extra = f"balanced accuracy {row.balanced_accuracy_mean:.3f}, ECE {row.ece_mean:.3f}"
+        extra = (
+            f"balanced accuracy {number(row.balanced_accuracy_mean)}, ECE {number(row.ece_mean)}"
+        )
         if not pd.isna(row.gap_mean):
-            extra += f", train - validation gap {row.gap_mean:.3f}"
+            extra += f", train - validation gap {number(row.gap_mean)}"
         lines.append(f"- **{row.combination}** ({visits}): {metrics}; {extra}")
     lines += [
         "",
-        "The mean over repeats of each metric on the pooled out-of-fold predictions, with 95 % "
+        f"The mean over repeats of each metric on the pooled out-of-fold predictions, with {ci} "
         "intervals from the spread of the refitted fold models (corrected resampled variance), "
         "which include training variability. Every column and comparison: "
         "fusion_results.tsv and comparisons.tsv under Results; how each number is computed: "
         "docs/evaluation.md.",
         "",
+        "What the terms mean",
+        "-------------------",
+        "",
     ]
+    definitions = legend(confidence)
+    terms = {
+        "kappa": f"kappa ({ci} CI)",
+        "QWK": f"qwk ({ci} CI)",
+        "AUC": "auc",
+        "balanced accuracy": "balanced_acc",
+        "ECE": "ece",
+        "train - validation gap": "gap",
+        "train kappa": "train_kappa",
+        "p": "p_value",
+        "Holm p": "p_holm",
+        "better, worse, inconclusive": "verdict",
+    }
+    lines += [f"- **{term}**: {rst_text(definitions[column])}" for term, column in terms.items()]
+    lines.append("")
     return "\n".join(lines)
+
+
+def rst_text(markdown: str) -> str:
+    """A legend entry's Markdown code spans as reStructuredText literals."""
+    return re.sub(r"`([^`]+)`", r"``\1``", markdown)
