@@ -1,3 +1,9 @@
+# Each fold's fitted forest, whose permutation importance explain_importance measures.
+IMPORTANCE_FOLD_FILES = partition_files(
+    model="results/metadata/repeat{repeat}/fold{fold}/model.skops"
+)
+
+
 # Permutation importance of each metadata column on every fold's held-out visits, and the
 # leak screen (a column that alone predicts the label).
 rule explain_importance:

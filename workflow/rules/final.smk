@@ -59,7 +59,11 @@ rule final_image:
 # Loads each final checkpoint by layer name, freezes and verifies it, as the fold fusions do.
 rule final_fusion:
     input:
-        unpack(final_fusion_inputs),
+        unpack(
+            lambda wildcards: jobs.final_fusion_inputs(
+                config, COMBINATIONS[wildcards.combination]
+            )
+        ),
         samples="results/prepared/samples.tsv",
     output:
         probs="results/final/fusion/{combination}/probs.tsv",
@@ -101,7 +105,7 @@ rule model_spec:
     params:
         columns=config["columns"],
         classes=config["classes"],
-        modalities=spec_modalities(),
+        modalities=jobs.spec_modalities(config, MODALITIES),
         combinations=COMBINATIONS,
         fusion=config["fusion"],
         na_values=config["na_values"],
@@ -111,7 +115,7 @@ rule model_spec:
 
 rule bundle:
     input:
-        unpack(bundle_inputs),
+        unpack(lambda wildcards: jobs.bundle_inputs(COMBINATIONS, MODALITIES)),
         unpack(samples_input),
         spec="results/final/model_spec.json",
         fusion_metrics=expand(

@@ -1,3 +1,9 @@
+# Each fold's probabilities of the combination, which oof pools.
+FUSION_FOLD_FILES = partition_files(
+    probs="results/fusion/{combination}/repeat{repeat}/fold{fold}/probs.tsv"
+)
+
+
 rule fusion:
     input:
         unpack(fusion_inputs),
@@ -89,6 +95,6 @@ rule aggregate_results:
         fusion=config["fusion"],
         member_files=member_fold_files,
         seed=config["cv"]["seed"],
-        run=run_summary(),
+        run=jobs.run_summary(config, MODALITIES),
     script:
         "../scripts/aggregate_results.py"

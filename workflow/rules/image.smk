@@ -48,7 +48,7 @@ rule features:
         runtime=240,
     params:
         classes=config["classes"],
-        settings=feature_settings,
+        settings=lambda wildcards: jobs.feature_settings(config, wildcards.modality),
     script:
         "../scripts/features.py"
 

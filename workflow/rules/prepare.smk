@@ -30,7 +30,8 @@ rule prepare:
             m: {k: v for k, v in layout.items() if k != "box_margin"}
             for m, layout in MODALITIES.items()
         },
-        ignored_columns=IGNORED_IMAGE_COLUMNS,
+        # Path columns of configured modalities not in use: never metadata features either.
+        ignored_columns=jobs.ignored_image_columns(config, MODALITIES),
         # Whether (not how) each modality is scaled: a new range never re-runs prepare.
         scaled=[m for m in MODALITIES if MODALITY_SETTINGS[m]["value_range"]],
         missing_images=config["missing_images"],

@@ -1,3 +1,9 @@
+# Each fold's training history of the modality.
+HISTORY_FOLD_FILES = partition_files(
+    history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv"
+)
+
+
 rule diagnostics:
     input:
         folds="results/folds.tsv",
@@ -126,7 +132,7 @@ rule provenance:
         unpack(samples_input),
         images="results/prepared/images.tsv",
         headline=rules.aggregate_results.output.table,
-        metrics=run_metrics,
+        metrics=lambda wildcards: jobs.run_metrics(config, COMBINATIONS, MODALITIES),
     output:
         provenance="results/provenance.json",
     log:
