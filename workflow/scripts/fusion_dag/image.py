@@ -10,6 +10,7 @@ The branch itself (its layers, names and starting weights) is built by
 phases with early stopping and writes what they leave behind.
 """
 
+import functools
 import logging
 import os
 import time
@@ -393,21 +394,18 @@ def run_phase(model, task: BranchFold, phase: str, views: tuple, pixels) -> tupl
     return history, best_epoch, f"{phase} on {source}, learning rate {rate:g}"
 
 
-def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
-    """Train one modality's branch on one outer fold's training visits; return the best model.
+def early_stopping_views(task: BranchFold) -> tuple:
+    """((fit views, their loss weights), (stop views, theirs)) of the fold's training visits.
 
-    The inner split for early stopping is drawn on visits (patient-grouped), then every view
-    of a visit goes where its visit goes. Each phase (:func:`training_phases`) stops early on
-    the inner split's loss and restores its best epoch; a fine-tuning phase that does not
-    improve on the head phase's best loss gives the head phase's weights back. The weights are
-    written, keyed by layer name, once training has finished, and ``history.tsv`` holds every
-    epoch with its ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
-    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
+    Why on visits first: the inner split is drawn on visits, patient-grouped
+    (:func:`inner_split`), so early stopping is decided on patients the network never fits;
+    then every view of a visit goes where its visit goes. The fit views carry the balanced
+    class weights of the fit visits, the stop views none, both one weight per visit
+    (:meth:`BranchFold.weights`).
     """
-    settings = task.settings
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
-    held_out = inner_split(train, settings["validation_fraction"], task.seed)
+    held_out = inner_split(train, task.settings["validation_fraction"], task.seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
     class_weights = balanced_class_weights(task.labels(fit_rows))
     fit_views, stop_views = task.views_of(fit_rows), task.views_of(stop_rows)
@@ -423,57 +421,109 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
         len(stop_views),
         stop_rows[GROUP].nunique(),
     )
-    views = (
+    return (
         (fit_views, task.weights(fit_views, class_weights)),
         (stop_views, task.weights(stop_views, None)),
     )
-    loaded = {}
 
-    def pixels():
-        # Read from the cache once, and only when a phase trains on pixels.
-        if not loaded:
-            loaded["arrays"] = tuple((task.pixels(v), task.labels(v), w) for v, w in views)
-        return loaded["arrays"]
 
-    model = initial_branch(task)
-    started = time.perf_counter()
-    frames, phases, kept, epochs_before = [], [], None, 0
-    for number, phase in enumerate(training_phases(settings), start=1):
-        history, best_epoch, what = run_phase(model, task, phase, views, pixels)
-        best_loss = history.history["val_loss"][best_epoch - 1]
-        record = {"phase": number, "name": phase, "epochs": len(history.epoch)}
-        record |= {"best_epoch": best_epoch, "best_val_loss": float(best_loss)}
+def pixel_loader(task: BranchFold, views: tuple):
+    """A function returning the (fit, stop) arrays of images, labels and weights of ``views``.
+
+    Why deferred and kept: the images are read from the cache the first time a phase trains on
+    pixels, and only then (a head trained on cached features never reads them); a second phase
+    reuses the same arrays.
+    """
+    return functools.cache(lambda: tuple((task.pixels(v), task.labels(v), w) for v, w in views))
+
+
+def phase_record(number: int, phase: str, history, best_epoch: int, what: str) -> dict:
+    """One phase's line of the job's record (``phase``, ``name``, ``epochs``, ``best_epoch``,
+    ``best_val_loss``), logged as it is made so the log reads phase by phase."""
+    best_loss = history.history["val_loss"][best_epoch - 1]
+    record = {"phase": number, "name": phase, "epochs": len(history.epoch)}
+    record |= {"best_epoch": best_epoch, "best_val_loss": float(best_loss)}
+    log.info(
+        "Phase %d (%s): %d epochs, best epoch %d (validation loss %.4f)",
+        number,
+        what,
+        record["epochs"],
+        best_epoch,
+        best_loss,
+    )
+    return record
+
+
+def keep_best_phase(model, kept: dict | None, record: dict, epoch: int) -> dict:
+    """The phase whose weights the branch keeps: this one, unless an earlier phase's best
+    validation loss was at least as low, in which case ``model`` gets that phase's weights
+    back (a fine-tuning phase that does not improve on the head must not cost the head's
+    result). ``epoch`` is this phase's best epoch counted over all phases."""
+    if kept is not None and record["best_val_loss"] >= kept["best_val_loss"]:
+        model.set_weights(kept["weights"])
         log.info(
-            "Phase %d (%s): %d epochs, best epoch %d (validation loss %.4f)",
-            number,
-            what,
-            record["epochs"],
-            best_epoch,
-            best_loss,
+            "Phase %d did not improve on phase %d's validation loss (%.4f): phase %d's "
+            "weights are kept",
+            record["phase"],
+            kept["phase"],
+            kept["best_val_loss"],
+            kept["phase"],
         )
-        if kept is not None and best_loss >= kept["best_val_loss"]:
-            model.set_weights(kept["weights"])
-            log.info(
-                "Phase %d did not improve on phase %d's validation loss (%.4f): phase %d's "
-                "weights are kept",
-                number,
-                kept["phase"],
-                kept["best_val_loss"],
-                kept["phase"],
-            )
-        else:
-            kept = {**record, "epoch": epochs_before + best_epoch, "weights": model.get_weights()}
+        return kept
+    return {**record, "epoch": epoch, "weights": model.get_weights()}
+
+
+def train_phases(model, task: BranchFold, views: tuple, pixels) -> tuple:
+    """Run every phase (:func:`training_phases`) in order on ``model``; return (the kept
+    phase's record, every phase's record, every phase's history as a table).
+
+    Why one loop for all phases: each phase starts from the weights the previous one kept, and
+    the history numbers epochs on from the previous phase's last, so ``history.tsv`` reads as
+    one run tagged by ``phase``.
+    """
+    frames, phases, kept, epochs_before = [], [], None, 0
+    for number, phase in enumerate(training_phases(task.settings), start=1):
+        history, best_epoch, what = run_phase(model, task, phase, views, pixels)
+        record = phase_record(number, phase, history, best_epoch, what)
+        kept = keep_best_phase(model, kept, record, epochs_before + best_epoch)
         frame = pd.DataFrame(history.history)
         frames.append(frame.assign(epoch=epochs_before + np.arange(len(frame)), phase=number))
         epochs_before += len(frame)
         phases.append(record)
-    seconds = time.perf_counter() - started
-    images_per_second = sum(len(fit_views) * p["epochs"] for p in phases) / seconds
-    log.info("Trained %d epochs at %.0f views/s", epochs_before, images_per_second)
-    save_branch_weights(model, task.modality, checkpoint_path)
+    return kept, phases, frames
+
+
+def write_history(frames: list, path: Path) -> None:
+    """Write every epoch of every phase to ``history.tsv``: ``epoch``, ``phase``, then the
+    metrics in name order, so the columns do not depend on the order Keras logged them in."""
     history_table = pd.concat(frames, ignore_index=True)
     metrics = sorted(c for c in history_table.columns if c not in ("epoch", "phase"))
-    write_tsv(history_table[["epoch", "phase", *metrics]], history_path)
+    write_tsv(history_table[["epoch", "phase", *metrics]], path)
+
+
+def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
+    """Train one modality's branch on one outer fold's training visits; return the best model.
+
+    The inner split for early stopping is drawn on visits (:func:`early_stopping_views`). Each
+    phase (:func:`training_phases`) stops early on the inner split's loss and restores its best
+    epoch; a fine-tuning phase that does not improve on the head phase's best loss gives the
+    head phase's weights back (:func:`keep_best_phase`). The weights are written, keyed by
+    layer name, once training has finished, and ``history.tsv`` holds every epoch with its
+    ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
+    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
+    """
+    views = early_stopping_views(task)
+    pixels = pixel_loader(task, views)
+    model = initial_branch(task)
+    started = time.perf_counter()
+    kept, phases, frames = train_phases(model, task, views, pixels)
+    seconds = time.perf_counter() - started
+    epochs = sum(p["epochs"] for p in phases)
+    fit_views, _ = views[0]
+    images_per_second = len(fit_views) * epochs / seconds
+    log.info("Trained %d epochs at %.0f views/s", epochs, images_per_second)
+    save_branch_weights(model, task.modality, checkpoint_path)
+    write_history(frames, history_path)
     return model, {
         "best_epoch": kept["epoch"],
         "fit_images_per_second": images_per_second,
