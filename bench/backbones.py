@@ -60,7 +60,8 @@ def plain_throughput(task) -> float:
     """Training images per second of a plain ``model.fit`` on the stage's arrays."""
     import keras
 
-    from fusion_dag.image import build_image_branch, inner_split
+    from fusion_dag.branch import build_image_branch
+    from fusion_dag.image import inner_split
 
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
@@ -97,7 +98,8 @@ def main() -> None:
     compared, also = (COMPARED[1:], []) if args.tiny else (COMPARED, ALSO)
     repeats = 1 if args.tiny else args.repeats
 
-    from fusion_dag.image import BranchFold, configure_tensorflow
+    from fusion_dag.branch import configure_tensorflow
+    from fusion_dag.image import BranchFold
 
     runtime = configure_tensorflow(2, 2, 42)
     settings = {

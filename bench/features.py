@@ -45,7 +45,7 @@ def calibrated_backbone_file(name: str, images: np.ndarray, path, seed: int = 0)
     import keras
     from keras import layers
 
-    from fusion_dag.image import BACKBONES
+    from fusion_dag.backbones import BACKBONES
 
     keras.utils.set_random_seed(seed)
     backbone = getattr(keras.applications, name)(

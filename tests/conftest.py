@@ -11,10 +11,11 @@ import pytest
 import yaml
 from sklearn.metrics import cohen_kappa_score
 
+from fusion_dag.branch import configure_tensorflow
 from fusion_dag.cache import build_cache, load_cache
 from fusion_dag.demo import THERMAL_TABLE, write_demo
 from fusion_dag.folds import assign_folds
-from fusion_dag.image import BranchFold, configure_tensorflow, train_branch
+from fusion_dag.image import BranchFold, train_branch
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.views import BOX, VIEW_COLUMNS, with_crops
 
@@ -85,8 +86,8 @@ def cached32(demo_table, tmp_path_factory):
 def thermal_feature_cache(branch, images, settings: dict, folder: Path):
     """Write the feature cache of ``images`` for a thermal branch that holds its backbone's
     weights (a MobileNetV3Small) into ``folder``; return it loaded."""
+    from fusion_dag.branch import feature_extractor
     from fusion_dag.features import load_feature_cache, write_feature_cache
-    from fusion_dag.image import feature_extractor
 
     paths = {
         "features": folder / "features.npy",

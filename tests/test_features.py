@@ -81,7 +81,7 @@ def pretrained(calibrated):
 
 def frozen_branch(settings, seed=5):
     """A frozen MobileNetV3Small branch at 32 px with its configured weights, seeded."""
-    from fusion_dag.image import build_image_branch, configure_tensorflow, load_backbone_weights
+    from fusion_dag.branch import build_image_branch, configure_tensorflow, load_backbone_weights
 
     configure_tensorflow(1, 1, 42)
     branch = build_image_branch("thermal_map", (32, 32, 3), 3, settings, seed=seed)
@@ -91,7 +91,7 @@ def frozen_branch(settings, seed=5):
 
 def cache_of(branch, images, flip):
     """The feature cache of ``images`` (in memory) and its variants."""
-    from fusion_dag.image import feature_extractor
+    from fusion_dag.branch import feature_extractor
 
     extractor = feature_extractor(branch, "thermal_map")
     target = np.zeros((len(images), 1 + flip, extractor.output.shape[-1]), dtype=np.float32)
@@ -132,7 +132,8 @@ def test_batches_draw_a_new_order_and_flip_per_view_each_epoch():
 
 def test_head_on_cached_features_trains_as_the_branch_on_pixels(cached32, pretrained):
     """One epoch from the same initial weights, in the same batches and dropout masks."""
-    from fusion_dag.image import compile_branch, copy_head, feature_head
+    from fusion_dag.branch import copy_head, feature_head
+    from fusion_dag.image import compile_branch
 
     images = np.asarray(cached32[0][:48])
     branch = frozen_branch({**pretrained, "augmentation": None})
@@ -173,8 +174,8 @@ def unshuffled_batches(cache, labels, weights):
 @pytest.fixture
 def cached_member(cached32, pretrained, tmp_path):
     """A frozen branch's image-stage outputs with a feature cache on disk: (member, branch)."""
+    from fusion_dag.branch import feature_head
     from fusion_dag.fusion import ImageMember
-    from fusion_dag.image import feature_head
 
     images, views, _ = cached32
     branch = frozen_branch(pretrained)
@@ -382,8 +383,8 @@ def test_fold_settings_never_rerun_the_features_and_backbone_settings_do(
 def test_a_second_backbone_in_one_process_matches_its_cache_by_layer_position():
     """Keras numbers unnamed inner layers per process (a fusion job builds one branch per
     modality): EfficientNetB0's Normalization layer is ``normalization_1`` the second time."""
+    from fusion_dag.branch import build_image_branch
     from fusion_dag.features import check_backbone, combined_hash, layer_hashes
-    from fusion_dag.image import build_image_branch
 
     settings = {"backbone": "EfficientNetB0"}
     first = build_image_branch("thermal_map", (32, 32, 3), 3, settings)

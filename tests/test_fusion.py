@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_dag.branch import build_image_branch
 from fusion_dag.checkpoint import (
     CheckpointError,
     checkpoint_sidecar,
@@ -13,7 +14,7 @@ from fusion_dag.checkpoint import (
     save_branch_weights,
 )
 from fusion_dag.fusion import ImageMember, build_fusion_model, fuse_v3, log_weights
-from fusion_dag.image import branch_probabilities, build_image_branch
+from fusion_dag.image import branch_probabilities
 from fusion_dag.weights import member_weights
 from tests.conftest import CLASSES, branch_fold, train_tiny_branch
 

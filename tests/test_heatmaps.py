@@ -40,7 +40,8 @@ def quadrant_branch():
     """A small-CNN branch trained on quadrant images, with held-out images and labels."""
     import keras
 
-    from fusion_dag.image import build_image_branch, compile_branch, configure_tensorflow
+    from fusion_dag.branch import build_image_branch, configure_tensorflow
+    from fusion_dag.image import compile_branch
 
     configure_tensorflow(1, 1, 42)
     rng = np.random.default_rng(0)
@@ -66,14 +67,14 @@ def test_grad_cam_puts_most_heat_where_the_label_is_drawn(quadrant_branch):
     share = quadrant_share(heat)
     assert share.mean() > 0.5
     assert (share > 0.5).mean() >= 0.8
-    from fusion_dag.image import build_image_branch
+    from fusion_dag.branch import build_image_branch
 
     untrained = build_image_branch("thermal_map", (SIZE, SIZE, 1), 3)
     assert quadrant_share(grad_cam(untrained, images, predicted, layer)).mean() < 0.4
 
 
 def test_grad_cam_of_a_nested_backbone_weighs_its_output_feature_map():
-    from fusion_dag.image import build_image_branch
+    from fusion_dag.branch import build_image_branch
 
     settings = {"backbone": "MobileNetV3Small", "backbone_weights": None}
     model = build_image_branch("thermal_map", (32, 32, 1), 3, settings)

@@ -6,14 +6,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fusion_dag.branch import build_image_branch, configure_tensorflow, load_backbone_weights
 from fusion_dag.cache import build_cache
 from fusion_dag.checkpoint import read_branch_weights
 from fusion_dag.image import (
     CachedBatches,
     CohenKappa,
     branch_probabilities,
-    build_image_branch,
-    configure_tensorflow,
     inner_split,
     train_branch,
 )
@@ -38,12 +37,6 @@ def test_grayscale_images_get_three_channels(tmp_path):
     build_cache(pd.DataFrame({"path": [tmp_path / "g.png"]}), 8, tmp_path / "c.npy")
     cache = np.load(tmp_path / "c.npy")
     assert cache.shape == (1, 8, 8, 3) and (cache == 200).all()
-
-
-def test_every_layer_is_named_after_the_modality():
-    model = build_image_branch("depth_map", (32, 32, 1), 3, {"augmentation": {"flip": "vertical"}})
-    assert all(layer.name.startswith("depth_map_") for layer in model.layers)
-    assert model.output.shape[-1] == 3
 
 
 def test_inner_split_holds_out_whole_patients(cached):
@@ -155,7 +148,6 @@ def fitted_ids(x, views) -> set:
 @pytest.mark.parametrize("fold", [1, 2, 3])
 def test_no_outer_validation_row_reaches_an_image_fit(cached, keras_fits, tmp_path, fold):
     from fusion_dag.ablation import train_joint
-    from fusion_dag.image import configure_tensorflow, train_branch
 
     images, views, folds = index_coded(cached)
     configure_tensorflow(1, 1, 42)
@@ -204,8 +196,6 @@ def few_cached32(cached32):
 
 def trained_backbone(cached32, folder, **settings):
     """Train the thermal branch on fold 1 with a backbone; return (model, task)."""
-    from fusion_dag.image import configure_tensorflow, train_branch
-
     configure_tensorflow(1, 1, 42)
     task = branch_fold(cached32, **{**BACKBONE_SETTINGS, **settings})
     model, _ = train_branch(task, folder / "checkpoint.weights.h5", folder / "history.tsv")
@@ -293,8 +283,6 @@ def test_backbone_weights_file_is_loaded_and_frozen_leaves_it_unchanged(
     path, stored = backbone_file
     settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path)}
     untrained = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
-    from fusion_dag.image import load_backbone_weights
-
     load_backbone_weights(untrained, "thermal_map", settings)
     assert changed_layers(untrained, stored) == set()  # every weight is the file's
     head_before = untrained.get_layer("thermal_map_probs").get_weights()[0]
@@ -344,8 +332,6 @@ def fit_calls(monkeypatch):
 
 def feature_cache_of(cached32, settings: dict, folder):
     """The feature cache of the cached demo views for a branch of ``settings``."""
-    from fusion_dag.image import load_backbone_weights
-
     branch = build_image_branch("thermal_map", (32, 32, 3), 3, settings)
     load_backbone_weights(branch, "thermal_map", settings)
     return thermal_feature_cache(branch, cached32[0], settings, folder)
@@ -355,8 +341,6 @@ def feature_cache_of(cached32, settings: dict, folder):
 def test_fine_tuning_trains_the_head_first_then_only_the_top_layers(
     cached32, backbone_file, tmp_path, fit_calls, from_cache
 ):
-    from fusion_dag.image import configure_tensorflow, train_branch
-
     path, stored = backbone_file
     settings = {"backbone": "MobileNetV3Small", "backbone_weights": str(path), "fine_tune": 6}
     settings = {**BACKBONE_SETTINGS, **settings, "epochs": 2, "fine_tune_learning_rate": 3e-4}
@@ -386,90 +370,6 @@ def test_fine_tuning_trains_the_head_first_then_only_the_top_layers(
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     assert sorted(history["phase"].unique()) == [1, 2]
     assert list(history["epoch"]) == list(range(len(history)))
-
-
-def test_grey_images_enter_a_pretrained_backbone_on_three_channels():
-    model = build_image_branch("depth_map", (32, 32, 1), 3, {"backbone": "ResNet50V2"})
-    assert model.input.shape[-1] == 1
-    assert model.get_layer("depth_map_grey_to_rgb").output.shape[-1] == 3
-    assert model.get_layer("depth_map_backbone").input.shape[-1] == 3
-
-
-@pytest.mark.parametrize(
-    ("backbone", "module"),
-    [("ResNet50V2", "resnet_v2"), ("DenseNet121", "densenet"), ("EfficientNetB0", "efficientnet")],
-)
-def test_each_backbone_gets_its_own_preprocess_input(backbone, module):
-    import keras
-
-    model = build_image_branch("photo", (32, 32, 3), 3, {"backbone": backbone})
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    step = keras.Model(model.input, model.get_layer("photo_preprocess").output)
-    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
-    np.testing.assert_allclose(step.predict(pixels, verbose=0), expected, atol=1e-5)
-
-
-def test_augmentation_is_active_in_training_only():
-    augmentation = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.2}
-    model = build_image_branch("photo", (32, 32, 3), 3, {"augmentation": augmentation})
-    names = {layer.name for layer in model.layers}
-    assert {"photo_flip", "photo_rotation", "photo_zoom", "photo_contrast"} <= names
-    augmented = keras_submodel(model, "photo_contrast")
-    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    # predict (inference) passes images through unchanged, and twice gives the same output.
-    np.testing.assert_array_equal(augmented.predict(pixels, verbose=0), pixels)
-    np.testing.assert_array_equal(
-        model.predict(pixels, verbose=0), model.predict(pixels, verbose=0)
-    )
-    # In training (what fit runs) the same images come out transformed.
-    assert not np.allclose(np.asarray(augmented(pixels, training=True)), pixels)
-
-
-def keras_submodel(model, layer_name):
-    """The part of ``model`` from its input to one named layer's output."""
-    import keras
-
-    return keras.Model(model.input, model.get_layer(layer_name).output)
-
-
-def test_mixed_precision_branch_computes_in_float16_and_outputs_float32(cached, tmp_path):
-    model = train_tiny_branch(cached, tmp_path, epochs=1, mixed_precision=True)
-    assert model.get_layer("thermal_map_conv1").compute_dtype == "float16"
-    assert model.get_layer("thermal_map_conv1").variable_dtype == "float32"
-    assert model.output.dtype == "float32"
-    # The policy is restored for whatever is built next.
-    plain = build_image_branch("depth_map", (24, 24, 3), 3)
-    assert plain.get_layer("depth_map_conv1").compute_dtype == "float32"
-
-
-def test_imagenet_weights_are_requested_from_keras_and_copied_into_the_branch(monkeypatch):
-    """No network here: Keras's constructor is replaced by one that records what it was asked
-    for and returns a seeded model standing in for the downloaded weights."""
-    import keras
-
-    from fusion_dag.image import load_backbone_weights
-
-    original = keras.applications.MobileNetV3Small
-    calls = []
-
-    def downloaded(**kwargs):
-        calls.append(kwargs)
-        keras.utils.set_random_seed(11)
-        return original(**{**kwargs, "weights": None})
-
-    settings = {"backbone": "MobileNetV3Small", "backbone_weights": "imagenet"}
-    model = build_image_branch("photo", (32, 32, 1), 3, settings)
-    monkeypatch.setattr(keras.applications, "MobileNetV3Small", downloaded)
-    load_backbone_weights(model, "photo", settings)
-    (call,) = calls
-    assert call["weights"] == "imagenet" and call["include_top"] is False
-    assert tuple(call["input_shape"]) == (32, 32, 3)  # grey images enter on three channels
-    keras.utils.set_random_seed(11)
-    reference = original(include_top=False, weights=None, input_shape=(32, 32, 3))
-    for loaded, expected in zip(
-        model.get_layer("photo_backbone").get_weights(), reference.get_weights(), strict=True
-    ):
-        np.testing.assert_array_equal(loaded, expected)
 
 
 def test_a_branch_predicting_one_class_is_warned_about(caplog):

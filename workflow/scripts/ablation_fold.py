@@ -7,7 +7,8 @@ from fusion_dag.joblog import job_log
 with job_log(snakemake.log[0]):
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
     from fusion_dag.ablation import ablation_fold
-    from fusion_dag.image import BranchFold, configure_tensorflow
+    from fusion_dag.branch import configure_tensorflow
+    from fusion_dag.image import BranchFold
     from fusion_dag.weights import METADATA, member_weights
 
     settings = snakemake.params.settings

@@ -4,9 +4,9 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]):
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
+    from fusion_dag.branch import configure_tensorflow
     from fusion_dag.figures import plot_heatmap_grid, save_figure
     from fusion_dag.heatmaps import modality_heatmaps, write_heatmaps
-    from fusion_dag.image import configure_tensorflow
 
     params = snakemake.params
     configure_tensorflow(params.intra_op_threads, snakemake.threads, params.seed)

@@ -3,8 +3,8 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
+    from fusion_dag.branch import configure_tensorflow
     from fusion_dag.features import build_feature_cache
-    from fusion_dag.image import configure_tensorflow
 
     modality = snakemake.wildcards.modality
     settings = snakemake.params.settings

@@ -5,8 +5,8 @@ from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]):
     # Imported here, once the job log holds stderr: TensorFlow prints while it loads.
+    from fusion_dag.branch import configure_tensorflow
     from fusion_dag.heatmaps import new_visit_heatmaps
-    from fusion_dag.image import configure_tensorflow
 
     bundle = snakemake.input.bundle
     spec = load_bundle(bundle)

@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from fusion_dag.backbones import SMALL_CNN
 from fusion_dag.weights import METADATA
 
 
@@ -248,7 +249,7 @@ def check_image_settings(config: dict, modalities) -> None:
     for name in modalities:
         settings = modality_settings(config, name)
         weights = settings["backbone_weights"]
-        if settings["backbone"] == "small_cnn" and weights is not None:
+        if settings["backbone"] == SMALL_CNN and weights is not None:
             raise ConfigError(
                 f"Invalid config key '{setting_key(config, name, 'backbone_weights')}': "
                 f"{weights!r} needs a keras.applications backbone; modality {name} uses "
@@ -267,7 +268,7 @@ def check_image_settings(config: dict, modalities) -> None:
                 f"{list(value_range)} has low >= high; give [low, high] with low < high in "
                 "the images' raw units"
             )
-        if settings["size"] < 32 and settings["backbone"] != "small_cnn":
+        if settings["size"] < 32 and settings["backbone"] != SMALL_CNN:
             raise ConfigError(
                 f"Invalid config key '{setting_key(config, name, 'size')}': {settings['size']} "
                 f"px is below the 32 px keras.applications backbones ({settings['backbone']}) "

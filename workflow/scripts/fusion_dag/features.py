@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from fusion_dag.artifacts import file_sha256, partial_path, read_json
+from fusion_dag.backbones import BACKBONES, SMALL_CNN
 from fusion_dag.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
-SMALL_CNN = "small_cnn"
 # The one augmentation whose pixels are a fixed set (a view and its mirror image).
 FLIP_ONLY = {"flip": "horizontal"}
 # Views per batch when features are computed: fixed, so that no fold setting (batch_size) can
@@ -127,15 +127,12 @@ def build_feature_cache(images, modality: str, n_classes: int, settings: dict, p
     configured weights (pretrained, or a seeded random initialisation), and write the cache
     (:func:`write_feature_cache`); return its sidecar.
 
-    ``settings`` needs ``backbone``, ``backbone_weights`` and ``augmentation``. The image
-    module is imported here, not at the top: it imports this module's checks.
+    ``settings`` needs ``backbone``, ``backbone_weights`` and ``augmentation``. The branch
+    module is imported here, not at the top, because it loads TensorFlow: the image and fusion
+    jobs import this module before their job log holds stderr, and only the features job
+    calls this function.
     """
-    from fusion_dag.image import (
-        BACKBONES,
-        build_image_branch,
-        feature_extractor,
-        load_backbone_weights,
-    )
+    from fusion_dag.branch import build_image_branch, feature_extractor, load_backbone_weights
 
     branch_settings = {**settings, "mixed_precision": False}
     branch = build_image_branch(modality, images.shape[1:], n_classes, branch_settings)

@@ -120,7 +120,7 @@ def tensorflow_runtime(members: list, settings: dict, threads: int) -> dict | No
     """
     if len(members) == 1 or all(member == METADATA for member in members):
         return None
-    from fusion_dag.image import configure_tensorflow
+    from fusion_dag.branch import configure_tensorflow
 
     runtime = configure_tensorflow(settings["intra_op_threads"], threads, settings["seed"])
     return {"threads": threads, **runtime}
@@ -181,7 +181,8 @@ def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch
     equal the cache's by hash, the loaded head scores every view from the cached features, and
     :data:`PIXEL_CHECK_VIEWS` views also go through the whole branch from pixels.
     """
-    from fusion_dag.image import CachedBatches, build_image_branch, feature_head
+    from fusion_dag.branch import build_image_branch, feature_head
+    from fusion_dag.image import CachedBatches
 
     classes = required["classes"]
     columns = prob_columns(classes)

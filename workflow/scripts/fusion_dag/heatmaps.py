@@ -27,9 +27,10 @@ from fusion_dag.artifacts import (
     read_tsv,
     write_tsv,
 )
+from fusion_dag.backbones import SMALL_CNN
+from fusion_dag.branch import FILTERS, build_image_branch, layers
 from fusion_dag.checkpoint import load_frozen_branch
 from fusion_dag.fusion import reproduction_check
-from fusion_dag.image import FILTERS, SMALL_CNN, build_image_branch, layers
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,19 @@
-"""The image branch: a small CNN or a ``keras.applications`` backbone trained alone per fold.
+"""Training an image branch (a small CNN or a ``keras.applications`` backbone) alone per fold.
 
 Why train the branch alone: a CNN trained inside the fusion model learns weak "complementary"
 features that fit the training rows only (train kappa 0.96, validation 0.02 in the original
 study). Trained alone, with early stopping on an inner patient-grouped split of the training
 rows, it learns what the images themselves say; the fusion stage then loads it frozen.
 
-A branch is, in order: the image input (uint8 values 0-255 from the cache), optional
-augmentation layers (active in ``fit`` only), the backbone's own preprocessing, the backbone
-(``small_cnn`` or one nested ``keras.applications`` model named ``{modality}_backbone``), and a
-pooling, dropout and softmax head. Every layer is named ``{modality}_...``: the names are the
-contract with the fusion stage, which loads the branch by layer name.
+The branch itself (its layers, names and starting weights) is built by
+:mod:`fusion_dag.branch`; this module splits the rows, feeds the batches, runs the training
+phases with early stopping and writes what they leave behind.
 """
 
+import functools
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 # TensorFlow's C++ start-up notices are not job output; this must be set before it loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
-from keras import layers, ops  # noqa: E402
+from keras import ops  # noqa: E402
 
 from fusion_dag.artifacts import (
     GROUP,
@@ -37,6 +35,15 @@ from fusion_dag.artifacts import (
     label_indices,
     prob_columns,
     write_tsv,
+)
+from fusion_dag.backbones import SMALL_CNN
+from fusion_dag.branch import (
+    build_image_branch,
+    configure_tensorflow,
+    copy_head,
+    feature_head,
+    load_backbone_weights,
+    set_fine_tuning,
 )
 from fusion_dag.checkpoint import save_branch_weights
 from fusion_dag.features import (
@@ -50,268 +57,6 @@ from fusion_dag.folds import split_rows
 from fusion_dag.views import view_weights, visit_means
 
 log = logging.getLogger(__name__)
-
-SMALL_CNN = "small_cnn"
-FILTERS = (16, 32, 64)
-DROPOUT = 0.3
-# keras.applications backbones -> the module whose preprocess_input maps 0-255 pixels to the
-# range the backbone was trained on (EfficientNet and MobileNetV3 rescale inside the model and
-# take 0-255; ResNet50V2 takes [-1, 1]; DenseNet121 ImageNet-normalised values).
-BACKBONES = {
-    "EfficientNetB0": "efficientnet",
-    "EfficientNetB2": "efficientnet",
-    "MobileNetV3Small": "mobilenet_v3",
-    "MobileNetV3Large": "mobilenet_v3",
-    "ResNet50V2": "resnet_v2",
-    "DenseNet121": "densenet",
-}
-# What the branch is built from when a setting is absent (the config's defaults).
-BRANCH_DEFAULTS = {
-    "backbone": SMALL_CNN,
-    "backbone_weights": None,
-    "fine_tune": "frozen",
-    "augmentation": None,
-    "mixed_precision": False,
-}
-
-
-def configure_tensorflow(intra_op_threads: int, inter_op_threads: int, seed: int) -> dict:
-    """Make training repeatable and size TensorFlow's thread pools; return the settings used.
-
-    Why two numbers: TensorFlow's intra-op pool splits each kernel's arithmetic (convolutions,
-    reductions) over its threads, and the split changes floating-point summation order, so a
-    branch trained with 1 and with 2 intra-op threads ends with different weights even with op
-    determinism on. That count therefore comes from the config (``image_model.intra_op_threads``)
-    and decides the numbers; the job's Snakemake ``threads`` only size the inter-op pool, which
-    runs independent ops side by side and cannot change a result. Must run before TensorFlow
-    creates its thread pools, so before any model is built.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-    except RuntimeError:
-        # Only when this process already ran TensorFlow (tests); a job calls this first.
-        log.warning("TensorFlow is already initialised; its thread pools stay as they are")
-    tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(seed)
-    used = {
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "op_determinism": True,
-        "seed": seed,
-        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-    }
-    devices = [d.name for d in tf.config.list_logical_devices()]
-    log.info(
-        "TensorFlow %s: %d intra-op threads (image_model.intra_op_threads), %d inter-op threads "
-        "(job threads), op determinism on, seed %d; devices: %s",
-        tf.__version__,
-        used["intra_op_threads"],
-        used["inter_op_threads"],
-        seed,
-        ", ".join(devices),
-    )
-    return used
-
-
-@keras.saving.register_keras_serializable(package="fusion_dag")
-class BackbonePreprocessing(layers.Layer):
-    """A backbone's own ``keras.applications.<module>.preprocess_input`` as a named layer.
-
-    A layer (not a Lambda) so the branch holds no code a weights file could carry, and the
-    preprocessing travels with the architecture: the image stage, the fusion stage and a
-    prediction all apply exactly the function the backbone's weights were trained with.
-    """
-
-    def __init__(self, module: str, **kwargs):
-        super().__init__(**kwargs)
-        self.module = module
-
-    def call(self, inputs):
-        return getattr(keras.applications, self.module).preprocess_input(inputs)
-
-    def get_config(self):
-        return {**super().get_config(), "module": self.module}
-
-
-@contextmanager
-def dtype_policy(mixed_precision: bool):
-    """Build layers under ``mixed_float16`` (float16 compute, float32 weights) or ``float32``.
-
-    Set per branch and restored after, so one modality's setting never leaks into another's.
-    """
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16" if mixed_precision else "float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def augmentation_layers(modality: str, augmentation: dict | None) -> list:
-    """Keras preprocessing layers for the configured augmentation (none when not set).
-
-    They transform images in ``fit`` only; ``predict`` and the fusion stage pass images through
-    unchanged. ``flip`` is a RandomFlip mode; ``rotation``, ``zoom`` and ``contrast`` are the
-    layers' factors (fractions of a full turn, of the size and of the contrast).
-    """
-    augmentation = augmentation or {}
-    made = {
-        "flip": lambda v: layers.RandomFlip(v, name=f"{modality}_flip"),
-        "rotation": lambda v: layers.RandomRotation(v, name=f"{modality}_rotation"),
-        "zoom": lambda v: layers.RandomZoom(v, name=f"{modality}_zoom"),
-        "contrast": lambda v: layers.RandomContrast(v, name=f"{modality}_contrast"),
-    }
-    return [made[key](value) for key, value in augmentation.items() if value]
-
-
-def small_cnn(x, modality: str):
-    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU."""
-    x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(x)
-    for block, filters in enumerate(FILTERS, start=1):
-        x = layers.Conv2D(
-            filters, 3, padding="same", activation="relu", name=f"{modality}_conv{block}"
-        )(x)
-        x = layers.MaxPooling2D(name=f"{modality}_pool{block}")(x)
-    return x
-
-
-def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
-    """A ``keras.applications`` backbone as one nested layer ``{modality}_backbone``.
-
-    Grey-scale images are repeated over the three channels the backbone's weights expect (a
-    named Concatenate layer), then the backbone's own ``preprocess_input`` is applied. With
-    pretrained weights the backbone runs in inference mode (``training=False``), so its
-    BatchNormalization statistics stay those it was trained with even when layers are
-    fine-tuned, as keras.io's transfer-learning guide recommends. A frozen backbone runs in
-    inference mode too (no stochastic depth or dropout inside it during ``fit``), so it is a
-    fixed function of the image, the one its cached features record; trained from scratch
-    (``backbone_weights: null`` and fine-tuned) it learns its own statistics.
-    """
-    name = settings["backbone"]
-    size = image_shape[0]
-    if image_shape[-1] == 1:
-        x = layers.Concatenate(name=f"{modality}_grey_to_rgb")([x, x, x])
-    x = BackbonePreprocessing(BACKBONES[name], name=f"{modality}_preprocess")(x)
-    backbone = getattr(keras.applications, name)(
-        include_top=False, weights=None, input_shape=(size, size, 3), name=f"{modality}_backbone"
-    )
-    pretrained = settings.get("backbone_weights") is not None
-    frozen = settings.get("fine_tune", "frozen") == "frozen"
-    return backbone(x, training=False) if pretrained or frozen else backbone(x)
-
-
-def branch_head(x, modality: str, n_classes: int, seed: int | None = None):
-    """The head on pooled features: dropout, then the softmax layer ``{modality}_probs``
-    (float32 whatever the compute precision, as Keras advises). One definition for the branch
-    and for the head trained on cached features, so both have the same layers and names.
-    ``seed`` seeds the dropout masks (None: Keras's global seed)."""
-    x = layers.Dropout(DROPOUT, seed=seed, name=f"{modality}_dropout")(x)
-    return layers.Dense(n_classes, activation="softmax", dtype="float32", name=f"{modality}_probs")(
-        x
-    )
-
-
-def build_image_branch(
-    modality: str, image_shape: tuple, n_classes: int, settings=None, seed: int | None = None
-):
-    """One modality's branch for images of ``image_shape`` (size, size, channels).
-
-    ``settings`` are the modality's image settings (``backbone``, ``augmentation``,
-    ``mixed_precision``, ``backbone_weights``; absent keys take :data:`BRANCH_DEFAULTS`). The
-    weights are randomly initialised: pretrained backbone weights are loaded by
-    :func:`load_backbone_weights`, a trained branch by the checkpoint loader. ``seed`` seeds the
-    head's dropout (:func:`branch_head`).
-    """
-    settings = {**BRANCH_DEFAULTS, **(settings or {})}
-    with dtype_policy(settings["mixed_precision"]):
-        inputs = keras.Input(shape=tuple(image_shape), name=f"{modality}_input")
-        x = inputs
-        for layer in augmentation_layers(modality, settings["augmentation"]):
-            x = layer(x)
-        if settings["backbone"] == SMALL_CNN:
-            x = small_cnn(x, modality)
-        else:
-            x = pretrained_backbone(x, modality, tuple(image_shape), settings)
-        x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
-        outputs = branch_head(x, modality, n_classes, seed)
-    return keras.Model(inputs, outputs, name=f"{modality}_branch")
-
-
-def feature_extractor(model, modality: str):
-    """The branch from its image input to its pooled features (``{modality}_gap``): what the
-    feature cache holds. Augmentation layers pass images through unchanged outside ``fit``."""
-    return keras.Model(model.input, model.get_layer(f"{modality}_gap").output)
-
-
-def feature_head(model, modality: str, seed: int | None = None):
-    """The branch's head as a model of its own on pooled features (input
-    ``{modality}_features``), holding the branch's current head weights: trained on cached
-    features, its weights go back into the branch by layer name (:func:`copy_head`)."""
-    dimension = int(model.get_layer(f"{modality}_gap").output.shape[-1])
-    n_classes = int(model.output.shape[-1])
-    inputs = keras.Input(shape=(dimension,), name=f"{modality}_features")
-    head = keras.Model(
-        inputs, branch_head(inputs, modality, n_classes, seed), name=f"{modality}_head"
-    )
-    copy_head(model, head, modality)
-    return head
-
-
-def copy_head(source, target, modality: str) -> None:
-    """Copy the head's weights (layer ``{modality}_probs``) from ``source`` into ``target``."""
-    name = f"{modality}_probs"
-    target.get_layer(name).set_weights(source.get_layer(name).get_weights())
-
-
-def load_backbone_weights(model, modality: str, settings: dict) -> None:
-    """Load the configured pretrained weights into the branch's nested backbone.
-
-    ``imagenet``: Keras's own ImageNet weights (downloaded once into ``~/.keras/models`` on the
-    user's machine); a path: a Keras ``.weights.h5`` file of the same backbone built with
-    ``include_top=False`` (no network needed). Nothing to load for ``small_cnn`` or
-    ``backbone_weights: null``.
-    """
-    source = settings.get("backbone_weights")
-    if settings.get("backbone", SMALL_CNN) == SMALL_CNN or source is None:
-        return
-    backbone = model.get_layer(f"{modality}_backbone")
-    if source == "imagenet":
-        reference = getattr(keras.applications, settings["backbone"])(
-            include_top=False, weights="imagenet", input_shape=backbone.input.shape[1:]
-        )
-        backbone.set_weights(reference.get_weights())
-    else:
-        backbone.load_weights(source)
-    log.info("Backbone %s: weights loaded from %s", settings["backbone"], source)
-
-
-def set_fine_tuning(model, modality: str, settings: dict) -> None:
-    """Choose which backbone layers train: ``frozen`` (the head only), ``all``, or an integer k
-    (the top k layers of the backbone). BatchNormalization layers stay frozen, as in keras.io's
-    EfficientNet fine-tuning example, except in a backbone trained from random weights with
-    ``all``, which must learn its own statistics. ``small_cnn`` always trains all its layers.
-    """
-    if settings.get("backbone", SMALL_CNN) == SMALL_CNN:
-        return
-    backbone = model.get_layer(f"{modality}_backbone")
-    fine_tune = settings.get("fine_tune", "frozen")
-    backbone.trainable = fine_tune != "frozen"
-    from_scratch = settings.get("backbone_weights") is None and fine_tune == "all"
-    if fine_tune != "frozen" and not from_scratch:
-        top = len(backbone.layers) if fine_tune == "all" else fine_tune
-        for position, layer in enumerate(backbone.layers):
-            in_top = position >= len(backbone.layers) - top
-            layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)
-    log.info(
-        "Backbone %s, fine_tune %s: %d of %d backbone weights trainable",
-        settings["backbone"],
-        fine_tune,
-        len(backbone.trainable_weights),
-        len(backbone.weights),
-    )
 
 
 def image_rows(folds: pd.DataFrame, views: pd.DataFrame, fold: int) -> pd.DataFrame:
@@ -649,21 +394,18 @@ def run_phase(model, task: BranchFold, phase: str, views: tuple, pixels) -> tupl
     return history, best_epoch, f"{phase} on {source}, learning rate {rate:g}"
 
 
-def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
-    """Train one modality's branch on one outer fold's training visits; return the best model.
+def early_stopping_views(task: BranchFold) -> tuple:
+    """((fit views, their loss weights), (stop views, theirs)) of the fold's training visits.
 
-    The inner split for early stopping is drawn on visits (patient-grouped), then every view
-    of a visit goes where its visit goes. Each phase (:func:`training_phases`) stops early on
-    the inner split's loss and restores its best epoch; a fine-tuning phase that does not
-    improve on the head phase's best loss gives the head phase's weights back. The weights are
-    written, keyed by layer name, once training has finished, and ``history.tsv`` holds every
-    epoch with its ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
-    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
+    Why on visits first: the inner split is drawn on visits, patient-grouped
+    (:func:`inner_split`), so early stopping is decided on patients the network never fits;
+    then every view of a visit goes where its visit goes. The fit views carry the balanced
+    class weights of the fit visits, the stop views none, both one weight per visit
+    (:meth:`BranchFold.weights`).
     """
-    settings = task.settings
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)
-    held_out = inner_split(train, settings["validation_fraction"], task.seed)
+    held_out = inner_split(train, task.settings["validation_fraction"], task.seed)
     fit_rows, stop_rows = train[~held_out], train[held_out]
     class_weights = balanced_class_weights(task.labels(fit_rows))
     fit_views, stop_views = task.views_of(fit_rows), task.views_of(stop_rows)
@@ -679,57 +421,109 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
         len(stop_views),
         stop_rows[GROUP].nunique(),
     )
-    views = (
+    return (
         (fit_views, task.weights(fit_views, class_weights)),
         (stop_views, task.weights(stop_views, None)),
     )
-    loaded = {}
 
-    def pixels():
-        # Read from the cache once, and only when a phase trains on pixels.
-        if not loaded:
-            loaded["arrays"] = tuple((task.pixels(v), task.labels(v), w) for v, w in views)
-        return loaded["arrays"]
 
-    model = initial_branch(task)
-    started = time.perf_counter()
-    frames, phases, kept, epochs_before = [], [], None, 0
-    for number, phase in enumerate(training_phases(settings), start=1):
-        history, best_epoch, what = run_phase(model, task, phase, views, pixels)
-        best_loss = history.history["val_loss"][best_epoch - 1]
-        record = {"phase": number, "name": phase, "epochs": len(history.epoch)}
-        record |= {"best_epoch": best_epoch, "best_val_loss": float(best_loss)}
+def pixel_loader(task: BranchFold, views: tuple):
+    """A function returning the (fit, stop) arrays of images, labels and weights of ``views``.
+
+    Why deferred and kept: the images are read from the cache the first time a phase trains on
+    pixels, and only then (a head trained on cached features never reads them); a second phase
+    reuses the same arrays.
+    """
+    return functools.cache(lambda: tuple((task.pixels(v), task.labels(v), w) for v, w in views))
+
+
+def phase_record(number: int, phase: str, history, best_epoch: int, what: str) -> dict:
+    """One phase's line of the job's record (``phase``, ``name``, ``epochs``, ``best_epoch``,
+    ``best_val_loss``), logged as it is made so the log reads phase by phase."""
+    best_loss = history.history["val_loss"][best_epoch - 1]
+    record = {"phase": number, "name": phase, "epochs": len(history.epoch)}
+    record |= {"best_epoch": best_epoch, "best_val_loss": float(best_loss)}
+    log.info(
+        "Phase %d (%s): %d epochs, best epoch %d (validation loss %.4f)",
+        number,
+        what,
+        record["epochs"],
+        best_epoch,
+        best_loss,
+    )
+    return record
+
+
+def keep_best_phase(model, kept: dict | None, record: dict, epoch: int) -> dict:
+    """The phase whose weights the branch keeps: this one, unless an earlier phase's best
+    validation loss was at least as low, in which case ``model`` gets that phase's weights
+    back (a fine-tuning phase that does not improve on the head must not cost the head's
+    result). ``epoch`` is this phase's best epoch counted over all phases."""
+    if kept is not None and record["best_val_loss"] >= kept["best_val_loss"]:
+        model.set_weights(kept["weights"])
         log.info(
-            "Phase %d (%s): %d epochs, best epoch %d (validation loss %.4f)",
-            number,
-            what,
-            record["epochs"],
-            best_epoch,
-            best_loss,
+            "Phase %d did not improve on phase %d's validation loss (%.4f): phase %d's "
+            "weights are kept",
+            record["phase"],
+            kept["phase"],
+            kept["best_val_loss"],
+            kept["phase"],
         )
-        if kept is not None and best_loss >= kept["best_val_loss"]:
-            model.set_weights(kept["weights"])
-            log.info(
-                "Phase %d did not improve on phase %d's validation loss (%.4f): phase %d's "
-                "weights are kept",
-                number,
-                kept["phase"],
-                kept["best_val_loss"],
-                kept["phase"],
-            )
-        else:
-            kept = {**record, "epoch": epochs_before + best_epoch, "weights": model.get_weights()}
+        return kept
+    return {**record, "epoch": epoch, "weights": model.get_weights()}
+
+
+def train_phases(model, task: BranchFold, views: tuple, pixels) -> tuple:
+    """Run every phase (:func:`training_phases`) in order on ``model``; return (the kept
+    phase's record, every phase's record, every phase's history as a table).
+
+    Why one loop for all phases: each phase starts from the weights the previous one kept, and
+    the history numbers epochs on from the previous phase's last, so ``history.tsv`` reads as
+    one run tagged by ``phase``.
+    """
+    frames, phases, kept, epochs_before = [], [], None, 0
+    for number, phase in enumerate(training_phases(task.settings), start=1):
+        history, best_epoch, what = run_phase(model, task, phase, views, pixels)
+        record = phase_record(number, phase, history, best_epoch, what)
+        kept = keep_best_phase(model, kept, record, epochs_before + best_epoch)
         frame = pd.DataFrame(history.history)
         frames.append(frame.assign(epoch=epochs_before + np.arange(len(frame)), phase=number))
         epochs_before += len(frame)
         phases.append(record)
-    seconds = time.perf_counter() - started
-    images_per_second = sum(len(fit_views) * p["epochs"] for p in phases) / seconds
-    log.info("Trained %d epochs at %.0f views/s", epochs_before, images_per_second)
-    save_branch_weights(model, task.modality, checkpoint_path)
+    return kept, phases, frames
+
+
+def write_history(frames: list, path: Path) -> None:
+    """Write every epoch of every phase to ``history.tsv``: ``epoch``, ``phase``, then the
+    metrics in name order, so the columns do not depend on the order Keras logged them in."""
     history_table = pd.concat(frames, ignore_index=True)
     metrics = sorted(c for c in history_table.columns if c not in ("epoch", "phase"))
-    write_tsv(history_table[["epoch", "phase", *metrics]], history_path)
+    write_tsv(history_table[["epoch", "phase", *metrics]], path)
+
+
+def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
+    """Train one modality's branch on one outer fold's training visits; return the best model.
+
+    The inner split for early stopping is drawn on visits (:func:`early_stopping_views`). Each
+    phase (:func:`training_phases`) stops early on the inner split's loss and restores its best
+    epoch; a fine-tuning phase that does not improve on the head phase's best loss gives the
+    head phase's weights back (:func:`keep_best_phase`). The weights are written, keyed by
+    layer name, once training has finished, and ``history.tsv`` holds every epoch with its
+    ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
+    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
+    """
+    views = early_stopping_views(task)
+    pixels = pixel_loader(task, views)
+    model = initial_branch(task)
+    started = time.perf_counter()
+    kept, phases, frames = train_phases(model, task, views, pixels)
+    seconds = time.perf_counter() - started
+    epochs = sum(p["epochs"] for p in phases)
+    fit_views, _ = views[0]
+    images_per_second = len(fit_views) * epochs / seconds
+    log.info("Trained %d epochs at %.0f views/s", epochs, images_per_second)
+    save_branch_weights(model, task.modality, checkpoint_path)
+    write_history(frames, history_path)
     return model, {
         "best_epoch": kept["epoch"],
         "fit_images_per_second": images_per_second,

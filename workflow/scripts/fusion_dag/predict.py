@@ -54,9 +54,9 @@ def bundle_branch(bundle: Path, spec: dict, modality: str, views: pd.DataFrame) 
     are cut and decoded exactly as the image cache decodes them.
     """
     from fusion_dag.artifacts import read_json
+    from fusion_dag.branch import build_image_branch
     from fusion_dag.cache import decode_into
     from fusion_dag.checkpoint import load_frozen_branch
-    from fusion_dag.image import build_image_branch
 
     settings = spec["modalities"][modality]
     if settings.get("aggregation", AGGREGATION) != AGGREGATION:
@@ -110,7 +110,7 @@ def score_table(
         member_probs[METADATA] = forest_probabilities(bundle, spec, samples)
     modalities = [m for m in members if m != METADATA]
     if modalities:
-        from fusion_dag.image import configure_tensorflow
+        from fusion_dag.branch import configure_tensorflow
 
         configure_tensorflow(*threads, seed=0)
         for modality in modalities:

@@ -1,0 +1,96 @@
+"""Building a branch: its layers and their names, its backbone's preprocessing and starting
+weights, its augmentation and its compute precision."""
+
+import numpy as np
+import pytest
+
+from fusion_dag.branch import build_image_branch, load_backbone_weights
+from tests.conftest import train_tiny_branch
+
+
+def test_every_layer_is_named_after_the_modality():
+    model = build_image_branch("depth_map", (32, 32, 1), 3, {"augmentation": {"flip": "vertical"}})
+    assert all(layer.name.startswith("depth_map_") for layer in model.layers)
+    assert model.output.shape[-1] == 3
+
+
+def test_grey_images_enter_a_pretrained_backbone_on_three_channels():
+    model = build_image_branch("depth_map", (32, 32, 1), 3, {"backbone": "ResNet50V2"})
+    assert model.input.shape[-1] == 1
+    assert model.get_layer("depth_map_grey_to_rgb").output.shape[-1] == 3
+    assert model.get_layer("depth_map_backbone").input.shape[-1] == 3
+
+
+@pytest.mark.parametrize(
+    ("backbone", "module"),
+    [("ResNet50V2", "resnet_v2"), ("DenseNet121", "densenet"), ("EfficientNetB0", "efficientnet")],
+)
+def test_each_backbone_gets_its_own_preprocess_input(backbone, module):
+    import keras
+
+    model = build_image_branch("photo", (32, 32, 3), 3, {"backbone": backbone})
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    step = keras.Model(model.input, model.get_layer("photo_preprocess").output)
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    np.testing.assert_allclose(step.predict(pixels, verbose=0), expected, atol=1e-5)
+
+
+def test_augmentation_is_active_in_training_only():
+    augmentation = {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1, "contrast": 0.2}
+    model = build_image_branch("photo", (32, 32, 3), 3, {"augmentation": augmentation})
+    names = {layer.name for layer in model.layers}
+    assert {"photo_flip", "photo_rotation", "photo_zoom", "photo_contrast"} <= names
+    augmented = keras_submodel(model, "photo_contrast")
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    # predict (inference) passes images through unchanged, and twice gives the same output.
+    np.testing.assert_array_equal(augmented.predict(pixels, verbose=0), pixels)
+    np.testing.assert_array_equal(
+        model.predict(pixels, verbose=0), model.predict(pixels, verbose=0)
+    )
+    # In training (what fit runs) the same images come out transformed.
+    assert not np.allclose(np.asarray(augmented(pixels, training=True)), pixels)
+
+
+def keras_submodel(model, layer_name):
+    """The part of ``model`` from its input to one named layer's output."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(layer_name).output)
+
+
+def test_mixed_precision_branch_computes_in_float16_and_outputs_float32(cached, tmp_path):
+    model = train_tiny_branch(cached, tmp_path, epochs=1, mixed_precision=True)
+    assert model.get_layer("thermal_map_conv1").compute_dtype == "float16"
+    assert model.get_layer("thermal_map_conv1").variable_dtype == "float32"
+    assert model.output.dtype == "float32"
+    # The policy is restored for whatever is built next.
+    plain = build_image_branch("depth_map", (24, 24, 3), 3)
+    assert plain.get_layer("depth_map_conv1").compute_dtype == "float32"
+
+
+def test_imagenet_weights_are_requested_from_keras_and_copied_into_the_branch(monkeypatch):
+    """No network here: Keras's constructor is replaced by one that records what it was asked
+    for and returns a seeded model standing in for the downloaded weights."""
+    import keras
+
+    original = keras.applications.MobileNetV3Small
+    calls = []
+
+    def downloaded(**kwargs):
+        calls.append(kwargs)
+        keras.utils.set_random_seed(11)
+        return original(**{**kwargs, "weights": None})
+
+    settings = {"backbone": "MobileNetV3Small", "backbone_weights": "imagenet"}
+    model = build_image_branch("photo", (32, 32, 1), 3, settings)
+    monkeypatch.setattr(keras.applications, "MobileNetV3Small", downloaded)
+    load_backbone_weights(model, "photo", settings)
+    (call,) = calls
+    assert call["weights"] == "imagenet" and call["include_top"] is False
+    assert tuple(call["input_shape"]) == (32, 32, 3)  # grey images enter on three channels
+    keras.utils.set_random_seed(11)
+    reference = original(include_top=False, weights=None, input_shape=(32, 32, 3))
+    for loaded, expected in zip(
+        model.get_layer("photo_backbone").get_weights(), reference.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(loaded, expected)
