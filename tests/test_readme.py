@@ -34,14 +34,16 @@ def shown(language: str) -> list:
 
 
 def shown_commands() -> list:
-    """Every command in a ``bash`` block, with ``&&`` chains split and comments dropped."""
-    commands = []
+    """Every command in a ``bash`` block, with ``&&`` chains split and comments dropped; a
+    command several documents show is run once (with the first document that shows it)."""
+    commands = {}
     for document, block in shown("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
-                commands += [(document, part.strip()) for part in line.split("&&")]
-    return commands
+                for part in line.split("&&"):
+                    commands.setdefault(part.strip(), document)
+    return [(document, command) for command, document in commands.items()]
 
 
 COMMANDS = shown_commands()
