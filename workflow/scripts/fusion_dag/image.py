@@ -72,6 +72,10 @@ BRANCH_DEFAULTS = {
     "fine_tune": "frozen",
     "augmentation": None,
     "mixed_precision": False,
+    # Absent (a branch built before these keys): the small CNN as it was, so its checkpoints
+    # and bundles still load; the config's image_model sets them (see small_cnn).
+    "batch_norm": False,
+    "standardize": False,
 }
 
 
@@ -167,15 +171,70 @@ def augmentation_layers(modality: str, augmentation: dict | None) -> list:
     return [made[key](value) for key, value in augmentation.items() if value]
 
 
-def small_cnn(x, modality: str):
-    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU."""
+@keras.saving.register_keras_serializable(package="fusion_dag")
+class Standardization(layers.Layer):
+    """Per-channel standardisation, ``(x - mean) / std``, with the mean and standard deviation
+    held as non-trainable weights (set from the training views by :func:`fit_standardization`).
+
+    Why not ``keras.layers.Normalization``: it copies its adapted statistics into constants
+    when adapted or loaded through Keras's own files, so ``set_weights`` (how the V3 checkpoint
+    loads a branch by layer name) would leave it computing with the old values. Here the
+    weights are the statistics: saved in the checkpoint, loaded by name, frozen with the rest.
+    """
+
+    def build(self, input_shape):
+        channels = (int(input_shape[-1]),)
+        self.mean = self.add_weight(
+            shape=channels, initializer="zeros", trainable=False, name="mean"
+        )
+        self.std = self.add_weight(shape=channels, initializer="ones", trainable=False, name="std")
+
+    def call(self, inputs):
+        return (inputs - ops.cast(self.mean, inputs.dtype)) / ops.cast(self.std, inputs.dtype)
+
+
+def small_cnn(x, modality: str, batch_norm: bool = False, standardize: bool = False):
+    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU.
+
+    ``standardize``: the rescaled pixels are then standardised per channel with the training
+    views' statistics (layer ``{modality}_standardize``); ``batch_norm``: each convolution's
+    activations are batch-normalised (``{modality}_bn{block}``). Faint thermal contrasts sit
+    in a narrow band of the colour map: on pixels merely rescaled, the first layers'
+    activations barely vary between classes and the network stays on its first plateau.
+    bench/plateau.py measures both: standardisation helps; batch normalisation, at the demo's
+    batch sizes, made the validation predictions collapse, so it is off by default.
+    """
     x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(x)
+    if standardize:
+        x = Standardization(name=f"{modality}_standardize")(x)
     for block, filters in enumerate(FILTERS, start=1):
         x = layers.Conv2D(
             filters, 3, padding="same", activation="relu", name=f"{modality}_conv{block}"
         )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{modality}_bn{block}")(x)
         x = layers.MaxPooling2D(name=f"{modality}_pool{block}")(x)
     return x
+
+
+def fit_standardization(model, modality: str, images: np.ndarray, chunk: int = 512) -> None:
+    """Set the branch's ``{modality}_standardize`` layer (if any) to the per-channel mean and
+    standard deviation of ``images`` (uint8, the training views), on the 0-1 scale."""
+    try:
+        layer = model.get_layer(f"{modality}_standardize")
+    except ValueError:
+        return
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), chunk):
+        pixels = np.asarray(images[start : start + chunk], dtype=np.float64) / 255.0
+        total += pixels.sum(axis=(0, 1, 2))
+        squares += (pixels**2).sum(axis=(0, 1, 2))
+    count = len(images) * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    layer.set_weights([mean.astype("float32"), np.maximum(std, 1e-3).astype("float32")])
+    log.info("Standardisation on %d training views: mean %s, std %s", len(images), mean, std)
 
 
 def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
@@ -232,7 +291,7 @@ def build_image_branch(
         for layer in augmentation_layers(modality, settings["augmentation"]):
             x = layer(x)
         if settings["backbone"] == SMALL_CNN:
-            x = small_cnn(x, modality)
+            x = small_cnn(x, modality, settings["batch_norm"], settings["standardize"])
         else:
             x = pretrained_backbone(x, modality, tuple(image_shape), settings)
         x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
@@ -526,9 +585,18 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
     the image stage's phases and the ablation, so the strategies differ only in what they
     train, not how. Returns (Keras history, the 1-based epoch whose weights were restored, as
     ``EarlyStopping`` recorded it)."""
+    warmup = settings.get("warmup_epochs", 0)
     stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=settings["patience"], restore_best_weights=True
+        monitor="val_loss",
+        patience=settings["patience"],
+        restore_best_weights=True,
+        start_from_epoch=warmup,
     )
+    if settings.get("reduce_lr_patience", 0):
+        reduce = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=settings["reduce_lr_patience"]
+        )
+        callbacks = (*callbacks, reduce)
     common = {
         "validation_data": stop,
         "epochs": settings["epochs"],
@@ -548,6 +616,9 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
             shuffle=True,
             **common,
         )
+    if stopping.best_weights is None:
+        # Training ended within the warm-up: no epoch was compared, the last one stays.
+        return history, len(history.epoch)
     return history, stopping.best_epoch + 1
 
 
@@ -692,6 +763,8 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
         return loaded["arrays"]
 
     model = initial_branch(task)
+    if settings.get("standardize"):
+        fit_standardization(model, task.modality, task.pixels(fit_views))
     started = time.perf_counter()
     frames, phases, kept, epochs_before = [], [], None, 0
     for number, phase in enumerate(training_phases(settings), start=1):
