@@ -42,6 +42,7 @@ from fusion_dag.branch import (
     configure_tensorflow,
     copy_head,
     feature_head,
+    fit_standardization,
     load_backbone_weights,
     set_fine_tuning,
 )
@@ -271,9 +272,18 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
     the image stage's phases and the ablation, so the strategies differ only in what they
     train, not how. Returns (Keras history, the 1-based epoch whose weights were restored, as
     ``EarlyStopping`` recorded it)."""
+    warmup = settings.get("warmup_epochs", 0)
     stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=settings["patience"], restore_best_weights=True
+        monitor="val_loss",
+        patience=settings["patience"],
+        restore_best_weights=True,
+        start_from_epoch=warmup,
     )
+    if settings.get("reduce_lr_patience", 0):
+        reduce = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=settings["reduce_lr_patience"]
+        )
+        callbacks = (*callbacks, reduce)
     common = {
         "validation_data": stop,
         "epochs": settings["epochs"],
@@ -293,6 +303,9 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
             shuffle=True,
             **common,
         )
+    if stopping.best_weights is None:
+        # Training ended within the warm-up: no epoch was compared, the last one stays.
+        return history, len(history.epoch)
     return history, stopping.best_epoch + 1
 
 
@@ -515,6 +528,8 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     views = early_stopping_views(task)
     pixels = pixel_loader(task, views)
     model = initial_branch(task)
+    if f"{task.modality}_standardize" in {layer.name for layer in model.layers}:
+        fit_standardization(model, task.modality, pixels()[0][0])
     started = time.perf_counter()
     kept, phases, frames = train_phases(model, task, views, pixels)
     seconds = time.perf_counter() - started
