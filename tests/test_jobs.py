@@ -25,6 +25,7 @@ from fusion_dag.jobs import (
     fusions,
     heatmap_records,
     ignored_image_columns,
+    image_stage_records,
     member_records,
     pairs,
     partition_records,
@@ -354,3 +355,15 @@ def test_unused_modalities_columns_are_ignored_and_the_spec_records_layout_and_s
     assert spec["thermal"]["column"] == "thermal_path"
     assert spec["thermal"]["size"] == 48
     assert spec["depth"]["size"] == 64
+
+
+def test_the_aggregate_reads_each_image_members_fold_metrics_once(config):
+    records = image_stage_records(config, COMBINATIONS)
+    assert [r["member"] for r in records] == ["depth"] * 6 + ["thermal"] * 6
+    assert records[0] == {
+        "member": "depth",
+        "repeat": 1,
+        "fold": 1,
+        "metrics": "results/image/depth/repeat1/fold1/metrics.json",
+    }
+    assert image_stage_records(config, {"metadata": ["metadata"]}) == []

@@ -244,6 +244,24 @@ def member_records(config: dict, members) -> list:
     ]
 
 
+def image_stage_records(config: dict, combinations: dict) -> list:
+    """Each fold's image stage metrics of every image member of ``combinations``: ``member``,
+    ``repeat``, ``fold`` and its ``metrics.json``, which says whether the branch learned
+    (:func:`fusion_dag.image.learning_verdict`); aggregate_results counts from them the folds
+    in which a combination's branch learned nothing."""
+    images = {m for members in combinations.values() for m in members if m != METADATA}
+    return [
+        {
+            "member": member,
+            "repeat": repeat,
+            "fold": fold,
+            "metrics": f"results/image/{member}/repeat{repeat}/fold{fold}/metrics.json",
+        }
+        for member in sorted(images)
+        for repeat, fold in partitions(config)
+    ]
+
+
 def diagnostic_records(config: dict, image: str) -> list:
     """Each fold's record of metadata + ``image``: the fold's forest probabilities and its
     image's probabilities."""
