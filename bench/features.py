@@ -190,7 +190,7 @@ def seed_noise(workdir: Path, tiny: bool, seed: int, folds: int) -> dict:
             folder = workdir / f"noise/{modality}/fold{fold}"
             folder.mkdir(parents=True, exist_ok=True)
             _, probs, _, record = train_stage(
-                task, folder / "checkpoint.weights.h5", folder / "history.tsv", 2
+                task, folder / "checkpoint.weights.h5", folder / "history.tsv", 2, f"fold {fold}"
             )
             epochs = sum(phase["epochs"] for phase in record["phases"])
             kappa = fold_metrics(probs, folds_table, task.classes)["kappa"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fusion_dag.branch import build_image_branch, load_backbone_weights
-from tests.conftest import train_tiny_branch
+from tests.conftest import CLASSES, train_tiny_branch
 
 
 def test_every_layer_is_named_after_the_modality():
@@ -94,3 +94,64 @@ def test_imagenet_weights_are_requested_from_keras_and_copied_into_the_branch(mo
         model.get_layer("photo_backbone").get_weights(), reference.get_weights(), strict=True
     ):
         np.testing.assert_array_equal(loaded, expected)
+
+
+def test_standardization_weights_are_the_training_views_statistics_and_load_frozen_by_name(
+    cached, tmp_path, caplog
+):
+    import logging
+
+    from fusion_dag.checkpoint import checkpoint_sidecar, load_frozen_branch
+    from fusion_dag.heatmaps import grad_cam
+
+    settings = {"standardize": True, "batch_norm": True, "epochs": 1}
+    model = train_tiny_branch(cached, tmp_path, **settings)
+    mean, std = model.get_layer("thermal_map_standardize").get_weights()
+    images = np.asarray(cached[0], dtype=float) / 255
+    assert np.all((mean > 0) & (mean < 1)) and np.all(std > 0)
+    assert np.allclose(mean, images.mean(axis=(0, 1, 2)), atol=0.05)
+    # Rebuilt from the settings, verified, loaded by layer name and frozen, as fusion does it.
+    checkpoint = tmp_path / "checkpoint.weights.h5"
+    rebuilt = build_image_branch("thermal_map", cached[0].shape[1:], 3, settings)
+    sidecar = checkpoint_sidecar(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
+    required = {"repeat": 1, "fold": 1, "classes": CLASSES, "backbone": "small_cnn"}
+    with caplog.at_level(logging.INFO):
+        load_frozen_branch(rebuilt, "thermal_map", checkpoint, sidecar, required)
+    assert "Loaded weights for layer: thermal_map_standardize" in caplog.text
+    assert "Frozen layer: thermal_map_standardize" in caplog.text
+    assert not rebuilt.trainable_weights
+    np.testing.assert_allclose(rebuilt.get_layer("thermal_map_standardize").get_weights()[0], mean)
+    pixels = np.asarray(cached[0][:8])
+    expected = model.predict(pixels, verbose=0)
+    np.testing.assert_allclose(rebuilt.predict(pixels, verbose=0), expected, atol=1e-5)
+    # Grad-CAM runs the branch layer by layer: the standardisation must be one of its steps
+    # (a logit path without it would not give the branch's predicted class back).
+    heat = grad_cam(rebuilt, pixels, expected.argmax(axis=1), "thermal_map_conv3")
+    assert heat.shape[0] == len(pixels) and np.isfinite(heat).all()
+
+
+def test_grad_cam_runs_the_standardisation_as_the_branch_graph_does():
+    """Grad-CAM runs the branch layer by layer: its heatmaps must be those of the branch's own
+    graph, which standardises the pixels (far from 0 and 1 here, so skipping it shows)."""
+    import keras
+    import tensorflow as tf
+
+    from fusion_dag.heatmaps import grad_cam
+
+    model = build_image_branch("photo", (16, 16, 3), 3, {"standardize": True})
+    mean, std = np.array([0.9, 0.1, 0.5], "float32"), np.array([0.01, 0.2, 0.05], "float32")
+    model.get_layer("photo_standardize").set_weights([mean, std])
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("uint8")
+    classes = model.predict(pixels, verbose=0).argmax(axis=1)
+    graph = keras.Model(
+        model.input, [model.get_layer("photo_conv3").output, model.get_layer("photo_gap").output]
+    )
+    last = model.get_layer("photo_probs")
+    with tf.GradientTape() as tape:
+        feature_map, pooled = graph(tf.constant(pixels, "float32"), training=False)
+        scores = tf.gather(tf.matmul(pooled, last.kernel) + last.bias, classes, batch_dims=1)
+    weights = tf.reduce_mean(tape.gradient(scores, feature_map), axis=(1, 2))
+    heat = tf.nn.relu(tf.einsum("nhwc,nc->nhw", feature_map, weights)).numpy()
+    peak = heat.max(axis=(1, 2), keepdims=True)
+    expected = np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0)
+    np.testing.assert_allclose(grad_cam(model, pixels, classes, "photo_conv3"), expected, atol=1e-5)

@@ -111,3 +111,26 @@ def test_save_figure_writes_a_png_near_its_size_in_pixels_and_closes_it(tmp_path
         assert abs(image.size[1] - height) < 0.25 * height
     assert [p.name for p in tmp_path.iterdir()] == ["fold_kappa.png"]  # no partial file left
     assert fig.number not in plt.get_fignums()
+
+
+def test_learning_curves_mark_each_folds_kept_epoch_the_warm_up_and_a_branch_that_learned_nothing():
+    from fusion_dag.figures import plot_learning_curves
+
+    history = pd.DataFrame({"epoch": range(8), "phase": 1, "loss": np.linspace(1, 0.5, 8)})
+    history = history.assign(kappa=0.1, val_loss=history["loss"] + 0.1, val_kappa=0.05)
+    histories = {(1, 1): history, (1, 2): history.head(3)}
+    metrics = {
+        (1, 1): {"best_epoch": 7, "learned": True},
+        (1, 2): {"best_epoch": 3, "learned": False},
+    }
+    figure = plot_learning_curves(histories, metrics, "thermal_map", warmup=5)
+    loss_ax, kappa_ax = figure.axes
+    labels = [text.get_text() for text in kappa_ax.get_legend().get_texts()]
+    assert labels == [
+        "repeat 1, fold 1: best 7 of 8",
+        "repeat 1, fold 2: best 3 of 3, learned nothing",
+    ]
+    warm_up = [line for line in loss_ax.get_lines() if list(line.get_xdata()) == [5, 5]]
+    assert len(warm_up) == 1
+    kept = [collection.get_offsets()[0][0] for collection in loss_ax.collections]
+    assert kept == [7, 3]

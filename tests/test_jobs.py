@@ -25,6 +25,7 @@ from fusion_dag.jobs import (
     fusions,
     heatmap_records,
     ignored_image_columns,
+    image_stage_records,
     member_records,
     pairs,
     partition_records,
@@ -79,6 +80,10 @@ def config():
             "feature_cache": True,
             "augmentation": {"flip": "horizontal"},
             "mixed_precision": False,
+            "standardize": True,
+            "batch_norm": False,
+            "warmup_epochs": 5,
+            "reduce_lr_patience": 3,
         },
         "fusion": {"metadata_weight": 0.7, "weights": None},
         "cv": {"folds": 3, "repeats": 2, "seed": 42},
@@ -139,14 +144,38 @@ def test_a_fusion_carries_only_the_branch_keys_of_each_image_and_the_inference_s
                 "backbone": "efficientnet_b0",
                 "augmentation": FLIP_ONLY,
                 "mixed_precision": False,
+                "standardize": True,
+                "batch_norm": False,
             },
-            "depth": {"backbone": "small_cnn", "augmentation": FLIP_ONLY, "mixed_precision": False},
+            "depth": {
+                "backbone": "small_cnn",
+                "augmentation": FLIP_ONLY,
+                "mixed_precision": False,
+                "standardize": True,
+                "batch_norm": False,
+            },
         },
         "batch_size": 32,
         "intra_op_threads": 2,
         "seed": 43,
     }
     assert all(list(branch) == BRANCH_KEYS for branch in settings["branches"].values())
+
+
+def test_the_branch_architecture_reaches_fusion_but_training_only_settings_do_not(config):
+    members = ["metadata", "depth"]
+    unstandardised = with_setting(config, "depth", "standardize", False)
+    assert fusion_settings(unstandardised, members, 42)["branches"]["depth"]["standardize"] is False
+    for key, value in (("warmup_epochs", 0), ("reduce_lr_patience", 0), ("patience", 9)):
+        changed = with_setting(config, "depth", key, value)
+        assert fusion_settings(changed, members, 42) == fusion_settings(config, members, 42)
+
+
+def test_a_config_without_the_new_architecture_keys_rebuilds_the_branch_as_before(config):
+    for key in ("standardize", "batch_norm"):
+        del config["image_model"][key]
+    branch = fusion_settings(config, ["metadata", "depth"], 42)["branches"]["depth"]
+    assert branch == {"backbone": "small_cnn", "augmentation": FLIP_ONLY, "mixed_precision": False}
 
 
 def test_a_member_alone_has_no_inference_settings(config):
@@ -326,3 +355,15 @@ def test_unused_modalities_columns_are_ignored_and_the_spec_records_layout_and_s
     assert spec["thermal"]["column"] == "thermal_path"
     assert spec["thermal"]["size"] == 48
     assert spec["depth"]["size"] == 64
+
+
+def test_the_aggregate_reads_each_image_members_fold_metrics_once(config):
+    records = image_stage_records(config, COMBINATIONS)
+    assert [r["member"] for r in records] == ["depth"] * 6 + ["thermal"] * 6
+    assert records[0] == {
+        "member": "depth",
+        "repeat": 1,
+        "fold": 1,
+        "metrics": "results/image/depth/repeat1/fold1/metrics.json",
+    }
+    assert image_stage_records(config, {"metadata": ["metadata"]}) == []

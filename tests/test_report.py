@@ -12,6 +12,7 @@ from fusion_dag.report import (
     markdown_table,
     per_fold_table,
     results_markdown,
+    with_branches_learned,
 )
 from tests.conftest import CLASSES, fold_kappas, synthetic_oof
 
@@ -37,7 +38,7 @@ HEADLINE = (
     ]
     + ["accuracy_mean"]
     + [column for c in CLASSES for column in (f"f1_{c}_mean", f"recall_{c}_mean")]
-    + ["train_kappa_mean", "gap_mean", "fit_kappa_mean"]
+    + ["train_kappa_mean", "gap_mean", "fit_kappa_mean", "folds_not_learned"]
     + [f"pred_frac_{c}" for c in CLASSES]
 )
 
@@ -51,6 +52,7 @@ def per_fold(combination, oof):
             "kappa": 0.3,
             "train_kappa": 0.4,
             "fit_kappa": 0.9,
+            "branches_learned": True,
         }
         for r, f in sorted(set(zip(oof["repeat"], oof["fold"], strict=True)))
     ]
@@ -185,6 +187,7 @@ def made_up_headline(names=DEMO) -> pd.DataFrame:
     table["train_kappa_mean"] = 0.4
     table.loc[table["rows"] == "all", "train_kappa_mean"] = np.nan
     table["gap_mean"] = table["train_kappa_mean"] - table["kappa_mean"]
+    table[["n_folds", "n_repeats", "folds_not_learned"]] = 3, 2, 0
     return table
 
 
@@ -270,7 +273,7 @@ def test_the_markdown_fits_100_characters_with_long_combination_names():
     names = DEMO + [f"metadata+thermal_map+depth_map+wound_photo_{k}" for k in range(10)]
     comparisons = made_up_comparisons()
     text = results_markdown(made_up_headline(names), comparisons, NINETY)
-    assert "| C14 | metadata+thermal_map+depth_map+wound_photo_9 |" in text
+    assert "| C14 | metadata+thermal_map+depth_map+wound_photo_9 |                   0 |" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
@@ -302,3 +305,72 @@ def test_a_primary_that_was_not_run_leaves_no_primary_contrast_and_says_so(caplo
         table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
     assert table["family"].tolist() == ["secondary"] and not table["primary"].any()
     assert "evaluation.primary a is not among the combinations run (b, a+b)" in caplog.text
+
+
+def test_a_fold_counts_as_not_learned_for_every_combination_with_the_branch_that_did_not():
+    combinations = {
+        "metadata": ["metadata"],
+        "thermal_map": ["thermal_map"],
+        "metadata+thermal_map": ["metadata", "thermal_map"],
+        "metadata+depth_map": ["metadata", "depth_map"],
+    }
+    learning = pd.DataFrame(
+        [("thermal_map", r, f, (r, f) not in {(1, 2), (2, 3)}) for r in (1, 2) for f in (1, 2, 3)]
+        + [("depth_map", r, f, True) for r in (1, 2) for f in (1, 2, 3)],
+        columns=["member", "repeat", "fold", "learned"],
+    )
+    records = [
+        {"combination": name, "repeat": r, "fold": f, "kappa": 0.3, "train_kappa": 0.4}
+        for name in combinations
+        for r in (1, 2)
+        for f in (1, 2, 3)
+    ]
+    per_fold = with_branches_learned(per_fold_table(records), combinations, learning)
+    not_learned = per_fold[~per_fold["branches_learned"]]
+    assert sorted(set(not_learned["combination"])) == ["metadata+thermal_map", "thermal_map"]
+    assert sorted(zip(not_learned["repeat"], not_learned["fold"], strict=True))[::2] == [
+        (1, 2),
+        (2, 3),
+    ]
+    oofs = {name: synthetic_oof(0.3, seed=k) for k, name in enumerate(combinations)}
+    headline = headline_table(per_fold.assign(fit_kappa=0.9), oofs, CLASSES, EVALUATION, 42)
+    counts = dict(zip(headline["combination"], headline["folds_not_learned"], strict=True))
+    assert counts == {
+        "metadata": 0,
+        "thermal_map": 2,
+        "metadata+thermal_map": 2,
+        "metadata+depth_map": 0,
+    }
+
+
+def test_a_contrast_whose_branch_learned_nothing_in_some_folds_says_so():
+    headline, comparisons = made_up_headline(), made_up_comparisons()
+    headline.loc[headline["combination"] == "metadata+thermal_map", "folds_not_learned"] = 2
+    headline.loc[headline["combination"] == DEMO[3], "folds_not_learned"] = 1
+    text = results_markdown(headline, comparisons, NINETY)
+    opening = " ".join(text[: text.index("## Combinations")].split())
+    assert (
+        "not distinguishable from no change at this design. thermal_map's branch learned nothing "
+        "in 2 of 6 folds: this contrast does not measure what the images carry." in opening
+    )
+    assert (
+        opening.count(
+            "An image branch (thermal_map, depth_map or wound_photo) learned "
+            "nothing in 1 of 6 folds"
+        )
+        == 2
+    )  # complete and all visits
+    assert markdown_tables(text)[0] == ["#", "combination", "folds_not_learned"]
+    assert "- `folds_not_learned`: " in text
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, comparisons, run, 0.9)
+    first = page.splitlines()[0]
+    assert first.endswith(
+        "thermal_map's branch learned nothing in 2 of 6 folds: this contrast does not measure "
+        "what the images carry."
+    )
+    assert "an image branch learned nothing in 2 of 6 folds" in page
+    assert "- **learned nothing**: " in page
+    unflagged = results_markdown(made_up_headline(), comparisons, NINETY)
+    assert "learned nothing in" not in unflagged[: unflagged.index("## Combinations")]

@@ -54,6 +54,16 @@ def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
     # Forests memorise: in-sample kappa is far above the out-of-fold train kappa.
     assert headline.loc[0, "fit_kappa_mean"] > headline.loc[0, "train_kappa_mean"] + 0.3
     assert "| metadata" in (tiny_run / "results/fusion_results.md").read_text()
+    # Each image stage says whether its branch learned; the headline counts the folds it did not.
+    stages = [
+        json.loads(
+            (tiny_run / f"results/image/thermal_map/repeat1/fold{fold}/metrics.json").read_text()
+        )
+        for fold in (1, 2, 3)
+    ]
+    not_learned = sum(not stage["learned"] for stage in stages)
+    assert all(stage["learned"] != bool(stage["not_learned_reasons"]) for stage in stages)
+    assert headline["folds_not_learned"].tolist() == [0, *[not_learned] * 3]
     # The report opens on the run's verdicts and headline.
     front = (tiny_run / "results/report/front_page.rst").read_text()
     assert front.index("Does each fusion add to metadata?") < front.index("Headline")

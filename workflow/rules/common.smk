@@ -179,6 +179,12 @@ def member_fold_files(wildcards):
     return jobs.member_records(config, jobs.fusion_members(COMBINATIONS))
 
 
+def image_metric_files(wildcards):
+    """Every image member's fold metrics, from which aggregate_results counts the folds whose
+    branch learned nothing (the headline's folds_not_learned)."""
+    return jobs.image_stage_records(config, COMBINATIONS)
+
+
 def explain_member_files(wildcards):
     """The fold records of the members of every fusion and of the review combination
     (contributions, member drops and review.tsv)."""

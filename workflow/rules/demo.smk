@@ -17,5 +17,6 @@ rule demo_data:
     params:
         patients=config["demo"]["patients"],
         seed=config["demo"]["seed"],
+        thermal_signal=config["demo"].get("thermal_signal", "default"),
     script:
         "../scripts/demo_data.py"

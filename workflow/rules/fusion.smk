@@ -62,6 +62,7 @@ rule aggregate_results:
         oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
         folds="results/folds.tsv",
         members=files_of(member_fold_files, "probs"),
+        image_metrics=files_of(image_metric_files, "metrics"),
     output:
         per_fold="results/fusion_results_per_fold.tsv",
         table=report(
@@ -94,6 +95,7 @@ rule aggregate_results:
         evaluation=config["evaluation"],
         fusion=config["fusion"],
         member_files=member_fold_files,
+        image_files=image_metric_files,
         seed=config["cv"]["seed"],
         run=jobs.run_summary(config, MODALITIES),
     script:

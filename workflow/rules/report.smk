@@ -1,6 +1,7 @@
-# Each fold's training history of the modality.
+# Each fold's training history of the modality, and its metrics (best epoch, learned or not).
 HISTORY_FOLD_FILES = partition_files(
-    history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv"
+    history="results/image/{modality}/repeat{repeat}/fold{fold}/history.tsv",
+    metrics="results/image/{modality}/repeat{repeat}/fold{fold}/metrics.json",
 )
 
 
@@ -81,6 +82,7 @@ rule plot_confusion_matrices:
 rule plot_learning_curves:
     input:
         histories=files_of(HISTORY_FOLD_FILES, "history"),
+        metrics=files_of(HISTORY_FOLD_FILES, "metrics"),
     output:
         report(
             "results/plots/learning_curves_{modality}.png",
@@ -98,6 +100,7 @@ rule plot_learning_curves:
         runtime=10,
     params:
         fold_files=HISTORY_FOLD_FILES,
+        warmup=image_setting("warmup_epochs"),
     script:
         "../scripts/plot_learning_curves.py"
 

@@ -14,6 +14,7 @@ from fusion_dag.report import (
     readable_headline,
     readable_table,
     results_markdown,
+    with_branches_learned,
 )
 
 with job_log(snakemake.log[0]) as log:
@@ -21,8 +22,15 @@ with job_log(snakemake.log[0]) as log:
     for record in records:
         record.pop("weights")
         record.pop("runtime", None)
-    per_fold = per_fold_table(records)
     combinations = snakemake.params.combinations
+    learning = pd.DataFrame(
+        [
+            {**record, "learned": read_json(record["metrics"])["learned"]}
+            for record in snakemake.params.image_files
+        ],
+        columns=["member", "repeat", "fold", "metrics", "learned"],
+    )
+    per_fold = with_branches_learned(per_fold_table(records), combinations, learning)
     oofs = {
         name: read_tsv(path) for name, path in zip(combinations, snakemake.input.oof, strict=True)
     }

@@ -4,7 +4,12 @@ from fusion_dag.demo import write_demo
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
-    table = write_demo(snakemake.output.table, snakemake.params.patients, snakemake.params.seed)
+    table = write_demo(
+        snakemake.output.table,
+        snakemake.params.patients,
+        snakemake.params.seed,
+        thermal_signal=snakemake.params.thermal_signal,
+    )
     thermal = pd.read_csv(snakemake.output.thermal_table)
     log.info(
         "Demo data: %d rows, %d patients; thermal views %d (image table %s); depth maps %d, "

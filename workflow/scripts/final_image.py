@@ -25,7 +25,7 @@ with job_log(snakemake.log[0]) as log:
     )
     output = snakemake.output
     model, probs, view_probs, record = train_stage(
-        task, output.checkpoint, output.history, snakemake.threads
+        task, output.checkpoint, output.history, snakemake.threads, "final"
     )
     in_sample = fit_kappa(probs, samples, task.classes)
     metrics = {"n_train": len(probs), "fit_kappa": in_sample, **record}

@@ -23,7 +23,7 @@ with job_log(snakemake.log[0]) as log:
     )
     output = snakemake.output
     model, probs, view_probs, record = train_stage(
-        task, output.checkpoint, output.history, snakemake.threads
+        task, output.checkpoint, output.history, snakemake.threads, f"repeat {repeat}, fold {fold}"
     )
     metrics = {**fold_metrics(probs, task.folds, task.classes), **record}
     log.info(

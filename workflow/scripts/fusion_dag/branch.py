@@ -15,10 +15,12 @@ import logging
 import os
 from contextlib import contextmanager
 
+import numpy as np
+
 # TensorFlow's C++ start-up notices are not job output; this must be set before it loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
-from keras import layers  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 from fusion_dag.backbones import BACKBONES, SMALL_CNN
 
@@ -33,6 +35,10 @@ BRANCH_DEFAULTS = {
     "fine_tune": "frozen",
     "augmentation": None,
     "mixed_precision": False,
+    # Absent (a branch built before these keys): the small CNN as it was, so its checkpoints
+    # and bundles still load; the config's image_model sets them (see small_cnn).
+    "batch_norm": False,
+    "standardize": False,
 }
 
 
@@ -128,15 +134,70 @@ def augmentation_layers(modality: str, augmentation: dict | None) -> list:
     return [made[key](value) for key, value in augmentation.items() if value]
 
 
-def small_cnn(x, modality: str):
-    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU."""
+@keras.saving.register_keras_serializable(package="fusion_dag")
+class Standardization(layers.Layer):
+    """Per-channel standardisation, ``(x - mean) / std``, with the mean and standard deviation
+    held as non-trainable weights (set from the training views by :func:`fit_standardization`).
+
+    Why not ``keras.layers.Normalization``: it copies its adapted statistics into constants
+    when adapted or loaded through Keras's own files, so ``set_weights`` (how the V3 checkpoint
+    loads a branch by layer name) would leave it computing with the old values. Here the
+    weights are the statistics: saved in the checkpoint, loaded by name, frozen with the rest.
+    """
+
+    def build(self, input_shape):
+        channels = (int(input_shape[-1]),)
+        self.mean = self.add_weight(
+            shape=channels, initializer="zeros", trainable=False, name="mean"
+        )
+        self.std = self.add_weight(shape=channels, initializer="ones", trainable=False, name="std")
+
+    def call(self, inputs):
+        return (inputs - ops.cast(self.mean, inputs.dtype)) / ops.cast(self.std, inputs.dtype)
+
+
+def small_cnn(x, modality: str, batch_norm: bool = False, standardize: bool = False):
+    """Three convolution blocks on pixels rescaled to 0-1: the default, fast on a CPU.
+
+    ``standardize``: the rescaled pixels are then standardised per channel with the training
+    views' statistics (layer ``{modality}_standardize``); ``batch_norm``: each convolution's
+    activations are batch-normalised (``{modality}_bn{block}``). Faint thermal contrasts sit
+    in a narrow band of the colour map: on pixels merely rescaled, the first layers'
+    activations barely vary between classes and the network stays on its first plateau.
+    bench/plateau.py measures both: standardisation helps; batch normalisation, at the demo's
+    batch sizes, made the validation predictions collapse, so it is off by default.
+    """
     x = layers.Rescaling(1.0 / 255, name=f"{modality}_rescale")(x)
+    if standardize:
+        x = Standardization(name=f"{modality}_standardize")(x)
     for block, filters in enumerate(FILTERS, start=1):
         x = layers.Conv2D(
             filters, 3, padding="same", activation="relu", name=f"{modality}_conv{block}"
         )(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{modality}_bn{block}")(x)
         x = layers.MaxPooling2D(name=f"{modality}_pool{block}")(x)
     return x
+
+
+def fit_standardization(model, modality: str, images: np.ndarray, chunk: int = 512) -> None:
+    """Set the branch's ``{modality}_standardize`` layer to the per-channel mean and standard
+    deviation of ``images`` (uint8, the training views), on the 0-1 scale.
+
+    Why the training views only: the statistics are part of the model, so they must not see
+    the visits it is judged on. Why in chunks: the views may be a large memory-mapped cache."""
+    layer = model.get_layer(f"{modality}_standardize")
+    total = np.zeros(images.shape[-1])
+    squares = np.zeros(images.shape[-1])
+    for start in range(0, len(images), chunk):
+        pixels = np.asarray(images[start : start + chunk], dtype=np.float64) / 255.0
+        total += pixels.sum(axis=(0, 1, 2))
+        squares += (pixels**2).sum(axis=(0, 1, 2))
+    count = len(images) * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    layer.set_weights([mean.astype("float32"), np.maximum(std, 1e-3).astype("float32")])
+    log.info("Standardisation on %d training views: mean %s, std %s", len(images), mean, std)
 
 
 def pretrained_backbone(x, modality: str, image_shape: tuple, settings: dict):
@@ -181,10 +242,11 @@ def build_image_branch(
     """One modality's branch for images of ``image_shape`` (size, size, channels).
 
     ``settings`` are the modality's image settings (``backbone``, ``augmentation``,
-    ``mixed_precision``, ``backbone_weights``; absent keys take :data:`BRANCH_DEFAULTS`). The
-    weights are randomly initialised: pretrained backbone weights are loaded by
-    :func:`load_backbone_weights`, a trained branch by the checkpoint loader. ``seed`` seeds the
-    head's dropout (:func:`branch_head`).
+    ``mixed_precision``, ``backbone_weights``, ``standardize``, ``batch_norm``; absent keys
+    take :data:`BRANCH_DEFAULTS`). The weights are randomly initialised: pretrained backbone
+    weights are loaded by :func:`load_backbone_weights`, a trained branch by the checkpoint
+    loader, the standardisation by :func:`fit_standardization`. ``seed`` seeds the head's
+    dropout (:func:`branch_head`).
     """
     settings = {**BRANCH_DEFAULTS, **(settings or {})}
     with dtype_policy(settings["mixed_precision"]):
@@ -193,7 +255,7 @@ def build_image_branch(
         for layer in augmentation_layers(modality, settings["augmentation"]):
             x = layer(x)
         if settings["backbone"] == SMALL_CNN:
-            x = small_cnn(x, modality)
+            x = small_cnn(x, modality, settings["batch_norm"], settings["standardize"])
         else:
             x = pretrained_backbone(x, modality, tuple(image_shape), settings)
         x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)

@@ -40,6 +40,8 @@ FOREST = "metadata/model.skops"
 # What predicting needs of each modality's settings: how its images are read, and the branch
 # architecture the checkpoint is loaded into.
 IMAGE_KEYS = ("size", "channels", "value_range", "backbone", "augmentation", "mixed_precision")
+# Architecture keys a branch may lack (built before them): absent, the branch is built without.
+OPTIONAL_IMAGE_KEYS = ("standardize", "batch_norm")
 
 
 class BundleError(InputError):
@@ -101,7 +103,11 @@ def model_spec(
         "na_values": list(na_values),
         "features": feature_types(samples) if uses_metadata else [],
         "modalities": {
-            name: {**image_layout(settings), **{k: settings[k] for k in IMAGE_KEYS}}
+            name: {
+                **image_layout(settings),
+                **{k: settings[k] for k in IMAGE_KEYS},
+                **{k: settings[k] for k in OPTIONAL_IMAGE_KEYS if k in settings},
+            }
             for name, settings in modalities.items()
         },
         "combinations": {name: list(members) for name, members in combinations.items()},

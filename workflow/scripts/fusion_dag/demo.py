@@ -53,6 +53,17 @@ THERMAL_TABLE = "thermal_images.csv"
 MISSING_THERMAL_SHARE = 0.03
 # How much one view's appearance differs from another's of the same visit (signal units).
 VIEW_NOISE = 0.3
+# How strongly the thermal views show the healing phase. ``default``: the wound's size,
+# contrast (0.5 to 4 degrees C over the foot), texture and warm ring all follow it. ``faint``:
+# the original study's layout, where only the wound core is about 1 degree C warmer or cooler
+# by class and each view adds a core offset of about that size (camera angle, evaporation,
+# debridement); size, texture and ring say nothing. A small CNN at the demo's thermal settings
+# stays on its first plateau there (bench/plateau.py), while statistics of the crop still
+# carry a faint signal.
+THERMAL_SIGNALS = ("default", "faint")
+FAINT_CORE_C = (1.0, 3.0)  # core contrast: 1 + 3 x inflammation (about 1 C a class)
+FAINT_VIEW_NOISE_C = 1.0
+FAINT_SKIN_C = 1.5  # the foot's temperature from view to view (0.3 by default)
 
 
 def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -155,24 +166,33 @@ def inflammation(signal: float) -> float:
     return 1.0 / (1.0 + np.exp(1.4 * signal))
 
 
-def thermal_frame(image_signal: float, rng: np.random.Generator, size=FRAME_SIZE):
+def thermal_frame(
+    image_signal: float, rng: np.random.Generator, size=FRAME_SIZE, signal: str = "default"
+):
     """One colour-mapped thermal frame (uint8, height x width x 3) of a foot with a wound, and
     the wound's box (x_min, y_min, x_max, y_max) in pixels.
 
     The frame is mostly foot and background, whose temperatures say nothing of the healing
     phase; the wound is a small part of it, as in a study's camera frames. Inside the box, a
     lower image signal (an earlier, inflammatory phase) gives a hotter wound with a warm
-    periwound ring and rougher texture; the sensor adds its own noise everywhere.
+    periwound ring and rougher texture; the sensor adds its own noise everywhere. With
+    ``signal="faint"`` (:data:`THERMAL_SIGNALS`) only the core's temperature follows the
+    signal, by about 1 degree C, under a per-view offset of about that size.
     """
+    if signal not in THERMAL_SIGNALS:
+        raise ValueError(f"thermal signal {signal!r}: expected one of {THERMAL_SIGNALS}")
+    faint = signal == "faint"
     width, height = size
     y, x = np.mgrid[0:height, 0:width].astype(float)
     temperature = 22.0 + 1.0 * y / height + rng.normal(0, 0.25, (height, width))
     cx, cy = width * (0.5 + rng.normal(0, 0.04)), height * (0.5 + rng.normal(0, 0.04))
     foot = ((x - cx) / (0.3 * width)) ** 2 + ((y - cy) / (0.46 * height)) ** 2 <= 1.0
-    temperature[foot] = 30.0 + 1.5 * (y[foot] / height - 0.3) + rng.normal(0, 0.3)
+    # The skin's temperature varies between views (ambient, time since the dressing came off).
+    skin = rng.normal(0, FAINT_SKIN_C if faint else 0.3)
+    temperature[foot] = 30.0 + 1.5 * (y[foot] / height - 0.3) + skin
     level = inflammation(image_signal)
     # The camera's distance varies between views: the wound's size in pixels with it.
-    radius = (9.0 + 6.0 * level) * rng.uniform(0.8, 1.3)
+    radius = (12.0 if faint else 9.0 + 6.0 * level) * rng.uniform(0.8, 1.3)
     reach = 1.8 * radius
     wx = cx + rng.uniform(-0.18, 0.18) * width
     wy = cy + rng.uniform(-0.3, 0.3) * height
@@ -180,9 +200,14 @@ def thermal_frame(image_signal: float, rng: np.random.Generator, size=FRAME_SIZE
     distance = np.sqrt((x - wx) ** 2 + (y - wy) ** 2)
     wound = distance <= radius
     ring = (distance > radius) & (distance <= reach)
-    contrast = 0.5 + 3.5 * level
-    temperature[wound] += contrast + rng.normal(0, 0.2 + 0.8 * level, wound.sum())
-    temperature[ring] += 0.5 * contrast * level
+    if faint:
+        core = FAINT_CORE_C[0] + FAINT_CORE_C[1] * level + rng.normal(0, FAINT_VIEW_NOISE_C)
+        temperature[wound] += core + rng.normal(0, 0.5, wound.sum())
+        temperature[ring] += 0.5
+    else:
+        contrast = 0.5 + 3.5 * level
+        temperature[wound] += contrast + rng.normal(0, 0.2 + 0.8 * level, wound.sum())
+        temperature[ring] += 0.5 * contrast * level
     temperature += rng.normal(0, 0.35, (height, width))
     low, high = TEMPERATURE_RANGE_C
     scaled = np.clip((temperature - low) / (high - low), 0.0, 1.0)
@@ -198,13 +223,16 @@ def thermal_frame(image_signal: float, rng: np.random.Generator, size=FRAME_SIZE
     return rgb, tuple(round(float(v), 1) for v in box)
 
 
-def write_thermal_views(folder: Path, table: pd.DataFrame, visits: pd.DataFrame, seed: int):
+def write_thermal_views(
+    folder: Path, table: pd.DataFrame, visits: pd.DataFrame, seed: int, signal: str = "default"
+):
     """Write the thermal frames and their image table; return the table.
 
     Each visit has 2 to 5 views (angles), each a frame of its own with the wound's box; a few
     visits have none, and a few image rows belong to visits the samples table does not have
     (a visit after the patient's last), as in a study's exports. The table's visit numbers are
     zero-padded text (``03``) where the samples table has numbers: they still match.
+    ``signal`` is how strongly the views show the phase (:data:`THERMAL_SIGNALS`).
     """
     rng = np.random.default_rng([seed, 3])
     (folder / MODALITY_FOLDERS["thermal_map"]).mkdir(parents=True, exist_ok=True)
@@ -220,11 +248,11 @@ def write_thermal_views(folder: Path, table: pd.DataFrame, visits: pd.DataFrame,
             orphans["patient_index"], orphans["visit_number"], orphans["image_signal"], strict=True
         )
     ]
-    for patient, visit, signal in owners:
+    for patient, visit, phase in owners:
         if rng.random() < MISSING_THERMAL_SHARE:
             continue
         for angle in ANGLES[: rng.integers(2, 6)]:
-            frame, box = thermal_frame(signal + VIEW_NOISE * rng.normal(), rng)
+            frame, box = thermal_frame(phase + VIEW_NOISE * rng.normal(), rng, signal=signal)
             relative = f"{MODALITY_FOLDERS['thermal_map']}/{patient}_V{visit}_{angle}.jpg"
             Image.fromarray(frame).save(folder / relative, quality=92)
             rows.append((patient, f"{visit:02d}", angle, relative, *box))
@@ -320,19 +348,24 @@ def write_images(folder: Path, visits: pd.DataFrame, seed: int) -> pd.DataFrame:
     return paths
 
 
-def write_demo(table_path: Path, patients: int, seed: int) -> pd.DataFrame:
+def write_demo(
+    table_path: Path, patients: int, seed: int, thermal_signal: str = "default"
+) -> pd.DataFrame:
     """Write the demo samples table, its thermal image table and every image; return the
     samples table.
 
     Image paths are relative to the table's folder, which is the default ``image_dir``; the
     thermal image table (:data:`THERMAL_TABLE`) sits beside the samples table. The images are
     written before the tables so a table never names an image that is not there yet.
+    ``thermal_signal`` (``default`` or ``faint``, :data:`THERMAL_SIGNALS`) is how strongly the
+    thermal views show the healing phase; the table, depth maps and photographs are the same
+    either way.
     """
     rng = np.random.default_rng(seed)
     visits = simulate_visits(patients, rng)
     table = metadata_table(visits, rng)
     table_path = Path(table_path)
-    thermal = write_thermal_views(table_path.parent, table, visits, seed)
+    thermal = write_thermal_views(table_path.parent, table, visits, seed, thermal_signal)
     others = write_images(table_path.parent, visits.assign(sample_id=table["sample_id"]), seed)
     table.insert(3, "depth_map", others["depth_map"])
     table.insert(4, "wound_photo", others["wound_photo"])

@@ -84,29 +84,46 @@ def plot_confusion_matrices(pooled: dict, classes: list):
     return fig
 
 
-def plot_learning_curves(histories: dict, modality: str):
+def learning_label(repeat: int, fold: int, history: pd.DataFrame, metrics: dict) -> str:
+    """A fold's legend entry: which fold, the epoch whose weights were kept, how many epochs it
+    trained, and whether its branch learned nothing (the image stage's verdict)."""
+    label = f"repeat {repeat}, fold {fold}: best {metrics['best_epoch']} of {len(history)}"
+    return label if metrics["learned"] else f"{label}, learned nothing"
+
+
+def plot_learning_curves(histories: dict, metrics: dict, modality: str, warmup: int):
     """Loss and kappa per epoch for each (repeat, fold): training rows (dashed) and the inner
-    early-stopping rows (solid)."""
+    early-stopping rows (solid); each curve ends where its fold stopped.
+
+    Why the marks: a branch that learned nothing shows as a best epoch at or before the
+    warm-up's end (the grey dotted line at ``warmup``, ``image_model.warmup_epochs``) or the
+    first; each fold's kept epoch (``metrics``: its image stage's ``best_epoch``, not the
+    lowest loss, which may fall inside the warm-up) is a dot on both panels, and the legend
+    gives it, the epochs trained and the stage's verdict (:func:`learning_label`).
+    """
     plt = figure_style()
     fig, (loss_ax, kappa_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, ((repeat, fold), history) in enumerate(sorted(histories.items())):
         colour = colours[index % len(colours)]
         epoch = history["epoch"] + 1
+        record = metrics[(repeat, fold)]
+        label = learning_label(repeat, fold, history, record)
+        best = record["best_epoch"] - 1
         for ax, metric in ((loss_ax, "loss"), (kappa_ax, "kappa")):
             ax.plot(epoch, history[metric], color=colour, linestyle="--", linewidth=1)
-            ax.plot(
-                epoch, history[f"val_{metric}"], color=colour, label=f"repeat {repeat}, fold {fold}"
-            )
-        best = history["val_loss"].idxmin()
-        loss_ax.scatter(epoch[best], history["val_loss"][best], color=colour, zorder=3)
+            ax.plot(epoch, history[f"val_{metric}"], color=colour, label=label)
+            ax.scatter(epoch[best], history[f"val_{metric}"][best], color=colour, zorder=3)
+    for ax in (loss_ax, kappa_ax):
+        if warmup:
+            ax.axvline(warmup, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("Epoch")
     loss_ax.set_ylabel("Cross-entropy loss")
     kappa_ax.set_ylabel("Cohen's kappa")
-    for ax in (loss_ax, kappa_ax):
-        ax.set_xlabel("Epoch")
-    loss_ax.set_title(f"{modality}: loss (dashed: training, solid: inner validation)")
-    kappa_ax.set_title(f"{modality}: kappa")
-    kappa_ax.legend(frameon=False)
+    warm_up = f"; dotted: warm-up end (epoch {warmup})" if warmup else ""
+    loss_ax.set_title(f"{modality}: loss (dashed: training, solid: inner validation)", fontsize=9)
+    kappa_ax.set_title(f"{modality}: kappa (dots: kept epoch{warm_up})", fontsize=9)
+    kappa_ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -42,10 +42,12 @@ from fusion_dag.branch import (
     configure_tensorflow,
     copy_head,
     feature_head,
+    fit_standardization,
     load_backbone_weights,
     set_fine_tuning,
 )
 from fusion_dag.checkpoint import save_branch_weights
+from fusion_dag.evaluate import kappa
 from fusion_dag.features import (
     FeatureCache,
     check_backbone,
@@ -271,9 +273,18 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
     the image stage's phases and the ablation, so the strategies differ only in what they
     train, not how. Returns (Keras history, the 1-based epoch whose weights were restored, as
     ``EarlyStopping`` recorded it)."""
+    warmup = settings.get("warmup_epochs", 0)
     stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=settings["patience"], restore_best_weights=True
+        monitor="val_loss",
+        patience=settings["patience"],
+        restore_best_weights=True,
+        start_from_epoch=warmup,
     )
+    if settings.get("reduce_lr_patience", 0):
+        reduce = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=settings["reduce_lr_patience"]
+        )
+        callbacks = (*callbacks, reduce)
     common = {
         "validation_data": stop,
         "epochs": settings["epochs"],
@@ -293,6 +304,9 @@ def fit_with_early_stopping(model, fit, stop: tuple, settings: dict, *callbacks)
             shuffle=True,
             **common,
         )
+    if stopping.best_weights is None:
+        # Training ended within the warm-up: no epoch was compared, the last one stays.
+        return history, len(history.epoch)
     return history, stopping.best_epoch + 1
 
 
@@ -509,12 +523,15 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     epoch; a fine-tuning phase that does not improve on the head phase's best loss gives the
     head phase's weights back (:func:`keep_best_phase`). The weights are written, keyed by
     layer name, once training has finished, and ``history.tsv`` holds every epoch with its
-    ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases,
-    ``fit_images_per_second``, ``phases``: each phase's epochs and best epoch).
+    ``phase`` (1, 2). Returns (model, ``best_epoch`` counted over all phases, ``best_phase``
+    (whose weights were kept), ``fit_images_per_second``, ``phases``: each phase's epochs and
+    best epoch).
     """
     views = early_stopping_views(task)
     pixels = pixel_loader(task, views)
     model = initial_branch(task)
+    if f"{task.modality}_standardize" in {layer.name for layer in model.layers}:
+        fit_standardization(model, task.modality, pixels()[0][0])
     started = time.perf_counter()
     kept, phases, frames = train_phases(model, task, views, pixels)
     seconds = time.perf_counter() - started
@@ -526,6 +543,7 @@ def train_branch(task: BranchFold, checkpoint_path: Path, history_path: Path):
     write_history(frames, history_path)
     return model, {
         "best_epoch": kept["epoch"],
+        "best_phase": kept["phase"],
         "fit_images_per_second": images_per_second,
         "phases": phases,
     }
@@ -557,21 +575,73 @@ def branch_probabilities(model, task: BranchFold) -> tuple[pd.DataFrame, pd.Data
     return visits, view_probs
 
 
-def warn_if_collapsed(probs: pd.DataFrame, classes: list, best_epoch: int, modality: str):
-    """Log a warning when the branch predicts one class for every training row.
+# A training kappa below this says the branch fits the visits it was trained on no better than
+# chance. Why 0.05: under chance agreement kappa's sampling standard error on n visits with
+# three near-balanced phases is about 0.7 / sqrt(n), 0.03 to 0.05 for the 200 to 600 training
+# visits of a fold of the demo or the study, so a lower kappa is within about one standard
+# error of none; a branch that learned anything fits its own training visits above it (the
+# faint demo's weakest learned fold, bench/plateau.py: 0.145). It is lower than the 0.1
+# bench/plateau.py uses to call a plateau left, so a weak but real branch is not flagged.
+LEARNED_KAPPA = 0.05
 
-    A small network can stop at its first plateau (best epoch 1, the class prior), which no
-    error catches: its kappa is 0 and fusion then only shifts the forest's probabilities.
+
+def not_learned_reasons(
+    best_epoch: int, warmup_epochs: int, train_kappa: float, predicted: dict
+) -> list:
+    """Why a trained branch learned nothing from its images; empty when it did.
+
+    ``best_epoch`` is the kept phase's own best epoch, ``warmup_epochs`` the setting,
+    ``train_kappa`` the kappa of the branch's training visits, ``predicted`` split -> the class
+    predicted for each of that split's visits. Any of these says the branch did not learn:
+    its weights were never better than after the first epoch or the warm-up (early stopping
+    never found an improvement: the first plateau, or training ended inside the warm-up), it
+    fits its training visits at chance level (:data:`LEARNED_KAPPA`), or it predicts one class
+    for every visit of a split (the class prior). No error catches such a branch, and fused
+    it only shifts the other members' probabilities: a contrast with it does not measure what
+    the images carry.
     """
-    train = probs[probs["split"] == "train"]
-    predicted = train[prob_columns(classes)].to_numpy().argmax(axis=1)
-    if len(train) and len(np.unique(predicted)) == 1:
+    reasons = []
+    if best_epoch <= max(warmup_epochs, 1):
+        reasons.append(
+            f"best epoch {best_epoch}, at or before the warm-up's end (warmup_epochs "
+            f"{warmup_epochs}) or the first epoch"
+        )
+    if train_kappa < LEARNED_KAPPA:
+        reasons.append(f"training kappa {train_kappa:.3f} < {LEARNED_KAPPA}")
+    for split, classes in predicted.items():
+        if len(classes) and len(set(classes)) == 1:
+            reasons.append(f"class {classes[0]} predicted for every {split} visit")
+    return reasons
+
+
+def learning_verdict(task: BranchFold, probs: pd.DataFrame, fit: dict) -> dict:
+    """``learned`` and ``not_learned_reasons`` (:func:`not_learned_reasons`) of the trained
+    branch, from its visit probabilities ``probs`` and its training record ``fit``."""
+    table = probs.merge(task.rows()[[ID, LABEL]], on=ID, validate="one_to_one")
+    indices = table[prob_columns(task.classes)].to_numpy().argmax(axis=1)
+    truth = label_indices(table[LABEL], task.classes)
+    train = (table["split"] == "train").to_numpy()
+    train_kappa = kappa(truth[train], indices[train], len(task.classes))
+    predicted = np.asarray(task.classes)[indices]
+    by_split = {
+        split: list(predicted[(table["split"] == split).to_numpy()]) for split in ("train", "val")
+    }
+    phase = fit["phases"][fit["best_phase"] - 1]
+    reasons = not_learned_reasons(
+        phase["best_epoch"], task.settings.get("warmup_epochs", 0), train_kappa, by_split
+    )
+    return {"learned": not reasons, "not_learned_reasons": reasons}
+
+
+def warn_if_not_learned(verdict: dict, modality: str, place: str) -> None:
+    """Log a WARNING naming the branch and its partition when it learned nothing, and why."""
+    if not verdict["learned"]:
         log.warning(
-            "%s branch predicts class %s for every training row (best epoch %d): it has not "
-            "learned from the images; raise modalities.%s.patience or epochs, or check the images",
+            "%s branch (%s) learned nothing from its images: %s; its contrasts do not measure "
+            "what the images carry (raise modalities.%s.epochs or patience, or check the images)",
             modality,
-            classes[predicted[0]],
-            best_epoch,
+            place,
+            "; ".join(verdict["not_learned_reasons"]),
             modality,
         )
 
@@ -593,13 +663,17 @@ def log_feature_source(task: BranchFold) -> None:
         log.info("No feature cache for %s: %s; the branch trains on pixels", task.modality, reason)
 
 
-def train_stage(task: BranchFold, checkpoint_path: Path, history_path: Path, threads: int):
-    """An image job, fold or final: configure TensorFlow, train the branch alone, predict every
-    view; return (model, visit probabilities, view probabilities, the job's record: best epoch,
-    training throughput and how TensorFlow ran)."""
+def train_stage(
+    task: BranchFold, checkpoint_path: Path, history_path: Path, threads: int, place: str
+):
+    """An image job, fold or final (``place``: ``repeat 1, fold 2`` or ``final``, for the log):
+    configure TensorFlow, train the branch alone, predict every view; return (model, visit
+    probabilities, view probabilities, the job's record: best epoch, whether the branch learned
+    (:func:`learning_verdict`), training throughput and how TensorFlow ran)."""
     runtime = configure_tensorflow(task.settings["intra_op_threads"], threads, task.seed)
     log_feature_source(task)
     model, fit = train_branch(task, checkpoint_path, history_path)
     probs, view_probs = branch_probabilities(model, task)
-    warn_if_collapsed(probs, task.classes, fit["best_epoch"], task.modality)
-    return model, probs, view_probs, {**fit, "runtime": {"threads": threads, **runtime}}
+    verdict = learning_verdict(task, probs, fit)
+    warn_if_not_learned(verdict, task.modality, place)
+    return model, probs, view_probs, {**fit, **verdict, "runtime": {"threads": threads, **runtime}}

@@ -13,8 +13,13 @@ from fusion_dag.config import modality_column, modality_settings
 from fusion_dag.features import FLIP_ONLY, flips, no_cache_reason
 from fusion_dag.weights import METADATA
 
-# The settings a branch is rebuilt from in fusion (size and channels come from the cache).
-BRANCH_KEYS = ["backbone", "augmentation", "mixed_precision"]
+# The settings a branch is rebuilt from in fusion (size and channels come from the cache):
+# its architecture, and so its layers, whose names the checkpoint is loaded by. ``standardize``
+# and ``batch_norm`` add small_cnn layers; absent from a config, the branch is built without
+# them (fusion_dag.branch.BRANCH_DEFAULTS), as the image stage built it. Training-only settings
+# (epochs, patience, warmup_epochs, reduce_lr_patience, ...) are not here: changing one re-runs
+# the image stage, and through its checkpoint the fusion, but is not a fusion param.
+BRANCH_KEYS = ["backbone", "augmentation", "mixed_precision", "standardize", "batch_norm"]
 
 
 def partitions(config: dict) -> list:
@@ -129,6 +134,13 @@ def weight_settings(config: dict, members: list) -> dict:
     return {}
 
 
+def branch_settings(config: dict, modality: str) -> dict:
+    """The modality's :data:`BRANCH_KEYS` that its config sets: what fusion rebuilds the
+    branch from, layer for layer, before loading the image stage's checkpoint into it."""
+    settings = modality_settings(config, modality)
+    return {key: settings[key] for key in BRANCH_KEYS if key in settings}
+
+
 def fusion_settings(config: dict, members: list, seed: int) -> dict:
     """Only the settings a combination's fusion uses, so that changing one re-runs only the
     fusion jobs it affects: the member weights, each image member's branch architecture
@@ -139,10 +151,7 @@ def fusion_settings(config: dict, members: list, seed: int) -> dict:
     settings = {"weights": weight_settings(config, members)}
     images = [member for member in members if member != METADATA]
     if images:
-        settings["branches"] = {
-            image: {key: modality_settings(config, image)[key] for key in BRANCH_KEYS}
-            for image in images
-        }
+        settings["branches"] = {image: branch_settings(config, image) for image in images}
     if len(members) > 1 and images:
         settings["batch_size"] = config["image_model"]["batch_size"]
         settings["intra_op_threads"] = config["image_model"]["intra_op_threads"]
@@ -231,6 +240,24 @@ def member_records(config: dict, members) -> list:
             "probs": member_stage_probs(member, repeat, fold),
         }
         for member in sorted(members)
+        for repeat, fold in partitions(config)
+    ]
+
+
+def image_stage_records(config: dict, combinations: dict) -> list:
+    """Each fold's image stage metrics of every image member of ``combinations``: ``member``,
+    ``repeat``, ``fold`` and its ``metrics.json``, which says whether the branch learned
+    (:func:`fusion_dag.image.learning_verdict`); aggregate_results counts from them the folds
+    in which a combination's branch learned nothing."""
+    images = {m for members in combinations.values() for m in members if m != METADATA}
+    return [
+        {
+            "member": member,
+            "repeat": repeat,
+            "fold": fold,
+            "metrics": f"results/image/{member}/repeat{repeat}/fold{fold}/metrics.json",
+        }
+        for member in sorted(images)
         for repeat, fold in partitions(config)
     ]
 

@@ -25,7 +25,7 @@ from fusion_dag.inference import (
     interval,
     verdicts,
 )
-from fusion_dag.weights import fuse_rows
+from fusion_dag.weights import METADATA, fuse_rows
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,27 @@ def per_fold_table(records: list) -> pd.DataFrame:
     return table.sort_values(order, kind="stable").reset_index(drop=True)
 
 
+def with_branches_learned(
+    per_fold: pd.DataFrame, combinations: dict, learning: pd.DataFrame
+) -> pd.DataFrame:
+    """``per_fold`` with ``branches_learned``: whether every image branch of the fold's
+    combination learned from its images in that (repeat, fold), as its image stage judged it
+    (``learning``: ``member``, ``repeat``, ``fold``, ``learned``; see
+    :func:`fusion_dag.image.not_learned_reasons`). True for metadata alone.
+
+    Why per fold: a fusion whose branch learned nothing in a fold fuses only the forest there,
+    so its contrast with the forest measures the weights, not the images."""
+    failed = learning[~learning["learned"].astype(bool)]
+    missed = set(failed[["member", "repeat", "fold"]].itertuples(index=False, name=None))
+    learned = [
+        not any((member, repeat, fold) in missed for member in combinations[name])
+        for name, repeat, fold in zip(
+            per_fold["combination"], per_fold["repeat"], per_fold["fold"], strict=True
+        )
+    ]
+    return per_fold.assign(branches_learned=learned)
+
+
 def headline_table(
     per_fold: pd.DataFrame,
     oofs: dict,
@@ -73,7 +94,9 @@ def headline_table(
     values around that mean, ``kappa_boot_`` the patient bootstrap of the pooled predictions
     (fitted models held fixed). ``kappa_std`` is the spread over all folds of all repeats; train
     and fit kappa are means over the fusion jobs' folds (complete rows only), and
-    ``gap_mean`` is train kappa minus the pooled validation kappa.
+    ``gap_mean`` is train kappa minus the pooled validation kappa. ``folds_not_learned`` counts
+    the (repeat, fold) whose image branches did not all learn (``per_fold``'s
+    ``branches_learned``, :func:`with_branches_learned`), on both rows of a combination.
     """
     rows = []
     scored = [(name, COMPLETE, oof) for name, oof in oofs.items()]
@@ -96,6 +119,7 @@ def headline_table(
         row["train_kappa_mean"] = folds["train_kappa"].mean() if complete else np.nan
         row["gap_mean"] = row["train_kappa_mean"] - row["kappa_mean"]
         row["fit_kappa_mean"] = folds["fit_kappa"].mean() if complete else np.nan
+        row["folds_not_learned"] = int((~folds["branches_learned"].astype(bool)).sum())
         predicted = np.concatenate(
             [probs.argmax(axis=1) for _, _, probs in repeat_arrays(oof, classes)]
         )
@@ -528,6 +552,11 @@ def legend(confidence: float) -> dict:
         f"probabilities. {MISSING} on `all` rows.",
         "gap": "train_kappa minus kappa: how much better training visits are scored than "
         f"held-out ones (overfitting shows as a large gap). {MISSING} on `all` rows.",
+        "folds_not_learned": "the number of folds (of all repeats) in which an image branch of "
+        "the combination learned nothing from its images (its best epoch at or before the "
+        "warm-up's end or the first, a training kappa at chance level, or one phase predicted "
+        "for every training or validation visit; the image stage's metrics.json says which and "
+        "why); 0 for metadata alone. In such a fold the fusion only reweighs its other members.",
         f"kappa_diff ({ci} CI)": "the combination's kappa minus the primary's on the visits "
         "both scored: the mean of the paired per-fold differences over repeats x folds, with "
         f"the {ci} interval of the corrected resampled t-test (K - 1 degrees of freedom for K "
@@ -553,9 +582,35 @@ def spoken_list(names: list) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def contrast_sentence(row, confidence: float) -> str:
+def not_learned_sentence(combination: str, not_learned: int, folds: int) -> str:
+    """What a contrast cannot say when the combination's image branches learned nothing in
+    ``not_learned`` of its ``folds`` folds (empty when they always learned)."""
+    if not not_learned:
+        return ""
+    images = [member for member in combination.split("+") if member != METADATA]
+    subject = (
+        f"{images[0]}'s branch"
+        if len(images) == 1
+        else f"An image branch ({', '.join(images[:-1])} or {images[-1]})"
+    )
+    return (
+        f"{subject} learned nothing in {not_learned} of {folds} folds: this contrast does not "
+        "measure what the images carry."
+    )
+
+
+def contrast_sentence(row, confidence: float, learning: tuple) -> str:
     """One plain sentence for one primary contrast (a row of the comparisons table): what the
-    fusion changes, by how much, how sure the design is, on which visits."""
+    fusion changes, by how much, how sure the design is, on which visits; then, when
+    ``learning`` (folds whose branches learned nothing, folds) says so, that the contrast does
+    not measure the images (:func:`not_learned_sentence`)."""
+    sentence = contrast_verdict(row, confidence)
+    note = not_learned_sentence(row.combination, *learning)
+    return f"{sentence} {note}" if note else sentence
+
+
+def contrast_verdict(row, confidence: float) -> str:
+    """:func:`contrast_sentence`'s sentence of the difference itself."""
     members, reference = row.combination.split("+"), row.versus.split("+")
     added = [m for m in members if m not in reference]
     if len(added) + len(reference) == len(members):
@@ -587,7 +642,17 @@ def primary_contrasts(comparisons: pd.DataFrame) -> pd.DataFrame:
     return comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
 
 
-def contrast_sentences(comparisons: pd.DataFrame, primary: str, confidence: float) -> list:
+def fold_learning(headline: pd.DataFrame) -> dict:
+    """Combination -> (``folds_not_learned``, its folds over all repeats), from the headline."""
+    return {
+        row.combination: (int(row.folds_not_learned), int(row.n_folds * row.n_repeats))
+        for row in headline.itertuples(index=False)
+    }
+
+
+def contrast_sentences(
+    comparisons: pd.DataFrame, headline: pd.DataFrame, primary: str, confidence: float
+) -> list:
     """:func:`contrast_sentence` of every primary contrast, or why there is none."""
     rows = primary_contrasts(comparisons)
     if rows.empty:
@@ -595,7 +660,11 @@ def contrast_sentences(comparisons: pd.DataFrame, primary: str, confidence: floa
             f"No primary contrast: no fusion was compared with {primary} (it was not run, or "
             "no combination fuses several inputs)."
         ]
-    return [contrast_sentence(row, confidence) for row in rows.itertuples(index=False)]
+    learning = fold_learning(headline)
+    return [
+        contrast_sentence(row, confidence, learning[row.combination])
+        for row in rows.itertuples(index=False)
+    ]
 
 
 def markdown_list(items: list) -> list:
@@ -611,13 +680,20 @@ def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, evaluati
     contrast, then the tables, then what every column shown means.
 
     Combinations are named by short labels in the tables (and in full in a table of their
-    own), so the tables stay within LINE_WIDTH with the demo's four-input names; the TSVs keep
-    every column.
+    own, beside how many folds their image branches learned nothing in), so the tables stay
+    within LINE_WIDTH with the demo's four-input names; the TSVs keep every column.
     """
     primary, confidence = evaluation["primary"], evaluation["confidence"]
     names = list(dict.fromkeys(headline["combination"]))
     labels = {name: f"C{index}" for index, name in enumerate(names, start=1)}
-    key = pd.DataFrame({"#": list(labels.values()), "combination": names})
+    not_learned = headline.drop_duplicates("combination").set_index("combination")
+    key = pd.DataFrame(
+        {
+            "#": list(labels.values()),
+            "combination": names,
+            "folds_not_learned": not_learned.loc[names, "folds_not_learned"].to_numpy(),
+        }
+    )
     ci = level(confidence)
     tables = [("Combinations", key)]
     contrasts = primary_contrasts(comparisons)
@@ -637,7 +713,7 @@ def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, evaluati
         other[column] = headline[f"{metric}_mean"]
     tables.append(("Headline: ranking, calibration and overfitting", other))
     lines = [f"# Does each fusion add to {primary}?", ""]
-    lines += [*markdown_list(contrast_sentences(comparisons, primary, confidence)), ""]
+    lines += [*markdown_list(contrast_sentences(comparisons, headline, primary, confidence)), ""]
     for title, table in tables:
         lines += [f"## {title}", "", readable_table(table), ""]
     definitions = legend(confidence)
@@ -683,7 +759,8 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
     """
     primary, ci = run["primary"], level(confidence)
     images = ", ".join(run["modalities"]) or "none"
-    lines = [f"- {sentence}" for sentence in contrast_sentences(comparisons, primary, confidence)]
+    sentences = contrast_sentences(comparisons, headline, primary, confidence)
+    lines = [f"- {sentence}" for sentence in sentences]
     lines += [
         "",
         f"fusion-dag classifies wound healing phases ({' < '.join(run['classes'])}) by fusing a "
@@ -734,6 +811,11 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
         )
         if not pd.isna(row.gap_mean):
             extra += f", train - validation gap {number(row.gap_mean)}"
+        if row.folds_not_learned:
+            extra += (
+                f", an image branch learned nothing in {row.folds_not_learned} of "
+                f"{row.n_folds * row.n_repeats} folds"
+            )
         lines.append(f"- **{row.combination}** ({visits}): {metrics}; {extra}")
     lines += [
         "",
@@ -756,6 +838,7 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
         "ECE": "ece",
         "train - validation gap": "gap",
         "train kappa": "train_kappa",
+        "learned nothing": "folds_not_learned",
         "p": "p_value",
         "Holm p": "p_holm",
         "better, worse, inconclusive": "verdict",
