@@ -39,6 +39,8 @@ IMAGE_SETTINGS = {
     "batch_size": 32,
     "learning_rate": 0.001,
     "patience": 2,
+    # One warm-up epoch: early stopping still judges epochs 2 and 3 of the tiny runs.
+    "warmup_epochs": 1,
     "validation_fraction": 0.2,
     "intra_op_threads": 1,
 }

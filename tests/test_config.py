@@ -131,6 +131,10 @@ def test_only_modalities_a_combination_uses_are_in_use(config):
             "absent.weights.h5 is not a file",
         ),
         ({"backbone": "EfficientNetB0", "size": 24}, "24 px is below the 32 px"),
+        (
+            {"epochs": 5, "warmup_epochs": 5},
+            "'modalities.thermal_map.warmup_epochs': 5 warm-up epochs leave none of the 5",
+        ),
     ],
 )
 def test_image_settings_the_schema_cannot_check_name_the_key(config, override, message):

@@ -268,6 +268,15 @@ def check_image_settings(config: dict, modalities) -> None:
                 f"{list(value_range)} has low >= high; give [low, high] with low < high in "
                 "the images' raw units"
             )
+        warmup = settings.get("warmup_epochs", 0)
+        if warmup >= settings["epochs"]:
+            # Early stopping would never compare an epoch, and every fold would be reported as
+            # a branch that learned nothing (image.not_learned_reasons).
+            raise ConfigError(
+                f"Invalid config key '{setting_key(config, name, 'warmup_epochs')}': {warmup} "
+                f"warm-up epochs leave none of the {settings['epochs']} epochs for early "
+                "stopping to judge; lower it or raise epochs"
+            )
         if settings["size"] < 32 and settings["backbone"] != SMALL_CNN:
             raise ConfigError(
                 f"Invalid config key '{setting_key(config, name, 'size')}': {settings['size']} "
