@@ -13,9 +13,10 @@ from sklearn.metrics import cohen_kappa_score
 
 from fusion_dag.branch import configure_tensorflow
 from fusion_dag.cache import build_cache, load_cache
+from fusion_dag.checkpoint import checkpoint_sidecar
 from fusion_dag.demo import THERMAL_TABLE, write_demo
 from fusion_dag.folds import assign_folds
-from fusion_dag.image import BranchFold, train_branch
+from fusion_dag.image import BranchFold, branch_probabilities, train_branch
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.views import BOX, VIEW_COLUMNS, with_crops
 
@@ -260,3 +261,15 @@ def fold_kappas(oof):
         kappas.append(cohen_kappa_score(rows["label"].map(CLASSES.index), predicted))
         shares.append(len(rows) / ((oof["repeat"] == repeat).sum() - len(rows)))
     return np.array(kappas), np.mean(shares)
+
+
+@pytest.fixture(scope="session")
+def pretrained(cached, tmp_path_factory):
+    """A thermal branch trained for two epochs on fold 1, shared by the fusion and checkpoint
+    tests: its checkpoint, visit probabilities, sidecar, model and per-view probabilities."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    model = train_tiny_branch(cached, folder, epochs=2)
+    probs, view_probs = branch_probabilities(model, branch_fold(cached))
+    checkpoint = folder / "checkpoint.weights.h5"
+    manifest = checkpoint_sidecar(model, "thermal_map", "small_cnn", (1, 1), CLASSES, checkpoint)
+    return checkpoint, probs, manifest, model, view_probs
