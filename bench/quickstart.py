@@ -7,15 +7,14 @@
 Each figure this script measures lives in one place, between markers in the docs
 (``<!-- measured: NAME -->...<!-- /measured -->``, invisible when rendered) that only this script
 rewrites; the demo's tables in docs/evaluation.md are the run's own ``fusion_results.md``. The
-copy holds the tracked files only, as a clone would, so nothing from this checkout's
-``results/`` or caches leaks into the timing.
+copy is a clone of the committed state, so nothing from this checkout's ``results/``,
+caches or uncommitted edits leaks into the timing.
 """
 
 import argparse
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,10 @@ TINY = ["--config", "combinations=[[metadata]]", "cv={folds: 2, repeats: 1, seed
 
 
 def fresh_copy(root: Path) -> Path:
-    """The repository's tracked files in ``root``, as a fresh clone has them."""
+    """A clone of the repository's committed state in ``root``, as a newcomer starts from
+    (the tests read the clone's own ``git ls-files``)."""
     folder = root / "fusion-dag"
-    listed = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    for name in listed:
-        if (REPO / name).is_file():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, folder / name)
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(folder)], check=True)
     return folder
 
 
@@ -50,7 +44,8 @@ def timed(command: list, folder: Path) -> tuple[float, float, str]:
     seconds = time.perf_counter() - start
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed in {folder}:\n{output[-3000:]}")
+        failures = "\n".join(re.findall(r"^(?:FAILED|ERROR) .*$", output, re.M)[:20])
+        raise SystemExit(f"{' '.join(command)} failed in {folder}:\n{failures}\n{output[-3000:]}")
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # kB on Linux
     return seconds, peak_gb, output
 
