@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import machine, markdown_table, replace_section, snakemake  # noqa: E402
+from run import machine, markdown_table, snakemake, write_section  # noqa: E402
 
 TINY = {
     "demo": {"patients": 40, "seed": 7},
@@ -147,10 +147,7 @@ def main() -> None:
     section = report(figures, arguments.tiny)
     print(section)
     if not arguments.tiny:
-        results = REPO / "bench" / "RESULTS.md"
-        results.write_text(
-            replace_section(results.read_text(), "## Crops vs whole frames", section)
-        )
+        write_section("## Crops vs whole frames", section)
     print(f"Work folder: {workdir}")
 
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from run import machine, markdown_table, replace_section  # noqa: E402
+from run import machine, markdown_table, write_section  # noqa: E402
 
 CLASSES = ["I", "P", "R"]
 COLUMNS = {"id": "sample_id", "group": "patient_id", "label": "label", "exclude": []}
@@ -300,10 +300,7 @@ def main() -> None:
     print(section)
     complete = not arguments.set and arguments.folds == list(range(1, FOLDS + 1))
     if not arguments.tiny and complete:
-        results = REPO / "bench" / "RESULTS.md"
-        results.write_text(
-            replace_section(results.read_text(), "## Plateau: faint thermal views", section)
-        )
+        write_section("## Plateau: faint thermal views", section)
     print(f"Work folder: {workdir}")
 
 
