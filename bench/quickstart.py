@@ -1,7 +1,7 @@
 """The README's two commands as a newcomer runs them, timed in a fresh copy of the repository.
 
-    python bench/quickstart.py            # the quick start; README (wall time), docs/evaluation.md
-    python bench/quickstart.py --suite    # the README's test command; README (wall time)
+    python bench/quickstart.py            # the quick start; docs/benchmarks.md, docs/evaluation.md
+    python bench/quickstart.py --suite    # the README's test command; docs/benchmarks.md
     python bench/quickstart.py --tiny     # metadata alone on 2 folds; writes nothing
 
 Each figure this script measures lives in one place, between markers in the docs
@@ -98,19 +98,19 @@ def quick_start(tiny: bool) -> None:
         print(f"quick start: {measured}")
         if tiny:
             return
-        write("README.md", "quickstart", measured)
+        write("docs/benchmarks.md", "quickstart", measured)
         write("docs/evaluation.md", "demo-results", demo_tables(folder))
 
 
 def suite() -> None:
-    """Run the README's test command in a fresh copy and write its wall time to the README."""
+    """Run the README's test command in a fresh copy and write its wall time to the docs."""
     with tempfile.TemporaryDirectory(prefix="fusion-dag-suite-") as root:
         folder = fresh_copy(Path(root))
         seconds, _, output = timed(TEST_COMMAND, folder)
         passed = int(re.findall(r"(\d+) passed", output)[-1])
         measured = f"{duration(seconds)} on {os.cpu_count()} cores ({passed} tests)"
         print(f"test suite: {measured}")
-        write("README.md", "suite", measured)
+        write("docs/benchmarks.md", "suite", measured)
 
 
 def main() -> None:
