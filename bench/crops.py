@@ -28,7 +28,13 @@ from run import machine, markdown_table, snakemake, write_section  # noqa: E402
 TINY = {
     "demo": {"patients": 40, "seed": 7},
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
-    "image_model": {"size": 24, "epochs": 3, "patience": 2, "intra_op_threads": 1},
+    "image_model": {
+        "size": 24,
+        "epochs": 3,
+        "patience": 2,
+        "warmup_epochs": 1,
+        "intra_op_threads": 1,
+    },
     "evaluation": {"bootstrap": 200},
 }
 # The demo's thermal table as a second modality whose views are the whole frames.

@@ -28,7 +28,13 @@ from run import snakemake  # noqa: E402
 TINY = {
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
     "metadata_model": {"n_estimators": 30},
-    "image_model": {"size": 24, "epochs": 3, "patience": 2, "intra_op_threads": 1},
+    "image_model": {
+        "size": 24,
+        "epochs": 3,
+        "patience": 2,
+        "warmup_epochs": 1,
+        "intra_op_threads": 1,
+    },
     "evaluation": {"bootstrap": 200},
 }
 

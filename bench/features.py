@@ -72,7 +72,7 @@ STUDY = {"demo": {"patients": 268}}
 TINY = {
     "demo": {"patients": 40, "seed": 7},
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
-    "image_model": {"epochs": 3, "patience": 2, "intra_op_threads": 1},
+    "image_model": {"epochs": 3, "patience": 2, "warmup_epochs": 1, "intra_op_threads": 1},
     "evaluation": {"bootstrap": 200},
     "combinations": TINY_COMBINATIONS,
 }

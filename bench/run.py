@@ -465,7 +465,7 @@ def demo_settings(config: dict, tiny: bool, repeats: int) -> tuple[list, int]:
         return [1, 2, 4], repeats
     config["demo"]["patients"] = 40
     config["metadata_model"]["n_estimators"] = 30
-    config["image_model"].update({"size": 24, "epochs": 2})
+    config["image_model"].update({"size": 24, "epochs": 2, "warmup_epochs": 1})
     config["cv"]["repeats"] = 1
     return [1], 1
 
