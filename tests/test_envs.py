@@ -43,6 +43,7 @@ PROVIDERS = {
     "numpy": "numpy",
     "pandas": "pandas",
     "sklearn": "scikit-learn",
+    "joblib": "joblib",
     "skops": "skops",
     "keras": "keras",
     "tensorflow": "tensorflow-cpu",

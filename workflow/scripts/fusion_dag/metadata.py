@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import skops.io
+from joblib import parallel_config
 from sklearn.compose import ColumnTransformer, make_column_selector
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -111,19 +112,22 @@ def fold_probabilities(
     y_train = label_indices(train[LABEL], classes)
     # Trees are built in parallel, but probabilities are always summed on one thread: a forest
     # predicting on several threads adds tree votes in a racy order, and the last bits differ
-    # between runs. The inner cross-validation parallelises over folds instead.
+    # between runs. The inner cross-validation parallelises over folds instead, on threads:
+    # the trees are built without Python's lock, and threads start in no time where joblib's
+    # default worker processes each import scikit-learn again (seconds per job on small data).
     pipeline = build_pipeline(settings, seed)
     inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
     log.info("Fold %d: out-of-fold training probabilities, %d inner folds", fold, inner_folds)
-    train_probs = cross_val_predict(
-        pipeline,
-        feature_frame(train),
-        y_train,
-        groups=train[GROUP],
-        cv=inner,
-        method="predict_proba",
-        n_jobs=min(n_jobs, inner_folds),
-    )
+    with parallel_config(backend="threading"):
+        train_probs = cross_val_predict(
+            pipeline,
+            feature_frame(train),
+            y_train,
+            groups=train[GROUP],
+            cv=inner,
+            method="predict_proba",
+            n_jobs=min(n_jobs, inner_folds),
+        )
     log.info("Fold %d: fitting on %d training rows", fold, len(train))
     fit_on(pipeline, train, y_train, n_jobs)
     validation_probs = pipeline.predict_proba(feature_frame(validation))
