@@ -251,10 +251,12 @@ def build_image_branch(
     is information (the wound's core against its rim and the skin around it). On the faint
     thermal views the averaged branch underfit (training kappa about 0.15) where flattening
     the last feature map learned in a few epochs (bench/plateau.py). A keras.applications
-    backbone always averages: its pooled features are what the feature cache holds. The weights are randomly initialised: pretrained backbone
-    weights are loaded by :func:`load_backbone_weights`, a trained branch by the checkpoint
-    loader, the standardisation by :func:`fit_standardization`. ``seed`` seeds the head's
-    dropout (:func:`branch_head`).
+    backbone always averages: its pooled features are what the feature cache holds.
+
+    The weights are randomly initialised: pretrained backbone weights are loaded by
+    :func:`load_backbone_weights`, a trained branch by the checkpoint loader, the
+    standardisation by :func:`fit_standardization`. ``seed`` seeds the head's dropout
+    (:func:`branch_head`).
     """
     settings = {**BRANCH_DEFAULTS, **(settings or {})}
     with dtype_policy(settings["mixed_precision"]):
