@@ -49,7 +49,13 @@ STUDY = {"patients": 270, "seed": 7}
 TINY = {"patients": 40, "seed": 7}
 TINY_SETTINGS = {"size": 24, "epochs": 4, "patience": 2, "warmup_epochs": 2}
 # The training before the plateau fix: the new image_model keys at their old values.
-OLD = {"batch_norm": False, "standardize": False, "reduce_lr_patience": 0, "warmup_epochs": 0}
+OLD = {
+    "batch_norm": False,
+    "standardize": False,
+    "reduce_lr_patience": 0,
+    "warmup_epochs": 0,
+    "pooling": "average",
+}
 CV_SEED = 42
 FOLDS = 3
 TARGET = 0.8

@@ -155,3 +155,23 @@ def test_grad_cam_runs_the_standardisation_as_the_branch_graph_does():
     peak = heat.max(axis=(1, 2), keepdims=True)
     expected = np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0)
     np.testing.assert_allclose(grad_cam(model, pixels, classes, "photo_conv3"), expected, atol=1e-5)
+
+
+def test_a_flattened_small_cnn_tells_where_a_pattern_sits_and_an_averaged_one_does_not():
+    """The same bright square at two places of a crop, 16 px apart (a multiple of the three
+    poolings' stride, so the convolutions see the same pixels): global average pooling gives
+    both crops one output; flattening keeps the position and tells them apart."""
+    crops = np.zeros((2, 48, 48, 3), dtype="uint8")
+    crops[0, 12:20, 12:20] = 255
+    crops[1, 28:36, 28:36] = 255
+    outputs = {}
+    for pooling in ("flatten", "average"):
+        model = build_image_branch("thermal", (48, 48, 3), 3, {"pooling": pooling}, seed=1)
+        outputs[pooling] = model.predict(crops, verbose=0)
+    flat = build_image_branch("thermal", (48, 48, 3), 3, {"pooling": "flatten"})
+    assert flat.get_layer("thermal_flatten").output.shape[-1] == 6 * 6 * 64
+    # A branch built without the key (a checkpoint from before it) averages, as it did.
+    names = [layer.name for layer in build_image_branch("thermal", (48, 48, 3), 3).layers]
+    assert "thermal_gap" in names and "thermal_flatten" not in names
+    np.testing.assert_allclose(outputs["average"][0], outputs["average"][1], atol=1e-6)
+    assert np.abs(outputs["flatten"][0] - outputs["flatten"][1]).max() > 1e-3

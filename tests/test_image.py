@@ -495,11 +495,16 @@ def test_cached_batches_gather_each_batch_in_row_order_and_predict_as_the_full_a
 # patience: the training before the plateau fix stays on its first plateau, the defaults leave
 # it (bench/plateau.py measures both at the study's size).
 FAINT_SETTINGS = {**IMAGE_SETTINGS, "epochs": 20, "batch_size": 64, "patience": 5}
-BEFORE_THE_FIX = {"standardize": False, "batch_norm": False, "reduce_lr_patience": 0}
+BEFORE_THE_FIX = {
+    "standardize": False,
+    "batch_norm": False,
+    "reduce_lr_patience": 0,
+    "pooling": "average",
+}
 # The plateau settings as config/config.yaml ships them: the test follows a change of default.
 NEW_DEFAULTS = {
     key: yaml.safe_load((REPO / "config/config.yaml").read_text())["image_model"][key]
-    for key in ("standardize", "batch_norm", "reduce_lr_patience", "warmup_epochs")
+    for key in ("standardize", "batch_norm", "reduce_lr_patience", "warmup_epochs", "pooling")
 }
 
 

@@ -39,6 +39,7 @@ BRANCH_DEFAULTS = {
     # and bundles still load; the config's image_model sets them (see small_cnn).
     "batch_norm": False,
     "standardize": False,
+    "pooling": "average",
 }
 
 
@@ -242,11 +243,20 @@ def build_image_branch(
     """One modality's branch for images of ``image_shape`` (size, size, channels).
 
     ``settings`` are the modality's image settings (``backbone``, ``augmentation``,
-    ``mixed_precision``, ``backbone_weights``, ``standardize``, ``batch_norm``; absent keys
-    take :data:`BRANCH_DEFAULTS`). The weights are randomly initialised: pretrained backbone
-    weights are loaded by :func:`load_backbone_weights`, a trained branch by the checkpoint
-    loader, the standardisation by :func:`fit_standardization`. ``seed`` seeds the head's
-    dropout (:func:`branch_head`).
+    ``mixed_precision``, ``backbone_weights``, ``standardize``, ``batch_norm``, ``pooling``;
+    absent keys take :data:`BRANCH_DEFAULTS`).
+
+    Why ``pooling: flatten`` for the small CNN: global average pooling makes the branch blind
+    to where in the crop a pattern sits, but a crop is centred on its wound box, so position
+    is information (the wound's core against its rim and the skin around it). On the faint
+    thermal views the averaged branch underfit (training kappa about 0.15) where flattening
+    the last feature map learned in a few epochs (bench/plateau.py). A keras.applications
+    backbone always averages: its pooled features are what the feature cache holds.
+
+    The weights are randomly initialised: pretrained backbone weights are loaded by
+    :func:`load_backbone_weights`, a trained branch by the checkpoint loader, the
+    standardisation by :func:`fit_standardization`. ``seed`` seeds the head's dropout
+    (:func:`branch_head`).
     """
     settings = {**BRANCH_DEFAULTS, **(settings or {})}
     with dtype_policy(settings["mixed_precision"]):
@@ -258,7 +268,10 @@ def build_image_branch(
             x = small_cnn(x, modality, settings["batch_norm"], settings["standardize"])
         else:
             x = pretrained_backbone(x, modality, tuple(image_shape), settings)
-        x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
+        if settings["backbone"] == SMALL_CNN and settings["pooling"] == "flatten":
+            x = layers.Flatten(name=f"{modality}_flatten")(x)
+        else:
+            x = layers.GlobalAveragePooling2D(name=f"{modality}_gap")(x)
         outputs = branch_head(x, modality, n_classes, seed)
     return keras.Model(inputs, outputs, name=f"{modality}_branch")
 

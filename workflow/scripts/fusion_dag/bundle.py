@@ -41,7 +41,7 @@ FOREST = "metadata/model.skops"
 # architecture the checkpoint is loaded into.
 IMAGE_KEYS = ("size", "channels", "value_range", "backbone", "augmentation", "mixed_precision")
 # Architecture keys a branch may lack (built before them): absent, the branch is built without.
-OPTIONAL_IMAGE_KEYS = ("standardize", "batch_norm")
+OPTIONAL_IMAGE_KEYS = ("standardize", "batch_norm", "pooling")
 
 
 class BundleError(InputError):

@@ -15,11 +15,19 @@ from fusion_dag.weights import METADATA
 
 # The settings a branch is rebuilt from in fusion (size and channels come from the cache):
 # its architecture, and so its layers, whose names the checkpoint is loaded by. ``standardize``
-# and ``batch_norm`` add small_cnn layers; absent from a config, the branch is built without
-# them (fusion_dag.branch.BRANCH_DEFAULTS), as the image stage built it. Training-only settings
+# and ``batch_norm`` add small_cnn layers and ``pooling`` chooses its last one; absent from a
+# config, the branch is built as before them (fusion_dag.branch.BRANCH_DEFAULTS), as the image
+# stage built it. Training-only settings
 # (epochs, patience, warmup_epochs, reduce_lr_patience, ...) are not here: changing one re-runs
 # the image stage, and through its checkpoint the fusion, but is not a fusion param.
-BRANCH_KEYS = ["backbone", "augmentation", "mixed_precision", "standardize", "batch_norm"]
+BRANCH_KEYS = [
+    "backbone",
+    "augmentation",
+    "mixed_precision",
+    "standardize",
+    "batch_norm",
+    "pooling",
+]
 
 
 def partitions(config: dict) -> list:
