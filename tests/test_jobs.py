@@ -82,6 +82,7 @@ def config():
             "mixed_precision": False,
             "standardize": True,
             "batch_norm": False,
+            "pooling": "flatten",
             "warmup_epochs": 5,
             "reduce_lr_patience": 3,
         },
@@ -146,6 +147,7 @@ def test_a_fusion_carries_only_the_branch_keys_of_each_image_and_the_inference_s
                 "mixed_precision": False,
                 "standardize": True,
                 "batch_norm": False,
+                "pooling": "flatten",
             },
             "depth": {
                 "backbone": "small_cnn",
@@ -153,6 +155,7 @@ def test_a_fusion_carries_only_the_branch_keys_of_each_image_and_the_inference_s
                 "mixed_precision": False,
                 "standardize": True,
                 "batch_norm": False,
+                "pooling": "flatten",
             },
         },
         "batch_size": 32,
@@ -172,7 +175,7 @@ def test_the_branch_architecture_reaches_fusion_but_training_only_settings_do_no
 
 
 def test_a_config_without_the_new_architecture_keys_rebuilds_the_branch_as_before(config):
-    for key in ("standardize", "batch_norm"):
+    for key in ("standardize", "batch_norm", "pooling"):
         del config["image_model"][key]
     branch = fusion_settings(config, ["metadata", "depth"], 42)["branches"]["depth"]
     assert branch == {"backbone": "small_cnn", "augmentation": FLIP_ONLY, "mixed_precision": False}
