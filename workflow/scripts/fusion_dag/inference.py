@@ -9,7 +9,7 @@ fixed and covers only which patients were sampled. A claim that one combination 
 rests on a t-test of the paired per-fold differences, Holm-adjusted within a pre-specified
 family.
 
-One rule (:data:`RULE`) for every interval and test of a run (headline, contrasts, member
+One rule for every interval and test of a run (headline, contrasts, member
 drop, ablation): Bouckaert and Frank's corrected repeated k-fold cv test (PAKDD 2004, LNCS
 3056:3), Nadeau and Bengio's corrected resampled variance (Machine Learning 52:239, 2003)
 applied to the J = folds x repeats per-fold values with J - 1 degrees of freedom, at
@@ -28,14 +28,6 @@ import pandas as pd
 from fusion_dag.artifacts import ID, LABEL, label_indices, prob_columns
 from fusion_dag.evaluate import repeat_arrays, weighted_metrics
 
-# The run's test rule, as analysis plans and docs name it.
-RULE = {
-    "name": "corrected repeated k-fold cv t-test",
-    "variance": "s^2 (1/J + n_test/n_train) of the J = folds x repeats per-fold values",
-    "df": "J - 1",
-    "alpha": "1 - evaluation.confidence",
-    "references": "Nadeau and Bengio 2003; Bouckaert and Frank 2004",
-}
 # The power at which detectable_gain is stated.
 POWER = 0.80
 # explain.py's member drop still compares its Holm p-values with this (the default
@@ -237,7 +229,7 @@ def compare(
     """Paired comparison of two combinations on the rows both scored.
 
     ``kappa_diff`` is the mean over repeats of (pooled kappa of ``first`` - of ``second``), the
-    headline's difference. The test and its interval are the run's rule (:data:`RULE`) on the
+    headline's difference. The test and its interval are the run's one rule on the
     J per-fold differences: their mean (``kappa_diff_folds``) plus or minus the t quantile
     with J - 1 degrees of freedom times the corrected standard error, at
     ``evaluation.confidence``, so the interval excludes zero exactly when the unadjusted
