@@ -1,6 +1,6 @@
 """Simulations that refit the workflow's forest: size, coverage and power of the run's test rule.
 
-    python bench/intervals.py            # the full run, into bench/RESULTS.md (see its timing)
+    python bench/intervals.py            # the full run (20 min on 2 cores), into bench/RESULTS.md
     python bench/intervals.py --tiny     # about a minute, for CI (nothing is written)
 
 Why: a verdict should call a fusion better about 5 % of the time when it adds nothing, an
@@ -579,12 +579,12 @@ def report(measured: dict, settings: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a minute's run, nothing written")
-    parser.add_argument("--datasets", type=int, default=200)
+    parser.add_argument("--datasets", type=int, default=100)
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patients", type=int, nargs="+", default=PATIENTS)
-    parser.add_argument("--fits", type=int, default=30, help="forests per truth")
-    parser.add_argument("--test-patients", type=int, default=8_000, help="patients per truth")
+    parser.add_argument("--fits", type=int, default=20, help="forests per truth")
+    parser.add_argument("--test-patients", type=int, default=5_000, help="patients per truth")
     arguments = parser.parse_args()
     settings = {
         "datasets": arguments.datasets,
