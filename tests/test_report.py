@@ -195,14 +195,17 @@ def made_up_comparisons() -> pd.DataFrame:
     """Primary contrasts with each verdict (one on all visits), and one secondary contrast."""
     columns = ["combination", "versus", "family", "rows", "n_rows", "kappa_diff_folds"]
     columns += ["kappa_diff_ci_low", "kappa_diff_ci_high", "p_value", "p_holm", "verdict"]
+    columns += ["detectable_gain"]
     big = DEMO[3]
     rows = [
         ["metadata+thermal_map", "metadata", "primary", "complete", 180, 0.04, -0.06, 0.14]
-        + [0.31, 0.62, "inconclusive"],
-        [big, "metadata", "primary", "complete", 150, 0.12, 0.05, 0.19, 0.004, 0.008, "better"],
+        + [0.31, 0.62, "inconclusive", 0.123],
+        [big, "metadata", "primary", "complete", 150, 0.12, 0.05, 0.19, 0.004, 0.008, "better"]
+        + [0.09],
         [big, "metadata", "primary, all visits", "all", 180, -0.09, -0.15, -0.03]
-        + [0.0004, 0.0004, "worse"],
-        [big, "thermal_map", "secondary", "complete", 150, 0.3, 0.2, 0.4, 0.001, 0.003, "better"],
+        + [0.0004, 0.0004, "worse", 0.08],
+        [big, "thermal_map", "secondary", "complete", 150, 0.3, 0.2, 0.4, 0.001, 0.003, "better"]
+        + [0.1],
     ]
     return pd.DataFrame(rows, columns=columns)
 
@@ -214,13 +217,14 @@ def test_the_results_open_with_one_sentence_per_primary_contrast_and_its_numbers
     text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY)
     opening = " ".join(text[: text.index("## Combinations")].split())
     sentences = [
-        "Adding thermal_map to metadata changes kappa by +0.04 (90 % CI -0.06 to +0.14; Holm p = "
-        "0.620) on the 180 visits with every member: not distinguishable from no change at this "
-        "design.",
+        "Adding thermal_map to metadata: inconclusive: this design detects gains of about +0.12; "
+        "observed +0.04 (90 % CI -0.06 to +0.14, unadjusted; Holm p = 0.620) on the 180 visits "
+        "with every member.",
         "Adding thermal_map, depth_map and wound_photo to metadata improves kappa by 0.12 (90 % CI "
-        "+0.05 to +0.19; Holm p = 0.008) on the 150 visits with every member.",
+        "+0.05 to +0.19, unadjusted; Holm p = 0.008) on the 150 visits with every member.",
         "Adding thermal_map, depth_map and wound_photo to metadata lowers kappa by 0.09 (90 % CI "
-        "-0.15 to -0.03; Holm p < 0.001) on all 180 visits, each scored with the members it has.",
+        "-0.15 to -0.03, unadjusted; Holm p < 0.001) on all 180 visits, each scored with the "
+        "members it has.",
     ]
     for sentence in sentences:
         assert f"- {sentence}" in opening
@@ -283,10 +287,13 @@ def test_the_front_page_opens_with_the_sentences_and_defines_its_terms():
     run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
     page = front_page(headline, comparisons, run, 0.9)
     first = page.splitlines()[0]
-    assert first.startswith("- Adding thermal_map to metadata changes kappa by +0.04 (90 % CI")
+    assert first.startswith(
+        "- Adding thermal_map to metadata: inconclusive: this design detects gains of about +0.12"
+    )
+    assert "Holm p is below 0.1," in page and "**inconclusive** (detectable gain +0.12)" in page
     assert page.index("Does each fusion add to metadata?") < page.index("Headline")
     terms = page[page.index("What the terms mean") :]
-    for term in ("kappa", "QWK", "AUC", "ECE", "Holm p", "train kappa"):
+    for term in ("kappa", "QWK", "AUC", "ECE", "Holm p", "train kappa", "detectable gain"):
         assert f"- **{term}**: " in terms
     assert "95 %" not in page and not any(d in page for d in ("{{", "{%", "{#"))
 
@@ -350,7 +357,7 @@ def test_a_contrast_whose_branch_learned_nothing_in_some_folds_says_so():
     text = results_markdown(headline, comparisons, NINETY)
     opening = " ".join(text[: text.index("## Combinations")].split())
     assert (
-        "not distinguishable from no change at this design. thermal_map's branch learned nothing "
+        "on the 180 visits with every member. thermal_map's branch learned nothing "
         "in 2 of 6 folds: this contrast does not measure what the images carry." in opening
     )
     assert (

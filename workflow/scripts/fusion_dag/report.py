@@ -16,13 +16,13 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns
 from fusion_dag.evaluate import oof_table, predicted_index, predicted_shares, repeat_arrays
 from fusion_dag.inference import (
-    SIGNIFICANCE,
     bootstrap_metrics,
     compare,
     corrected_interval,
     fold_test_share,
     fold_values,
     interval,
+    significance,
     verdicts,
 )
 from fusion_dag.weights import METADATA, fuse_rows
@@ -285,6 +285,7 @@ COMPARISON_COLUMNS = [
     "p_value",
     "p_holm",
     "verdict",
+    "detectable_gain",
     "kappa_diff_boot_low",
     "kappa_diff_boot_high",
     "brier_diff",
@@ -344,7 +345,9 @@ def comparisons_table(
     table["p_holm"], table["verdict"] = np.nan, ""
     for _, members in table.groupby("family", sort=False).groups.items():
         adjusted, words = verdicts(
-            table.loc[members, "kappa_diff_folds"], table.loc[members, "p_value"]
+            table.loc[members, "kappa_diff_folds"],
+            table.loc[members, "p_value"],
+            significance(evaluation),
         )
         table.loc[members, "p_holm"], table.loc[members, "verdict"] = adjusted, words
     return table[COMPARISON_COLUMNS]
@@ -379,8 +382,9 @@ def versus_v3(
 
     ``variant_probs`` holds ``(repeat, fold, table)`` of the ablation's per-fold probabilities
     (every variant, told apart by ``strategy`` and ``rf_source``). The columns carry
-    :func:`~fusion_dag.inference.compare`'s corrected interval and p-value, Holm-adjusted over
-    the variants (the ablation is its own family); the verdict names V3.
+    :func:`~fusion_dag.inference.compare`'s interval and p-value (the run's one rule),
+    Holm-adjusted over the variants (the ablation is its own family) at alpha =
+    1 - ``evaluation.confidence``; the verdict names V3.
     """
     variants = variant_probs[0][2][["strategy", "rf_source"]].drop_duplicates()
     rows = []
@@ -402,7 +406,9 @@ def versus_v3(
             }
         )
     table = pd.DataFrame(rows)
-    adjusted, words = verdicts(table["v3_kappa_gain_folds"], table["v3_p_value"])
+    adjusted, words = verdicts(
+        table["v3_kappa_gain_folds"], table["v3_p_value"], significance(evaluation)
+    )
     table["v3_p_holm"] = adjusted
     table["v3_verdict"] = [f"V3 {word}" if word != "inconclusive" else word for word in words]
     return table
@@ -502,10 +508,11 @@ def readable_headline(headline: pd.DataFrame, confidence: float) -> pd.DataFrame
 
 def readable_comparisons(comparisons: pd.DataFrame, confidence: float) -> pd.DataFrame:
     """The comparisons' columns a reader needs: the difference with its corrected interval,
-    the p-values and the verdict."""
+    the p-values, the verdict and the gain the test could see."""
     table = comparisons[["combination", "versus", "family", "rows", "n_rows"]].copy()
     table[f"kappa_diff ({level(confidence)} CI)"] = interval_cells(comparisons, "kappa_diff", True)
-    table[["p_value", "p_holm", "verdict"]] = comparisons[["p_value", "p_holm", "verdict"]]
+    columns = ["p_value", "p_holm", "verdict", "detectable_gain"]
+    table[columns] = comparisons[columns]
     return table
 
 
@@ -513,7 +520,7 @@ def legend(confidence: float) -> dict:
     """What each column of the Markdown results means, by its header: read off the code that
     computes it (:func:`headline_table`, :func:`~fusion_dag.inference.compare`,
     :func:`~fusion_dag.evaluate.weighted_metrics`)."""
-    ci = level(confidence)
+    ci, alpha = level(confidence), 1 - confidence
     return {
         "#": "the combination's label in these tables (the Combinations table names it).",
         "combination": "the inputs fused, joined by `+`: `metadata` is the random forest on the "
@@ -559,16 +566,23 @@ def legend(confidence: float) -> dict:
         "why); 0 for metadata alone. In such a fold the fusion only reweighs its other members.",
         f"kappa_diff ({ci} CI)": "the combination's kappa minus the primary's on the visits "
         "both scored: the mean of the paired per-fold differences over repeats x folds, with "
-        f"the {ci} interval of the corrected resampled t-test (K - 1 degrees of freedom for K "
-        f"folds); it excludes 0 exactly when p_value < {1 - confidence:g}.",
-        "p_value": "the two-sided p-value of the corrected resampled t-test of the paired "
-        "per-fold kappa differences, before adjustment.",
+        f"the {ci} interval of the run's test (corrected resampled variance, J - 1 degrees of "
+        "freedom for J = folds x repeats values; Bouckaert and Frank 2004), not adjusted for "
+        f"the family: it excludes 0 exactly when p_value < {alpha:g}. A `better` or `worse` "
+        "verdict always has an interval on its side of 0; in a family of several contrasts an "
+        "`inconclusive` one can have an interval that excludes 0 before Holm's adjustment.",
+        "p_value": "the two-sided p-value of that test of the paired per-fold kappa "
+        "differences, before adjustment.",
         "p_holm": "p_value after Holm's adjustment within its family (the `complete` contrasts "
         "are one family, the `all` contrasts another), which bounds the chance of any false "
-        f"verdict in the family at {SIGNIFICANCE}.",
-        "verdict": f"`better` or `worse` (the sign of kappa_diff) when p_holm < {SIGNIFICANCE}; "
+        f"verdict in the family at {alpha:g} (1 - the interval's confidence).",
+        "verdict": f"`better` or `worse` (the sign of kappa_diff) when p_holm < {alpha:g}; "
         "otherwise `inconclusive`: this design cannot tell the difference from zero, which is "
         "not evidence that there is none.",
+        "detectable_gain": "the true kappa difference this contrast's test would call with 80 % "
+        f"power at {alpha:g} (before Holm's adjustment): (t(1 - alpha/2, J - 1) + t(0.80, "
+        "J - 1)) x the corrected standard error of its per-fold differences. An inconclusive "
+        "contrast observed smaller than it was not seeable at this design.",
     }
 
 
@@ -619,8 +633,8 @@ def contrast_verdict(row, confidence: float) -> str:
         subject = f"Using {row.combination} instead of {row.versus}"
     d, low, high = row.kappa_diff_folds, row.kappa_diff_ci_low, row.kappa_diff_ci_high
     numbers = (
-        f"({level(confidence)} CI {number(low, '{:+.2f}')} to {number(high, '{:+.2f}')}; "
-        f"Holm p {p_text(row.p_holm)})"
+        f"({level(confidence)} CI {number(low, '{:+.2f}')} to {number(high, '{:+.2f}')}, "
+        f"unadjusted; Holm p {p_text(row.p_holm)})"
     )
     visits = (
         f"on all {row.n_rows} visits, each scored with the members it has"
@@ -632,8 +646,9 @@ def contrast_verdict(row, confidence: float) -> str:
     if row.verdict == "worse":
         return f"{subject} lowers kappa by {number(abs(d), '{:.2f}')} {numbers} {visits}."
     return (
-        f"{subject} changes kappa by {number(d, '{:+.2f}')} {numbers} {visits}: not "
-        "distinguishable from no change at this design."
+        f"{subject}: inconclusive: this design detects gains of about "
+        f"{number(row.detectable_gain, '{:+.2f}')}; observed {number(d, '{:+.2f}')} {numbers} "
+        f"{visits}."
     )
 
 
@@ -788,15 +803,16 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
             lines.append(
                 f"- **{row.combination}** against {row.versus}, {row.n_rows} visits ({visits}): "
                 f"kappa {interval_text}, p {p_text(row.p_value)}, Holm p {p_text(row.p_holm)}: "
-                f"**{row.verdict}**"
+                f"**{row.verdict}** (detectable gain {number(row.detectable_gain, '{:+.2f}')})"
             )
         lines += [
             "",
             "Fixed in the config (``evaluation.primary``) before any result: the mean paired "
             f"per-fold kappa difference with the {ci} interval of the corrected resampled "
-            "t-test, its p-value Holm-adjusted within the family. Better or worse when the "
-            f"Holm p is below {SIGNIFICANCE}, otherwise inconclusive, which is not evidence of "
-            "no difference.",
+            "t-test (not adjusted for the family), its p-value Holm-adjusted within the family. "
+            f"Better or worse when the Holm p is below {1 - confidence:g}, otherwise "
+            "inconclusive, which is not evidence of no difference; each contrast's detectable "
+            "gain is the difference its test would call with 80 % power.",
             "",
         ]
     lines += ["Headline", "--------", ""]
@@ -842,6 +858,7 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
         "p": "p_value",
         "Holm p": "p_holm",
         "better, worse, inconclusive": "verdict",
+        "detectable gain": "detectable_gain",
     }
     lines += [f"- **{term}**: {rst_text(definitions[column])}" for term, column in terms.items()]
     lines.append("")
