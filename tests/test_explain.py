@@ -254,7 +254,18 @@ def test_dropping_a_member_of_weight_zero_changes_nothing():
     assert (table["p_holm"] >= table["p_value"]).all()
 
 
-def test_member_drop_kappas_are_the_pooled_kappas_of_the_renormalised_fusion():
+def pooled_kappa_of(fused: pd.DataFrame) -> float:
+    """The headline's kappa of a predictions table with ``repeat``: pooled per repeat, then
+    averaged."""
+    return np.mean(
+        [
+            cohen_kappa_score(part[LABEL], np.asarray(CLASSES)[part[PROBS].to_numpy().argmax(1)])
+            for _, part in fused.groupby("repeat")
+        ]
+    )
+
+
+def test_member_drop_kappas_are_the_pooled_kappas_of_the_remaining_member():
     tables, _ = member_tables()
     members = ["metadata", "thermal_map"]
     name = "+".join(members)
@@ -263,15 +274,49 @@ def test_member_drop_kappas_are_the_pooled_kappas_of_the_renormalised_fusion():
     row = member_drop_table(
         {name: members}, {name: oof}, tables, CLASSES, fusion, EVALUATION, seed=42
     ).set_index("member")
-    # Without thermal_map the fusion is metadata alone (renormalised weight 1).
-    thermal = tables["metadata"].merge(oof[["repeat", ID]], on=["repeat", ID])
-    alone = np.mean(
-        [
-            cohen_kappa_score(part[LABEL], np.asarray(CLASSES)[part[PROBS].to_numpy().argmax(1)])
-            for _, part in thermal.groupby("repeat")
-        ]
-    )
-    assert row.loc["thermal_map", "kappa_dropped"] == pytest.approx(alone, abs=1e-12)
+    # Without thermal_map the fusion is metadata alone (weight 1).
+    alone = tables["metadata"].merge(oof[["repeat", ID]], on=["repeat", ID])
+    assert row.loc["thermal_map", "weights_dropped"] == "metadata=1.000"
+    assert row.loc["thermal_map", "kappa_dropped"] == pytest.approx(pooled_kappa_of(alone), 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fusion", "expected"),
+    [
+        # metadata_weight: the visit without a depth map gets 0.70 / 0.30, not 0.82 / 0.18.
+        ({"metadata_weight": 0.7, "weights": None}, "metadata=0.700, thermal_map=0.300"),
+        # fusion.weights: the remaining members' weights rescaled, as predict rescales them.
+        (
+            {"weights": {"metadata": 0.5, "thermal_map": 0.3, "depth_map": 0.2}},
+            "metadata=0.625, thermal_map=0.375",
+        ),
+    ],
+)
+def test_member_drop_fuses_the_rest_with_the_weights_predict_gives_a_visit_lacking_it(
+    fusion, expected
+):
+    tables, folds = member_tables()
+    members = ["metadata", "thermal_map", "depth_map"]
+    name = "+".join(members)
+    oof = complete_oof(tables, members)
+    row = member_drop_table(
+        {name: members}, {name: oof}, tables, CLASSES, fusion, EVALUATION, seed=42
+    ).set_index("member")
+    assert row.loc["depth_map", "weights_dropped"] == expected
+    # predict's fusion of the same visits with their depth maps taken away.
+    spec = {"classes": CLASSES, "fusion": fusion}
+    parts = []
+    for repeat, visits in oof.groupby("repeat"):
+        probs = {
+            m: tables[m].loc[tables[m]["repeat"] == repeat, [ID, *PROBS]]
+            for m in ("metadata", "thermal_map")
+        }
+        fused = fuse_rows(visits, probs, ["metadata", "thermal_map"], spec)
+        parts.append(fused.assign(repeat=repeat))
+    predicted = pd.concat(parts, ignore_index=True)
+    assert (predicted["members_used"] == "metadata+thermal_map").all()
+    dropped = row.loc["depth_map", "kappa_dropped"]
+    assert dropped == pytest.approx(pooled_kappa_of(predicted), abs=1e-12)
 
 
 def test_review_lists_the_visits_wrong_in_every_repeat_only():

@@ -215,15 +215,6 @@ def row_contributions(fused: pd.DataFrame, members: list, classes: list, fusion:
     return table
 
 
-def renormalised(weights: dict, dropped: str) -> dict:
-    """The combination's weights without ``dropped``, rescaled to sum to 1."""
-    rest = {m: w for m, w in weights.items() if m != dropped}
-    total = sum(rest.values())
-    if total <= 0:
-        raise ValueError(f"the members left after dropping {dropped} have weight 0")
-    return {m: w / total for m, w in rest.items()}
-
-
 def fused_oof(oof: pd.DataFrame, member_tables: dict, weights: dict, classes: list):
     """``oof``'s rows (repeat, fold, id, group, label) fused from ``member_tables`` with
     ``weights``: the combination's out-of-fold predictions computed from its members'."""
@@ -261,12 +252,19 @@ def member_drop_table(
     evaluation: dict,
     seed: int,
 ) -> pd.DataFrame:
-    """Per fusion and member: the kappa lost when the member is dropped and the other members'
-    weights are rescaled to sum to 1, on the visits with every member; from the cached
-    out-of-fold probabilities (no model is retrained), with the comparisons' corrected
-    resampled t-test (:func:`fusion_dag.inference.compare`) and Holm within each combination.
-    ``verdict``: ``adds`` or ``hurts`` when the adjusted p is below 0.05, else
-    ``inconclusive``."""
+    """Per fusion and member: the kappa lost when the member is dropped, on the visits with
+    every member; from the cached out-of-fold probabilities (no model is retrained), with the
+    comparisons' corrected resampled t-test (:func:`fusion_dag.inference.compare`) and Holm
+    within each combination. ``verdict``: ``adds`` or ``hurts`` when the adjusted p is below
+    0.05, else ``inconclusive``.
+
+    The other members keep the weights :func:`fusion_dag.weights.member_weights` gives them as
+    a combination of their own, which are the weights ``predict`` (:func:`fuse_rows`) fuses a
+    visit lacking the member with: the loss is "this member missing, as deployed". Rescaling
+    the remaining weights proportionally instead would mix removing the member with
+    up-weighting metadata (dropping an image from 0.70 / 0.15 / 0.15 would leave 0.82 / 0.18,
+    where a visit without that image gets 0.70 / 0.30).
+    """
     records = []
     for name, members in combinations.items():
         if len(members) < 2:
@@ -275,13 +273,16 @@ def member_drop_table(
         full = fused_oof(oofs[name], member_tables, weights, classes)
         kappa_full = pooled_kappa(full, classes)
         for member in members:
-            dropped = fused_oof(oofs[name], member_tables, renormalised(weights, member), classes)
+            remaining = [m for m in members if m != member]
+            deployed = member_weights(remaining, **fusion)
+            dropped = fused_oof(oofs[name], member_tables, deployed, classes)
             result = compare(full, dropped, classes, evaluation, seed)
             records.append(
                 {
                     "combination": name,
                     "member": member,
                     "weight": weights[member],
+                    "weights_dropped": ", ".join(f"{m}={w:.3f}" for m, w in deployed.items()),
                     "n_rows": result["n_rows"],
                     "kappa_full": kappa_full,
                     "kappa_dropped": pooled_kappa(dropped, classes),
