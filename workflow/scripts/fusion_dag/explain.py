@@ -31,7 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
 from fusion_dag.evaluate import kappa
-from fusion_dag.inference import SIGNIFICANCE, compare, holm_adjusted
+from fusion_dag.inference import compare, holm_adjusted, significance
 from fusion_dag.metadata import build_pipeline, feature_frame
 from fusion_dag.weights import fuse_rows, member_weights
 
@@ -401,7 +401,7 @@ def member_drop_table(
     every member; from the cached out-of-fold probabilities (no model is retrained), with the
     comparisons' corrected resampled t-test (:func:`fusion_dag.inference.compare`) and Holm
     within each combination. ``verdict``: ``adds`` or ``hurts`` when the adjusted p is below
-    0.05, else ``inconclusive``.
+    alpha (1 - ``evaluation.confidence``, as every verdict of the run), else ``inconclusive``.
 
     The other members keep the weights :func:`fusion_dag.weights.member_weights` gives them as
     a combination of their own, which are the weights ``predict`` (:func:`fuse_rows`) fuses a
@@ -443,11 +443,12 @@ def member_drop_table(
     if table.empty:
         return table
     table["p_holm"], table["verdict"] = np.nan, ""
+    alpha = significance(evaluation)
     for _, rows in table.groupby("combination", sort=False).groups.items():
         adjusted = holm_adjusted(table.loc[rows, "p_value"])
         table.loc[rows, "p_holm"] = adjusted
         table.loc[rows, "verdict"] = [
-            ("adds" if loss > 0 else "hurts") if p < SIGNIFICANCE else "inconclusive"
+            ("adds" if loss > 0 else "hurts") if p < alpha else "inconclusive"
             for loss, p in zip(table.loc[rows, "kappa_loss_folds"], adjusted, strict=True)
         ]
     return table

@@ -30,9 +30,6 @@ from fusion_dag.evaluate import repeat_arrays, weighted_metrics
 
 # The power at which detectable_gain is stated.
 POWER = 0.80
-# explain.py's member drop still compares its Holm p-values with this (the default
-# confidence's alpha); it reads significance(evaluation) once its own change for issue 37 lands.
-SIGNIFICANCE = 0.05
 
 
 def significance(evaluation: dict) -> float:
