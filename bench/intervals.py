@@ -477,6 +477,16 @@ def report(measured: dict, settings: dict) -> str:
         for r in measured["trees"]
     ]
     gains = ", ".join(f"+{g:.2f}" for g in GAINS[1:])
+    # The main table's columns after patients, design and rule: all right-aligned numbers.
+    numeric = (
+        "df",
+        "size ± MC SE",
+        *(f"power {g}" for g in gains.split(", ")),
+        "cover forest",
+        "cover fusion",
+        "cover contrast",
+        "detectable gain",
+    )
     lines = [
         "## Intervals and the paired test: simulations that refit",
         "",
@@ -495,28 +505,9 @@ def report(measured: dict, settings: dict) -> str:
         "its own; the designs are not independent).",
         "",
         markdown_table(
-            [
-                "patients",
-                "design",
-                "rule",
-                "df",
-                "size ± MC SE",
-                *(f"power {g}" for g in gains.split(", ")),
-                "cover forest",
-                "cover fusion",
-                "cover contrast",
-                "detectable gain",
-            ],
+            ["patients", "design", "rule", *numeric],
             main_rows,
-            right=(
-                "df",
-                "size ± MC SE",
-                *(f"power {g}" for g in gains.split(", ")),
-                "cover forest",
-                "cover fusion",
-                "cover contrast",
-                "detectable gain",
-            ),
+            right=numeric,
         ),
         "",
         "Size: the share of null data sets (true gain 0) whose contrast is called either way; "
