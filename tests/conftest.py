@@ -159,6 +159,11 @@ TINY = {
 }
 
 
+# The headline table and every job it needs (every model), without the report's figures: the
+# target of a run whose tests read tables only.
+HEADLINE = "results/fusion_results.tsv"
+
+
 def finished_run(tmp_path_factory, name: str, config: dict, *targets: str) -> Path:
     """A completed run of ``config`` in a new temporary folder: ``fusion_results``, or only
     ``targets`` (files) for a test that reads no table or figure of the report."""

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, finished_run, run_snakemake, scheduled_jobs
+from tests.conftest import HEADLINE, TINY, finished_run, run_snakemake, scheduled_jobs
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("modalities")]
 
@@ -25,10 +25,6 @@ MODALITIES = {
     },
     "combinations": [name.split("+") for name in ALL],
 }
-
-
-# The headline table and every job it needs: all these tests read (no report figure).
-HEADLINE = "results/fusion_results.tsv"
 
 
 @pytest.fixture(scope="module")

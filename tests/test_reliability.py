@@ -12,15 +12,12 @@ import pandas as pd
 import pytest
 
 from fusion_dag.artifacts import file_sha256
-from tests.conftest import TINY, run_snakemake, scheduled_jobs, snakemake_command
+from tests.conftest import HEADLINE, TINY, run_snakemake, scheduled_jobs, snakemake_command
 
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 IMAGE_LOG = "logs/image/thermal_map/repeat1/fold{}.log"
-# The interrupted run's target: the headline table and every job it needs, which is all the
-# comparisons below read (the report's figures are drawn from these tables afterwards).
-HEADLINE = "results/fusion_results.tsv"
 
 
 def kill_during_image_training(workdir, timeout=300) -> int:
