@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from leaks import CLASSES, demo_samples  # noqa: E402
+from demo_table import CLASSES, demo_samples  # noqa: E402
 from run import machine, markdown_table, write_section  # noqa: E402
 
 HEADING = "## Label review: planted label errors"

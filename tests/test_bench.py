@@ -1,8 +1,18 @@
-"""The benchmark script's report helpers: RESULTS.md sections and target verdicts."""
+"""The benchmark scripts: their report helpers (RESULTS.md sections, target verdicts), and that
+each script CI runs starts."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench.run import against, replace_section
+
+REPO = Path(__file__).resolve().parent.parent
+# The bench scripts .ci/run runs after the suite, each by its path.
+CI_SCRIPTS = re.findall(r"python3 (bench/\w+\.py)", (REPO / ".ci" / "run").read_text())
 
 RESULTS = "# Benchmarks\n\nIntro.\n\n## Demo size\n\nold demo\n\n## Scale: study\n\nold study\n"
 
@@ -42,3 +52,19 @@ def test_a_measured_span_is_rewritten_in_place_and_a_missing_marker_is_an_error(
     assert duration(276.4) == "4 min 36 s"
     assert duration(59.6) == "1 min 0 s"
     assert duration(12) == "12 s"
+
+
+@pytest.mark.parametrize("script", CI_SCRIPTS)
+def test_each_bench_script_ci_runs_resolves_its_imports(script):
+    """``--help`` runs a script's module-level imports (its sibling bench modules among them)
+    and stops before any work: a missing module fails here, not after the suite in CI."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+
+
+def test_ci_runs_the_bench_scripts_it_names():
+    assert len(CI_SCRIPTS) >= 8
+    assert all((REPO / script).is_file() for script in CI_SCRIPTS)
