@@ -73,7 +73,8 @@ TINY = {
     "demo": {"patients": 40, "seed": 7},
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
     "image_model": {"epochs": 3, "patience": 2, "warmup_epochs": 1, "intra_op_threads": 1},
-    "evaluation": {"bootstrap": 200},
+    # metadata alone is not run: the fusion is the primary (no primary contrast).
+    "evaluation": {"bootstrap": 200, "primary": "metadata+thermal_map"},
     "combinations": TINY_COMBINATIONS,
 }
 

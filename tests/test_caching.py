@@ -1,5 +1,6 @@
 """Stage caching, proven through Snakemake itself: dry runs after one completed tiny run."""
 
+import json
 import re
 import shutil
 
@@ -10,8 +11,10 @@ from tests.conftest import TINY, run_snakemake, scheduled_jobs
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
-# Jobs that only summarise cached results: tables, diagnostics, figures and the target.
+# Jobs that only summarise cached results: tables, diagnostics, figures and the target; and the
+# analysis plan (a changed cv design is a changed plan).
 AGGREGATION = {
+    "analysis_plan",
     "fold_table",
     "oof",
     "plot_evaluation",
@@ -57,6 +60,33 @@ def test_fusion_weight_change_reruns_only_fusion(tiny_run):
     # Only the three folds of metadata+thermal_map use the weight.
     assert jobs.pop("fusion") == 3
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
+
+
+def test_a_changed_confidence_replaces_the_plan_and_retrains_nothing(tiny_copy):
+    config = {**TINY, "evaluation": {"confidence": 0.9}}
+    result = run_snakemake(tiny_copy, "-n", "fusion_results", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    jobs = scheduled_jobs(output)
+    assert jobs.pop("analysis_plan") == 1 and jobs.pop("aggregate_results") == 1
+    assert set(jobs) <= {"plot_evaluation", "plot_fold_kappa", "provenance", "fusion_results"}
+    # Said at start, before any job: the plan on record and what changed.
+    assert output.index("WARNING: the analysis plan differs from results/analysis_plan.json") < (
+        output.index("Job stats:")
+    )
+    assert "confidence: 0.95 -> 0.9" in output and "alpha: 0.05 -> 0.1" in output
+    # The plan job replaces the record in place and keeps the plan it replaced.
+    before = json.loads((tiny_copy / "results/analysis_plan.json").read_text())
+    result = run_snakemake(tiny_copy, "--cores", "1", "results/analysis_plan.json", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((tiny_copy / "results/analysis_plan.json").read_text())
+    assert after["plan"]["alpha"] == 0.1 and after["written"] >= before["written"]
+    assert after["earlier"] == [
+        {"written": before["written"], "replaced": after["written"], "plan": before["plan"]}
+    ]
+    log = (tiny_copy / "logs/analysis_plan/analysis_plan.log").read_text()
+    assert "WARNING" in log and "confidence: 0.95 -> 0.9" in log
+    assert "analysis_plan" not in dry_run(tiny_copy, config)  # written once per change
 
 
 def test_box_margin_change_recrops_that_modality_only(tiny_run):
@@ -125,7 +155,9 @@ def test_image_alone_needs_no_metadata(tmp_path):
 
 
 def test_fusion_waits_for_the_pretrained_checkpoint(tmp_path):
+    # The fusion alone: it is the primary too (evaluation.primary names a combination run).
     config = {**TINY, "combinations": [["metadata", "thermal_map"]]}
+    config["evaluation"] = {"primary": "metadata+thermal_map"}
     result = run_snakemake(tmp_path, "--dag", "dot", "fusion_results", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     nodes = {}

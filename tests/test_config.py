@@ -9,6 +9,7 @@ from fusion_dag.config import (
     check_fusion_weights,
     check_image_settings,
     check_layouts,
+    check_primary,
     class_names,
     command_line_values,
     load_schema,
@@ -19,7 +20,7 @@ from fusion_dag.config import (
     selected_combinations,
     setting_key,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY, run_snakemake
 
 SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -202,3 +203,31 @@ def test_id_group_and_label_must_be_different_columns(columns, message):
         "the id, group and label columns must be three different columns"
     )
     check_columns({"id": None, "group": "patient", "label": "y"})
+
+
+def test_a_primary_that_is_not_run_is_refused_when_fusions_are(config):
+    config["combinations"] = [["thermal_map"], ["metadata", "thermal_map"]]
+    combinations = selected_combinations(config)
+    with pytest.raises(ConfigError) as error:
+        check_primary(config, combinations)
+    assert str(error.value) == (
+        "Invalid config key 'evaluation.primary': 'metadata' is not among the combinations run "
+        "(thermal_map, metadata+thermal_map); add it to 'combinations' or name one of them"
+    )
+    config["evaluation"]["primary"] = "metadata+thermal_map"
+    check_primary(config, combinations)
+    # Without a fusion there is no contrast to make: nothing to refuse.
+    config["evaluation"]["primary"] = "metadata"
+    config["combinations"] = [["thermal_map"]]
+    check_primary(config, selected_combinations(config))
+
+
+def test_a_dry_run_with_a_primary_that_is_not_run_fails_before_any_job(tmp_path):
+    config = {**TINY, "combinations": [["thermal_map"], ["metadata", "thermal_map"]]}
+    result = run_snakemake(tmp_path, "-n", "fusion_results", config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Job stats" not in output
+    assert (
+        "Invalid config key 'evaluation.primary': 'metadata' is not among the combinations run "
+        "(thermal_map, metadata+thermal_map)" in output
+    )

@@ -273,7 +273,8 @@ FEATURE_RUN = {
     "image_model": {**IMAGE_SETTINGS, "size": 32, "channels": 3, **FROZEN},
     "modalities": {"thermal_map": {"images": "thermal_images.csv", "size": 32}},
     "combinations": [["metadata", "thermal_map"]],
-    "evaluation": {"bootstrap": 200, "confidence": 0.95},
+    # The only combination run is the primary (no primary contrast: this run is about the cache).
+    "evaluation": {"bootstrap": 200, "confidence": 0.95, "primary": "metadata+thermal_map"},
     "predict": {"samples": "demo.csv", "images": {"thermal_map": "thermal_images.csv"}},
 }
 

@@ -70,6 +70,7 @@ def test_comparisons_annotate_each_verdict_and_colour_the_primary_red():
             "combination": ["a+b", "a+b"],
             "versus": ["a", "b"],
             "rows": ["complete", "complete"],
+            "primary": [True, False],
             "family": ["primary", "secondary"],
             "kappa_diff_folds": [0.1, -0.05],
             "kappa_diff_ci_low": [0.02, -0.2],

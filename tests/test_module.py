@@ -84,7 +84,7 @@ use rule * from fusion_dag
     comparisons = pd.read_csv(tmp_path / "results/comparisons.tsv", sep="\t")
     assert comparisons[["versus", "family"]].values.tolist() == [
         ["metadata", "primary"],
-        ["metadata", "primary, all visits"],
+        ["metadata", "secondary, all visits"],
     ]
     assert comparisons["p_value"].between(0, 1).all()
     sweep = pd.read_csv(

@@ -41,7 +41,8 @@ EXTERNAL = {
         },
     },
     "combinations": [COMBINATION.split("+")],
-    "evaluation": {"bootstrap": 200, "confidence": 0.95},
+    # The only combination run is the primary (evaluation.primary names a combination run).
+    "evaluation": {"bootstrap": 200, "confidence": 0.95, "primary": COMBINATION},
     # One image table for both: the new visits' thermal views (the training patients' rows
     # are image rows without a visit there, as the new patients' rows are in training).
     "predict": {"samples": "new.csv", "images": {"thermal_map": "thermal_images.csv"}},

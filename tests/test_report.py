@@ -1,8 +1,12 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from fusion_dag.artifacts import InputError
 from fusion_dag.inference import holm_adjusted
+from fusion_dag.plan import analysis_plan, plan_notice, plan_record, recorded_plan
 from fusion_dag.report import (
     all_visits_oof,
     comparisons_markdown,
@@ -17,6 +21,21 @@ from fusion_dag.report import (
 from tests.conftest import CLASSES, fold_kappas, synthetic_oof
 
 EVALUATION = {"bootstrap": 300, "confidence": 0.95, "primary": "a"}
+# When the tests' analysis plans were written.
+WRITTEN = "2025-01-01T00:00:00+00:00"
+
+
+def a_plan(names, primary="metadata", confidence=0.9, folds=3, repeats=2) -> dict:
+    """The analysis plan record of a run of the combinations ``names``, written at WRITTEN."""
+    config = {
+        "evaluation": {"bootstrap": 300, "confidence": confidence, "primary": primary},
+        "cv": {"folds": folds, "repeats": repeats, "seed": 42},
+        "columns": {"id": "sample_id", "group": "patient_id", "label": "label"},
+    }
+    combinations = {name: name.split("+") for name in names}
+    return plan_record(None, analysis_plan(config, combinations), WRITTEN)
+
+
 INTERVALS = ["kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece"]
 HEADLINE = (
     ["combination", "rows", "n_folds", "n_repeats", "n_rows"]
@@ -121,6 +140,70 @@ def test_each_family_is_adjusted_on_its_own_and_primary_marks_the_contrasts_with
     assert (table["p_holm"] >= table["p_value"]).all()
 
 
+FAMILY_OOFS = {
+    "a": synthetic_oof(0.2, seed=1),
+    "b": synthetic_oof(0.1, seed=2),
+    "c": synthetic_oof(0.15, seed=3),
+    "a+b": synthetic_oof(0.3, seed=4),
+    "a+c": synthetic_oof(0.1, seed=6),
+    "b+c": synthetic_oof(0.25, seed=7),
+    "a+b+c": synthetic_oof(0.35, seed=5),
+}
+
+
+def test_an_image_only_fusion_is_compared_with_the_primary_in_the_secondary_family():
+    oofs = {name: FAMILY_OOFS[name] for name in ("a", "b", "c", "b+c", "a+b")}
+    table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
+    rows = table[["combination", "versus", "family", "primary"]].values.tolist()
+    assert rows == [
+        ["b+c", "a", "secondary", False],  # b+c does not hold a: not a nested contrast
+        ["b+c", "b", "secondary", False],
+        ["b+c", "c", "secondary", False],
+        ["a+b", "a", "primary", True],
+        ["a+b", "b", "secondary", False],
+    ]
+    primary = table[table["family"] == "primary"]
+    assert primary["p_holm"].tolist() == pytest.approx(primary["p_value"].tolist())  # one test
+
+
+def test_the_all_visits_contrasts_are_their_own_secondary_family():
+    oofs = {name: FAMILY_OOFS[name] for name in ("a", "b", "a+b", "a+b+c")}
+    all_visits = {"a+b": FAMILY_OOFS["a+c"], "a+b+c": FAMILY_OOFS["b+c"]}
+    table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42, all_visits)
+    rows = table[["combination", "versus", "family", "rows", "primary"]].values.tolist()
+    assert rows == [
+        ["a+b", "a", "primary", "complete", True],
+        ["a+b", "a", "secondary, all visits", "all", False],
+        ["a+b", "b", "secondary", "complete", False],
+        ["a+b+c", "a", "primary", "complete", True],
+        ["a+b+c", "a", "secondary, all visits", "all", False],
+        ["a+b+c", "b", "secondary", "complete", False],
+    ]
+    for _, family in table.groupby("family"):
+        assert len(family) == 2
+        assert family["p_holm"].to_numpy() == pytest.approx(holm_adjusted(family["p_value"]))
+
+
+def test_the_primary_familys_holm_adjustment_does_not_depend_on_image_only_fusions():
+    evaluation = {**EVALUATION, "bootstrap": 100}
+    nested = {name: FAMILY_OOFS[name] for name in ("a", "b", "c", "a+b", "a+b+c")}
+    without = comparisons_table(nested, CLASSES, evaluation, 42)
+    with_image_only = comparisons_table(
+        {**nested, "b+c": FAMILY_OOFS["b+c"]}, CLASSES, evaluation, 42
+    )
+
+    def family(table, name):
+        rows = table[table["family"] == name].set_index(["combination", "versus"])
+        return rows[["primary", "p_value", "p_holm", "verdict"]]
+
+    primary = family(with_image_only, "primary")
+    assert list(primary.index) == [("a+b", "a"), ("a+b+c", "a")]
+    assert primary["p_holm"].to_numpy() == pytest.approx(holm_adjusted(primary["p_value"]))
+    pd.testing.assert_frame_equal(primary, family(without, "primary"))
+    # b+c's three contrasts (against a, b and c) join the secondary family instead.
+    assert len(family(with_image_only, "secondary")) == len(family(without, "secondary")) + 3
+
+
 def test_rows_all_scores_each_visit_with_the_members_it_has_as_predict_weighs_them():
     metadata = synthetic_oof(0.3, repeats=1, patients=12, seed=6)
     image = synthetic_oof(0.2, repeats=1, patients=12, seed=7)
@@ -153,7 +236,7 @@ def test_results_markdown_shows_the_primary_verdicts_before_the_headline():
     records = per_fold("a", oofs["a"]) + per_fold("a+b", oofs["a+b"])
     headline = headline_table(per_fold_table(records), oofs, CLASSES, EVALUATION, 42)
     comparisons = comparisons_table(oofs, CLASSES, EVALUATION, 42)
-    text = results_markdown(headline, comparisons, EVALUATION)
+    text = results_markdown(headline, comparisons, EVALUATION, a_plan(oofs, "a", 0.95))
     assert text.index("Does each fusion add to a?") < text.index("## Headline")
     assert "| C2  | a+b " in text  # the combinations' key: C2 is a+b
     verdict_table = text[text.index("## Primary contrasts") : text.index("## Headline")]
@@ -192,7 +275,8 @@ def made_up_headline(names=DEMO) -> pd.DataFrame:
 
 
 def made_up_comparisons() -> pd.DataFrame:
-    """Primary contrasts with each verdict (one on all visits), and one secondary contrast."""
+    """Primary contrasts with two verdicts, and secondary contrasts: one on all visits (worse)
+    and one against a member."""
     columns = ["combination", "versus", "family", "rows", "n_rows", "kappa_diff_folds"]
     columns += ["kappa_diff_ci_low", "kappa_diff_ci_high", "p_value", "p_holm", "verdict"]
     columns += ["detectable_gain"]
@@ -202,7 +286,7 @@ def made_up_comparisons() -> pd.DataFrame:
         + [0.31, 0.62, "inconclusive", 0.123],
         [big, "metadata", "primary", "complete", 150, 0.12, 0.05, 0.19, 0.004, 0.008, "better"]
         + [0.09],
-        [big, "metadata", "primary, all visits", "all", 180, -0.09, -0.15, -0.03]
+        [big, "metadata", "secondary, all visits", "all", 180, -0.09, -0.15, -0.03]
         + [0.0004, 0.0004, "worse", 0.08],
         [big, "thermal_map", "secondary", "complete", 150, 0.3, 0.2, 0.4, 0.001, 0.003, "better"]
         + [0.1],
@@ -211,10 +295,11 @@ def made_up_comparisons() -> pd.DataFrame:
 
 
 NINETY = {"primary": "metadata", "confidence": 0.9}
+PLAN = a_plan(DEMO)
 
 
 def test_the_results_open_with_one_sentence_per_primary_contrast_and_its_numbers():
-    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY)
+    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY, PLAN)
     opening = " ".join(text[: text.index("## Combinations")].split())
     sentences = [
         "Adding thermal_map to metadata: inconclusive: this design detects gains of about +0.12; "
@@ -222,13 +307,13 @@ def test_the_results_open_with_one_sentence_per_primary_contrast_and_its_numbers
         "with every member.",
         "Adding thermal_map, depth_map and wound_photo to metadata improves kappa by 0.12 (90 % CI "
         "+0.05 to +0.19, unadjusted; Holm p = 0.008) on the 150 visits with every member.",
-        "Adding thermal_map, depth_map and wound_photo to metadata lowers kappa by 0.09 (90 % CI "
-        "-0.15 to -0.03, unadjusted; Holm p < 0.001) on all 180 visits, each scored with the "
-        "members it has.",
     ]
     for sentence in sentences:
         assert f"- {sentence}" in opening
-    assert opening.count("- ") == 3  # the secondary contrast is not one of them
+    # The secondary contrasts (on all visits: worse; against a member) are not among them.
+    assert opening.count("- ") == 2 and "lowers" not in opening
+    assert "Pre-specified in results/analysis_plan.json (written 2025-01-01" in opening
+    assert "at alpha 0.1." in opening and "changed" not in opening
     assert "95 %" not in text  # the run's confidence, not a fixed level
 
 
@@ -243,7 +328,7 @@ def markdown_tables(text: str) -> list:
 
 
 def test_every_column_shown_has_a_legend_entry():
-    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY)
+    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY, PLAN)
     legend = " ".join(text[text.index("## Legend") :].split())
     headers = {cell for header in markdown_tables(text) for cell in header}
     assert {"kappa (90 % CI)", "kappa_diff (90 % CI)", "p_holm", "train_kappa", "gap"} <= headers
@@ -260,10 +345,10 @@ def test_no_markdown_cell_or_front_page_line_says_nan():
 
     headline, comparisons = made_up_headline(), made_up_comparisons()
     comparisons.loc[0, ["p_value", "p_holm"]] = np.nan
-    text = results_markdown(headline, comparisons, NINETY)
+    text = results_markdown(headline, comparisons, NINETY, PLAN)
     run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
     run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
-    page = front_page(headline, comparisons, run, 0.9)
+    page = front_page(headline, comparisons, run, 0.9, PLAN)
     for document in (text, page, comparisons_markdown(comparisons, 0.9)):
         assert not re.search(r"\bnan\b", document, flags=re.IGNORECASE)
     all_row = next(
@@ -276,7 +361,7 @@ def test_no_markdown_cell_or_front_page_line_says_nan():
 def test_the_markdown_fits_100_characters_with_long_combination_names():
     names = DEMO + [f"metadata+thermal_map+depth_map+wound_photo_{k}" for k in range(10)]
     comparisons = made_up_comparisons()
-    text = results_markdown(made_up_headline(names), comparisons, NINETY)
+    text = results_markdown(made_up_headline(names), comparisons, NINETY, PLAN)
     assert "| C14 | metadata+thermal_map+depth_map+wound_photo_9 |                   0 |" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
@@ -285,7 +370,7 @@ def test_the_front_page_opens_with_the_sentences_and_defines_its_terms():
     headline, comparisons = made_up_headline(), made_up_comparisons()
     run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
     run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
-    page = front_page(headline, comparisons, run, 0.9)
+    page = front_page(headline, comparisons, run, 0.9, PLAN)
     first = page.splitlines()[0]
     assert first.startswith(
         "- Adding thermal_map to metadata: inconclusive: this design detects gains of about +0.12"
@@ -304,14 +389,16 @@ def test_markdown_table_has_a_row_per_combination():
     assert len(lines) == 3 and "| metadata" in lines[2] and "0.250" in lines[2]
 
 
-def test_a_primary_that_was_not_run_leaves_no_primary_contrast_and_says_so(caplog):
-    import logging
-
+def test_without_the_primary_there_is_no_primary_contrast_and_the_page_says_why():
+    """The workflow refuses such a config (tests/test_config.py); the table stays defined."""
     oofs = {"b": synthetic_oof(0.2, seed=1), "a+b": synthetic_oof(0.3, seed=2)}
-    with caplog.at_level(logging.WARNING):
-        table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
+    table = comparisons_table(oofs, CLASSES, {**EVALUATION, "bootstrap": 100}, 42)
     assert table["family"].tolist() == ["secondary"] and not table["primary"].any()
-    assert "evaluation.primary a is not among the combinations run (b, a+b)" in caplog.text
+    records = per_fold("b", oofs["b"]) + per_fold("a+b", oofs["a+b"])
+    headline = headline_table(per_fold_table(records), oofs, CLASSES, EVALUATION, 42)
+    text = results_markdown(headline, table, EVALUATION, a_plan(oofs, "a", 0.95))
+    assert "- No primary contrast: no fusion run holds a." in text
+    assert "## Primary contrasts" not in text
 
 
 def test_a_fold_counts_as_not_learned_for_every_combination_with_the_branch_that_did_not():
@@ -354,7 +441,7 @@ def test_a_contrast_whose_branch_learned_nothing_in_some_folds_says_so():
     headline, comparisons = made_up_headline(), made_up_comparisons()
     headline.loc[headline["combination"] == "metadata+thermal_map", "folds_not_learned"] = 2
     headline.loc[headline["combination"] == DEMO[3], "folds_not_learned"] = 1
-    text = results_markdown(headline, comparisons, NINETY)
+    text = results_markdown(headline, comparisons, NINETY, PLAN)
     opening = " ".join(text[: text.index("## Combinations")].split())
     assert (
         "on the 180 visits with every member. thermal_map's branch learned nothing "
@@ -365,13 +452,13 @@ def test_a_contrast_whose_branch_learned_nothing_in_some_folds_says_so():
             "An image branch (thermal_map, depth_map or wound_photo) learned "
             "nothing in 1 of 6 folds"
         )
-        == 2
-    )  # complete and all visits
+        == 1
+    )  # the primary contrast; the all-visits one is secondary
     assert markdown_tables(text)[0] == ["#", "combination", "folds_not_learned"]
     assert "- `folds_not_learned`: " in text
     run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
     run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
-    page = front_page(headline, comparisons, run, 0.9)
+    page = front_page(headline, comparisons, run, 0.9, PLAN)
     first = page.splitlines()[0]
     assert first.endswith(
         "thermal_map's branch learned nothing in 2 of 6 folds: this contrast does not measure "
@@ -379,5 +466,96 @@ def test_a_contrast_whose_branch_learned_nothing_in_some_folds_says_so():
     )
     assert "an image branch learned nothing in 2 of 6 folds" in page
     assert "- **learned nothing**: " in page
-    unflagged = results_markdown(made_up_headline(), comparisons, NINETY)
+    unflagged = results_markdown(made_up_headline(), comparisons, NINETY, PLAN)
     assert "learned nothing in" not in unflagged[: unflagged.index("## Combinations")]
+
+
+def test_the_plan_names_the_primary_family_alpha_the_test_rule_and_the_design():
+    names = ["metadata", "thermal_map", "depth_map", "metadata+thermal_map"]
+    names += ["thermal_map+depth_map", "metadata+thermal_map+depth_map"]
+    record = a_plan(names, confidence=0.9, folds=5, repeats=2)
+    plan = record["plan"]
+    assert (record["written"], record["earlier"]) == (WRITTEN, [])
+    family = plan["primary_family"]
+    assert (family["family"], family["primary"], family["visits"]) == (
+        "primary",
+        "metadata",
+        "complete",
+    )
+    # Only the fusions holding the primary; the image-only fusion is secondary.
+    assert family["contrasts"] == [
+        "metadata+thermal_map vs metadata",
+        "metadata+thermal_map+depth_map vs metadata",
+    ]
+    secondary = plan["secondary_families"]
+    assert "thermal_map+depth_map vs metadata" in secondary["secondary"]["contrasts"]
+    assert secondary["secondary, all visits"]["contrasts"] == family["contrasts"]
+    assert secondary["secondary, all visits"]["visits"] == "all"
+    assert (plan["confidence"], plan["alpha"]) == (0.9, 0.1)
+    test = plan["test"]
+    assert (test["values"], test["degrees_of_freedom"], test["sides"]) == (10, 9, 2)
+    assert test["multiplicity"] == "Holm within each family"
+    assert "1/J + n_test/n_train" in test["variance"] and test["detectable_gain_power"] == 0.8
+    assert plan["cv"] == {"folds": 5, "repeats": 2, "seed": 42, "grouped_by": "patient_id"}
+    assert json.loads(json.dumps(record)) == record  # as the file holds it
+
+
+def test_a_changed_plan_keeps_the_one_it_replaced_and_the_report_says_so():
+    later, latest = "2025-02-01T00:00:00+00:00", "2025-03-01T00:00:00+00:00"
+    first = a_plan(DEMO)
+    assert plan_record(first, first["plan"], later) is first  # unchanged: kept as written
+    second = plan_record(first, a_plan(DEMO, confidence=0.95)["plan"], later)
+    assert second["written"] == later
+    assert second["earlier"] == [{"written": WRITTEN, "replaced": later, "plan": first["plan"]}]
+    notice = plan_notice(second)
+    assert f"the plan written {later} replaced the one written {WRITTEN}" in notice
+    assert "confidence: 0.9 -> 0.95; alpha: 0.1 -> 0.05" in notice
+    assert plan_notice(first) == ""
+    text = results_markdown(made_up_headline(), made_up_comparisons(), NINETY, second)
+    opening = " ".join(text[: text.index("- Adding")].split())
+    assert "**The analysis plan changed after an earlier run:" in opening
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(made_up_headline(), made_up_comparisons(), run, 0.9, second)
+    assert page.startswith("**The analysis plan changed after an earlier run:")
+    third = plan_record(second, first["plan"], latest)
+    assert [plan["written"] for plan in third["earlier"]] == [WRITTEN, later]
+    assert "keeps the 2 earlier plans" in plan_notice(third)
+
+
+def test_a_plan_on_record_is_read_or_refused_naming_the_file(tmp_path):
+    path = tmp_path / "analysis_plan.json"
+    assert recorded_plan(path) is None
+    path.write_text(json.dumps(a_plan(DEMO)))
+    assert recorded_plan(path) == a_plan(DEMO)
+    path.write_text('{"plan": {}}')
+    with pytest.raises(InputError, match=f"{path} is not an analysis plan record"):
+        recorded_plan(path)
+
+
+def headline_gaps(text: str) -> dict:
+    """Label -> the gap cell of each row of the Markdown's ranking and overfitting table."""
+    table = text[text.index("## Headline: ranking") : text.index("## Legend")]
+    rows = [line for line in table.splitlines() if line.startswith("| C")]
+    return {
+        (cells[0], cells[1]): cells[-1]
+        for cells in ([c.strip() for c in row.strip("|").split("|")] for row in rows)
+    }
+
+
+def test_the_gap_is_shown_only_where_train_kappa_is_in_sample():
+    headline = made_up_headline()
+    text = results_markdown(headline, made_up_comparisons(), NINETY, PLAN)
+    gaps = headline_gaps(text)
+    # C2 is thermal_map alone: its train kappa is the branch's own in-sample predictions.
+    assert gaps.pop(("C2", "complete")) == f"{headline.loc[1, 'gap_mean']:.3f}"
+    assert set(gaps.values()) == {"–"}  # every row with metadata, and the all row
+    legend = " ".join(text[text.index("## Legend") :].split())
+    gap = legend[legend.index("- `gap`: ") :]
+    assert "only on rows without metadata" in gap and "about 0 by construction" in gap
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, made_up_comparisons(), run, 0.9, PLAN)
+    shown = [line for line in page.splitlines() if ", train - validation gap " in line]
+    assert [line.split("**")[1] for line in shown] == ["thermal_map"]
+    assert headline["gap_mean"].notna().sum() == 4  # the TSV's column keeps every complete row

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from jsonschema.exceptions import ValidationError
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 # The package, from the folder the rule scripts import it from (this file's ../scripts, also
@@ -11,6 +12,7 @@ from snakemake.utils import validate
 RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
 sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
+from fusion_dag.artifacts import InputError
 from fusion_dag.config import (
     ConfigError,
     class_names,
@@ -28,6 +30,7 @@ from fusion_dag.config import (
     schema_error,
     selected_combinations,
 )
+from fusion_dag.plan import analysis_plan, plan_changes, recorded_plan
 
 SCHEMA_PATH = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -52,13 +55,35 @@ try:
     check_columns(config["columns"])
     COMBINATIONS = selected_combinations(config)
     check_fusion_weights(config, COMBINATIONS)
-    check_primary(config)
+    check_primary(config, COMBINATIONS)
     check_review(config, COMBINATIONS)
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
+ANALYSIS_PLAN_FILE = "results/analysis_plan.json"
+ANALYSIS_PLAN = analysis_plan(config, COMBINATIONS)
+
+
+def warn_of_a_changed_plan():
+    """A WARNING at start when this config's plan differs from the one on record in results/
+    (read only: the analysis_plan job replaces it and keeps the earlier one)."""
+    try:
+        on_record = recorded_plan(ANALYSIS_PLAN_FILE)
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
+    if on_record is not None and on_record["plan"] != ANALYSIS_PLAN:
+        changes = "\n  ".join(plan_changes(on_record["plan"], ANALYSIS_PLAN))
+        logger.warning(
+            f"WARNING: the analysis plan differs from {ANALYSIS_PLAN_FILE} (written "
+            f"{on_record['written']}); this run replaces it, keeps the earlier plan in the "
+            f"file and says so on the report's front page:\n  {changes}"
+        )
+
+
+warn_of_a_changed_plan()
 # Each configured modality's image settings (image_model with its own overrides).
 MODALITY_SETTINGS = {
     name: modality_settings(config, name) for name in config["modalities"]

@@ -63,6 +63,7 @@ rule aggregate_results:
         folds="results/folds.tsv",
         members=files_of(member_fold_files, "probs"),
         image_metrics=files_of(image_metric_files, "metrics"),
+        plan=ANALYSIS_PLAN_FILE,
     output:
         per_fold="results/fusion_results_per_fold.tsv",
         table=report(

@@ -136,6 +136,7 @@ rule provenance:
         images="results/prepared/images.tsv",
         headline=rules.aggregate_results.output.table,
         metrics=lambda wildcards: jobs.run_metrics(config, COMBINATIONS, MODALITIES),
+        plan=ANALYSIS_PLAN_FILE,
     output:
         provenance="results/provenance.json",
     log:

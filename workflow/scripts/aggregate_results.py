@@ -47,12 +47,13 @@ with job_log(snakemake.log[0]) as log:
     comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)
     write_tsv(per_fold, snakemake.output.per_fold)
     write_tsv(headline, snakemake.output.table)
-    write_text(results_markdown(headline, comparisons, evaluation), snakemake.output.markdown)
+    plan = read_json(snakemake.input.plan)
+    write_text(results_markdown(headline, comparisons, evaluation, plan), snakemake.output.markdown)
     write_tsv(comparisons, snakemake.output.comparisons)
     confidence = evaluation["confidence"]
     write_text(comparisons_markdown(comparisons, confidence), snakemake.output.comparisons_markdown)
     write_text(
-        front_page(headline, comparisons, snakemake.params.run, confidence),
+        front_page(headline, comparisons, snakemake.params.run, confidence, plan),
         snakemake.output.front_page,
     )
     log.info("Headline table:\n%s", readable_table(readable_headline(headline, confidence)))

@@ -15,6 +15,8 @@ with job_log(snakemake.log[0]) as log:
         "packages": package_versions(),
         "data": data_hashes(snakemake.input.table, read_tsv(snakemake.input.images)),
         "jobs": job_runtimes({path: read_json(path) for path in snakemake.input.metrics}),
+        # The pre-specified family, alpha and test rule, with every earlier plan it replaced.
+        "analysis_plan": read_json(snakemake.input.plan),
     }
     write_json(record, snakemake.output.provenance)
     log.info("Provenance: commit %s, data %s", record["workflow"]["commit"], record["data"])

@@ -312,9 +312,12 @@ def check_fusion_weights(config: dict, combinations: dict) -> None:
             )
 
 
-def check_primary(config: dict) -> None:
+def check_primary(config: dict, combinations: dict) -> None:
     """``evaluation.primary`` names a combination: members joined by ``+``, each metadata or
-    a configured modality (a typo would otherwise leave the run without primary contrasts)."""
+    a configured modality (a typo would otherwise leave the run without primary contrasts),
+    and, when some combination fuses several members, one of the ``combinations`` run: the
+    primary family (:mod:`fusion_dag.plan`) compares each fusion with it, so a run without it
+    would train every model and answer nothing."""
     primary = config["evaluation"]["primary"]
     known = [METADATA, *config["modalities"]]
     unknown = [member for member in primary.split("+") if member not in known]
@@ -323,6 +326,13 @@ def check_primary(config: dict) -> None:
             f"Invalid config key 'evaluation.primary': {primary!r} names {unknown}, neither "
             f"metadata nor a modality ({', '.join(known)}); write a combination's members "
             "joined by '+', e.g. metadata or metadata+thermal_map"
+        )
+    fusions = any(len(members) > 1 for members in combinations.values())
+    if fusions and primary not in combinations:
+        raise ConfigError(
+            f"Invalid config key 'evaluation.primary': {primary!r} is not among the "
+            f"combinations run ({', '.join(combinations)}); add it to 'combinations' or name "
+            "one of them"
         )
 
 

@@ -3,8 +3,10 @@
 Unweighted Cohen's kappa on validation rows is the primary metric (as in the original study);
 quadratic weighted kappa credits near misses on the ordinal scale I < P < R. Train kappa and
 the train-minus-validation gap are reported because overfitting, not raw accuracy, is what
-broke the naive fusion. How sure a run can be of these numbers (bootstrap, corrected t-test,
-Holm) is :mod:`fusion_dag.inference`'s: this module only says what a model scored on which rows.
+broke the naive fusion; the gap measures it only where train kappa is in-sample (an image
+branch's own training visits), since the forest's training rows are scored out-of-fold. How
+sure a run can be of these numbers (bootstrap, corrected t-test, Holm) is
+:mod:`fusion_dag.inference`'s: this module only says what a model scored on which rows.
 """
 
 import numpy as np

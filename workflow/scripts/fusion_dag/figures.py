@@ -182,7 +182,7 @@ def plot_comparisons(comparisons: pd.DataFrame):
     centre = comparisons["kappa_diff_folds"]
     low = centre - comparisons["kappa_diff_ci_low"]
     high = comparisons["kappa_diff_ci_high"] - centre
-    colours = np.where(comparisons["family"].str.startswith("primary"), "#a50f15", "#636363")
+    colours = np.where(comparisons["primary"].astype(bool), "#a50f15", "#636363")
     for row in range(len(comparisons)):
         ax.errorbar(
             centre.iloc[row],

@@ -2,8 +2,8 @@
 tables, and their readable forms (``results/fusion_results.md``, the report's front page).
 
 Why apart from :mod:`fusion_dag.inference`: which rows a table holds and how a reader sees it
-change with the questions a study asks; the statistics behind each number do not. Each fusion
-against ``evaluation.primary`` is the pre-specified primary family of comparisons.
+change with the questions a study asks; the statistics behind each number do not. Which
+contrasts form the pre-specified primary family is :mod:`fusion_dag.plan`'s.
 """
 
 import logging
@@ -25,6 +25,7 @@ from fusion_dag.inference import (
     significance,
     verdicts,
 )
+from fusion_dag.plan import ALL, COMPLETE, PRIMARY, contrasts, plan_notice
 from fusion_dag.weights import METADATA, fuse_rows
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,6 @@ INTERVAL_METRICS = (
     "log_loss",
     "ece",
 )
-# Which visits a headline or comparison row scores: those with every member of the
-# combination, or every visit with the members it has (as predict scores it).
-COMPLETE, ALL = "complete", "all"
-# Comparison families, each Holm-adjusted on its own: each fusion against evaluation.primary on
-# the visits with every member (the pre-specified question), the same on every visit, and each
-# fusion against its other members.
-PRIMARY, PRIMARY_ALL, SECONDARY = "primary", "primary, all visits", "secondary"
 
 
 def per_fold_table(records: list) -> pd.DataFrame:
@@ -94,7 +88,8 @@ def headline_table(
     values around that mean, ``kappa_boot_`` the patient bootstrap of the pooled predictions
     (fitted models held fixed). ``kappa_std`` is the spread over all folds of all repeats; train
     and fit kappa are means over the fusion jobs' folds (complete rows only), and
-    ``gap_mean`` is train kappa minus the pooled validation kappa. ``folds_not_learned`` counts
+    ``gap_mean`` is train kappa minus the pooled validation kappa (a measure of overfitting
+    only on rows without metadata, :func:`shown_gap`). ``folds_not_learned`` counts
     the (repeat, fold) whose image branches did not all learn (``per_fold``'s
     ``branches_learned``, :func:`with_branches_learned`), on both rows of a combination.
     """
@@ -302,30 +297,17 @@ def comparisons_table(
     seed: int,
     all_visits: dict | None = None,
 ) -> pd.DataFrame:
-    """Each fusion (a combination of several members) against ``evaluation.primary`` (default
-    metadata), on the visits both scored and, for a combination in ``all_visits``, on every
-    visit as predict scores it; then against each of its other members. Each family gets its
-    own Holm adjustment and verdicts; ``primary`` marks the pre-specified family."""
-    primary = evaluation.get("primary", "metadata")
-    if primary not in oofs and any(len(name.split("+")) > 1 for name in oofs):
-        log.warning(
-            "evaluation.primary %s is not among the combinations run (%s): no primary "
-            "contrasts; add it to 'combinations' to compare each fusion with it",
-            primary,
-            ", ".join(oofs),
-        )
-    rows = []
-    for name, oof in oofs.items():
-        members = name.split("+")
-        if len(members) < 2:
-            continue
-        if primary in oofs and name != primary:
-            rows.append((name, primary, PRIMARY, COMPLETE, oof))
-            if name in (all_visits or {}):
-                rows.append((name, primary, PRIMARY_ALL, ALL, all_visits[name]))
-        for member in members:
-            if member in oofs and member != primary:
-                rows.append((name, member, SECONDARY, COMPLETE, oof))
+    """Every contrast :func:`fusion_dag.plan.contrasts` plans for the combinations run: each
+    fusion holding ``evaluation.primary`` against it on the visits both scored (the primary
+    family) and, for a combination in ``all_visits``, on every visit as predict scores it;
+    then the secondary contrasts. Each family gets its own Holm adjustment and verdicts;
+    ``primary`` marks the pre-specified family."""
+    all_visits = all_visits or {}
+    rows = [
+        (name, versus, family, visits, all_visits[name] if visits == ALL else oofs[name])
+        for name, versus, family, visits in contrasts(list(oofs), evaluation["primary"])
+        if visits == COMPLETE or name in all_visits
+    ]
     records = []
     for name, versus, family, visits, oof in rows:
         result = compare(oof, oofs[versus], classes, evaluation, seed)
@@ -428,7 +410,6 @@ SHORT_HEADERS = {
     "brier": "brier",
     "ece": "ece",
     "train_kappa": "train_kappa",
-    "gap": "gap",
 }
 # What a readable table shows where a row has no value (a NaN would print as ``nan``).
 MISSING = "–"
@@ -500,10 +481,20 @@ def readable_headline(headline: pd.DataFrame, confidence: float) -> pd.DataFrame
         ("brier_mean", "brier"),
         ("ece_mean", "ece"),
         ("train_kappa_mean", "train_kappa"),
-        ("gap_mean", "gap"),
     ):
         table[name] = headline[column]
+    table["gap"] = shown_gap(headline)
     return table
+
+
+def shown_gap(headline: pd.DataFrame) -> pd.Series:
+    """``gap_mean`` where it can show overfitting, NaN elsewhere: on rows without metadata,
+    whose train kappa is in-sample (an image branch's own predictions on the visits it was
+    trained on, or their fixed-weight fusion). On a row with metadata the forest's train kappa
+    is an inner out-of-fold estimate, so the gap is about 0 by construction (the TSV keeps it).
+    """
+    in_sample = [METADATA not in name.split("+") for name in headline["combination"]]
+    return headline["gap_mean"].where(in_sample)
 
 
 def readable_comparisons(comparisons: pd.DataFrame, confidence: float) -> pd.DataFrame:
@@ -557,8 +548,12 @@ def legend(confidence: float) -> dict:
         "training patients), for an image branch its network's own predictions on the visits "
         "it was trained on, for a fusion the fixed-weight fusion of its members' such "
         f"probabilities. {MISSING} on `all` rows.",
-        "gap": "train_kappa minus kappa: how much better training visits are scored than "
-        f"held-out ones (overfitting shows as a large gap). {MISSING} on `all` rows.",
+        "gap": "train_kappa minus kappa, only on rows without metadata, where train_kappa is "
+        "in-sample (the image branch's own predictions on its training visits): how much better "
+        "training visits are scored than held-out ones, so overfitting shows as a large gap. "
+        f"{MISSING} on rows with metadata: there the forest's train_kappa is an inner "
+        "out-of-fold estimate, so the gap is about 0 by construction and could not show "
+        f"overfitting (`gap_mean` in the TSV keeps it); {MISSING} on `all` rows.",
         "folds_not_learned": "the number of folds (of all repeats) in which an image branch of "
         "the combination learned nothing from its images (its best epoch at or before the "
         "warm-up's end or the first, a training kappa at chance level, or one phase predicted "
@@ -573,9 +568,11 @@ def legend(confidence: float) -> dict:
         "`inconclusive` one can have an interval that excludes 0 before Holm's adjustment.",
         "p_value": "the two-sided p-value of that test of the paired per-fold kappa "
         "differences, before adjustment.",
-        "p_holm": "p_value after Holm's adjustment within its family (the `complete` contrasts "
-        "are one family, the `all` contrasts another), which bounds the chance of any false "
-        f"verdict in the family at {alpha:g} (1 - the interval's confidence).",
+        "p_holm": "p_value after Holm's adjustment within its family (the primary family: each "
+        "fusion holding the primary against it on the visits with every member, as "
+        "results/analysis_plan.json fixed it before any model was trained), which bounds the "
+        f"chance of any false verdict in the family at {alpha:g} (1 - the interval's "
+        "confidence).",
         "verdict": f"`better` or `worse` (the sign of kappa_diff) when p_holm < {alpha:g}; "
         "otherwise `inconclusive`: this design cannot tell the difference from zero, which is "
         "not evidence that there is none.",
@@ -624,23 +621,18 @@ def contrast_sentence(row, confidence: float, learning: tuple) -> str:
 
 
 def contrast_verdict(row, confidence: float) -> str:
-    """:func:`contrast_sentence`'s sentence of the difference itself."""
-    members, reference = row.combination.split("+"), row.versus.split("+")
-    added = [m for m in members if m not in reference]
-    if len(added) + len(reference) == len(members):
-        subject = f"Adding {spoken_list(added)} to {row.versus}"
-    else:
-        subject = f"Using {row.combination} instead of {row.versus}"
+    """:func:`contrast_sentence`'s sentence of the difference itself. A primary contrast is
+    nested (the fusion holds the primary, :func:`fusion_dag.plan.holds`) and on the complete
+    visits, so the sentence names what the fusion adds."""
+    reference = row.versus.split("+")
+    added = [m for m in row.combination.split("+") if m not in reference]
+    subject = f"Adding {spoken_list(added)} to {row.versus}"
     d, low, high = row.kappa_diff_folds, row.kappa_diff_ci_low, row.kappa_diff_ci_high
     numbers = (
         f"({level(confidence)} CI {number(low, '{:+.2f}')} to {number(high, '{:+.2f}')}, "
         f"unadjusted; Holm p {p_text(row.p_holm)})"
     )
-    visits = (
-        f"on all {row.n_rows} visits, each scored with the members it has"
-        if row.rows == ALL
-        else f"on the {row.n_rows} visits with every member"
-    )
+    visits = f"on the {row.n_rows} visits with every member"
     if row.verdict == "better":
         return f"{subject} improves kappa by {number(abs(d), '{:.2f}')} {numbers} {visits}."
     if row.verdict == "worse":
@@ -653,8 +645,9 @@ def contrast_verdict(row, confidence: float) -> str:
 
 
 def primary_contrasts(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The comparisons of the pre-specified question: each fusion against the primary."""
-    return comparisons[comparisons["family"].isin([PRIMARY, PRIMARY_ALL])]
+    """The comparisons of the pre-specified question: each fusion holding the primary against
+    it, on the visits with every member (the analysis plan's primary family)."""
+    return comparisons[comparisons["family"] == PRIMARY]
 
 
 def fold_learning(headline: pd.DataFrame) -> dict:
@@ -671,10 +664,7 @@ def contrast_sentences(
     """:func:`contrast_sentence` of every primary contrast, or why there is none."""
     rows = primary_contrasts(comparisons)
     if rows.empty:
-        return [
-            f"No primary contrast: no fusion was compared with {primary} (it was not run, or "
-            "no combination fuses several inputs)."
-        ]
+        return [f"No primary contrast: no fusion run holds {primary}."]
     learning = fold_learning(headline)
     return [
         contrast_sentence(row, confidence, learning[row.combination])
@@ -690,9 +680,28 @@ def markdown_list(items: list) -> list:
     ]
 
 
-def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, evaluation: dict) -> str:
-    """``results/fusion_results.md``, for a reader new to the project: one sentence per primary
-    contrast, then the tables, then what every column shown means.
+def plan_sentence(plan: dict) -> str:
+    """What the report says of the analysis plan (the ``results/analysis_plan.json`` record,
+    :func:`fusion_dag.plan.plan_record`): where the primary family was fixed, and which
+    contrasts are secondary."""
+    fixed = plan["plan"]
+    return (
+        f"Pre-specified in results/analysis_plan.json (written {plan['written']}, before any "
+        "model was trained): the primary family is each fusion holding "
+        f"{fixed['primary_family']['primary']} against it on the visits with every member, "
+        f"Holm-adjusted as one family at alpha {fixed['alpha']:g}. The same contrasts on every "
+        "visit (scored as predict scores a visit lacking an image) and each fusion against its "
+        "other members are secondary families: comparisons.md."
+    )
+
+
+def results_markdown(
+    headline: pd.DataFrame, comparisons: pd.DataFrame, evaluation: dict, plan: dict
+) -> str:
+    """``results/fusion_results.md``, for a reader new to the project: a notice when the
+    analysis plan (``plan``, the record of results/analysis_plan.json) replaced an earlier one,
+    one sentence per primary contrast and where its family was fixed, then the tables, then
+    what every column shown means.
 
     Combinations are named by short labels in the tables (and in full in a table of their
     own, beside how many folds their image branches learned nothing in), so the tables stay
@@ -726,9 +735,14 @@ def results_markdown(headline: pd.DataFrame, comparisons: pd.DataFrame, evaluati
     other = rows[["#", "rows"]].copy()
     for column, metric in SHORT_HEADERS.items():
         other[column] = headline[f"{metric}_mean"]
+    other["gap"] = shown_gap(headline)
     tables.append(("Headline: ranking, calibration and overfitting", other))
     lines = [f"# Does each fusion add to {primary}?", ""]
+    notice = plan_notice(plan)
+    if notice:
+        lines += [textwrap.fill(f"**{notice}**", LINE_WIDTH), ""]
     lines += [*markdown_list(contrast_sentences(comparisons, headline, primary, confidence)), ""]
+    lines += [textwrap.fill(plan_sentence(plan), LINE_WIDTH), ""]
     for title, table in tables:
         lines += [f"## {title}", "", readable_table(table), ""]
     definitions = legend(confidence)
@@ -761,10 +775,13 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
 PARTS = ("mean", "ci_low", "ci_high")
 
 
-def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, confidence) -> str:
+def front_page(
+    headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, confidence, plan: dict
+) -> str:
     """The HTML report's front page (reStructuredText): the answer in one sentence per primary
-    contrast, what was run, the contrasts and the headline, then what each term means, so a
-    reader of the report sees the answer before any click.
+    contrast (after a notice when the analysis plan ``plan`` replaced an earlier one), what was
+    run, the contrasts and the headline, then what each term means, so a reader of the report
+    sees the answer before any click.
 
     Lists, not tables: the report sets the page's text in a column beside the workflow's
     graph, where a table of the headline's width runs under the graph. ``run`` holds
@@ -775,7 +792,9 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
     primary, ci = run["primary"], level(confidence)
     images = ", ".join(run["modalities"]) or "none"
     sentences = contrast_sentences(comparisons, headline, primary, confidence)
-    lines = [f"- {sentence}" for sentence in sentences]
+    notice = plan_notice(plan)
+    lines = [f"**{notice}**", ""] if notice else []
+    lines += [f"- {sentence}" for sentence in sentences]
     lines += [
         "",
         f"fusion-dag classifies wound healing phases ({' < '.join(run['classes'])}) by fusing a "
@@ -792,22 +811,20 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
         title = f"Does each fusion add to {primary}?"
         lines += [title, "-" * len(title), ""]
         for row in contrasts.itertuples(index=False):
-            visits = (
-                "every visit, scored as predict scores it"
-                if row.rows == ALL
-                else "the visits with every member"
-            )
             interval_text = with_interval(
                 row.kappa_diff_folds, row.kappa_diff_ci_low, row.kappa_diff_ci_high, signed=True
             )
             lines.append(
-                f"- **{row.combination}** against {row.versus}, {row.n_rows} visits ({visits}): "
+                f"- **{row.combination}** against {row.versus}, {row.n_rows} visits (the visits "
+                "with every member): "
                 f"kappa {interval_text}, p {p_text(row.p_value)}, Holm p {p_text(row.p_holm)}: "
                 f"**{row.verdict}** (detectable gain {number(row.detectable_gain, '{:+.2f}')})"
             )
         lines += [
             "",
-            "Fixed in the config (``evaluation.primary``) before any result: the mean paired "
+            plan_sentence(plan),
+            "",
+            "Each contrast: the mean paired "
             f"per-fold kappa difference with the {ci} interval of the corrected resampled "
             "t-test (not adjusted for the family), its p-value Holm-adjusted within the family. "
             f"Better or worse when the Holm p is below {1 - confidence:g}, otherwise "
@@ -816,7 +833,7 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
             "",
         ]
     lines += ["Headline", "--------", ""]
-    for row in headline.itertuples(index=False):
+    for row, gap in zip(headline.itertuples(index=False), shown_gap(headline), strict=True):
         visits = f"all {row.n_rows} visits" if row.rows == ALL else f"{row.n_rows} visits"
         metrics = ", ".join(
             f"{name} {with_interval(*(getattr(row, f'{metric}_{part}') for part in PARTS))}"
@@ -825,8 +842,8 @@ def front_page(headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, con
         extra = (
             f"balanced accuracy {number(row.balanced_accuracy_mean)}, ECE {number(row.ece_mean)}"
         )
-        if not pd.isna(row.gap_mean):
-            extra += f", train - validation gap {number(row.gap_mean)}"
+        if not pd.isna(gap):
+            extra += f", train - validation gap {number(gap)}"
         if row.folds_not_learned:
             extra += (
                 f", an image branch learned nothing in {row.folds_not_learned} of "
