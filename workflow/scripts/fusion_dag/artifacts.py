@@ -19,8 +19,19 @@ class InputError(ValueError):
     """A problem with the user's data or settings, stated in one line that says what to change.
 
     Every stage raises it for bad input; the job log (:mod:`fusion_dag.joblog`) prints it as a
-    single line instead of a traceback.
+    single line, after ``fusion-dag {heading}:``, instead of a traceback.
     """
+
+    heading = "input error"
+
+
+class ArtifactError(InputError):
+    """A file of the results folder that a job cannot use: truncated, edited, or not the one
+    its record (sidecar, manifest, views table) describes, such as a checkpoint swapped with
+    another fold's. One line naming the file and how to make it again (the file to delete, so
+    the next run rewrites it, or the rule to ``--forcerun``), as for bad input."""
+
+    heading = "results error"
 
 
 def partial_path(path: Path) -> Path:

@@ -60,23 +60,37 @@ def resolve_images(
     missing_images: str,
     source: Path,
     scaled: bool = False,
-) -> pd.Series:
-    """Validate one modality's image paths in a samples column; return them, indexed by id.
+) -> pd.DataFrame:
+    """Validate one modality's image paths in a samples column; return the files' ``path``,
+    ``width`` and ``height`` (upright), indexed by id.
 
     Empty cells are an error or, with ``missing_images: drop``, rows left out of this modality
-    and counted in the log; every named file is checked by :func:`checked_files`.
+    with a warning naming them; a column empty in every row is an error either way. Every
+    named file is checked by :func:`checked_files`.
     """
     cells = stripped(table[column])
     empty = blank(cells)
+    if empty.all():
+        raise InputError(
+            f"samples table {source}: image column '{column}' (modality {modality}) is empty "
+            f"in every row; fill it, or leave {modality} out of combinations"
+        )
     if empty.any() and missing_images == "error":
         raise InputError(
             f"samples table {source}: image column '{column}' (modality {modality}) is empty for "
             f"ids {describe_rows(ids[empty].tolist())}; fill them or set missing_images: drop"
         )
     if empty.any():
-        log.info("Modality %s: dropped %d rows with no image", modality, int(empty.sum()))
+        log.warning(
+            "Modality %s: dropped %d rows of %s with no image in column '%s' (ids %s)",
+            modality,
+            int(empty.sum()),
+            source,
+            column,
+            describe_rows(ids[empty].tolist()),
+        )
     owners = pd.Series([f"id {i}" for i in ids[~empty]], index=ids[~empty].to_numpy())
-    files = checked_files(
+    return checked_files(
         cells[~empty].set_axis(owners.index),
         owners,
         modality,
@@ -84,7 +98,6 @@ def resolve_images(
         f"samples table {source}: image column '{column}'",
         scaled,
     )
-    return files["path"].rename(modality)
 
 
 def checked_files(

@@ -28,7 +28,14 @@ from fusion_dag.tables import (
     row_names,
     stripped,
 )
-from fusion_dag.views import CROP, VIEW_COLUMNS, column_views, table_views, with_crops
+from fusion_dag.views import (
+    CROP,
+    VIEW_COLUMNS,
+    column_views,
+    table_views,
+    view_counts,
+    with_crops,
+)
 from fusion_dag.weights import METADATA
 
 log = logging.getLogger(__name__)
@@ -117,6 +124,9 @@ def new_views(table, ids, groups, modality, layout, sources, path, spec) -> pd.D
             table, ids, modality, layout["column"], image_dir, "drop", path, scaled=scaled
         )
         views = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
+        no_orphans = pd.Series(False, index=views.index)
+        where = f"samples table {path}: image column '{layout['column']}'"
+        view_counts(views, ids, no_orphans, modality, "drop", path, where)
     else:
         given = {**layout, "images": image_tables[modality], "image_dir": image_dir}
         views, _ = table_views(

@@ -47,7 +47,13 @@ VIEW_COUNT_COLUMNS = (
     "visits_without_views",
     "rows_without_visit",
     "boxes_clipped",
+    "boxes_cut",
+    "views_upscaled",
+    "files_shared",
 )
+# The smallest image size a branch can have (config schema: ``size`` minimum): a view with
+# fewer pixels on a side than this is upscaled whatever the modality's size.
+SMALLEST_SIZE = 8
 # How a visit's probability is made from its views' (recorded in the bundle).
 AGGREGATION = "mean"
 
@@ -227,6 +233,11 @@ def table_views(
     wanted = [(f"{config}.path", layout["path"])]
     wanted += [(f"{config}.box", column) for column in layout["box"] or []]
     require_columns(table, wanted, source, what="image table")
+    if table.empty:
+        raise InputError(
+            f"image table {source} ({config}.images) has a header but no data rows; add a row "
+            f"per view, or leave {modality} out of combinations"
+        )
     keys = layout["keys"]
     image_keys = visit_keys(table, keys, source, "image table", f"{config}.keys")
     samples_keys = visit_keys(
@@ -235,14 +246,24 @@ def table_views(
     visit = visit_of_key(samples_keys, ids, keys, samples_source, modality)
     matched = image_keys.map(lambda key: visit.get(key))
     orphans = matched.isna()
+    if orphans.all():
+        raise InputError(
+            f"image table {source}: none of its {len(table)} rows names a visit of samples table "
+            f"{samples_source} by the keys {keys} ({config}.keys; image table: "
+            f"{describe_rows(list(dict.fromkeys(map(shown_key, image_keys))))}; samples table: "
+            f"{describe_rows(list(map(shown_key, samples_keys)))}); check that both tables "
+            "hold the same patients and visits, in the same key columns"
+        )
     if orphans.any():
-        log.info(
-            "Modality %s: %d image rows name visits the samples table lacks (keys %s: %s); "
-            "left out",
+        log.warning(
+            "Modality %s: %d image rows name visits the samples table lacks (keys %s: %s; "
+            "image table %s, data rows %s); left out",
             modality,
             int(orphans.sum()),
             keys,
             describe_rows(list(dict.fromkeys(map(shown_key, image_keys[orphans])))),
+            source,
+            describe_rows(row_names(orphans)),
         )
     cells = stripped(table[layout["path"]])
     empty = blank(cells) & ~orphans
@@ -251,9 +272,21 @@ def table_views(
             f"image table {source}: path column '{layout['path']}' is empty in data rows "
             f"{describe_rows(row_names(empty))}; fill them or set missing_images: drop"
         )
-    if empty.any():
-        log.info("Modality %s: dropped %d image rows with no path", modality, int(empty.sum()))
     used = ~orphans & ~empty
+    if not used.any():
+        raise InputError(
+            f"image table {source}: path column '{layout['path']}' is empty in every row of a "
+            f"visit (data rows {describe_rows(row_names(empty))}); fill it, or leave {modality} "
+            "out of combinations"
+        )
+    if empty.any():
+        log.warning(
+            "Modality %s: dropped %d image rows of %s with no path (data rows %s)",
+            modality,
+            int(empty.sum()),
+            source,
+            describe_rows(row_names(empty)),
+        )
     owners = pd.Series(
         [f"data row {int(i) + 1}" for i in table.index[used]], index=table.index[used]
     )
@@ -265,7 +298,6 @@ def table_views(
         f"image table {source}: path column '{layout['path']}'",
         scaled,
     )
-    check_shared_frames(files["path"], matched[used], groups, ids, modality, source)
     views = pd.DataFrame(
         {
             ID: matched[used].astype(str),
@@ -285,28 +317,72 @@ def table_views(
         fitted, clipped = fitted_boxes(boxes, views, source, modality)
         views[list(BOX)] = fitted
         views["box_clipped"] = clipped
-    counts = view_counts(views, ids, orphans, modality, missing_images, samples_source)
+    counts = view_counts(
+        views, ids, orphans, modality, missing_images, samples_source, f"image table {source}"
+    )
     views = order_views(views, ids)
     return views, counts
 
 
-def check_shared_frames(paths, visits, groups, ids, modality, source) -> None:
-    """Warn when one image file is listed for visits of different patients: its pixels would
-    then sit on both sides of a patient-grouped split (a frame with two ulcers of one patient
-    is fine)."""
-    patient = pd.Series(groups.to_numpy(), index=ids.to_numpy())
-    owners = pd.DataFrame({"path": paths.to_numpy(), "group": visits.map(patient).to_numpy()})
-    shared = owners.groupby("path")["group"].nunique()
-    shared = shared[shared > 1]
-    if len(shared):
-        log.warning(
-            "Modality %s: %d image files of %s are listed for more than one patient (%s); "
-            "their pixels can reach both sides of a split: check the keys of those rows",
-            modality,
-            len(shared),
-            source,
-            describe_rows(shared.index.tolist()),
-        )
+def view_rows(views: pd.DataFrame, mask: pd.Series) -> str:
+    """The rows of ``views`` that ``mask`` marks, for a message: the image table's data rows,
+    or the samples table's ids for a modality given by a samples column."""
+    chosen = views[mask.to_numpy(dtype=bool)]
+    if chosen["image_row"].notna().all():
+        return f"data rows {describe_rows([int(r) for r in chosen['image_row']])}"
+    return f"ids {describe_rows(chosen[ID].tolist())}"
+
+
+def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
+    """Count, and log as a WARNING naming ``where`` (the table) and its rows, every view whose
+    pixels are not what the table gave: a box partly outside its frame (clipped to it), a box
+    wider or taller than its frame's shorter side (its square crop cannot hold it: cut), a
+    view under :data:`SMALLEST_SIZE` px on a side (upscaled whatever the size: a 1 x 1 px
+    image becomes a flat square), and one file listed for visits of different patients (its
+    pixels can reach both sides of a patient-grouped split; a frame with two ulcers of one
+    patient is fine); ``files_shared`` counts files, the others views."""
+    width, height = views["width"].astype(float), views["height"].astype(float)
+    box_width = views["x_max"] - views["x_min"]
+    box_height = views["y_max"] - views["y_min"]
+    boxed = views[list(BOX)].notna().all(axis=1)
+    box_side = np.maximum(box_width, box_height)
+    frame_side = np.minimum(width, height)
+    patients = views.groupby("path")[GROUP].transform("nunique")
+    changes = {
+        "boxes_clipped": (
+            views["box_clipped"].astype(bool),
+            "wound boxes partly outside their frame, clipped to it",
+        ),
+        "boxes_cut": (
+            boxed & (box_side > frame_side),
+            "wound boxes wider or taller than their frame's shorter side, cut by their square "
+            "crop (the frame's shorter side)",
+        ),
+        "views_upscaled": (
+            pd.Series(np.where(boxed, box_side, frame_side) < SMALLEST_SIZE, index=views.index),
+            f"views under {SMALLEST_SIZE} px on a side (the image, or its wound box), upscaled "
+            "to the branch's size",
+        ),
+        "files_shared": (
+            patients > 1,
+            "rows name an image file that a visit of another patient uses too: its pixels can "
+            "reach both sides of a patient-grouped split; check the keys or paths of those rows",
+        ),
+    }
+    counts = {}
+    for name, (mask, what) in changes.items():
+        counts[name] = int(mask.sum())
+        if counts[name]:
+            log.warning(
+                "Modality %s: %s: %d %s (%s)",
+                modality,
+                where,
+                counts[name],
+                what,
+                view_rows(views, mask),
+            )
+    counts["files_shared"] = int(views.loc[patients > 1, "path"].nunique())
+    return counts
 
 
 def order_views(views: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -321,10 +397,17 @@ def order_views(views: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
 
 
 def view_counts(
-    views: pd.DataFrame, ids: pd.Series, orphans: pd.Series, modality, missing_images, source
+    views: pd.DataFrame,
+    ids: pd.Series,
+    orphans: pd.Series,
+    modality,
+    missing_images,
+    source,
+    where: str,
 ) -> dict:
     """Views per visit (min, median, max), visits without views (an error with
-    ``missing_images: error``), image rows without a visit and boxes clipped, logged."""
+    ``missing_images: error``, else a warning naming them), image rows without a visit and
+    the views :func:`changed_views` warns of (``where`` names the table), logged."""
     per_visit = views.groupby(ID).size()
     without = ids[~ids.isin(per_visit.index)]
     if len(without) and missing_images == "error":
@@ -341,8 +424,16 @@ def view_counts(
         "views_max": int(per_visit.max()) if len(per_visit) else 0,
         "visits_without_views": len(without),
         "rows_without_visit": int(orphans.sum()),
-        "boxes_clipped": int(views["box_clipped"].sum()),
+        **changed_views(views, modality, where),
     }
+    if len(without):
+        log.warning(
+            "Modality %s: %d visits of %s have no views (ids %s); left out of this modality",
+            modality,
+            len(without),
+            source,
+            describe_rows(without.tolist()),
+        )
     log.info(
         "Modality %s: %d image rows matched %d visits (views per visit: min %d, median %g, "
         "max %d); %d visits without views%s; %d image rows without a visit; %d boxes clipped "
@@ -361,13 +452,21 @@ def view_counts(
     return counts
 
 
-def column_views(paths: pd.Series, groups: pd.Series) -> pd.DataFrame:
+def column_views(files: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     """The views of a modality given by a samples column: one per visit with an image, its
-    whole frame (no box), in the samples table's order."""
-    views = pd.DataFrame({ID: paths.index.astype(str), "path": paths.to_numpy()})
+    whole frame (no box), in the samples table's order; ``files`` is
+    :func:`~fusion_dag.image_files.resolve_images`'s, indexed by id."""
+    views = pd.DataFrame(
+        {
+            ID: files.index.astype(str),
+            "path": files["path"].to_numpy(),
+            "width": files["width"].to_numpy(dtype=float),
+            "height": files["height"].to_numpy(dtype=float),
+        }
+    )
     views[GROUP] = views[ID].map(groups)
     views["image_row"] = pd.NA
-    for name in (*BOX, "width", "height"):
+    for name in BOX:
         views[name] = np.nan
     views["box_clipped"] = False
     views.insert(0, "view", np.arange(1, len(views) + 1))
