@@ -73,7 +73,7 @@ def resolve_images(
     if empty.all():
         raise InputError(
             f"samples table {source}: image column '{column}' (modality {modality}) is empty "
-            f"in every row; fill it, or leave {modality} out of combinations"
+            f"in every row; fill it, or use a combination without {modality}"
         )
     if empty.any() and missing_images == "error":
         raise InputError(

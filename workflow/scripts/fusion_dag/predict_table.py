@@ -139,6 +139,7 @@ def new_views(table, ids, groups, modality, layout, sources, path, spec) -> pd.D
             path,
             spec.get("na_values"),
             scaled=scaled,
+            images_key=f"predict.images.{modality}",
         )
     return with_crops(views, layout.get("box_margin", 0)).assign(modality=modality)
 

@@ -218,8 +218,12 @@ def table_views(
     samples_source: Path,
     na_values=(),
     scaled: bool = False,
+    images_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """One modality's views from its image table; return (views, counts for the log and report).
+
+    ``images_key`` is the config key that names the table, for messages (default
+    ``modalities.{modality}.images``; ``predict.images.{modality}`` for a new table's).
 
     ``samples_table`` is the samples table as read (its key columns), ``ids`` and ``groups``
     its cleaned ids and patients (same index); ``layout`` the modality's ``images``, ``path``,
@@ -229,14 +233,15 @@ def table_views(
     """
     source = Path(layout["images"])
     config = f"modalities.{modality}"
-    table = read_table(source, na_values, key=f"{config}.images", what="image table")
+    images_key = images_key or f"{config}.images"
+    table = read_table(source, na_values, key=images_key, what="image table")
     wanted = [(f"{config}.path", layout["path"])]
     wanted += [(f"{config}.box", column) for column in layout["box"] or []]
     require_columns(table, wanted, source, what="image table")
     if table.empty:
         raise InputError(
-            f"image table {source} ({config}.images) has a header but no data rows; add a row "
-            f"per view, or leave {modality} out of combinations"
+            f"image table {source} ({images_key}) has a header but no data rows; add a row per "
+            f"view, or use a combination without {modality}"
         )
     keys = layout["keys"]
     image_keys = visit_keys(table, keys, source, "image table", f"{config}.keys")
@@ -276,8 +281,8 @@ def table_views(
     if not used.any():
         raise InputError(
             f"image table {source}: path column '{layout['path']}' is empty in every row of a "
-            f"visit (data rows {describe_rows(row_names(empty))}); fill it, or leave {modality} "
-            "out of combinations"
+            f"visit (data rows {describe_rows(row_names(empty))}); fill it, or use a "
+            f"combination without {modality}"
         )
     if empty.any():
         log.warning(
