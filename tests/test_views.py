@@ -196,13 +196,14 @@ def test_every_view_changed_from_the_table_is_a_warning_and_counted(tmp_path, ca
         ("8", "2", "tiny.png", (0, 0, 1, 1)),  # a 1 x 1 px image: upscaled
         ("9", "1", "b.png", (50, 50, 80, 80)),  # b.png also a visit of patient 8
         ("9", "2", "c.png", (50, 50, 80, 80)),  # unchanged
+        ("9", "2", "c.png", (50, 50, 80, 80)),  # its copy: repeated
     ]
     write_study(tmp_path, VISITS, rows)
     with caplog.at_level(logging.WARNING):
         _, views, (count,) = prepare_study(tmp_path)
-    assert len(views) == 6
-    changed = {key: count[key] for key in ("boxes_clipped", "boxes_cut", "views_upscaled")}
-    assert changed == {"boxes_clipped": 1, "boxes_cut": 2, "views_upscaled": 2}
+    assert len(views) == 7
+    changed = ("boxes_clipped", "boxes_cut", "views_upscaled", "views_repeated")
+    assert [count[key] for key in changed] == [1, 2, 2, 1]
     assert count["files_shared"] == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     table = f"image table {tmp_path / 'images.csv'}"
@@ -212,6 +213,7 @@ def test_every_view_changed_from_the_table_is_a_warning_and_counted(tmp_path, ca
         f"{table}: 2 views under 8 px on a side (the image, or its wound box), upscaled to "
         "the branch's size (data rows 3, 4)",
         f"{table}: 2 rows name an image file that a visit of another patient uses too",
+        f"{table}: 1 rows repeat an earlier row's visit, file and box",
     ]
     for text in expected:
         assert sum(text in w for w in warnings) == 1, (text, warnings)

@@ -237,8 +237,8 @@ def load_bundle(folder: Path) -> dict:
     if not manifest_path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST}; build one with final_models")
     try:
-        manifest = read_json(manifest_path)
-    except json.JSONDecodeError as error:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"bundle manifest {manifest_path} is not JSON: {error}") from None
     if not isinstance(manifest, dict) or SPEC_HASH not in manifest:
         raise BundleError(

@@ -62,6 +62,20 @@ def new_samples(
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
     layouts = {m: spec["modalities"][m] for m in members if m != METADATA}
+    tabled = [m for m, v in spec["modalities"].items() if "column" not in v]
+    unknown = sorted(set(image_tables) - set(tabled))
+    if unknown:
+        raise InputError(
+            f"Invalid config key 'predict.images': the bundle reads no {', '.join(unknown)} from "
+            f"an image table (its image tables: {', '.join(tabled) or 'none'}); fix the name"
+        )
+    unused = sorted(set(image_tables) - set(layouts))
+    if unused:
+        log.warning(
+            "predict.images: %s not read: the combination predicted (%s) does not use it",
+            ", ".join(unused),
+            "+".join(members),
+        )
     untabled = [
         m for m, layout in layouts.items() if "column" not in layout and m not in image_tables
     ]

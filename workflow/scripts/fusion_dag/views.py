@@ -50,6 +50,7 @@ VIEW_COUNT_COLUMNS = (
     "boxes_cut",
     "views_upscaled",
     "files_shared",
+    "views_repeated",
 )
 # The smallest image size a branch can have (config schema: ``size`` minimum): a view with
 # fewer pixels on a side than this is upscaled whatever the modality's size.
@@ -343,9 +344,10 @@ def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
     pixels are not what the table gave: a box partly outside its frame (clipped to it), a box
     wider or taller than its frame's shorter side (its square crop cannot hold it: cut), a
     view under :data:`SMALLEST_SIZE` px on a side (upscaled whatever the size: a 1 x 1 px
-    image becomes a flat square), and one file listed for visits of different patients (its
+    image becomes a flat square), one file listed for visits of different patients (its
     pixels can reach both sides of a patient-grouped split; a frame with two ulcers of one
-    patient is fine); ``files_shared`` counts files, the others views."""
+    patient is fine) and a row repeating an earlier one (visit, file and box); ``files_shared``
+    counts files, the others views."""
     width, height = views["width"].astype(float), views["height"].astype(float)
     box_width = views["x_max"] - views["x_min"]
     box_height = views["y_max"] - views["y_min"]
@@ -372,6 +374,11 @@ def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
             patients > 1,
             "rows name an image file that a visit of another patient uses too: its pixels can "
             "reach both sides of a patient-grouped split; check the keys or paths of those rows",
+        ),
+        "views_repeated": (
+            views.duplicated([ID, "path", *BOX]),
+            "rows repeat an earlier row's visit, file and box: the view counts twice in its "
+            "visit's mean; remove the copies if they are not meant",
         ),
     }
     counts = {}
