@@ -228,6 +228,9 @@ def test_a_new_image_table_giving_no_view_is_one_error_naming_its_key(external_r
                 members,
                 {"thermal_map": tmp_path / table},
             )
+    # A table for a modality the bundle does not read from one (a typo) is named, not ignored.
+    with pytest.raises(InputError, match=r"the bundle reads no thermal from an image table \(its"):
+        new_samples(external_run / "new.csv", external_run, spec, members, {"thermal": "x.csv"})
 
 
 def test_missing_words_and_their_ids_survive_into_the_predictions(external_run, tmp_path):
