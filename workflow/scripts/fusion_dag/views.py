@@ -449,7 +449,8 @@ def view_counts(
     log.info(
         "Modality %s: %d image rows matched %d visits (views per visit: min %d, median %g, "
         "max %d); %d visits without views%s; %d image rows without a visit; %d boxes clipped "
-        "to their frame",
+        "to their frame, %d cut by their crop; %d views upscaled; %d files shared by patients; "
+        "%d views repeated",
         modality,
         counts["views"],
         counts["visits"],
@@ -460,6 +461,10 @@ def view_counts(
         " (left out of this modality)" if len(without) else "",
         counts["rows_without_visit"],
         counts["boxes_clipped"],
+        counts["boxes_cut"],
+        counts["views_upscaled"],
+        counts["files_shared"],
+        counts["views_repeated"],
     )
     return counts
 
