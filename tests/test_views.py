@@ -145,6 +145,11 @@ def test_keys_naming_two_samples_rows_stop_with_the_rows(tmp_path):
     [
         ((20, 10, 20, 30), r"wound boxes with no area .* in data rows 1"),
         ((130, 10, 150, 30), r"wound boxes wholly outside their frame in data rows 1 .*120 x 90"),
+        (
+            (0.1, 0.2, 0.5, 0.6),
+            r"every wound box .* lies within 0 to 1, as fractions of the frame would \(data row "
+            r"1: \[0.1, 0.2, 0.5, 0.6\] in a 120 x 90 frame\)",
+        ),
     ],
 )
 def test_a_box_with_no_area_or_outside_its_frame_is_named(tmp_path, box, message):

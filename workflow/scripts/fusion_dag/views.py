@@ -142,9 +142,19 @@ def parsed_boxes(table: pd.DataFrame, columns: list, source: Path, modality: str
 def fitted_boxes(boxes: pd.DataFrame, frames: pd.DataFrame, source: Path, modality: str):
     """Boxes checked against their frames (``width``, ``height``): (boxes clipped to the frame,
     which rows were clipped). A box with no area, or wholly outside its frame, is an error
-    naming the rows; a box partly outside is clipped (and counted by the caller)."""
+    naming the rows, and so are boxes that are all fractions of the frame (0 to 1: a common
+    export, whose 1 px crops would pass as upscaled views); a box partly outside is clipped
+    (and counted by the caller)."""
     x_min, y_min, x_max, y_max = (boxes[name] for name in BOX)
     width, height = frames["width"], frames["height"]
+    if boxes.abs().le(1).all(axis=None) and (np.minimum(width, height) > 1).any():
+        raise InputError(
+            f"image table {source}: every wound box (modalities.{modality}.box) lies within 0 "
+            f"to 1, as fractions of the frame would (data row 1: "
+            f"{[float(boxes[n].iloc[0]) for n in BOX]} in a {int(width.iloc[0])} x "
+            f"{int(height.iloc[0])} frame); boxes are pixels of the upright image: multiply x "
+            "by the frame's width and y by its height"
+        )
     empty = (x_max <= x_min) | (y_max <= y_min)
     if empty.any():
         raise InputError(
