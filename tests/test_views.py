@@ -224,9 +224,9 @@ def test_every_view_changed_from_the_table_is_a_warning_and_counted(tmp_path, ca
         assert sum(text in w for w in warnings) == 1, (text, warnings)
 
 
-def test_a_samples_column_shared_by_patients_or_a_1_px_image_is_a_warning(tmp_path, caplog):
+def test_a_samples_column_shared_by_patients_or_a_1_px_rgba_image_is_a_warning(tmp_path, caplog):
     write_frame(tmp_path / "a.png", [])
-    write_frame(tmp_path / "dot.png", [], size=(1, 1))
+    Image.new("RGBA", (1, 1)).save(tmp_path / "dot.png")
     write_study(tmp_path, VISITS, [])
     table = pd.read_csv(tmp_path / "samples.csv")
     table["thermal"] = ["a.png", "", "a.png", "dot.png", "", ""]
@@ -237,6 +237,7 @@ def test_a_samples_column_shared_by_patients_or_a_1_px_image_is_a_warning(tmp_pa
             tmp_path / "samples.csv", COLUMNS, CLASSES, {"thermal_map": layout}, "drop"
         )
     assert (count["files_shared"], count["views_upscaled"], count["views"]) == (1, 1, 3)
+    assert count["views_converted"] == 1 and "mode RGBA converted to RGB" in caplog.text
     column = f"samples table {tmp_path / 'samples.csv'}: image column 'thermal'"
     assert f"{column}: 2 rows name an image file that a visit of another patient" in caplog.text
     assert "(ids s0, s2)" in caplog.text and "upscaled to the branch's size (ids s3)" in caplog.text

@@ -111,7 +111,8 @@ def checked_files(
     rows name it (a frame with several wound boxes), so a truncated or unreadable file stops
     the run before training. High-bit-depth grey-scale images need the modality's
     ``value_range`` (``scaled``). ``owners`` names each row for messages (``id P001_V1``,
-    ``data row 12``); ``where`` names the table and column.
+    ``data row 12``); ``where`` names the table and column. Each row's Pillow ``mode`` is
+    returned too, so the caller counts the views of converted images.
     """
     root = Path(image_dir).absolute()
     outside = outside_paths(cells.astype(str))
@@ -161,13 +162,15 @@ def checked_files(
             "path": paths.map(str),
             "width": paths.map(lambda p: checked[p].size[0]),
             "height": paths.map(lambda p: checked[p].size[1]),
+            "mode": paths.map(lambda p: checked[p].mode),
         },
         index=cells.index,
     )
 
 
 def check_modes(modes: pd.Series, owners: pd.Series, modality: str, scaled: bool) -> None:
-    """Refuse high-bit-depth images without a value range; log every conversion the cache makes.
+    """Refuse high-bit-depth images without a value range; warn of every conversion the cache
+    makes (alpha dropped, palette or 1-bit expanded), naming a row of each file.
 
     A 16-bit or float thermal image carries absolute values (temperatures); scaling each image
     by its own minimum and maximum would erase the differences between images, and Pillow's
@@ -185,10 +188,15 @@ def check_modes(modes: pd.Series, owners: pd.Series, modality: str, scaled: bool
             "so every image is scaled by the same fixed range"
         )
     for mode, target in CONVERTED_MODES.items():
-        count = int((modes == mode).sum())
-        if count:
-            log.info(
-                "Modality %s: %d images of mode %s converted to %s", modality, count, mode, target
+        files = modes.index[(modes == mode).to_numpy()]
+        if len(files):
+            log.warning(
+                "Modality %s: %d images of mode %s converted to %s (%s)",
+                modality,
+                len(files),
+                mode,
+                target,
+                describe_rows(owners[files].tolist()),
             )
     colour = modes.isin(COLOUR_MODES)
     if colour.any() and not colour.all():

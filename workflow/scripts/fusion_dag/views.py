@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, InputError
-from fusion_dag.image_files import checked_files
+from fusion_dag.image_files import CONVERTED_MODES, checked_files
 from fusion_dag.tables import (
     as_number,
     blank,
@@ -51,6 +51,7 @@ VIEW_COUNT_COLUMNS = (
     "views_upscaled",
     "files_shared",
     "views_repeated",
+    "views_converted",
 )
 # The smallest image size a branch can have (config schema: ``size`` minimum): a view with
 # fewer pixels on a side than this is upscaled whatever the modality's size.
@@ -321,6 +322,7 @@ def table_views(
             "image_row": table.index[used] + 1,
             "width": files["width"],
             "height": files["height"],
+            "mode": files["mode"],
         },
         index=table.index[used],
     )
@@ -356,8 +358,9 @@ def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
     view under :data:`SMALLEST_SIZE` px on a side (upscaled whatever the size: a 1 x 1 px
     image becomes a flat square), one file listed for visits of different patients (its
     pixels can reach both sides of a patient-grouped split; a frame with two ulcers of one
-    patient is fine) and a row repeating an earlier one (visit, file and box); ``files_shared``
-    counts files, the others views."""
+    patient is fine) and a row repeating an earlier one (visit, file and box); also the views
+    of images the cache converts (alpha dropped, palette or 1-bit expanded; warned of when the
+    files are checked). ``files_shared`` counts files, the others views."""
     width, height = views["width"].astype(float), views["height"].astype(float)
     box_width = views["x_max"] - views["x_min"]
     box_height = views["y_max"] - views["y_min"]
@@ -385,6 +388,8 @@ def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
             "rows name an image file that a visit of another patient uses too: its pixels can "
             "reach both sides of a patient-grouped split; check the keys or paths of those rows",
         ),
+        # Warned of per image, with its mode, when the files are checked (image_files).
+        "views_converted": (views["mode"].isin(list(CONVERTED_MODES)), None),
         "views_repeated": (
             views.duplicated([ID, "path", *BOX]),
             "rows repeat an earlier row's visit, file and box: the view counts twice in its "
@@ -394,7 +399,7 @@ def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
     counts = {}
     for name, (mask, what) in changes.items():
         counts[name] = int(mask.sum())
-        if counts[name]:
+        if counts[name] and what:
             log.warning(
                 "Modality %s: %s: %d %s (%s)",
                 modality,
@@ -482,13 +487,15 @@ def view_counts(
 def column_views(files: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     """The views of a modality given by a samples column: one per visit with an image, its
     whole frame (no box), in the samples table's order; ``files`` is
-    :func:`~fusion_dag.image_files.resolve_images`'s, indexed by id."""
+    :func:`~fusion_dag.image_files.resolve_images`'s, indexed by id. Each view's Pillow
+    ``mode`` is kept for :func:`changed_views` (not a column of ``images.tsv``)."""
     views = pd.DataFrame(
         {
             ID: files.index.astype(str),
             "path": files["path"].to_numpy(),
             "width": files["width"].to_numpy(dtype=float),
             "height": files["height"].to_numpy(dtype=float),
+            "mode": files["mode"].to_numpy(),
         }
     )
     views[GROUP] = views[ID].map(groups)
@@ -497,7 +504,7 @@ def column_views(files: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
         views[name] = np.nan
     views["box_clipped"] = False
     views.insert(0, "view", np.arange(1, len(views) + 1))
-    return views[list(VIEW_COLUMNS)]
+    return views[[*VIEW_COLUMNS, "mode"]]
 
 
 def view_weights(visit_ids: pd.Series, class_weights: np.ndarray) -> np.ndarray:
