@@ -416,3 +416,16 @@ def test_predict_explain_writes_each_new_visits_contributions_and_heatmaps(exter
         rows = pd.read_csv(folder / "heatmaps.tsv", sep="\t")
         assert sorted(rows["id"]) == sorted(predictions.loc[predictions[column].notna(), "id"])
         assert all((folder / name).is_file() for name in rows["file"])
+
+
+def test_predicting_the_training_table_is_a_warning(external_run, caplog):
+    import logging
+
+    spec = load_bundle(external_run / "results/final/bundle")
+    tables = {m: external_run / t for m, t in IMAGE_TABLES.items()}
+    with caplog.at_level(logging.WARNING):
+        new_samples(external_run / "train.csv", external_run, spec, ["metadata"], {})
+        assert "is the table the bundle was trained on" in caplog.text
+        caplog.clear()
+        new_samples(external_run / "new.csv", external_run, spec, ["metadata"], tables)
+    assert "trained on" not in caplog.text

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, read_tsv
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, file_sha256, read_tsv
 from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
     clean_groups,
@@ -54,11 +54,19 @@ def new_samples(
     be numeric here; empty cells are imputed as in training, and text categories the forest has
     not seen are ignored by its encoder. A visit without an image (an empty cell, no row in the
     image table) is scored by the members it has. ``views`` has one row per view of every
-    image member, with its crop cut as in training.
+    image member, with its crop cut as in training. The bundle's training table itself (by its
+    SHA-256 in the manifest's provenance) is predicted with a warning: in-sample.
     """
     image_tables = image_tables or {}
     # A bundle made before na_values existed was trained with pandas' missing words.
     table = read_table(path, spec.get("na_values"), key="predict.samples")
+    trained_on = spec.get("provenance", {}).get("data", {}).get("samples", {}).get("sha256")
+    if trained_on == file_sha256(path):
+        log.warning(
+            "New table %s is the table the bundle was trained on (same SHA-256): its "
+            "predictions and metrics are in-sample, not a validation",
+            path,
+        )
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
     layouts = {m: spec["modalities"][m] for m in members if m != METADATA}
