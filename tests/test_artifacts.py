@@ -4,11 +4,15 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fusion_dag.artifacts import (
+    ArtifactError,
     file_sha256,
     probability_table,
+    read_json,
     read_tsv,
+    write_json,
     write_tsv,
 )
 
@@ -42,3 +46,20 @@ def test_file_sha256_is_the_digest_of_the_bytes(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"fusion" * 100_000)
     assert file_sha256(path) == hashlib.sha256(b"fusion" * 100_000).hexdigest()
+
+
+def test_a_results_file_cut_short_names_the_file_to_delete(tmp_path):
+    """Not pandas' or json's traceback: the file, and that deleting it has it rewritten."""
+    write_json({"sha256": "ab"}, tmp_path / "checkpoint.json")
+    write_tsv(pd.DataFrame({"id": ["a"]}), tmp_path / "probs.tsv")
+    assert read_json(tmp_path / "checkpoint.json") == {"sha256": "ab"}
+    for path, read, cause in [
+        (tmp_path / "checkpoint.json", read_json, "Expecting value"),
+        (tmp_path / "probs.tsv", read_tsv, "No columns to parse from file"),
+    ]:
+        path.write_text("")
+        with pytest.raises(
+            ArtifactError,
+            match=rf"{path} cannot be read \({cause}.*delete it and run again to rewrite it",
+        ):
+            read(path)

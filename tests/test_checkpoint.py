@@ -5,9 +5,16 @@ import h5py
 import numpy as np
 import pytest
 
+from fusion_dag.artifacts import ArtifactError
 from fusion_dag.branch import build_image_branch
-from fusion_dag.checkpoint import CheckpointError, freeze_branch, save_branch_weights
+from fusion_dag.checkpoint import (
+    CheckpointError,
+    freeze_branch,
+    save_branch_weights,
+    verify_checkpoint,
+)
 from fusion_dag.fusion import build_fusion_model
+from tests.conftest import CLASSES
 
 SHAPE = (24, 24, 3)  # the cached demo's image shape
 SMALL_CNN = {"backbone": "small_cnn"}
@@ -111,3 +118,22 @@ def test_a_plain_keras_weights_file_is_refused(tmp_path):
     build_image_branch("thermal_map", SHAPE, 3).save_weights(tmp_path / "keras.weights.h5")
     with pytest.raises(CheckpointError, match="is not a fusion-dag branch checkpoint"):
         load_into_fusion(tmp_path / "keras.weights.h5")
+
+
+def test_another_folds_checkpoint_is_refused_saying_what_to_delete(pretrained, tmp_path):
+    """A checkpoint swapped with another fold's: its bytes are not the sidecar's; the message
+    says which file to delete for the next run to retrain it."""
+    checkpoint, _, sidecar, model, _ = pretrained
+    other = build_image_branch("thermal_map", SHAPE, 3)
+    save_branch_weights(other, "thermal_map", tmp_path / "checkpoint.weights.h5")
+    swapped = tmp_path / "checkpoint.weights.h5"
+    required = {"repeat": 1, "fold": 1, "classes": CLASSES, "backbone": "small_cnn"}
+    with pytest.raises(CheckpointError, match="sha256 is .*, sidecar says ") as error:
+        verify_checkpoint(model, "thermal_map", swapped, sidecar, required)
+    assert isinstance(error.value, ArtifactError)
+    assert str(error.value).endswith(f"delete {swapped} and run again to retrain it")
+    # A sidecar without its hash is refused as a wrong hash is, never passed.
+    unhashed = {key: value for key, value in sidecar.items() if key != "sha256"}
+    with pytest.raises(CheckpointError, match=r"sha256 is \w{12}\.\.\., the sidecar records none"):
+        verify_checkpoint(model, "thermal_map", checkpoint, unhashed, required)
+    verify_checkpoint(model, "thermal_map", checkpoint, sidecar, required)

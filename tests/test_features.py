@@ -13,10 +13,12 @@ from bench.features import calibrated_backbone_file
 from fusion_dag.checkpoint import checkpoint_sidecar, save_branch_weights
 from fusion_dag.demo import write_demo
 from fusion_dag.features import (
+    FEATURE_HASHES,
     FeatureCache,
     FeatureCacheError,
     compute_features,
     flips,
+    load_feature_cache,
     no_cache_reason,
 )
 from tests.conftest import (
@@ -400,3 +402,27 @@ def test_a_second_backbone_in_one_process_matches_its_cache_by_layer_position():
     check_backbone(
         backbones[1], {"layer_sha256": hashes, "backbone_sha256": combined_hash(hashes)}, "c"
     )
+
+
+def test_a_feature_cache_without_its_hash_or_with_other_bytes_is_refused(tmp_path):
+    """The sidecar's hashes are checked, never skipped when absent."""
+    features, sidecar = tmp_path / "features.npy", tmp_path / "features.json"
+    np.save(features, np.zeros((4, 1, 16), dtype=np.float32))
+    from fusion_dag.artifacts import file_sha256
+
+    record = {"views": 4, "flip": False, "dimension": 16, "features_sha256": file_sha256(features)}
+    record |= {"backbone_sha256": "b", "layer_sha256": []}
+    sidecar.write_text(json.dumps(record))
+    assert load_feature_cache(features, sidecar).features.shape == (4, 1, 16)
+    for key in FEATURE_HASHES:
+        sidecar.write_text(json.dumps({k: v for k, v in record.items() if k != key}))
+        with pytest.raises(FeatureCacheError, match=f"{sidecar} records no {key}; delete "):
+            load_feature_cache(features, sidecar)
+    sidecar.write_text(json.dumps(record))
+    np.save(features, np.ones((4, 1, 16), dtype=np.float32))
+    with pytest.raises(FeatureCacheError, match=r"has sha256 \w{12}\.\.\., its sidecar .* says"):
+        load_feature_cache(features, sidecar)
+    with open(features, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(FeatureCacheError, match=rf"{features} cannot be read .*\(rule features\)"):
+        load_feature_cache(features, sidecar)

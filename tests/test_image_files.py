@@ -93,6 +93,6 @@ def test_resolve_images_drops_empty_cells_only_when_told(tmp_path, caplog):
     with pytest.raises(InputError, match="empty for ids v2, v3"):
         resolve_images(table, ids, "thermal_map", "thermal", tmp_path, "error", "s.tsv")
     with caplog.at_level(logging.INFO):
-        paths = resolve_images(table, ids, "thermal_map", "thermal", tmp_path, "drop", "s.tsv")
-    assert paths.to_dict() == {"v1": str(tmp_path / "a.png")} and paths.name == "thermal_map"
-    assert "dropped 2 rows with no image" in caplog.text
+        files = resolve_images(table, ids, "thermal_map", "thermal", tmp_path, "drop", "s.tsv")
+    assert files["path"].to_dict() == {"v1": str(tmp_path / "a.png")}
+    assert "dropped 2 rows of s.tsv with no image in column 'thermal' (ids v2, v3)" in caplog.text

@@ -60,3 +60,16 @@ def test_a_second_job_appends_to_the_same_log(tmp_path):
     run_job(tmp_path, 'log.info("first")')
     _, text = run_job(tmp_path, 'log.info("second")')
     assert text.index("first") < text.index("second")
+
+
+def test_a_refused_checkpoint_is_one_results_error_line(tmp_path):
+    body = """
+    from fusion_dag.checkpoint import CheckpointError
+    raise CheckpointError("checkpoint c.h5 refused: sha256; delete c.h5 and run again")
+    """
+    result, text = run_job(tmp_path, body)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "fusion-dag results error: checkpoint c.h5 refused: sha256; delete c.h5 and run again\n"
+    )
+    assert "Traceback" not in text

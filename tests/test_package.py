@@ -75,3 +75,28 @@ def test_find_cycle_names_the_modules_of_a_cycle():
 def test_no_module_of_the_package_imports_itself_through_others():
     cycle = find_cycle(import_graph())
     assert cycle is None, "fusion_dag imports in a cycle: " + " -> ".join(cycle)
+
+
+def test_the_modules_snakemake_reads_at_start_import_no_statistics_or_tensorflow():
+    """rules/common.smk imports package modules at every Snakemake start, and on a cluster in
+    every job: scikit-learn, SciPy or TensorFlow there would add seconds to each."""
+    import re
+    import subprocess
+    import sys
+
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    modules = sorted(set(re.findall(r"^from fusion_dag(?:\.(\w+))? import (\w+)", common, re.M)))
+    names = [f"fusion_dag.{module or name}" for module, name in modules]
+    assert "fusion_dag.plan" in names and "fusion_dag.folds" in names
+    heavy = ["sklearn", "scipy", "tensorflow", "keras", "matplotlib"]
+    script = "; ".join(
+        [*(f"import {name}" for name in names), f"print([m for m in {heavy} if m in sys.modules])"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys; {script}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO / "workflow/scripts",
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -203,6 +203,35 @@ def test_a_hand_edited_manifest_is_refused(external_run, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="manifest.json was edited: its model spec"):
         load_bundle(copy)
+    # Its hash removed too: refused as a wrong hash is, never skipped.
+    del manifest["spec_sha256"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="manifest.json records no spec_sha256: its model spec"):
+        load_bundle(copy)
+
+
+def test_a_new_image_table_giving_no_view_is_one_error_naming_its_key(external_run, tmp_path):
+    """Not a TypeError in the box checks nor Keras scoring 0 views in the predictions job."""
+    spec = load_bundle(external_run / "results/final/bundle")
+    members = spec["combinations"][COMBINATION]
+    views = pd.read_csv(external_run / "thermal_images.csv", dtype=str)
+    views.iloc[:0].to_csv(tmp_path / "header.csv", index=False)
+    views.assign(patient_id="X" + views["patient_id"]).to_csv(tmp_path / "x.csv", index=False)
+    for table, message in [
+        ("header.csv", r"header.csv \(predict.images.thermal_map\) has a header but no data rows"),
+        ("x.csv", r"x.csv: none of its \d+ rows names a visit of samples table .*new.csv"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            new_samples(
+                external_run / "new.csv",
+                external_run,
+                spec,
+                members,
+                {"thermal_map": tmp_path / table},
+            )
+    # A table for a modality the bundle does not read from one (a typo) is named, not ignored.
+    with pytest.raises(InputError, match=r"the bundle reads no thermal from an image table \(its"):
+        new_samples(external_run / "new.csv", external_run, spec, members, {"thermal": "x.csv"})
 
 
 def test_missing_words_and_their_ids_survive_into_the_predictions(external_run, tmp_path):
@@ -388,3 +417,16 @@ def test_predict_explain_writes_each_new_visits_contributions_and_heatmaps(exter
         rows = pd.read_csv(folder / "heatmaps.tsv", sep="\t")
         assert sorted(rows["id"]) == sorted(predictions.loc[predictions[column].notna(), "id"])
         assert all((folder / name).is_file() for name in rows["file"])
+
+
+def test_predicting_the_training_table_is_a_warning(external_run, caplog):
+    import logging
+
+    spec = load_bundle(external_run / "results/final/bundle")
+    tables = {m: external_run / t for m, t in IMAGE_TABLES.items()}
+    with caplog.at_level(logging.WARNING):
+        new_samples(external_run / "train.csv", external_run, spec, ["metadata"], {})
+        assert "is the table the bundle was trained on" in caplog.text
+        caplog.clear()
+        new_samples(external_run / "new.csv", external_run, spec, ["metadata"], tables)
+    assert "trained on" not in caplog.text

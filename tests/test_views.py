@@ -145,6 +145,11 @@ def test_keys_naming_two_samples_rows_stop_with_the_rows(tmp_path):
     [
         ((20, 10, 20, 30), r"wound boxes with no area .* in data rows 1"),
         ((130, 10, 150, 30), r"wound boxes wholly outside their frame in data rows 1 .*120 x 90"),
+        (
+            (0.1, 0.2, 0.5, 0.6),
+            r"every wound box .* lies within 0 to 1, as fractions of the frame would \(data row "
+            r"1: \[0.1, 0.2, 0.5, 0.6\] in a 120 x 90 frame\)",
+        ),
     ],
 )
 def test_a_box_with_no_area_or_outside_its_frame_is_named(tmp_path, box, message):
@@ -161,6 +166,85 @@ def test_missing_key_column_and_visits_without_views_are_named(tmp_path):
         InputError, match=r"image table .*images.csv: no column 'ulcer' \(config modalities"
     ):
         prepare_study(tmp_path, keys=["patient_id", "ulcer"])
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([], r"image table .*images.csv \(modalities.thermal_map.images\) has a header but no "),
+        (
+            [("70", "1", "a.png", (1, 1, 20, 20)), ("8", "9", "a.png", (1, 1, 20, 20))],
+            r"none of its 2 rows names a visit of samples table .*samples.csv by the keys "
+            r"\['patient_id', 'visit'\] \(modalities.thermal_map.keys; image table: 70/1, 8/9; "
+            r"samples table: 7/1, 7/2, 8/1, 8/2, 9/1 \(and 1 more; 6 in all\)\)",
+        ),
+        (
+            [("7", "1", "", (1, 1, 20, 20)), ("70", "1", "a.png", (1, 1, 20, 20))],
+            r"path column 'file' is empty in every row of a visit \(data rows 1\)",
+        ),
+    ],
+    ids=["header only", "no key matches", "no path"],
+)
+def test_an_image_table_giving_no_view_is_one_error_naming_it(tmp_path, rows, message):
+    """Not a TypeError in the box checks, nor an image job with 0 training groups later."""
+    write_study(tmp_path, VISITS, rows)
+    with pytest.raises(InputError, match=message):
+        prepare_study(tmp_path)
+
+
+def test_every_view_changed_from_the_table_is_a_warning_and_counted(tmp_path, caplog):
+    write_frame(tmp_path / "tiny.png", [], size=(1, 1))
+    rows = [
+        ("7", "1", "a.png", (-500, -500, 1000, 1000)),  # far larger: clipped, and cut
+        ("7", "2", "a.png", (0, 10, 100, 40)),  # wider than the frame's 90 px: cut
+        ("8", "1", "b.png", (10, 10, 15, 14)),  # a 5 px box: upscaled
+        ("8", "2", "tiny.png", (0, 0, 1, 1)),  # a 1 x 1 px image: upscaled
+        ("9", "1", "b.png", (50, 50, 80, 80)),  # b.png also a visit of patient 8
+        ("9", "2", "c.png", (50, 50, 80, 80)),  # unchanged
+        ("9", "2", "c.png", (50, 50, 80, 80)),  # its copy: repeated
+    ]
+    write_study(tmp_path, VISITS, rows)
+    with caplog.at_level(logging.WARNING):
+        _, views, (count,) = prepare_study(tmp_path)
+    assert len(views) == 7
+    changed = ("boxes_clipped", "boxes_cut", "views_upscaled", "views_repeated")
+    assert [count[key] for key in changed] == [1, 2, 2, 1]
+    assert count["files_shared"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    table = f"image table {tmp_path / 'images.csv'}"
+    expected = [
+        f"{table}: 1 wound boxes partly outside their frame, clipped to it (data rows 1)",
+        f"{table}: 2 wound boxes wider or taller than their frame's shorter side",
+        f"{table}: 2 views under 8 px on a side (the image, or its wound box), upscaled to "
+        "the branch's size (data rows 3, 4)",
+        f"{table}: 2 rows name an image file that a visit of another patient uses too",
+        f"{table}: 1 rows repeat an earlier row's visit, file and box",
+    ]
+    for text in expected:
+        assert sum(text in w for w in warnings) == 1, (text, warnings)
+
+
+def test_a_samples_column_shared_by_patients_or_a_1_px_rgba_image_is_a_warning(tmp_path, caplog):
+    write_frame(tmp_path / "a.png", [])
+    Image.new("RGBA", (1, 1)).save(tmp_path / "dot.png")
+    write_study(tmp_path, VISITS, [])
+    table = pd.read_csv(tmp_path / "samples.csv")
+    table["thermal"] = ["a.png", "", "a.png", "dot.png", "", ""]
+    table.to_csv(tmp_path / "samples.csv", index=False)
+    layout = {"column": "thermal", "image_dir": tmp_path}
+    with caplog.at_level(logging.WARNING):
+        _, views, (count,) = prepare_inputs(
+            tmp_path / "samples.csv", COLUMNS, CLASSES, {"thermal_map": layout}, "drop"
+        )
+    assert (count["files_shared"], count["views_upscaled"], count["views"]) == (1, 1, 3)
+    assert count["views_converted"] == 1 and "mode RGBA converted to RGB" in caplog.text
+    column = f"samples table {tmp_path / 'samples.csv'}: image column 'thermal'"
+    assert f"{column}: 2 rows name an image file that a visit of another patient" in caplog.text
+    assert "(ids s0, s2)" in caplog.text and "upscaled to the branch's size (ids s3)" in caplog.text
+    table["thermal"] = ""
+    table.to_csv(tmp_path / "samples.csv", index=False)
+    with pytest.raises(InputError, match=r"image column 'thermal' \(modality thermal_map\) is "):
+        prepare_inputs(tmp_path / "samples.csv", COLUMNS, CLASSES, {"thermal_map": layout}, "drop")
 
 
 def test_no_patients_views_are_on_two_sides_of_any_split(cached):

@@ -251,6 +251,22 @@ def test_bad_config_names_the_key(tmp_path, override, key):
     assert f"Invalid config key '{key}'" in result.stdout + result.stderr
 
 
+def test_more_folds_than_patients_of_the_rarest_class_stop_the_dry_run(tmp_path, demo_table):
+    """Checked at start-up, before any job runs, naming the key, its value, the class and
+    its patients."""
+    table = pd.read_csv(demo_table, dtype=str, keep_default_na=False)
+    keep = table.loc[table["label"] == "R", "patient_id"].unique()[:2]
+    table = table[(table["label"] != "R") | table["patient_id"].isin(keep)]
+    table.to_csv(tmp_path / "rare.csv", index=False)
+    config = {**METADATA_ONLY, "samples": "rare.csv"}
+    result = run_snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert (
+        "Invalid config key 'cv.folds': 3 folds need at least 3 patients of every class, and "
+        "class R has 2 in samples table rare.csv" in result.stdout + result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

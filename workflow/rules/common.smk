@@ -13,6 +13,7 @@ RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
 sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
 from fusion_dag.artifacts import InputError
+from fusion_dag.folds import check_table_folds
 from fusion_dag.config import (
     ConfigError,
     class_names,
@@ -62,6 +63,19 @@ try:
     check_image_settings(config, MODALITIES)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+# Settings that cannot work with the data, before any job runs (the demo table, made by a job,
+# is checked by the folds job).
+if Path(config["samples"]).is_file():
+    try:
+        check_table_folds(
+            config["samples"],
+            config["columns"],
+            config["classes"],
+            config["cv"]["folds"],
+            config["na_values"],
+        )
+    except InputError as error:
+        raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
 ANALYSIS_PLAN_FILE = "results/analysis_plan.json"
 ANALYSIS_PLAN = analysis_plan(config, COMBINATIONS)

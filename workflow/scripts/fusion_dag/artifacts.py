@@ -19,8 +19,19 @@ class InputError(ValueError):
     """A problem with the user's data or settings, stated in one line that says what to change.
 
     Every stage raises it for bad input; the job log (:mod:`fusion_dag.joblog`) prints it as a
-    single line instead of a traceback.
+    single line, after ``fusion-dag {heading}:``, instead of a traceback.
     """
+
+    heading = "input error"
+
+
+class ArtifactError(InputError):
+    """A file of the results folder that a job cannot use: truncated, edited, or not the one
+    its record (sidecar, manifest, views table) describes, such as a checkpoint swapped with
+    another fold's. One line naming the file and how to make it again (the file to delete, so
+    the next run rewrites it, or the rule to ``--forcerun``), as for bad input."""
+
+    heading = "results error"
 
 
 def partial_path(path: Path) -> Path:
@@ -70,10 +81,22 @@ def probability_table(ids, splits, probs, classes: list) -> pd.DataFrame:
     return table
 
 
+def unreadable(path: Path, error: Exception) -> ArtifactError:
+    """The error for a file of the workflow's own that cannot be parsed: written atomically, it
+    was cut short or edited since; the job that writes it runs again once it is gone."""
+    return ArtifactError(
+        f"{path} cannot be read ({error}): it changed after the job that wrote it; delete it "
+        "and run again to rewrite it"
+    )
+
+
 def read_json(path: Path) -> dict:
     """Read a JSON document written by :func:`write_json`."""
-    with open(path) as handle:
-        return json.load(handle)
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise unreadable(path, error) from None
 
 
 # How this workflow's own tables are read back: only an empty cell is missing (what pandas
@@ -85,7 +108,10 @@ def read_tsv(path: Path, dtype: dict | None = None) -> pd.DataFrame:
     """Read a table written by this workflow, keeping ids, groups and labels (and ``dtype``'s
     columns) as text."""
     types = {ID: str, GROUP: str, LABEL: str, **(dtype or {})}
-    return pd.read_csv(path, sep="\t", dtype=types, **MISSING_CELL)
+    try:
+        return pd.read_csv(path, sep="\t", dtype=types, **MISSING_CELL)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise unreadable(path, error) from None
 
 
 def file_sha256(path: Path) -> str:

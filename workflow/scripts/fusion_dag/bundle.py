@@ -237,10 +237,15 @@ def load_bundle(folder: Path) -> dict:
     if not manifest_path.is_file():
         raise BundleError(f"bundle {folder} has no {MANIFEST}; build one with final_models")
     try:
-        manifest = read_json(manifest_path)
-    except json.JSONDecodeError as error:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(f"bundle manifest {manifest_path} is not JSON: {error}") from None
-    if SPEC_HASH in manifest and spec_sha256(manifest) != manifest[SPEC_HASH]:
+    if not isinstance(manifest, dict) or SPEC_HASH not in manifest:
+        raise BundleError(
+            f"bundle manifest {manifest_path} records no {SPEC_HASH}: its model spec cannot be "
+            "checked; rebuild or re-copy the bundle"
+        )
+    if spec_sha256(manifest) != manifest[SPEC_HASH]:
         raise BundleError(
             f"bundle manifest {manifest_path} was edited: its model spec (classes, columns, "
             "features, modalities, combinations, weights) no longer matches its recorded hash; "
@@ -250,6 +255,11 @@ def load_bundle(folder: Path) -> dict:
         raise BundleError(
             f"bundle manifest {manifest_path} has format {manifest.get('format')!r}, "
             f"this workflow reads {FORMAT}"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleError(
+            f"bundle manifest {manifest_path} records no files with their sha256; rebuild or "
+            "re-copy the bundle"
         )
     for relative, digest in manifest["files"].items():
         path = folder / relative

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fusion_dag.artifacts import InputError, partial_path, read_tsv
+from fusion_dag.artifacts import ArtifactError, InputError, partial_path, read_tsv
 from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
 from fusion_dag.views import CROP
 
@@ -125,11 +125,22 @@ def build_cache(
 
 
 def load_cache(cache_path: Path, views_path: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-map an image cache; return (images, its views table: row i is image i)."""
-    images = np.load(cache_path, mmap_mode="r")
+    """Memory-map an image cache; return (images, its views table: row i is image i).
+
+    A cache cut short (a full disk, a copy interrupted) or with another shape than its views
+    table is refused naming the file to delete, not read as whatever bytes are there.
+    """
+    rebuild = f"delete {cache_path} and run again to rebuild it (rule image_cache)"
+    try:
+        images = np.load(cache_path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
+        raise ArtifactError(
+            f"image cache {cache_path} cannot be read ({error}); {rebuild}"
+        ) from None
     views = read_tsv(views_path)
-    if len(views) != len(images):
-        raise InputError(
-            f"image cache {cache_path} has {len(images)} images for {len(views)} views"
+    if images.ndim != 4 or images.dtype != np.uint8 or len(views) != len(images):
+        raise ArtifactError(
+            f"image cache {cache_path} holds {images.dtype} images of shape {images.shape}, "
+            f"its views table {views_path} {len(views)} uint8 views; {rebuild}"
         )
     return images, views.reset_index(drop=True)

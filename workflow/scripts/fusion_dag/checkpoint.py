@@ -21,15 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_dag.artifacts import file_sha256, partial_path
+from fusion_dag.artifacts import ArtifactError, file_sha256, partial_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fusion-dag-named-weights/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ArtifactError):
     """A pretrained checkpoint that cannot be loaded exactly into the fusion model."""
+
+
+def retrain_hint(checkpoint: Path) -> str:
+    """How to recover from a refused checkpoint: the job that wrote it runs again (with every
+    job that uses it) once the file is gone."""
+    return (
+        f"it is not the file its image job wrote (edited, swapped or copied from elsewhere): "
+        f"delete {checkpoint} and run again to retrain it"
+    )
 
 
 def branch_layers(model, modality: str) -> list:
@@ -89,7 +98,7 @@ def read_branch_weights(path: Path) -> tuple[str | None, dict]:
             if handle.attrs.get("format") != FORMAT or "layers" not in handle:
                 raise CheckpointError(
                     f"checkpoint {path} is not a fusion-dag branch checkpoint ({FORMAT}); "
-                    "retrain the image stage"
+                    f"delete it and run again to retrain it"
                 )
             modality = handle.attrs.get("modality")
             layers = {
@@ -97,7 +106,9 @@ def read_branch_weights(path: Path) -> tuple[str | None, dict]:
                 for name, group in handle["layers"].items()
             }
     except OSError as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {error}") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: {error}; delete it and run again to retrain it"
+        ) from None
     return modality, layers
 
 
@@ -164,9 +175,11 @@ def sidecar_problems(
     channels)."""
     problems = []
     actual = file_sha256(checkpoint)
-    if actual != sidecar.get("sha256"):
+    if "sha256" not in sidecar:
+        problems.append(f"sha256 is {actual[:12]}..., the sidecar records none")
+    elif actual != sidecar["sha256"]:
         problems.append(
-            f"sha256 is {actual[:12]}..., sidecar says {str(sidecar.get('sha256'))[:12]}..."
+            f"sha256 is {actual[:12]}..., sidecar says {str(sidecar['sha256'])[:12]}..."
         )
     for key, value in required.items():
         if sidecar.get(key) != value:
@@ -179,7 +192,9 @@ def verify_sidecar(checkpoint: Path, sidecar: dict, required: dict) -> None:
     is built (a combination of one image uses the image stage's probabilities as they are)."""
     problems = sidecar_problems(checkpoint, sidecar, required)
     if problems:
-        raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
+        raise CheckpointError(
+            f"checkpoint {checkpoint} refused: {'; '.join(problems)}; {retrain_hint(checkpoint)}"
+        )
 
 
 def verify_checkpoint(model, modality: str, checkpoint: Path, sidecar: dict, required: dict):
@@ -198,7 +213,9 @@ def verify_checkpoint(model, modality: str, checkpoint: Path, sidecar: dict, req
         changed = sorted(n for n in set(stored) | set(built) if stored.get(n) != built.get(n))
         problems.append(f"layers differ: {', '.join(changed)}")
     if problems:
-        raise CheckpointError(f"checkpoint {checkpoint} refused: " + "; ".join(problems))
+        raise CheckpointError(
+            f"checkpoint {checkpoint} refused: {'; '.join(problems)}; {retrain_hint(checkpoint)}"
+        )
 
 
 def freeze_branch(model, modality: str) -> None:
@@ -208,7 +225,7 @@ def freeze_branch(model, modality: str) -> None:
         log.info("Frozen layer: %s", layer_label(layer))
     trainable = sum(len(layer.trainable_weights) for layer in branch_layers(model, modality))
     if trainable:
-        raise CheckpointError(f"{modality} branch still has {trainable} trainable weights")
+        raise RuntimeError(f"{modality} branch still has {trainable} trainable weights")
 
 
 def load_frozen_branch(

@@ -203,16 +203,38 @@ class FeatureCache:
     backbone: Path | None = None
 
 
+# The sidecar's hashes: of the features file, and of the backbone they were computed with.
+FEATURE_HASHES = ("features_sha256", "backbone_sha256", "layer_sha256")
+
+
 def load_feature_cache(features: Path, sidecar: Path, backbone: Path | None = None):
     """Memory-map a feature cache and read its sidecar; refuse features that are not the
-    ones the sidecar describes."""
+    ones the sidecar describes: a file cut short, another shape, other bytes than its recorded
+    hash, or a sidecar without its hashes."""
+    rebuild = f"delete {features} and run again to recompute it (rule features)"
     record = read_json(sidecar)
-    array = np.load(features, mmap_mode="r")
+    missing = [key for key in FEATURE_HASHES if key not in record]
+    if missing:
+        raise FeatureCacheError(
+            f"feature cache sidecar {sidecar} records no {', '.join(missing)}; {rebuild}"
+        )
+    try:
+        array = np.load(features, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
+        raise FeatureCacheError(
+            f"feature cache {features} cannot be read ({error}); {rebuild}"
+        ) from None
     expected = (record.get("views"), 1 + bool(record.get("flip")), record.get("dimension"))
     if array.shape != expected:
         raise FeatureCacheError(
             f"feature cache {features} has shape {array.shape}, its sidecar {sidecar} "
-            f"describes {expected}; re-run the features rule (delete results/features)"
+            f"describes {expected}; {rebuild}"
+        )
+    actual = file_sha256(features)
+    if actual != record["features_sha256"]:
+        raise FeatureCacheError(
+            f"feature cache {features} has sha256 {actual[:12]}..., its sidecar {sidecar} says "
+            f"{str(record['features_sha256'])[:12]}...; {rebuild}"
         )
     return FeatureCache(array, record, Path(backbone) if backbone else None)
 

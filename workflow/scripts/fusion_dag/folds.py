@@ -6,10 +6,12 @@ Why stratified: the rarest class (R, about 11 %) must reach every training split
 fold's model cannot predict it at all.
 """
 
+from pathlib import Path
+
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
+from fusion_dag.tables import normalise_labels, read_table, stripped
 
 
 def assign_folds(samples: pd.DataFrame, n_folds: int, seed: int, classes: list) -> pd.DataFrame:
@@ -24,6 +26,11 @@ def assign_folds(samples: pd.DataFrame, n_folds: int, seed: int, classes: list) 
             f"{n_groups} groups (patients) cannot fill cv.folds={n_folds} folds; "
             "lower cv.folds or add patients"
         )
+    check_rarest_class(samples[LABEL], samples[GROUP], n_folds, classes, "the samples table")
+    # Imported here: rules/common.smk imports this module for its start-up check, and
+    # scikit-learn would add about a second to every Snakemake start and every cluster job.
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = samples[[ID, GROUP, LABEL]].copy()
     folds["fold"] = 0
@@ -33,6 +40,36 @@ def assign_folds(samples: pd.DataFrame, n_folds: int, seed: int, classes: list) 
         folds.iloc[validation, folds.columns.get_loc("fold")] = number
     check_training_classes(folds, classes)
     return folds
+
+
+def check_rarest_class(labels, groups, n_folds: int, classes: list, source) -> None:
+    """``cv.folds`` may not exceed the patients of the rarest class: patient-grouped folds
+    would then leave a validation fold without a visit of that class, whose kappa and AUC
+    quietly describe one class fewer (and the AUC interval fewer folds)."""
+    patients = pd.Series(list(groups), index=list(labels)).groupby(level=0).nunique()
+    patients = patients.reindex(classes, fill_value=0)
+    rarest = patients.idxmin()
+    if patients[rarest] < n_folds:
+        raise InputError(
+            f"Invalid config key 'cv.folds': {n_folds} folds need at least {n_folds} patients "
+            f"of every class, and class {rarest} has {patients[rarest]} in {source}; a "
+            f"validation fold would hold no visit of it: lower cv.folds to "
+            f"{max(2, patients[rarest])} or add patients of class {rarest}"
+        )
+
+
+def check_table_folds(path: Path, columns: dict, classes: list, n_folds: int, na_values) -> None:
+    """The start-up check of ``cv.folds`` against the samples table, before any job runs
+    (:func:`check_rarest_class`). A table that cannot be read this far is left to the prepare
+    job, which names its problem; the folds job checks the cleaned table again."""
+    try:
+        table = read_table(Path(path), na_values)
+        labels = normalise_labels(table[columns["label"]], classes, columns["label"], path)
+    except (InputError, KeyError):
+        return
+    groups = stripped(table[columns["group"]]) if columns["group"] in table else None
+    if groups is not None:
+        check_rarest_class(labels, groups, n_folds, classes, f"samples table {path}")
 
 
 def check_training_classes(folds: pd.DataFrame, classes: list) -> None:

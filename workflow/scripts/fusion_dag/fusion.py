@@ -190,7 +190,7 @@ def frozen_visit_probs(modality: str, member: ImageMember, required: dict, batch
     branch_required = {**required, "backbone": member.settings["backbone"]}
     load_frozen_branch(branch, modality, member.checkpoint, member.sidecar, branch_required)
     if branch.trainable_weights:
-        raise CheckpointError(
+        raise RuntimeError(
             f"{modality} branch has {len(branch.trainable_weights)} trainable weights"
         )
     position = pd.Series(np.arange(len(member.views)), index=member.views["view"].to_numpy())
@@ -244,7 +244,7 @@ def fuse_v3(
     keys = shared_rows(list(tables.values()))
     model = build_fusion_model(list(tables), len(classes), weights)
     if model.trainable_weights:
-        raise CheckpointError(f"fusion model has {len(model.trainable_weights)} trainable weights")
+        raise RuntimeError(f"fusion model has {len(model.trainable_weights)} trainable weights")
     inputs = {
         ("metadata_probs" if member == METADATA else f"{member}_probs"): aligned_probs(
             keys, table, columns

@@ -88,7 +88,10 @@ def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> n
     if train[GROUP].nunique() < n_splits:
         raise InputError(
             f"{train[GROUP].nunique()} training groups are too few for "
-            f"image_model.validation_fraction={validation_fraction}"
+            f"image_model.validation_fraction={validation_fraction} (its inner split needs "
+            f"{n_splits} patients with views): the branch has views of too few visits (see "
+            "results/prepared/view_counts.tsv and the image table's keys), or raise "
+            "validation_fraction"
         )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held_out = next(splitter.split(train, train[LABEL], train[GROUP]))

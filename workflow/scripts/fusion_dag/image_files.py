@@ -60,23 +60,37 @@ def resolve_images(
     missing_images: str,
     source: Path,
     scaled: bool = False,
-) -> pd.Series:
-    """Validate one modality's image paths in a samples column; return them, indexed by id.
+) -> pd.DataFrame:
+    """Validate one modality's image paths in a samples column; return the files' ``path``,
+    ``width`` and ``height`` (upright), indexed by id.
 
     Empty cells are an error or, with ``missing_images: drop``, rows left out of this modality
-    and counted in the log; every named file is checked by :func:`checked_files`.
+    with a warning naming them; a column empty in every row is an error either way. Every
+    named file is checked by :func:`checked_files`.
     """
     cells = stripped(table[column])
     empty = blank(cells)
+    if empty.all():
+        raise InputError(
+            f"samples table {source}: image column '{column}' (modality {modality}) is empty "
+            f"in every row; fill it, or use a combination without {modality}"
+        )
     if empty.any() and missing_images == "error":
         raise InputError(
             f"samples table {source}: image column '{column}' (modality {modality}) is empty for "
             f"ids {describe_rows(ids[empty].tolist())}; fill them or set missing_images: drop"
         )
     if empty.any():
-        log.info("Modality %s: dropped %d rows with no image", modality, int(empty.sum()))
+        log.warning(
+            "Modality %s: dropped %d rows of %s with no image in column '%s' (ids %s)",
+            modality,
+            int(empty.sum()),
+            source,
+            column,
+            describe_rows(ids[empty].tolist()),
+        )
     owners = pd.Series([f"id {i}" for i in ids[~empty]], index=ids[~empty].to_numpy())
-    files = checked_files(
+    return checked_files(
         cells[~empty].set_axis(owners.index),
         owners,
         modality,
@@ -84,7 +98,6 @@ def resolve_images(
         f"samples table {source}: image column '{column}'",
         scaled,
     )
-    return files["path"].rename(modality)
 
 
 def checked_files(
@@ -98,7 +111,8 @@ def checked_files(
     rows name it (a frame with several wound boxes), so a truncated or unreadable file stops
     the run before training. High-bit-depth grey-scale images need the modality's
     ``value_range`` (``scaled``). ``owners`` names each row for messages (``id P001_V1``,
-    ``data row 12``); ``where`` names the table and column.
+    ``data row 12``); ``where`` names the table and column. Each row's Pillow ``mode`` is
+    returned too, so the caller counts the views of converted images.
     """
     root = Path(image_dir).absolute()
     outside = outside_paths(cells.astype(str))
@@ -148,13 +162,15 @@ def checked_files(
             "path": paths.map(str),
             "width": paths.map(lambda p: checked[p].size[0]),
             "height": paths.map(lambda p: checked[p].size[1]),
+            "mode": paths.map(lambda p: checked[p].mode),
         },
         index=cells.index,
     )
 
 
 def check_modes(modes: pd.Series, owners: pd.Series, modality: str, scaled: bool) -> None:
-    """Refuse high-bit-depth images without a value range; log every conversion the cache makes.
+    """Refuse high-bit-depth images without a value range; warn of every conversion the cache
+    makes (alpha dropped, palette or 1-bit expanded), naming a row of each file.
 
     A 16-bit or float thermal image carries absolute values (temperatures); scaling each image
     by its own minimum and maximum would erase the differences between images, and Pillow's
@@ -172,10 +188,15 @@ def check_modes(modes: pd.Series, owners: pd.Series, modality: str, scaled: bool
             "so every image is scaled by the same fixed range"
         )
     for mode, target in CONVERTED_MODES.items():
-        count = int((modes == mode).sum())
-        if count:
-            log.info(
-                "Modality %s: %d images of mode %s converted to %s", modality, count, mode, target
+        files = modes.index[(modes == mode).to_numpy()]
+        if len(files):
+            log.warning(
+                "Modality %s: %d images of mode %s converted to %s (%s)",
+                modality,
+                len(files),
+                mode,
+                target,
+                describe_rows(owners[files].tolist()),
             )
     colour = modes.isin(COLOUR_MODES)
     if colour.any() and not colour.all():

@@ -27,9 +27,7 @@ import pandas as pd
 
 from fusion_dag.artifacts import ID, LABEL, label_indices, prob_columns
 from fusion_dag.evaluate import repeat_arrays, weighted_metrics
-
-# The power at which detectable_gain is stated.
-POWER = 0.80
+from fusion_dag.plan import POWER
 
 
 def significance(evaluation: dict) -> float:

@@ -2,8 +2,9 @@
 
 Why: Snakemake keeps one log per job (``logs/{rule}/...``), and TensorFlow writes straight to
 the process's stderr, so both Python logging and file descriptors 1 and 2 are sent to the log.
-A bad input (:class:`~fusion_dag.artifacts.InputError`) is reported as a single line, in the log
-and on the terminal, instead of a traceback; anything else keeps its traceback for debugging.
+A bad input (:class:`~fusion_dag.artifacts.InputError`), or a results file a job cannot use
+(:class:`~fusion_dag.artifacts.ArtifactError`), is reported as a single line, in the log and on
+the terminal, instead of a traceback; anything else keeps its traceback for debugging.
 """
 
 import contextlib
@@ -33,7 +34,7 @@ def job_log(path: str):
             yield logging.getLogger("fusion_dag")
         except InputError as error:
             logging.getLogger("fusion_dag").error("%s", error)
-            print(f"fusion-dag input error: {error}", file=terminal, flush=True)
+            print(f"fusion-dag {error.heading}: {error}", file=terminal, flush=True)
             sys.exit(1)
         except Exception:
             logging.getLogger("fusion_dag").exception("Job failed")

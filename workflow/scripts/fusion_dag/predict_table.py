@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, read_tsv
+from fusion_dag.artifacts import GROUP, ID, LABEL, InputError, file_sha256, read_tsv
 from fusion_dag.image_files import resolve_images
 from fusion_dag.tables import (
     clean_groups,
@@ -28,7 +28,14 @@ from fusion_dag.tables import (
     row_names,
     stripped,
 )
-from fusion_dag.views import CROP, VIEW_COLUMNS, column_views, table_views, with_crops
+from fusion_dag.views import (
+    CROP,
+    VIEW_COLUMNS,
+    column_views,
+    table_views,
+    view_counts,
+    with_crops,
+)
 from fusion_dag.weights import METADATA
 
 log = logging.getLogger(__name__)
@@ -47,14 +54,36 @@ def new_samples(
     be numeric here; empty cells are imputed as in training, and text categories the forest has
     not seen are ignored by its encoder. A visit without an image (an empty cell, no row in the
     image table) is scored by the members it has. ``views`` has one row per view of every
-    image member, with its crop cut as in training.
+    image member, with its crop cut as in training. The bundle's training table itself (by its
+    SHA-256 in the manifest's provenance) is predicted with a warning: in-sample.
     """
     image_tables = image_tables or {}
     # A bundle made before na_values existed was trained with pandas' missing words.
     table = read_table(path, spec.get("na_values"), key="predict.samples")
+    trained_on = spec.get("provenance", {}).get("data", {}).get("samples", {}).get("sha256")
+    if trained_on == file_sha256(path):
+        log.warning(
+            "New table %s is the table the bundle was trained on (same SHA-256): its "
+            "predictions and metrics are in-sample, not a validation",
+            path,
+        )
     columns = spec["columns"]
     features = spec["features"] if METADATA in members else []
     layouts = {m: spec["modalities"][m] for m in members if m != METADATA}
+    tabled = [m for m, v in spec["modalities"].items() if "column" not in v]
+    unknown = sorted(set(image_tables) - set(tabled))
+    if unknown:
+        raise InputError(
+            f"Invalid config key 'predict.images': the bundle reads no {', '.join(unknown)} from "
+            f"an image table (its image tables: {', '.join(tabled) or 'none'}); fix the name"
+        )
+    unused = sorted(set(image_tables) - set(layouts))
+    if unused:
+        log.warning(
+            "predict.images: %s not read: the combination predicted (%s) does not use it",
+            ", ".join(unused),
+            "+".join(members),
+        )
     untabled = [
         m for m, layout in layouts.items() if "column" not in layout and m not in image_tables
     ]
@@ -117,6 +146,9 @@ def new_views(table, ids, groups, modality, layout, sources, path, spec) -> pd.D
             table, ids, modality, layout["column"], image_dir, "drop", path, scaled=scaled
         )
         views = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
+        no_orphans = pd.Series(False, index=views.index)
+        where = f"samples table {path}: image column '{layout['column']}'"
+        view_counts(views, ids, no_orphans, modality, "drop", path, where)
     else:
         given = {**layout, "images": image_tables[modality], "image_dir": image_dir}
         views, _ = table_views(
@@ -129,6 +161,7 @@ def new_views(table, ids, groups, modality, layout, sources, path, spec) -> pd.D
             path,
             spec.get("na_values"),
             scaled=scaled,
+            images_key=f"predict.images.{modality}",
         )
     return with_crops(views, layout.get("box_margin", 0)).assign(modality=modality)
 

@@ -145,7 +145,15 @@ def prepare_inputs(
             )
             found = column_views(resolved, pd.Series(groups.to_numpy(), index=ids.to_numpy()))
             no_orphans = pd.Series(False, index=found.index)
-            count = view_counts(found, ids, no_orphans, modality, missing_images, samples_path)
+            count = view_counts(
+                found,
+                ids,
+                no_orphans,
+                modality,
+                missing_images,
+                samples_path,
+                f"samples table {samples_path}: image column '{layout['column']}'",
+            )
         else:
             found, count = table_views(
                 table,

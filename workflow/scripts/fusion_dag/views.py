@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, InputError
-from fusion_dag.image_files import checked_files
+from fusion_dag.image_files import CONVERTED_MODES, checked_files
 from fusion_dag.tables import (
     as_number,
     blank,
@@ -47,7 +47,15 @@ VIEW_COUNT_COLUMNS = (
     "visits_without_views",
     "rows_without_visit",
     "boxes_clipped",
+    "boxes_cut",
+    "views_upscaled",
+    "files_shared",
+    "views_repeated",
+    "views_converted",
 )
+# The smallest image size a branch can have (config schema: ``size`` minimum): a view with
+# fewer pixels on a side than this is upscaled whatever the modality's size.
+SMALLEST_SIZE = 8
 # How a visit's probability is made from its views' (recorded in the bundle).
 AGGREGATION = "mean"
 
@@ -135,9 +143,19 @@ def parsed_boxes(table: pd.DataFrame, columns: list, source: Path, modality: str
 def fitted_boxes(boxes: pd.DataFrame, frames: pd.DataFrame, source: Path, modality: str):
     """Boxes checked against their frames (``width``, ``height``): (boxes clipped to the frame,
     which rows were clipped). A box with no area, or wholly outside its frame, is an error
-    naming the rows; a box partly outside is clipped (and counted by the caller)."""
+    naming the rows, and so are boxes that are all fractions of the frame (0 to 1: a common
+    export, whose 1 px crops would pass as upscaled views); a box partly outside is clipped
+    (and counted by the caller)."""
     x_min, y_min, x_max, y_max = (boxes[name] for name in BOX)
     width, height = frames["width"], frames["height"]
+    if boxes.abs().le(1).all(axis=None) and (np.minimum(width, height) > 1).any():
+        raise InputError(
+            f"image table {source}: every wound box (modalities.{modality}.box) lies within 0 "
+            f"to 1, as fractions of the frame would (data row 1: "
+            f"{[float(boxes[n].iloc[0]) for n in BOX]} in a {int(width.iloc[0])} x "
+            f"{int(height.iloc[0])} frame); boxes are pixels of the upright image: multiply x "
+            "by the frame's width and y by its height"
+        )
     empty = (x_max <= x_min) | (y_max <= y_min)
     if empty.any():
         raise InputError(
@@ -212,8 +230,12 @@ def table_views(
     samples_source: Path,
     na_values=(),
     scaled: bool = False,
+    images_key: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """One modality's views from its image table; return (views, counts for the log and report).
+
+    ``images_key`` is the config key that names the table, for messages (default
+    ``modalities.{modality}.images``; ``predict.images.{modality}`` for a new table's).
 
     ``samples_table`` is the samples table as read (its key columns), ``ids`` and ``groups``
     its cleaned ids and patients (same index); ``layout`` the modality's ``images``, ``path``,
@@ -223,10 +245,16 @@ def table_views(
     """
     source = Path(layout["images"])
     config = f"modalities.{modality}"
-    table = read_table(source, na_values, key=f"{config}.images", what="image table")
+    images_key = images_key or f"{config}.images"
+    table = read_table(source, na_values, key=images_key, what="image table")
     wanted = [(f"{config}.path", layout["path"])]
     wanted += [(f"{config}.box", column) for column in layout["box"] or []]
     require_columns(table, wanted, source, what="image table")
+    if table.empty:
+        raise InputError(
+            f"image table {source} ({images_key}) has a header but no data rows; add a row per "
+            f"view, or use a combination without {modality}"
+        )
     keys = layout["keys"]
     image_keys = visit_keys(table, keys, source, "image table", f"{config}.keys")
     samples_keys = visit_keys(
@@ -235,14 +263,24 @@ def table_views(
     visit = visit_of_key(samples_keys, ids, keys, samples_source, modality)
     matched = image_keys.map(lambda key: visit.get(key))
     orphans = matched.isna()
+    if orphans.all():
+        raise InputError(
+            f"image table {source}: none of its {len(table)} rows names a visit of samples table "
+            f"{samples_source} by the keys {keys} ({config}.keys; image table: "
+            f"{describe_rows(list(dict.fromkeys(map(shown_key, image_keys))))}; samples table: "
+            f"{describe_rows(list(map(shown_key, samples_keys)))}); check that both tables "
+            "hold the same patients and visits, in the same key columns"
+        )
     if orphans.any():
-        log.info(
-            "Modality %s: %d image rows name visits the samples table lacks (keys %s: %s); "
-            "left out",
+        log.warning(
+            "Modality %s: %d image rows name visits the samples table lacks (keys %s: %s; "
+            "image table %s, data rows %s); left out",
             modality,
             int(orphans.sum()),
             keys,
             describe_rows(list(dict.fromkeys(map(shown_key, image_keys[orphans])))),
+            source,
+            describe_rows(row_names(orphans)),
         )
     cells = stripped(table[layout["path"]])
     empty = blank(cells) & ~orphans
@@ -251,9 +289,21 @@ def table_views(
             f"image table {source}: path column '{layout['path']}' is empty in data rows "
             f"{describe_rows(row_names(empty))}; fill them or set missing_images: drop"
         )
-    if empty.any():
-        log.info("Modality %s: dropped %d image rows with no path", modality, int(empty.sum()))
     used = ~orphans & ~empty
+    if not used.any():
+        raise InputError(
+            f"image table {source}: path column '{layout['path']}' is empty in every row of a "
+            f"visit (data rows {describe_rows(row_names(empty))}); fill it, or use a "
+            f"combination without {modality}"
+        )
+    if empty.any():
+        log.warning(
+            "Modality %s: dropped %d image rows of %s with no path (data rows %s)",
+            modality,
+            int(empty.sum()),
+            source,
+            describe_rows(row_names(empty)),
+        )
     owners = pd.Series(
         [f"data row {int(i) + 1}" for i in table.index[used]], index=table.index[used]
     )
@@ -265,7 +315,6 @@ def table_views(
         f"image table {source}: path column '{layout['path']}'",
         scaled,
     )
-    check_shared_frames(files["path"], matched[used], groups, ids, modality, source)
     views = pd.DataFrame(
         {
             ID: matched[used].astype(str),
@@ -273,6 +322,7 @@ def table_views(
             "image_row": table.index[used] + 1,
             "width": files["width"],
             "height": files["height"],
+            "mode": files["mode"],
         },
         index=table.index[used],
     )
@@ -285,28 +335,81 @@ def table_views(
         fitted, clipped = fitted_boxes(boxes, views, source, modality)
         views[list(BOX)] = fitted
         views["box_clipped"] = clipped
-    counts = view_counts(views, ids, orphans, modality, missing_images, samples_source)
+    counts = view_counts(
+        views, ids, orphans, modality, missing_images, samples_source, f"image table {source}"
+    )
     views = order_views(views, ids)
     return views, counts
 
 
-def check_shared_frames(paths, visits, groups, ids, modality, source) -> None:
-    """Warn when one image file is listed for visits of different patients: its pixels would
-    then sit on both sides of a patient-grouped split (a frame with two ulcers of one patient
-    is fine)."""
-    patient = pd.Series(groups.to_numpy(), index=ids.to_numpy())
-    owners = pd.DataFrame({"path": paths.to_numpy(), "group": visits.map(patient).to_numpy()})
-    shared = owners.groupby("path")["group"].nunique()
-    shared = shared[shared > 1]
-    if len(shared):
-        log.warning(
-            "Modality %s: %d image files of %s are listed for more than one patient (%s); "
-            "their pixels can reach both sides of a split: check the keys of those rows",
-            modality,
-            len(shared),
-            source,
-            describe_rows(shared.index.tolist()),
-        )
+def view_rows(views: pd.DataFrame, mask: pd.Series) -> str:
+    """The rows of ``views`` that ``mask`` marks, for a message: the image table's data rows,
+    or the samples table's ids for a modality given by a samples column."""
+    chosen = views[mask.to_numpy(dtype=bool)]
+    if chosen["image_row"].notna().all():
+        return f"data rows {describe_rows([int(r) for r in chosen['image_row']])}"
+    return f"ids {describe_rows(chosen[ID].tolist())}"
+
+
+def changed_views(views: pd.DataFrame, modality: str, where: str) -> dict:
+    """Count, and log as a WARNING naming ``where`` (the table) and its rows, every view whose
+    pixels are not what the table gave: a box partly outside its frame (clipped to it), a box
+    wider or taller than its frame's shorter side (its square crop cannot hold it: cut), a
+    view under :data:`SMALLEST_SIZE` px on a side (upscaled whatever the size: a 1 x 1 px
+    image becomes a flat square), one file listed for visits of different patients (its
+    pixels can reach both sides of a patient-grouped split; a frame with two ulcers of one
+    patient is fine) and a row repeating an earlier one (visit, file and box); also the views
+    of images the cache converts (alpha dropped, palette or 1-bit expanded; warned of when the
+    files are checked). ``files_shared`` counts files, the others views."""
+    width, height = views["width"].astype(float), views["height"].astype(float)
+    box_width = views["x_max"] - views["x_min"]
+    box_height = views["y_max"] - views["y_min"]
+    boxed = views[list(BOX)].notna().all(axis=1)
+    box_side = np.maximum(box_width, box_height)
+    frame_side = np.minimum(width, height)
+    patients = views.groupby("path")[GROUP].transform("nunique")
+    changes = {
+        "boxes_clipped": (
+            views["box_clipped"].astype(bool),
+            "wound boxes partly outside their frame, clipped to it",
+        ),
+        "boxes_cut": (
+            boxed & (box_side > frame_side),
+            "wound boxes wider or taller than their frame's shorter side, cut by their square "
+            "crop (the frame's shorter side)",
+        ),
+        "views_upscaled": (
+            pd.Series(np.where(boxed, box_side, frame_side) < SMALLEST_SIZE, index=views.index),
+            f"views under {SMALLEST_SIZE} px on a side (the image, or its wound box), upscaled "
+            "to the branch's size",
+        ),
+        "files_shared": (
+            patients > 1,
+            "rows name an image file that a visit of another patient uses too: its pixels can "
+            "reach both sides of a patient-grouped split; check the keys or paths of those rows",
+        ),
+        # Warned of per image, with its mode, when the files are checked (image_files).
+        "views_converted": (views["mode"].isin(list(CONVERTED_MODES)), None),
+        "views_repeated": (
+            views.duplicated([ID, "path", *BOX]),
+            "rows repeat an earlier row's visit, file and box: the view counts twice in its "
+            "visit's mean; remove the copies if they are not meant",
+        ),
+    }
+    counts = {}
+    for name, (mask, what) in changes.items():
+        counts[name] = int(mask.sum())
+        if counts[name] and what:
+            log.warning(
+                "Modality %s: %s: %d %s (%s)",
+                modality,
+                where,
+                counts[name],
+                what,
+                view_rows(views, mask),
+            )
+    counts["files_shared"] = int(views.loc[patients > 1, "path"].nunique())
+    return counts
 
 
 def order_views(views: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
@@ -321,10 +424,17 @@ def order_views(views: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
 
 
 def view_counts(
-    views: pd.DataFrame, ids: pd.Series, orphans: pd.Series, modality, missing_images, source
+    views: pd.DataFrame,
+    ids: pd.Series,
+    orphans: pd.Series,
+    modality,
+    missing_images,
+    source,
+    where: str,
 ) -> dict:
     """Views per visit (min, median, max), visits without views (an error with
-    ``missing_images: error``), image rows without a visit and boxes clipped, logged."""
+    ``missing_images: error``, else a warning naming them), image rows without a visit and
+    the views :func:`changed_views` warns of (``where`` names the table), logged."""
     per_visit = views.groupby(ID).size()
     without = ids[~ids.isin(per_visit.index)]
     if len(without) and missing_images == "error":
@@ -341,12 +451,21 @@ def view_counts(
         "views_max": int(per_visit.max()) if len(per_visit) else 0,
         "visits_without_views": len(without),
         "rows_without_visit": int(orphans.sum()),
-        "boxes_clipped": int(views["box_clipped"].sum()),
+        **changed_views(views, modality, where),
     }
+    if len(without):
+        log.warning(
+            "Modality %s: %d visits of %s have no views (ids %s); left out of this modality",
+            modality,
+            len(without),
+            source,
+            describe_rows(without.tolist()),
+        )
     log.info(
         "Modality %s: %d image rows matched %d visits (views per visit: min %d, median %g, "
         "max %d); %d visits without views%s; %d image rows without a visit; %d boxes clipped "
-        "to their frame",
+        "to their frame, %d cut by their crop; %d views upscaled; %d files shared by patients; "
+        "%d views repeated",
         modality,
         counts["views"],
         counts["visits"],
@@ -357,21 +476,35 @@ def view_counts(
         " (left out of this modality)" if len(without) else "",
         counts["rows_without_visit"],
         counts["boxes_clipped"],
+        counts["boxes_cut"],
+        counts["views_upscaled"],
+        counts["files_shared"],
+        counts["views_repeated"],
     )
     return counts
 
 
-def column_views(paths: pd.Series, groups: pd.Series) -> pd.DataFrame:
+def column_views(files: pd.DataFrame, groups: pd.Series) -> pd.DataFrame:
     """The views of a modality given by a samples column: one per visit with an image, its
-    whole frame (no box), in the samples table's order."""
-    views = pd.DataFrame({ID: paths.index.astype(str), "path": paths.to_numpy()})
+    whole frame (no box), in the samples table's order; ``files`` is
+    :func:`~fusion_dag.image_files.resolve_images`'s, indexed by id. Each view's Pillow
+    ``mode`` is kept for :func:`changed_views` (not a column of ``images.tsv``)."""
+    views = pd.DataFrame(
+        {
+            ID: files.index.astype(str),
+            "path": files["path"].to_numpy(),
+            "width": files["width"].to_numpy(dtype=float),
+            "height": files["height"].to_numpy(dtype=float),
+            "mode": files["mode"].to_numpy(),
+        }
+    )
     views[GROUP] = views[ID].map(groups)
     views["image_row"] = pd.NA
-    for name in (*BOX, "width", "height"):
+    for name in BOX:
         views[name] = np.nan
     views["box_clipped"] = False
     views.insert(0, "view", np.arange(1, len(views) + 1))
-    return views[list(VIEW_COLUMNS)]
+    return views[[*VIEW_COLUMNS, "mode"]]
 
 
 def view_weights(visit_ids: pd.Series, class_weights: np.ndarray) -> np.ndarray:
