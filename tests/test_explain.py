@@ -433,11 +433,16 @@ def test_explain_writes_every_table_from_the_runs_own_models(explained):
     workdir, result = explained
     folder = workdir / "results" / "explain"
     importance = pd.read_csv(folder / "importance.tsv", sep="\t")
-    # Every metadata column, once, measured on the 3 folds, the demo's real features no leak.
+    # Every metadata column, once, measured on the 3 folds, the demo's real features no leak
+    # by the signals that hold on 40 patients. The drop-column kappa of the tiny run's 30-tree
+    # forests on 155 visits is not one of them: every column's drop shares the full forest's
+    # own chance offset, and one reaches the threshold (docs/explain.md, small tables).
     assert importance["n_folds"].eq(3).all()
     assert importance["importance_mean"].is_monotonic_decreasing
-    assert not importance["leak_suspect"].any()
-    assert "possible leak" not in (workdir / "logs/explain/importance.log").read_text()
+    fired = importance["leak_signals"].fillna("").str.split(", ").explode()
+    assert set(fired) <= {"", "drop"}
+    log = (workdir / "logs/explain/importance.log").read_text()
+    assert log.count("possible leak") == importance["leak_suspect"].sum()
     # Contributions sum to the fused probability, which is the fusion job's own on complete
     # visits (its Keras model computes in float32).
     table = pd.read_csv(folder / "contributions.tsv", sep="\t", dtype={ID: str})

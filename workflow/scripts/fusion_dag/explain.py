@@ -46,33 +46,37 @@ KAPPA_SCORER = make_scorer(cohen_kappa_score)
 # The chance spread of a cross-validated kappa shrinks as 1 / sqrt(visits): over the demo's
 # columns that carry nothing, at 155 and at 575 visits, a column's kappa alone stays within
 # about +-1.6 / sqrt(visits) and the kappa lost without it has a standard deviation of about
-# 0.6 to 0.8 / sqrt(visits). The `alone` and `drop` thresholds are at least a multiple of it,
-# so a small table's noise does not fire them (:func:`leak_thresholds`).
+# 0.4 (575 visits, 300 trees) to 0.6 (155 visits, 20 trees) / sqrt(visits). The `alone` and
+# `drop` thresholds are at least a multiple of it, so a small table's noise does not fire them
+# (:func:`leak_thresholds`).
 #
 # ``alone``: a forest on the column alone reaches ALONE_SHARE of the kappa of the forest on
 # every column, and at least ALONE_FLOOR / sqrt(visits) (0.17 at the demo's 575 visits), so
 # that where nothing predicts the label a column's noise cannot fire it. The demo's columns
-# reach at most about 0.65 of the forest's kappa; a label copy, even with a fifth of it
-# redrawn, about 0.93 or more. Since the forest's kappa is at most 1, a column alone at kappa
-# 0.8 always fires it on a table of 25 visits or more (the screen's former rule).
+# reach at most about 0.6 of the forest's kappa; a label copy, even with a fifth of it
+# redrawn, or a date booked from the phase, 0.85 or more. Since the forest's kappa is at most
+# 1, a column alone at kappa 0.8 always fires it on a table of 25 visits or more (the screen's
+# former rule).
 ALONE_SHARE = 0.8
 ALONE_FLOOR = 4.0
 # ``auc``: the best one-vs-rest AUC of a forest on the column alone, on the visits where it is
 # filled: a code written on 40 % of the visits has AUC 1 there while its kappa over every visit
-# is diluted. The demo's columns reach about 0.70 to 0.81, the leaks it catches 0.89 or more.
+# is diluted. The demo's best column reaches about 0.70 to 0.81, the leaks it caught 0.87 or
+# more (a narrow margin: a referral flag sits near 0.85, so drop and importance back it).
 LEAK_AUC = 0.85
 # Each class needs this many visits on each side of its one-vs-rest AUC: with 20 and 20 a null
 # AUC's standard error is about 0.09, so 0.85 is about 4 of them above chance.
 AUC_MIN_VISITS = 20
 # ``drop``: the forest's patient-grouped cross-validated kappa falls by LEAK_DROP without the
-# column, and by at least DROP_NOISE / sqrt(visits) (both 0.10 at the demo's 575 visits; about
-# 4 standard deviations of the drop of a column that carries nothing). The demo's columns lose
-# at most about 0.06, the leaks 0.12 to 0.39.
+# column, and by at least DROP_NOISE / sqrt(visits) (both 0.10 at the demo's 575 visits; 4 to 6
+# standard deviations or more of the drop of a column that carries nothing). The demo's columns
+# lose at most about 0.08, the leaks 0.12 to 0.36.
 LEAK_DROP = 0.10
 DROP_NOISE = 2.4
 # ``importance``: the column's permutation importance is this many times the largest of the
 # other columns'. The demo's top column reaches up to about 3.8 times the next (a strong genuine
-# variable can dominate a forest), so this signal catches only leaks that dwarf every finding.
+# variable can dominate a forest), the leaks it caught 6.5 or more: it catches only leaks that
+# dwarf every finding.
 LEAK_IMPORTANCE_RATIO = 5.0
 # Trees of the single-column forests of the leak screen (one column needs few).
 ALONE_TREES = 50
