@@ -42,11 +42,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from demo_table import CLASSES, demo_samples  # noqa: E402
 from run import machine, markdown_table, write_section  # noqa: E402
 
 HEADING = "## Leak screen: five planted leaks"
-CLASSES = ["I", "P", "R"]
-COLUMNS = {"id": "sample_id", "group": "patient_id", "label": "label", "exclude": []}
 FULL = {"patients": 160, "seeds": [7, 11]}
 # --tiny: the same code path in well under a minute: fewer patients, smaller forests and four
 # of the demo's columns (its strongest, two more informative ones and one carrying nothing).
@@ -74,7 +73,7 @@ UNINFORMATIVE = [
 MEASUREMENTS = [
     ("alone_share", "alone", "kappa alone / the forest's"),
     ("alone_auc", "auc", "one-vs-rest AUC where filled"),
-    ("drop_kappa", "drop", "kappa lost without it"),
+    ("drop_excess", "drop", "kappa lost without it, over the other columns' median"),
     ("importance_ratio", "importance", "importance / the next's"),
 ]
 
@@ -84,21 +83,6 @@ def config_settings() -> tuple[dict, int]:
     with open(REPO / "config" / "config.yaml") as handle:
         config = yaml.safe_load(handle)
     return config["metadata_model"], config["explain"]["permutations"]
-
-
-def demo_samples(folder: Path, patients: int, seed: int, columns=None) -> pd.DataFrame:
-    """The demo's prepared samples table: id, group, label and its metadata ``columns`` (all
-    when None; the images are written but unused)."""
-    from fusion_dag.demo import write_demo
-    from fusion_dag.prepare import prepare_inputs
-
-    table = folder / f"seed{seed}" / "samples.csv"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    write_demo(table, patients=patients, seed=seed)
-    samples, _, _ = prepare_inputs(
-        table, COLUMNS, CLASSES, {}, "drop", ignored_columns=["depth_map", "wound_photo"]
-    )
-    return samples[[*samples.columns[:3], *columns]] if columns else samples
 
 
 def planted_leaks(samples: pd.DataFrame, seed: int) -> dict:
@@ -215,6 +199,8 @@ def leak_rows(results: list) -> list:
                 joined(planted["alone_share"]),
                 joined(planted["alone_auc"]),
                 joined(planted["drop_kappa"]),
+                joined(planted["drop_excess"]),
+                joined(planted["drop_kappa"] - planted["drop_excess"]),
                 joined(planted["importance_ratio"], 1),
                 "<br>".join(s or "**none**" for s in planted["leak_signals"]),
                 ", ".join(flagged) or "none",
@@ -252,11 +238,13 @@ def evidence_rows(results: list) -> list:
 
 
 def noise_line(results: list) -> str:
-    """The screen's noise: the demo's uninformative columns' alone kappa and drop, also in
-    units of 1 / sqrt(visits) (the scale of fusion_dag.explain's thresholds)."""
+    """The screen's noise: the demo's uninformative columns' alone kappa, drop and drop over
+    the other columns' median, also in units of 1 / sqrt(visits) (the scale of
+    fusion_dag.explain's thresholds)."""
     table = pd.concat([r["table"] for r in results], ignore_index=True)
     noise = table[table["feature"].isin(UNINFORMATIVE)]
     root = np.sqrt(noise["n_visits"])
+    excess = noise["drop_excess"]
     return (
         f"The demo's columns that carry nothing ({', '.join(UNINFORMATIVE)}), over every seed "
         f"and table: alone kappa {noise['alone_kappa'].min():.3f} to "
@@ -264,7 +252,9 @@ def noise_line(results: list) -> str:
         f"{(noise['alone_kappa'] * root).min():.2f} to {(noise['alone_kappa'] * root).max():.2f}), "
         f"kappa lost without them {noise['drop_kappa'].min():.3f} to "
         f"{noise['drop_kappa'].max():.3f} (standard deviation {noise['drop_kappa'].std():.3f}, "
-        f"x sqrt(visits) {(noise['drop_kappa'] * root).std():.2f}), one-vs-rest AUC up to "
+        f"x sqrt(visits) {(noise['drop_kappa'] * root).std():.2f}), over the other columns' "
+        f"median {excess.min():.3f} to {excess.max():.3f} (standard deviation {excess.std():.3f}, "
+        f"x sqrt(visits) {(excess * root).std():.2f}), one-vs-rest AUC up to "
         f"{noise['alone_auc'].max():.2f}."
     )
 
@@ -295,6 +285,8 @@ def report(
         "alone / forest",
         "AUC filled",
         "drop",
+        "drop excess",
+        "others' median drop",
         "importance ratio",
         "signals fired",
         "demo columns fired",
@@ -312,7 +304,7 @@ def report(
             "Leak `none`: the demo alone. Signals (fusion_dag/explain.py, docs/explain.md): "
             "`alone`, `auc`, `drop`, `importance`.",
             "",
-            markdown_table(headings, leak_rows(results), right=set(headings[2:3] + headings[4:9])),
+            markdown_table(headings, leak_rows(results), right=set(headings[2:3] + headings[4:11])),
             "",
             "Leaks flagged: "
             + ", ".join(f"seed {seed} {count} of {len(LEAKS)}" for seed, count in caught.items())
