@@ -46,7 +46,8 @@ KAPPA_SCORER = make_scorer(cohen_kappa_score)
 # The chance spread of a cross-validated kappa shrinks as 1 / sqrt(visits): over the demo's
 # columns that carry nothing, at 155 and at 575 visits, a column's kappa alone stays within
 # about +-1.6 / sqrt(visits) and the kappa lost without it has a standard deviation of about
-# 0.4 (575 visits, 300 trees) to 0.6 (155 visits, 20 trees) / sqrt(visits). The `alone` and
+# 0.4 (575 visits, 300 trees) to 0.6 (155 visits, 20 trees) / sqrt(visits), 0.3 / sqrt(visits)
+# at 575 visits less the other columns' median (``drop_excess``). The `alone` and
 # `drop` thresholds are at least a multiple of it, so a small table's noise does not fire them
 # (:func:`leak_thresholds`).
 #
@@ -74,9 +75,10 @@ AUC_MIN_VISITS = 20
 # single fit on every column, so that fit's chance offset is in all of them: on the tiny run
 # (40 patients, 155 visits, 30 trees) the forest's kappa fell 0.07 without the median column
 # and 0.20 without wound_depth_mm, a genuine demo column. The median over the other columns
-# takes the place of that one fit (the kappa the forest typically keeps with one column fewer),
-# so only the column's own noise is left; the leaks, which the other columns cannot stand in
-# for, stand 0.11 to 0.36 above it at 575 visits.
+# stands in for that one fit's offset (what the forest typically loses with one column fewer,
+# from every other column's refit), so the column's own noise is left. At the demo's 575
+# visits the offset was -0.03 to +0.01; the demo's columns reached at most 0.07 above it, the
+# leaks, which no other column can stand in for, 0.11 to 0.35.
 LEAK_DROP = 0.10
 DROP_NOISE = 2.4
 # ``importance``: the column's permutation importance is this many times the largest of the
