@@ -1,5 +1,5 @@
 from fusion_dag.artifacts import read_tsv, write_tsv
-from fusion_dag.explain import alone_kappas, forest_importance, importance_table, leak_warnings
+from fusion_dag.explain import forest_importance, importance_table, leak_warnings, screen_columns
 from fusion_dag.figures import plot_importance, save_figure
 from fusion_dag.joblog import job_log
 from fusion_dag.metadata import load_pipeline
@@ -19,8 +19,10 @@ with job_log(snakemake.log[0]) as log:
             "n_jobs": snakemake.threads,
         },
     )
-    alone = alone_kappas(samples, params.classes, params.settings, params.folds, params.seed)
-    importance = importance_table(per_fold, alone)
+    screen = screen_columns(
+        samples, params.classes, params.settings, params.folds, params.seed, snakemake.threads
+    )
+    importance = importance_table(per_fold, screen)
     warnings = leak_warnings(importance)
     for line in warnings:
         log.warning(line)

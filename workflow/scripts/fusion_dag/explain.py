@@ -9,8 +9,12 @@ uses on patients it has not seen, in the metric the study reports. The raw colum
 before encoding, so the one-hot levels of a text column move together.
 
 Why a leak screen: in the original study a column the clinician wrote beside the label was the
-top feature and inflated kappa before anyone noticed. A column that alone predicts the label
-almost perfectly under patient-grouped cross-validation is named in a warning.
+top feature and inflated kappa before anyone noticed. Real leaks are rarely clean copies: a code
+written on some visits only, a copy with errors, a date booked from the assessed phase, a flag
+set for one class. No one measurement sees them all, so the screen has several signals (the
+column alone against the whole forest, its one-vs-rest AUC where it is filled, the forest's
+kappa lost without it, its permutation importance against the other columns'), and a warning
+names each one that fires.
 
 Why contributions are exact: V3 fuses with fixed weights, so a visit's fused probability of a
 class is the sum over members of weight x the member's probability; each term is that member's
@@ -22,7 +26,7 @@ import logging
 import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import cohen_kappa_score, make_scorer
+from sklearn.metrics import cohen_kappa_score, make_scorer, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
@@ -34,11 +38,54 @@ from fusion_dag.weights import fuse_rows, member_weights
 log = logging.getLogger(__name__)
 
 KAPPA_SCORER = make_scorer(cohen_kappa_score)
-# A column is a leak suspect when a forest on it alone reaches this patient-grouped
-# cross-validated kappa: a clinical variable that predicts a healing phase almost perfectly by
-# itself is far more likely written with (or after) the label than a finding. The label with 5 %
-# of its cells redrawn at random scores about 0.93; the demo's best single column about 0.2.
-LEAK_KAPPA = 0.8
+# The leak screen's signals (:func:`leak_signals`); a column is a leak suspect when any fires.
+# Each threshold sits between what the demo's own columns reach and what five realistic leaks
+# planted in it reach, measured on two demo seeds by bench/leaks.py (its RESULTS.md section
+# prints both sides of every threshold): a threshold is not chosen to pass one seed.
+#
+# The chance spread of a cross-validated kappa shrinks as 1 / sqrt(visits): over the demo's
+# columns that carry nothing, at 155 and at 575 visits, a column's kappa alone stays within
+# about +-1.6 / sqrt(visits) and the kappa lost without it has a standard deviation of about
+# 0.4 (575 visits, 300 trees) to 0.6 (155 visits, 20 trees) / sqrt(visits), 0.3 / sqrt(visits)
+# at 575 visits less the other columns' median (``drop_excess``). The `alone` and
+# `drop` thresholds are at least a multiple of it, so a small table's noise does not fire them
+# (:func:`leak_thresholds`).
+#
+# ``alone``: a forest on the column alone reaches ALONE_SHARE of the kappa of the forest on
+# every column, and at least ALONE_FLOOR / sqrt(visits) (0.17 at the demo's 575 visits), so
+# that where nothing predicts the label a column's noise cannot fire it. The demo's columns
+# reach at most about 0.6 of the forest's kappa; a label copy, even with a fifth of it
+# redrawn, or a date booked from the phase, 0.85 or more. Since the forest's kappa is at most
+# 1, a column alone at kappa 0.8 always fires it on a table of 25 visits or more (the screen's
+# former rule).
+ALONE_SHARE = 0.8
+ALONE_FLOOR = 4.0
+# ``auc``: the best one-vs-rest AUC of a forest on the column alone, on the visits where it is
+# filled: a code written on 40 % of the visits has AUC 1 there while its kappa over every visit
+# is diluted. The demo's best column reaches about 0.70 to 0.81, the leaks it caught 0.87 or
+# more (a narrow margin: a referral flag sits near 0.85, so drop and importance back it).
+LEAK_AUC = 0.85
+# Each class needs this many visits on each side of its one-vs-rest AUC: with 20 and 20 a null
+# AUC's standard error is about 0.09, so 0.85 is about 4 of them above chance.
+AUC_MIN_VISITS = 20
+# ``drop``: the forest's patient-grouped cross-validated kappa falls without the column by
+# LEAK_DROP more than it falls without a typical other column (``drop_excess``: the column's
+# drop less the median of the other columns' drops), and by at least DROP_NOISE / sqrt(visits)
+# more (both 0.10 at the demo's 575 visits). Every column's drop is measured against the same
+# single fit on every column, so that fit's chance offset is in all of them: on the tiny run
+# (40 patients, 155 visits, 30 trees) the forest's kappa fell 0.07 without the median column
+# and 0.20 without wound_depth_mm, a genuine demo column. The median over the other columns
+# stands in for that one fit's offset (what the forest typically loses with one column fewer,
+# from every other column's refit), so the column's own noise is left. At the demo's 575
+# visits the offset was -0.03 to +0.01; the demo's columns reached at most 0.07 above it, the
+# leaks, which no other column can stand in for, 0.11 to 0.35.
+LEAK_DROP = 0.10
+DROP_NOISE = 2.4
+# ``importance``: the column's permutation importance is this many times the largest of the
+# other columns'. The demo's top column reaches up to about 3.8 times the next (a strong genuine
+# variable can dominate a forest), the leaks it caught 6.5 or more: it catches only leaks that
+# dwarf every finding.
+LEAK_IMPORTANCE_RATIO = 5.0
 # Trees of the single-column forests of the leak screen (one column needs few).
 ALONE_TREES = 50
 
@@ -110,32 +157,102 @@ def forest_importance(
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-def alone_kappas(samples: pd.DataFrame, classes: list, settings: dict, folds: int, seed: int):
-    """Each feature column's patient-grouped cross-validated kappa of a forest on that column
-    alone (``folds`` folds, the metadata pipeline with :data:`ALONE_TREES` trees): column ->
-    kappa."""
+def screen_columns(
+    samples: pd.DataFrame, classes: list, settings: dict, folds: int, seed: int, n_jobs: int = 1
+) -> pd.DataFrame:
+    """The leak screen's measurements of each feature column, on one patient-grouped partition
+    (``folds`` folds of :class:`StratifiedGroupKFold`, shuffled with ``seed``): one row per
+    column with
+
+    * ``alone_kappa``: the cross-validated kappa of a forest on the column alone (the metadata
+      pipeline with :data:`ALONE_TREES` trees), and ``alone_share``, that over
+      ``forest_kappa``, the kappa of the forest (``settings``) on every column;
+    * ``alone_auc``: the best one-vs-rest AUC over the classes (:func:`filled_auc`) of the
+      out-of-fold probabilities of a forest on the column alone, fit and scored on the
+      ``n_filled`` visits where the column is filled (of ``n_visits``): a column written on a
+      few visits, but with the label when it is, scores a low kappa over every visit and an
+      AUC near 1 here;
+    * ``drop_kappa``: ``forest_kappa`` less the kappa of the same forest without the column,
+      on the same partition and seed.
+    """
     features = feature_frame(samples)
     truth = label_indices(samples[LABEL], classes)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    single = {**settings, "n_estimators": min(settings["n_estimators"], ALONE_TREES)}
-    kappas = {}
+    splits = list(splitter.split(features, truth, samples[GROUP]))
+    single = build_pipeline(
+        {**settings, "n_estimators": min(settings["n_estimators"], ALONE_TREES)}, seed
+    )
+    forest = build_pipeline(settings, seed)
+    every = np.ones(len(features), dtype=bool)
+
+    def grouped_kappa(pipeline, x):
+        predicted = out_of_fold(pipeline, x, truth, splits, every, "predict", n_jobs)
+        return kappa(truth, predicted, len(classes))
+
+    forest_kappa = grouped_kappa(forest, features)
+    records = []
     for column in features.columns:
-        predicted = cross_val_predict(
-            build_pipeline(single, seed),
-            features[[column]],
-            truth,
-            groups=samples[GROUP],
-            cv=splitter,
+        alone_kappa = grouped_kappa(single, features[[column]])
+        filled = features[column].notna().to_numpy()
+        probs = out_of_fold(
+            single, features[[column]], truth, splits, filled, "predict_proba", n_jobs
         )
-        kappas[column] = kappa(truth, predicted, len(classes))
-    return kappas
+        records.append(
+            {
+                "feature": column,
+                "alone_kappa": alone_kappa,
+                "forest_kappa": forest_kappa,
+                "alone_share": alone_kappa / forest_kappa if forest_kappa > 0 else np.nan,
+                "alone_auc": filled_auc(probs, truth[filled], len(classes)),
+                "n_filled": int(filled.sum()),
+                "n_visits": len(features),
+                "drop_kappa": forest_kappa - grouped_kappa(forest, features.drop(columns=column)),
+            }
+        )
+    return pd.DataFrame(records)
 
 
-def importance_table(per_fold: pd.DataFrame, alone: dict) -> pd.DataFrame:
+def out_of_fold(pipeline, x: pd.DataFrame, truth, splits: list, rows, method: str, n_jobs: int):
+    """``pipeline``'s out-of-fold ``method`` (predict or predict_proba) for the ``rows`` (a
+    boolean mask) of ``x``, each fold fit and scored on its own rows among them: the partition
+    ``splits`` (train, test index pairs over all rows) narrowed to ``rows``, so still grouped by
+    patient."""
+    kept = np.flatnonzero(rows)
+    position = np.full(len(rows), -1)
+    position[kept] = np.arange(len(kept))
+    narrowed = [
+        (position[train[rows[train]]], position[test[rows[test]]]) for train, test in splits
+    ]
+    return cross_val_predict(
+        pipeline,
+        x.iloc[kept],
+        truth[kept],
+        cv=narrowed,
+        method=method,
+        n_jobs=min(n_jobs, len(splits)),
+    )
+
+
+def filled_auc(probs: np.ndarray, truth: np.ndarray, n_classes: int) -> float:
+    """The best one-vs-rest AUC over the classes with at least :data:`AUC_MIN_VISITS` visits
+    on each side (NaN when none has)."""
+    aucs = []
+    for index in range(n_classes):
+        positive = truth == index
+        if min(positive.sum(), (~positive).sum()) >= AUC_MIN_VISITS:
+            aucs.append(roc_auc_score(positive, probs[:, index]))
+    return max(aucs, default=np.nan)
+
+
+def importance_table(per_fold: pd.DataFrame, screen: pd.DataFrame) -> pd.DataFrame:
     """One row per feature, most important first: the mean over folds and repeats of each fold's
     importance, its standard deviation and range over folds, the fold count, the column's
-    ``alone_kappa``, ``importance_ratio`` (its importance over the next-ranked column's, for
-    the top column) and ``leak_suspect`` (``alone_kappa`` >= :data:`LEAK_KAPPA`)."""
+    :func:`screen_columns` measurements, ``importance_ratio`` (its importance over the largest
+    importance of the other columns: for the top column, over the next one's), ``drop_excess``
+    (its ``drop_kappa`` less the median of the other columns': the shared offset of the one
+    fit on every column removed; its own drop on a table of one column), the
+    ``leak_signals`` that fire (:func:`leak_signals`, comma-separated, empty when none) and
+    ``leak_suspect`` (any fires)."""
     grouped = per_fold.groupby("feature", sort=False)["importance"]
     table = pd.DataFrame(
         {
@@ -149,24 +266,72 @@ def importance_table(per_fold: pd.DataFrame, alone: dict) -> pd.DataFrame:
     table = table.sort_values("importance_mean", ascending=False, kind="stable")
     table = table.rename_axis("feature").reset_index()
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    table["alone_kappa"] = table["feature"].map(alone)
+    table = table.merge(screen, on="feature", how="left", validate="one_to_one")
+    means = table["importance_mean"].to_numpy()
     ratio = np.full(len(table), np.nan)
-    if len(table) > 1 and table["importance_mean"].iloc[1] > 0:
-        ratio[0] = table["importance_mean"].iloc[0] / table["importance_mean"].iloc[1]
+    for index in range(len(table)):
+        others = np.delete(means, index)
+        if len(others) and others.max() > 0:
+            ratio[index] = means[index] / others.max()
     table["importance_ratio"] = ratio
-    table["leak_suspect"] = table["alone_kappa"] >= LEAK_KAPPA
+    drops = table["drop_kappa"].to_numpy(dtype=float)
+    table["drop_excess"] = [
+        drops[index] - np.median(np.delete(drops, index)) if len(drops) > 1 else drops[index]
+        for index in range(len(drops))
+    ]
+    table["leak_signals"] = [", ".join(leak_signals(row)) for _, row in table.iterrows()]
+    table["leak_suspect"] = table["leak_signals"] != ""
     return table
 
 
+def leak_thresholds(visits: int) -> dict:
+    """Each signal's threshold on a table of ``visits`` visits (the ``alone`` signal's is the
+    floor under ALONE_SHARE x the forest's kappa); see the constants for why."""
+    noise = 1.0 / np.sqrt(visits)
+    return {
+        "alone": ALONE_FLOOR * noise,
+        "auc": LEAK_AUC,
+        "drop": max(LEAK_DROP, DROP_NOISE * noise),
+        "importance": LEAK_IMPORTANCE_RATIO,
+    }
+
+
+def leak_signals(row: pd.Series) -> list:
+    """The names of the leak screen's signals that fire for one row of the importance table,
+    at :func:`leak_thresholds` of its ``n_visits``."""
+    threshold = leak_thresholds(row["n_visits"])
+    alone_bar = max(ALONE_SHARE * row["forest_kappa"], threshold["alone"])
+    fired = {
+        "alone": row["alone_kappa"] >= alone_bar,
+        "auc": row["alone_auc"] >= threshold["auc"],
+        "drop": row["drop_excess"] >= threshold["drop"],
+        "importance": row["importance_ratio"] >= threshold["importance"],
+    }
+    return [name for name, fires in fired.items() if fires]
+
+
 def leak_warnings(importance: pd.DataFrame) -> list:
-    """One line per leak suspect, naming the column and the setting that leaves it out."""
+    """One line per leak suspect, naming the column, each signal that fired with what it
+    measured, and the setting that leaves the column out."""
     lines = []
-    for row in importance[importance["leak_suspect"]].itertuples():
+    for _, row in importance[importance["leak_suspect"]].iterrows():
+        measured = {
+            "alone": f"alone (a forest on it alone: kappa {row['alone_kappa']:.2f}, "
+            f"{row['alone_share']:.2f} x the forest's {row['forest_kappa']:.2f} on every column)",
+            "auc": f"auc (one-vs-rest AUC {row['alone_auc']:.2f} on its {row['n_filled']} "
+            "filled visits)",
+            "drop": f"drop (the forest's kappa falls {row['drop_kappa']:.2f} without it, "
+            f"{row['drop_excess']:.2f} more than without the median other column)",
+            "importance": f"importance (permutation importance {row['importance_mean']:.3f}, "
+            f"{row['importance_ratio']:.1f} x the next column's)",
+        }
+        fired = [measured[name] for name in row["leak_signals"].split(", ")]
+        feature = row["feature"]
         lines.append(
-            f"possible leak: column '{row.feature}' alone predicts the label with kappa "
-            f"{row.alone_kappa:.2f} (patient-grouped cross-validation; rank {row.rank} by "
-            f"permutation importance, {row.importance_mean:.3f}); if it is recorded with or "
-            f"after the label, leave it out with columns: {{exclude: [{row.feature}]}}"
+            f"possible leak: column '{feature}' fires {'; '.join(fired)} (patient-grouped "
+            f"cross-validation; rank {row['rank']} by permutation importance); if it is "
+            f"recorded with or after the label, leave it out with columns: "
+            f"{{exclude: [{feature}]}}"
         )
     return lines
 
