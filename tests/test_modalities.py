@@ -1,29 +1,40 @@
-"""Several image modalities in one run: 1- and 3-channel branches, 16-bit depth maps, every
-combination, per-member fusion weights and per-modality settings that re-run only their own
-jobs."""
+"""Several image modalities in one run: 1- and 3-channel branches, 16-bit depth maps, wound
+crops against whole frames, every combination, per-member fusion weights and per-modality
+settings that re-run only their own jobs."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import HEADLINE, TINY, finished_run, run_snakemake, scheduled_jobs
+from bench.crops import FRAMES
+from fusion_dag.artifacts import read_tsv
+from fusion_dag.inference import fold_kappa_differences, paired_rows
+from tests.conftest import CLASSES, HEADLINE, TINY, finished_run, run_snakemake, scheduled_jobs
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("modalities")]
 
 # Config order: the test's config file lists modalities alphabetically.
-ALL = ["metadata", "depth_map", "thermal_map", "metadata+depth_map+thermal_map"]
+ALL = ["metadata", "depth_map", "thermal_frame", "thermal_map", "metadata+depth_map+thermal_map"]
 # Thermal views (the demo's image table) on three channels, 16-bit depth maps (a samples column)
-# on one, each alone and fused with metadata
-# (the configured wound photographs are in no combination, so never read). Two folds keep the
-# run small; the headline rows and the dry runs below need no more.
+# on one, each alone and fused with metadata (the configured wound photographs are in no
+# combination, so never read); and the demo's thermal views as whole frames (bench/crops.py's
+# second modality), trained as the crops are, so the views are the only difference. Two folds
+# keep the run small; the headline rows and the dry runs below need no more.
+THERMAL = {"channels": 3, "size": 24, "epochs": 6}
 MODALITIES = {
     **TINY,
     "cv": {"folds": 2, "repeats": 1, "seed": 42},
     "modalities": {
-        "thermal_map": {"channels": 3, "size": 24},
+        "thermal_map": THERMAL,
+        "thermal_frame": {**FRAMES["thermal_frame"], **THERMAL},
         "depth_map": {"column": "depth_map", "channels": 1, "value_range": [4100, 4500]},
     },
     "combinations": [name.split("+") for name in ALL],
+}
+# The run without its whole-frame modality, for the dry runs of bad fusion weights.
+FUSED = {
+    **MODALITIES,
+    "combinations": [c for c in MODALITIES["combinations"] if c != ["thermal_frame"]],
 }
 
 
@@ -80,7 +91,8 @@ def test_one_modalitys_setting_reruns_only_its_image_and_fusion_jobs(modalities_
 
 
 def test_fusion_weights_per_member_rescale_within_each_combination(modalities_run):
-    weights = {"metadata": 0.6, "thermal_map": 0.3, "depth_map": 0.1}
+    # Every member in use has a weight (thermal_frame's own combination weighs 1 whatever it is).
+    weights = {"metadata": 0.6, "thermal_map": 0.2, "depth_map": 0.1, "thermal_frame": 0.1}
     output = dry_run(
         modalities_run, {**MODALITIES, "fusion": {"metadata_weight": 0.7, "weights": weights}}
     )
@@ -106,7 +118,7 @@ def test_fusion_weights_per_member_rescale_within_each_combination(modalities_ru
     ],
 )
 def test_bad_fusion_weights_are_refused_naming_the_key(tmp_path, fusion, message):
-    result = run_snakemake(tmp_path, "-n", config={**MODALITIES, "fusion": fusion})
+    result = run_snakemake(tmp_path, "-n", config={**FUSED, "fusion": fusion})
     assert result.returncode != 0 and message in result.stdout + result.stderr
 
 
@@ -132,3 +144,18 @@ def test_combinations_all_runs_every_subset_of_metadata_and_the_modalities(tmp_p
     # Metadata and the demo's three modalities: 2**4 - 1 subsets, in config order.
     assert len(names) == 15 and "metadata+thermal_map+depth_map+wound_photo" in names
     assert scheduled_jobs(output)["fusion"] == 15 * 3
+
+
+def test_wound_crops_are_not_worse_than_whole_frames_beyond_the_fold_noise(modalities_run):
+    """The demo's thermal views, cropped to their boxes and as whole 320 x 240 frames, in one
+    run on the same folds: crops must not lose more than the spread of the per-fold
+    differences (bench/crops.py measures it on the full demo)."""
+    crops, frames = (
+        read_tsv(modalities_run / f"results/fusion/{m}/oof.tsv")
+        for m in ("thermal_map", "thermal_frame")
+    )
+    differences = fold_kappa_differences(*paired_rows(crops, frames), CLASSES)
+    assert len(differences) == MODALITIES["cv"]["folds"]
+    assert differences.mean() >= -differences.std(ddof=1)
+    views = read_tsv(modalities_run / "results/prepared/thermal_frame_views.tsv")
+    assert views["crop_x0"].isna().all() and views["x_min"].isna().all()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
-from tests.conftest import REPO, SNAKEFILE, TINY, run_command
+from tests.conftest import HEADLINE, REPO, SNAKEFILE, TINY, run_command
 
 pytestmark = pytest.mark.workflow
 
@@ -51,7 +51,10 @@ module fusion_dag:
 use rule * from fusion_dag
 '''
     )
-    result = run_command(tmp_path, ["--cores", "2", "fusion_results"])
+    # The tables these asserts read (the headline's aggregate job also writes the comparisons),
+    # not the report's figures.
+    sweep = "results/diagnostics/metadata+thermal_map/weight_sweep.tsv"
+    result = run_command(tmp_path, ["--cores", "2", HEADLINE, sweep])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
     assert headline[["combination", "rows"]].values.tolist() == [
@@ -87,7 +90,5 @@ use rule * from fusion_dag
         ["metadata", "secondary, all visits"],
     ]
     assert comparisons["p_value"].between(0, 1).all()
-    sweep = pd.read_csv(
-        tmp_path / "results/diagnostics/metadata+thermal_map/weight_sweep.tsv", sep="\t"
-    )
+    sweep = pd.read_csv(tmp_path / sweep, sep="\t")
     assert sweep.groupby("repeat")["fold"].nunique().tolist() == [2, 2]

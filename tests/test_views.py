@@ -7,14 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.crops import COMBINATIONS as FRAME_COMBINATIONS
-from bench.crops import FRAMES, tiny_sizes
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
 from fusion_dag.image import inner_split
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.views import BOX, VIEW_COLUMNS, crop_window, view_weights, with_crops
-from tests.conftest import CLASSES, COLUMNS, TINY, branch_fold, finished_run
+from tests.conftest import CLASSES, COLUMNS, branch_fold
 
 
 def test_crop_is_the_box_grown_by_the_margin_and_made_square():
@@ -306,33 +304,3 @@ def test_the_image_stage_writes_visit_means_of_its_view_probabilities(tiny_run):
     assert f"{thermal['views']} image rows matched {thermal['visits']} visits" in log
     cache_log = (tiny_run / "logs/image_cache/thermal_map.log").read_text()
     assert f"{thermal['views']} cropped to their wound box (margin 0.25, square)" in cache_log
-
-
-# The frames-vs-crops run of bench/crops.py, at the tiny size (a few more epochs).
-CROPS_VS_FRAMES = {
-    **TINY,
-    "modalities": tiny_sizes(FRAMES),
-    "combinations": FRAME_COMBINATIONS,
-    "image_model": {**TINY["image_model"], "epochs": 6, "patience": 3},
-}
-
-
-@pytest.mark.workflow
-def test_wound_crops_are_not_worse_than_whole_frames_beyond_the_fold_noise(tmp_path_factory):
-    """The demo's thermal views, cropped to their boxes and as whole 320 x 240 frames, in one
-    run on the same folds: crops must not lose more than the spread of the per-fold
-    differences (bench/crops.py measures it on the full demo)."""
-    from fusion_dag.artifacts import read_tsv
-    from fusion_dag.inference import fold_kappa_differences, paired_rows
-
-    # The two out-of-fold tables are all it reads: no report figure is drawn.
-    oofs = [f"results/fusion/{m}/oof.tsv" for m in ("thermal_map", "thermal_frame")]
-    workdir = finished_run(tmp_path_factory, "crops", CROPS_VS_FRAMES, *oofs)
-    crops, frames = (
-        read_tsv(workdir / f"results/fusion/{m}/oof.tsv") for m in ("thermal_map", "thermal_frame")
-    )
-    differences = fold_kappa_differences(*paired_rows(crops, frames), CLASSES)
-    assert len(differences) == 3
-    assert differences.mean() >= -differences.std(ddof=1)
-    views = read_tsv(workdir / "results/prepared/thermal_frame_views.tsv")
-    assert views["crop_x0"].isna().all() and views["x_min"].isna().all()

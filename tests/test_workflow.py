@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from tests.conftest import CLASSES, TINY, run_snakemake
+from tests.conftest import CLASSES, HEADLINE, TINY, run_snakemake
 
 PROBS = [f"prob_{c}" for c in CLASSES]
 
@@ -164,7 +164,7 @@ def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_tab
     table = pd.read_csv(demo_table).drop(columns=["depth_map", "wound_photo"])
     table.to_csv(tmp_path / "clinical.csv", index=False)
     config = {**METADATA_ONLY, "samples": "clinical.csv", "image_dir": "."}
-    result = run_snakemake(tmp_path, "--cores", "2", "fusion_results", config=config)
+    result = run_snakemake(tmp_path, "--cores", "2", HEADLINE, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
     assert headline["combination"].tolist() == ["metadata"] and headline.loc[0, "n_folds"] == 3
