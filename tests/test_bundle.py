@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion_dag.artifacts import InputError
 from fusion_dag.bundle import BundleError, choose_combination, load_bundle, model_spec
-from fusion_dag.predict_table import typed_column
 from fusion_dag.report import external_metrics
 from fusion_dag.weights import fuse_rows
 
@@ -119,17 +117,6 @@ def test_a_final_branch_predicting_one_class_everywhere_is_collapsed():
         check_collapsed(collapsed, allow=False)
     check_collapsed(collapsed, allow=True)
     check_collapsed({}, allow=False)
-
-
-def test_a_numeric_feature_with_text_is_one_error_naming_rows():
-    table = pd.DataFrame({"age": ["61", "seventy", "3,5"]})
-    with pytest.raises(InputError, match=r"'age' was numeric in training.*'seventy'.*rows 2"):
-        typed_column(table, {"name": "age", "type": "numeric"}, "new.csv")
-    text = typed_column(pd.DataFrame({"sex": [" M", "1"]}), {"name": "sex", "type": "text"}, "x")
-    assert text.tolist() == ["M", "1"]
-    infinite = pd.DataFrame({"age": ["61", "inf"]})
-    with pytest.raises(InputError, match="'age' holds infinite values in data rows 2"):
-        typed_column(infinite, {"name": "age", "type": "numeric"}, "new.csv")
 
 
 def test_a_folder_without_a_manifest_is_not_a_bundle(tmp_path):

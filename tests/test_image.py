@@ -8,7 +8,6 @@ import yaml
 from PIL import Image
 
 from fusion_dag.branch import build_image_branch, configure_tensorflow, load_backbone_weights
-from fusion_dag.cache import build_cache
 from fusion_dag.checkpoint import read_branch_weights, save_branch_weights
 from fusion_dag.image import (
     CachedBatches,
@@ -41,13 +40,6 @@ def test_cache_is_memory_mapped_uint8_and_holds_each_views_crop(cached):
     with Image.open(first["path"]) as image:
         expected = np.asarray(image.crop(window).resize((24, 24), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(cache[0], expected)
-
-
-def test_grayscale_images_get_three_channels(tmp_path):
-    Image.fromarray(np.full((10, 12), 200, dtype=np.uint8), mode="L").save(tmp_path / "g.png")
-    build_cache(pd.DataFrame({"path": [tmp_path / "g.png"]}), 8, tmp_path / "c.npy")
-    cache = np.load(tmp_path / "c.npy")
-    assert cache.shape == (1, 8, 8, 3) and (cache == 200).all()
 
 
 def test_inner_split_holds_out_whole_patients(cached):
@@ -461,31 +453,6 @@ def test_a_branch_fed_constant_images_is_marked_as_not_learned(cached, tmp_path,
     assert record["learned"] is False
     assert any("predicted for every train visit" in r for r in record["not_learned_reasons"])
     assert "thermal_map branch (repeat 1, fold 1) learned nothing" in caplog.text
-
-
-def test_an_image_that_verifies_but_does_not_decode_stops_the_cache(tmp_path):
-    """prepare verifies each file's structure without decoding it; the cache decodes each image
-    once and names the file that fails there (valid chunk checksums around bad pixel data)."""
-    import io
-    import struct
-    import zlib
-
-    from fusion_dag.artifacts import InputError
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), 90, dtype=np.uint8)).save(buffer, "PNG")
-    png = buffer.getvalue()
-    start = png.index(b"IDAT") - 4
-    length = struct.unpack(">I", png[start : start + 4])[0]
-    data = b"\0" * length
-    checksum = struct.pack(">I", zlib.crc32(b"IDAT" + data))
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(png[: start + 8] + data + checksum + png[start + 12 + length :])
-    with Image.open(broken) as image:
-        image.verify()  # what prepare checks passes
-    with pytest.raises(InputError, match=r"broken.png cannot be decoded"):
-        build_cache(pd.DataFrame({"path": [str(broken)]}), 16, tmp_path / "cache.npy")
-    assert list(tmp_path.iterdir()) == [broken]
 
 
 def test_cached_batches_gather_each_batch_in_row_order_and_predict_as_the_full_array():
