@@ -99,6 +99,16 @@ def read_json(path: Path) -> dict:
         raise unreadable(path, error) from None
 
 
+def mapped_array(path: Path, name: str, rebuild: str, error=ArtifactError) -> np.ndarray:
+    """Memory-map a ``.npy`` cache; one ``error`` line naming the file (``name`` says what it
+    is) and ``rebuild`` (how to make it again) when it cannot be mapped, as when it was cut
+    short by a full disk or an interrupted copy."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as problem:
+        raise error(f"{name} {path} cannot be read ({problem}); {rebuild}") from None
+
+
 # How this workflow's own tables are read back: only an empty cell is missing (what pandas
 # writes for one), never pandas' missing words, so an id, patient or category ``NA`` survives.
 MISSING_CELL = {"keep_default_na": False, "na_values": [""]}

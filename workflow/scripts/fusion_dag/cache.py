@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from fusion_dag.artifacts import ArtifactError, InputError, partial_path, read_tsv
+from fusion_dag.artifacts import ArtifactError, InputError, mapped_array, partial_path, read_tsv
 from fusion_dag.image_files import COLOURLESS_MODES, SINGLE_CHANNEL_MODES
 from fusion_dag.views import CROP
 
@@ -131,12 +131,7 @@ def load_cache(cache_path: Path, views_path: Path) -> tuple[np.ndarray, pd.DataF
     table is refused naming the file to delete, not read as whatever bytes are there.
     """
     rebuild = f"delete {cache_path} and run again to rebuild it (rule image_cache)"
-    try:
-        images = np.load(cache_path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as error:
-        raise ArtifactError(
-            f"image cache {cache_path} cannot be read ({error}); {rebuild}"
-        ) from None
+    images = mapped_array(cache_path, "image cache", rebuild)
     views = read_tsv(views_path)
     if images.ndim != 4 or images.dtype != np.uint8 or len(views) != len(images):
         raise ArtifactError(

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion_dag.artifacts import file_sha256, partial_path, read_json
+from fusion_dag.artifacts import file_sha256, mapped_array, partial_path, read_json
 from fusion_dag.backbones import BACKBONES, SMALL_CNN
 from fusion_dag.checkpoint import CheckpointError
 
@@ -218,12 +218,7 @@ def load_feature_cache(features: Path, sidecar: Path, backbone: Path | None = No
         raise FeatureCacheError(
             f"feature cache sidecar {sidecar} records no {', '.join(missing)}; {rebuild}"
         )
-    try:
-        array = np.load(features, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as error:
-        raise FeatureCacheError(
-            f"feature cache {features} cannot be read ({error}); {rebuild}"
-        ) from None
+    array = mapped_array(features, "feature cache", rebuild, FeatureCacheError)
     expected = (record.get("views"), 1 + bool(record.get("flip")), record.get("dimension"))
     if array.shape != expected:
         raise FeatureCacheError(
