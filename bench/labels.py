@@ -21,22 +21,26 @@ take most of an hour. A fusion with images predicts better than the forest alone
 is shorter; how much more precise it is this bench does not measure.
 """
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from demo_table import CLASSES, demo_samples  # noqa: E402
-from run import machine, markdown_table, write_section  # noqa: E402
+from forest_bench import (  # noqa: E402
+    CLASSES,
+    arguments,
+    demo_samples,
+    forest_settings,
+    run_and_publish,
+    workflow_config,
+)
+from run import machine, markdown_table  # noqa: E402
 
 HEADING = "## Label review: planted label errors"
 FULL = {"patients": 160, "seeds": [7, 11]}
@@ -46,13 +50,6 @@ SHARE = 0.10
 # Heads of the review list whose precision is reported.
 HEADS = [20, 50]
 NEIGHBOURS = {"I": ["P"], "P": ["I", "R"], "R": ["P"]}
-
-
-def config_settings() -> tuple[dict, dict]:
-    """The config's metadata_model and cv."""
-    with open(REPO / "config" / "config.yaml") as handle:
-        config = yaml.safe_load(handle)
-    return config["metadata_model"], config["cv"]
 
 
 def relabelled(samples: pd.DataFrame, share: float, seed: int) -> tuple[pd.DataFrame, set]:
@@ -182,22 +179,16 @@ def report(results: list, size: dict, settings: dict, cv: dict, seconds: float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a quick pass that writes nothing")
-    parser.add_argument("--threads", type=int, default=1, help="forest and CV workers")
-    arguments = parser.parse_args()
-    settings, cv = config_settings()
-    size = TINY if arguments.tiny else FULL
-    if arguments.tiny:
-        settings = {**settings, "n_estimators": TINY["n_estimators"]}
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fusion-dag-labels-") as folder:
-        results = measure(Path(folder), size, settings, cv, arguments.threads)
-    seconds = time.perf_counter() - started
-    section = report(results, size, settings, cv, seconds, arguments.tiny)
-    print(section)
-    if not arguments.tiny:
-        write_section(HEADING, section)
+    options = arguments(__doc__)
+    size = TINY if options.tiny else FULL
+    settings, cv = forest_settings(TINY if options.tiny else None), workflow_config()["cv"]
+    run_and_publish(
+        HEADING,
+        "labels",
+        lambda folder: measure(folder, size, settings, cv, options.threads),
+        lambda results, seconds: report(results, size, settings, cv, seconds, options.tiny),
+        options.tiny,
+    )
 
 
 if __name__ == "__main__":

@@ -28,22 +28,26 @@ seeds and every table) beside its threshold and the smallest a caught leak reach
 evidence each threshold rests on.
 """
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from demo_table import CLASSES, demo_samples  # noqa: E402
-from run import machine, markdown_table, write_section  # noqa: E402
+from forest_bench import (  # noqa: E402
+    CLASSES,
+    arguments,
+    demo_samples,
+    forest_settings,
+    run_and_publish,
+    workflow_config,
+)
+from run import machine, markdown_table  # noqa: E402
 
 HEADING = "## Leak screen: five planted leaks"
 FULL = {"patients": 160, "seeds": [7, 11]}
@@ -76,13 +80,6 @@ MEASUREMENTS = [
     ("drop_excess", "drop", "kappa lost without it, over the other columns' median"),
     ("importance_ratio", "importance", "importance / the next's"),
 ]
-
-
-def config_settings() -> tuple[dict, int]:
-    """The config's metadata_model and explain.permutations."""
-    with open(REPO / "config" / "config.yaml") as handle:
-        config = yaml.safe_load(handle)
-    return config["metadata_model"], config["explain"]["permutations"]
 
 
 def planted_leaks(samples: pd.DataFrame, seed: int) -> dict:
@@ -328,23 +325,21 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a quick pass that writes nothing")
-    parser.add_argument("--threads", type=int, default=1, help="forest and CV workers")
-    arguments = parser.parse_args()
-    settings, permutations = config_settings()
-    size = TINY if arguments.tiny else FULL
-    if arguments.tiny:
-        settings = {**settings, "n_estimators": TINY["n_estimators"]}
-        permutations = TINY["permutations"]
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fusion-dag-leaks-") as folder:
-        results = measure(Path(folder), size, settings, permutations, arguments.threads)
-    seconds = time.perf_counter() - started
-    section = report(results, size, settings, permutations, seconds, arguments.tiny)
-    print(section)
-    if not arguments.tiny:
-        write_section(HEADING, section)
+    options = arguments(__doc__)
+    size = TINY if options.tiny else FULL
+    settings = forest_settings(TINY if options.tiny else None)
+    permutations = (
+        TINY["permutations"] if options.tiny else workflow_config()["explain"]["permutations"]
+    )
+    run_and_publish(
+        HEADING,
+        "leaks",
+        lambda folder: measure(folder, size, settings, permutations, options.threads),
+        lambda results, seconds: report(
+            results, size, settings, permutations, seconds, options.tiny
+        ),
+        options.tiny,
+    )
 
 
 if __name__ == "__main__":
