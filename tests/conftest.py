@@ -1,8 +1,12 @@
 """Shared fixtures: tiny generated data in a temporary directory, never the user's results."""
 
+import copy
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +166,8 @@ TINY = {
 # The headline table and every job it needs (every model), without the report's figures: the
 # target of a run whose tests read tables only.
 HEADLINE = "results/fusion_results.tsv"
+# The fusion's metadata-weight sweep (a diagnostics table, read by the module tests).
+SWEEP = "results/diagnostics/metadata+thermal_map/weight_sweep.tsv"
 
 
 def finished_run(tmp_path_factory, name: str, config: dict, *targets: str) -> Path:
@@ -177,6 +183,89 @@ def finished_run(tmp_path_factory, name: str, config: dict, *targets: str) -> Pa
 def tiny_run(tmp_path_factory):
     """A finished tiny run with metadata, thermal and their fusion (shared, read-only)."""
     return finished_run(tmp_path_factory, "tiny_run", TINY)
+
+
+def merged(base: dict, override: dict) -> dict:
+    """``override`` over ``base``, mappings merged key by key (as Snakemake merges configs)."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def deploy_as_module(folder: Path, config: dict) -> None:
+    """Make ``folder`` a user's own workflow that reuses this one as a Snakemake module (the
+    catalogue's way), with ``config`` merged over the workflow's defaults as its config.yaml."""
+    defaults = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    (folder / "config.yaml").write_text(yaml.safe_dump(merged(defaults, config)))
+    (folder / "Snakefile").write_text(
+        f'''configfile: "config.yaml"
+
+
+module fusion_dag:
+    snakefile:
+        "{SNAKEFILE}"
+    config:
+        config
+
+
+use rule * from fusion_dag
+'''
+    )
+
+
+IMAGE_LOG = "logs/image/thermal_map/repeat1/fold{}.log"
+
+
+def kill_during_image_training(folder: Path, timeout=300) -> int:
+    """Start ``folder``'s workflow on the headline, SIGKILL its whole process group once an image
+    job is mid-training; return the fold whose image job was killed."""
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", HEADLINE]
+    with open(folder / "killed_run.log", "w") as output:
+        process = subprocess.Popen(
+            command, cwd=folder, stdout=output, stderr=output, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for fold in (1, 2, 3):
+            log = folder / IMAGE_LOG.format(fold)
+            if log.exists() and "Epoch 1/" in log.read_text():
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return fold
+        if process.poll() is not None:
+            raise AssertionError("the run finished before an image job could be killed")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("no image job started training in time")
+
+
+@pytest.fixture(scope="session")
+def resumed(tmp_path_factory):
+    """The tiny run's config as a user runs it: the workflow deployed as a module in a folder
+    of its own, killed while an image branch trains, then resumed (shared, read-only; one run
+    serves the module, interruption and reproducibility tests).
+
+    Returns (folder, killed fold, the resumed run's output)."""
+    folder = tmp_path_factory.mktemp("resumed")
+    deploy_as_module(folder, TINY)
+    fold = kill_during_image_training(folder)
+    # The premise: the kill landed while that image job was incomplete (no checkpoint yet,
+    # and Snakemake's incomplete marker for it left behind).
+    stage = folder / f"results/image/thermal_map/repeat1/fold{fold}"
+    assert not (stage / "checkpoint.weights.h5").exists()
+    assert any((folder / ".snakemake/incomplete").iterdir())
+    assert not (folder / HEADLINE).exists()
+    # A SIGKILL leaves Snakemake's directory lock behind; --unlock only removes that lock.
+    assert run_command(folder, ["--unlock"]).returncode == 0
+    arguments = ["--cores", "2", "--rerun-incomplete", HEADLINE, SWEEP]
+    result = run_command(folder, arguments)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    return folder, fold, output
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from bench.features import calibrated_backbone_file
 from fusion_dag.checkpoint import checkpoint_sidecar, save_branch_weights
@@ -23,7 +24,9 @@ from fusion_dag.features import (
 )
 from tests.conftest import (
     CLASSES,
+    HEADLINE,
     IMAGE_SETTINGS,
+    SWEEP,
     TINY,
     run_snakemake,
     scheduled_jobs,
@@ -267,9 +270,11 @@ def test_a_rotation_augmentation_trains_on_pixels_and_the_log_says_why(cached32,
 
 
 # A frozen MobileNetV3Small on the demo's thermal views, its head on cached features and
-# their flips; `predict` scores the training table itself from pixels.
+# their flips; `predict` scores the training table itself from pixels. Two repeats of two folds:
+# this run is also the end-to-end test of repeated partitions.
 FEATURE_RUN = {
     **TINY,
+    "cv": {"folds": 2, "repeats": 2, "seed": 42},
     "samples": "demo.csv",
     "image_dir": ".",
     "image_model": {**IMAGE_SETTINGS, "size": 32, "channels": 3, **FROZEN},
@@ -293,9 +298,9 @@ def feature_run(tmp_path_factory, feature_config):
     (shared, read-only)."""
     workdir = tmp_path_factory.mktemp("feature_run")
     write_demo(workdir / "demo.csv", patients=40, seed=7)
-    # The fused out-of-fold table and predict: every job these tests read, not the report's.
-    oof = "results/fusion/metadata+thermal_map/oof.tsv"
-    result = run_snakemake(workdir, "--cores", "2", oof, "predict", config=feature_config)
+    # The headline, the weight sweep and predict: every job these tests read, not the report's.
+    targets = [HEADLINE, SWEEP, "predict"]
+    result = run_snakemake(workdir, "--cores", "2", *targets, config=feature_config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir
 
@@ -332,7 +337,7 @@ def test_features_are_computed_once_for_every_fold_and_used_by_each_stage(featur
     final_log = (feature_run / "logs/final_image/thermal_map.log").read_text()
     assert "Phase 1 (head on cached features and their flips" in final_log
     for log in [
-        "logs/fusion/metadata+thermal_map/repeat1/fold3.log",
+        "logs/fusion/metadata+thermal_map/repeat2/fold2.log",
         "logs/final_fusion/metadata+thermal_map.log",
     ]:
         text = (feature_run / log).read_text()
@@ -342,6 +347,36 @@ def test_features_are_computed_once_for_every_fold_and_used_by_each_stage(featur
         feature_run / "results/image/thermal_map/repeat1/fold1/history.tsv", sep="\t"
     )
     assert set(history["phase"]) == {1}
+
+
+@pytest.mark.workflow
+@RUN
+def test_each_repeat_is_a_new_partition_with_its_own_seed(feature_run):
+    headline = pd.read_csv(feature_run / "results/fusion_results.tsv", sep="\t")
+    assert headline["n_repeats"].tolist() == [2, 2]
+    # Each repeat seeds its own models: repeat 2's image branch and fusion run with cv.seed + 1.
+    for stage in ("image/thermal_map", "fusion/metadata+thermal_map"):
+        seeds = [
+            json.loads((feature_run / f"results/{stage}/repeat{r}/fold1/metrics.json").read_text())[
+                "runtime"
+            ]["seed"]
+            for r in (1, 2)
+        ]
+        assert seeds == [42, 43], stage
+    log = (feature_run / "logs/fusion/metadata+thermal_map/repeat2/fold1.log").read_text()
+    assert "Loaded weights for layer: thermal_map_probs" in log
+    folds = pd.read_csv(feature_run / "results/folds.tsv", sep="\t")
+    # No patient in two folds within a repeat; the two repeats are different partitions.
+    assert folds.groupby(["repeat", "group"])["fold"].nunique().max() == 1
+    by_repeat = folds.pivot(index="id", columns="repeat", values="fold")
+    # Fold numbers are arbitrary labels: compare which rows share a fold (0: unrelated, 1: same).
+    assert adjusted_rand_score(by_repeat[1], by_repeat[2]) < 0.5
+    oof = pd.read_csv(feature_run / "results/fusion/metadata+thermal_map/oof.tsv", sep="\t")
+    # Every visit with thermal views, once per repeat.
+    views = pd.read_csv(feature_run / "results/prepared/thermal_map_views.tsv", sep="\t")
+    assert oof.groupby("repeat")["id"].nunique().tolist() == [views["id"].nunique()] * 2
+    sweep = pd.read_csv(feature_run / SWEEP, sep="\t")
+    assert sweep.groupby("repeat")["fold"].nunique().tolist() == [2, 2]
 
 
 @pytest.mark.workflow
@@ -366,7 +401,7 @@ def test_fold_settings_never_rerun_the_features_and_backbone_settings_do(
 ):
     fold_settings = changed(
         feature_config,
-        cv={"repeats": 2},
+        cv={"repeats": 3},
         image_model={"epochs": 4, "batch_size": 16},
         fusion={"metadata_weight": 0.6},
     )
@@ -377,10 +412,10 @@ def test_fold_settings_never_rerun_the_features_and_backbone_settings_do(
         {"image_model": {"backbone": "EfficientNetB0", "backbone_weights": None}},
     ]:
         jobs = dry_run(feature_run, changed(feature_config, **change))
-        assert jobs["features"] == 1 and jobs["image"] == 3, change
+        assert jobs["features"] == 1 and jobs["image"] == 4, change
     rotation = changed(feature_config, image_model={"augmentation": {"rotation": 0.1}})
     jobs = dry_run(feature_run, rotation)
-    assert "features" not in jobs and jobs["image"] == 3
+    assert "features" not in jobs and jobs["image"] == 4
 
 
 def test_a_second_backbone_in_one_process_matches_its_cache_by_layer_position():

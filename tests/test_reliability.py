@@ -1,76 +1,31 @@
 """Interruptions and reproducibility, tested for real through Snakemake."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fusion_dag.artifacts import file_sha256
-from tests.conftest import HEADLINE, TINY, run_snakemake, scheduled_jobs, snakemake_command
+from tests.conftest import HEADLINE, TINY, run_snakemake, scheduled_jobs
 
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
-IMAGE_LOG = "logs/image/thermal_map/repeat1/fold{}.log"
 
-
-def kill_during_image_training(workdir, timeout=300) -> int:
-    """Start a run, SIGKILL its whole process group once an image job is mid-training.
-
-    Returns the fold whose image job was killed mid-training.
-    """
-    command = snakemake_command(workdir, "--cores", "2", HEADLINE, config=TINY)
-    with open(workdir / "killed_run.log", "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for fold in (1, 2, 3):
-            log = workdir / IMAGE_LOG.format(fold)
-            if log.exists() and "Epoch 1/" in log.read_text():
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return fold
-        if process.poll() is not None:
-            raise AssertionError("the run finished before an image job could be killed")
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError("no image job started training in time")
-
-
-@pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
-    """A run killed while training an image branch, then resumed."""
-    workdir = tmp_path_factory.mktemp("killed")
-    fold = kill_during_image_training(workdir)
-    # The premise: the kill landed while that image job was incomplete (no checkpoint yet,
-    # and Snakemake's incomplete marker for it left behind).
-    stage = workdir / f"results/image/thermal_map/repeat1/fold{fold}"
-    assert not (stage / "checkpoint.weights.h5").exists()
-    assert any((workdir / ".snakemake/incomplete").iterdir())
-    assert not (workdir / "results/fusion_results.tsv").exists()
-    # A SIGKILL leaves Snakemake's directory lock behind; --unlock only removes that lock.
-    assert run_snakemake(workdir, "--unlock", config=TINY).returncode == 0
-    result = run_snakemake(workdir, "--cores", "2", "--rerun-incomplete", HEADLINE, config=TINY)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    # ...and the resumed run re-ran exactly that job.
+def test_resumed_run_reruns_the_killed_job_and_leaves_no_partial_files(resumed):
+    folder, fold, output = resumed
     reran = re.findall(r"rule image:\n(?:    .*\n)*?    wildcards: (.*)", output)
     assert f"modality=thermal_map, repeat=1, fold={fold}" in reran, reran
-    return workdir
-
-
-def test_resumed_run_completes_without_partial_files(resumed):
-    assert (resumed / "results/fusion_results.tsv").is_file()
-    assert not list((resumed / "results").rglob("*.partial*"))
+    assert (folder / HEADLINE).is_file()
+    assert not list((folder / "results").rglob("*.partial*"))
 
 
 def test_same_config_gives_identical_folds_metadata_fusion_and_headline(resumed, tiny_run):
+    """The tiny run's config, deployed as a module in another folder and interrupted, gives
+    the tiny run's numbers byte for byte."""
+    folder, _, _ = resumed
     paths = [
         "results/folds.tsv",
         "results/fusion_results.tsv",
@@ -81,19 +36,20 @@ def test_same_config_gives_identical_folds_metadata_fusion_and_headline(resumed,
         for combination in ("metadata", "thermal_map", "metadata+thermal_map"):
             paths.append(f"results/fusion/{combination}/repeat1/fold{fold}/probs.tsv")
     for path in paths:
-        assert (resumed / path).read_bytes() == (tiny_run / path).read_bytes(), path
+        assert (folder / path).read_bytes() == (tiny_run / path).read_bytes(), path
 
 
 def test_same_config_gives_identical_checkpoints_and_image_probabilities(resumed, tiny_run):
+    folder, _, _ = resumed
     for fold in (1, 2, 3):
         stage = f"results/image/thermal_map/repeat1/fold{fold}"
         first = pd.read_csv(tiny_run / stage / "probs.tsv", sep="\t")
-        again = pd.read_csv(resumed / stage / "probs.tsv", sep="\t")
+        again = pd.read_csv(folder / stage / "probs.tsv", sep="\t")
         assert first["id"].tolist() == again["id"].tolist()
         difference = np.abs(first.iloc[:, 2:].to_numpy() - again.iloc[:, 2:].to_numpy()).max()
         assert difference <= 1e-6  # the tolerance stated in the README
         checkpoint = stage + "/checkpoint.weights.h5"
-        assert file_sha256(resumed / checkpoint) == file_sha256(tiny_run / checkpoint)
+        assert file_sha256(folder / checkpoint) == file_sha256(tiny_run / checkpoint)
 
 
 def test_provenance_records_config_versions_data_and_commit(tiny_run):
