@@ -136,3 +136,60 @@ def test_a_forest_file_that_would_run_code_is_refused(tmp_path):
     skops.io.dump(FunctionTransformer(func=os.system), tmp_path / "model.skops")
     with pytest.raises(Exception, match="[Uu]ntrusted"):
         load_pipeline(tmp_path / "model.skops")
+
+
+def test_training_patients_are_salted_hashes_and_mark_the_visits_seen(tmp_path):
+    from fusion_dag.artifacts import write_json
+    from fusion_dag.bundle import PATIENTS, seen_in_training, training_patients
+
+    record = training_patients(pd.Series(["p1", "p1", "p2"]))
+    again = training_patients(pd.Series(["p1", "p2"]))
+    text = str(record)
+    assert len(record["patients"]) == 2 and "p1" not in text and "p2" not in text
+    # A salt of its own per bundle: the same patients give unrelated digests.
+    assert record["salt"] != again["salt"] and not set(record["patients"]) & set(again["patients"])
+    assert (
+        training_patients(["p1"], salt="s")["patients"]
+        == training_patients(["p1"], "s")["patients"]
+    )
+    write_json(record, tmp_path / PATIENTS)
+    groups = pd.Series(["p2", "p9", "p1", "p9"])
+    seen = seen_in_training(tmp_path, {"files": {PATIENTS: "x"}}, groups)
+    assert seen.tolist() == [True, False, True, False]
+    # A bundle that records none: unknown, not "unseen".
+    assert seen_in_training(tmp_path, {"files": {}}, groups).isna().all()
+
+
+def seen_predictions(seen):
+    """Six labelled visits of three patients, scored by metadata, ``seen`` per patient."""
+    table = pd.DataFrame(
+        {
+            "id": list("abcdef"),
+            "group": ["p1", "p1", "p2", "p2", "p3", "p3"],
+            "label": ["I", "P", "R", "P", "I", "R"],
+        }
+    )
+    table["seen_in_training"] = table["group"].map(seen).astype("boolean")
+    table["members_used"] = "metadata"
+    table[[f"prob_{c}" for c in CLASSES]] = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]] * 3
+    return table
+
+
+def test_metrics_leave_out_the_bundles_training_patients_and_say_so():
+    from fusion_dag.predict import prediction_summary
+
+    evaluation = {"bootstrap": 50, "confidence": 0.9}
+    partly = seen_predictions({"p1": True, "p2": False, "p3": False})
+    metrics = external_metrics(partly, ["metadata"], CLASSES, evaluation, 0)
+    assert metrics.loc[0, "n_rows"] == 4 and metrics.loc[0, "n_groups"] == 2
+    assert metrics.loc[0, "n_seen"] == 2
+    summary = prediction_summary(partly, metrics, ["metadata"], "bundle")
+    assert "WARNING: 2 rows of 1 patients were in the bundle's training" in summary
+    assert "labelled rows of patients the bundle never saw" in summary and "kappa" in summary
+    # Every patient trained the bundle: no metric, and the summary says why.
+    every = seen_predictions({"p1": True, "p2": True, "p3": True})
+    metrics = external_metrics(every, ["metadata"], CLASSES, evaluation, 0)
+    assert metrics.empty
+    summary = prediction_summary(every, metrics, ["metadata"], "bundle")
+    assert "No metrics: every labelled visit's patient trained the bundle" in summary
+    assert "kappa" not in summary and "no labels" not in summary

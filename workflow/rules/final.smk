@@ -118,6 +118,7 @@ rule bundle:
         unpack(lambda wildcards: jobs.bundle_inputs(COMBINATIONS, MODALITIES)),
         unpack(samples_input),
         spec="results/final/model_spec.json",
+        samples="results/prepared/samples.tsv",
         fusion_metrics=expand(
             "results/final/fusion/{combination}/metrics.json",
             combination=COMBINATIONS,

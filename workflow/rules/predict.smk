@@ -21,7 +21,7 @@ rule predict_table:
         samples=config["predict"]["samples"],
         bundle=predict_bundle(),
         given_bundle=bool(config["predict"]["bundle"]),
-        image_dir=config["predict"]["image_dir"] or config["image_dir"],
+        image_dirs=PREDICT_IMAGE_DIRS,
         image_tables=config["predict"]["images"] or {},
         combination=config["predict"]["combination"],
     script:

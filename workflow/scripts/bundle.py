@@ -1,7 +1,12 @@
 import platform
 
 from fusion_dag.artifacts import read_json, read_tsv
-from fusion_dag.bundle import check_collapsed, collapsed_branches, write_bundle
+from fusion_dag.bundle import (
+    check_collapsed,
+    collapsed_branches,
+    training_patients,
+    write_bundle,
+)
 from fusion_dag.joblog import job_log
 from fusion_dag.provenance import data_hashes, git_state, package_versions
 
@@ -36,7 +41,9 @@ with job_log(snakemake.log[0]) as log:
         snakemake.params.config,
         provenance,
         {"collapsed_branches": collapsed, "allow_collapsed": allow},
+        training_patients(read_tsv(snakemake.input.samples)["group"]),
     )
     log.info("Bundle %s: %d files", snakemake.output.bundle, len(manifest["files"]))
+    log.info("Training patients recorded as salted SHA-256 hashes of their group ids")
     for relative, digest in manifest["files"].items():
         log.info("  %s sha256 %s", relative, digest)
