@@ -193,3 +193,38 @@ def test_metrics_leave_out_the_bundles_training_patients_and_say_so():
     summary = prediction_summary(every, metrics, ["metadata"], "bundle")
     assert "No metrics: every labelled visit's patient trained the bundle" in summary
     assert "kappa" not in summary and "no labels" not in summary
+
+
+def test_the_bundle_stores_calibration_scores_and_predict_makes_sets_from_them(tmp_path):
+    """Out-of-fold probabilities calibrate a combination's sets at bundle time (scores and
+    labels only, no id or group); predict reads them back and marks each visit's set."""
+    from fusion_dag.bundle import calibration_records, load_calibration, write_bundle
+    from fusion_dag.predict import with_prediction_sets
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 2.0, 0.6], size=600)
+    labels = [rng.choice(CLASSES, p=p) for p in probs]
+    oof = pd.DataFrame(probs, columns=[f"prob_{c}" for c in CLASSES]).assign(
+        repeat=1, fold=np.arange(600) % 3 + 1, id=range(600), group=range(600), label=labels
+    )
+    records = calibration_records({"metadata": oof}, CLASSES, 0.9)
+    scores, summary = records["metadata"]
+    assert list(scores.columns) == ["label", "score"] and summary["calibration_visits"] == 600
+    assert 0.85 < summary["cross_validated"]["set_coverage"] < 0.95
+    manifest = write_bundle(tmp_path / "bundle", spec(), None, {}, {}, {}, calibration=records)
+    assert "calibration/metadata.tsv" in manifest["files"]
+    calibration = load_calibration(tmp_path / "bundle", manifest, "metadata")
+    with pytest.raises(BundleError, match="'predict.coverage': bundle .* no calibration for x"):
+        load_calibration(tmp_path / "bundle", manifest, "x")
+    table = seen_predictions({"p1": False, "p2": False, "p3": False})
+    table.loc[5, [f"prob_{c}" for c in CLASSES]] = np.nan
+    table.insert(table.columns.get_loc("members_used") + 1, "predicted", "I")
+    with_sets = with_prediction_sets(table, calibration, CLASSES, 0.9)
+    assert with_sets["prediction_set"].iloc[5] == "" and with_sets["prediction_set"].iloc[0]
+    metrics = external_metrics(
+        with_sets, ["metadata"], CLASSES, {"bootstrap": 20, "confidence": 0.9}, 0
+    )
+    sets = with_sets["prediction_set"].iloc[:5].str.split("|")
+    assert metrics.loc[0, "set_size"] == pytest.approx(sets.map(len).mean())
+    covered = [label in s for label, s in zip(table["label"].iloc[:5], sets, strict=True)]
+    assert metrics.loc[0, "set_coverage"] == pytest.approx(np.mean(covered))

@@ -53,6 +53,7 @@ rule predictions:
         runtime=60,
     params:
         combination=config["predict"]["combination"],
+        coverage=config["predict"]["coverage"],
         intra_op_threads=config["image_model"]["intra_op_threads"],
         evaluation=config["evaluation"],
         seed=config["cv"]["seed"],

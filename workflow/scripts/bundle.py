@@ -2,6 +2,7 @@ import platform
 
 from fusion_dag.artifacts import read_json, read_tsv
 from fusion_dag.bundle import (
+    calibration_records,
     check_collapsed,
     collapsed_branches,
     training_patients,
@@ -23,6 +24,21 @@ with job_log(snakemake.log[0]) as log:
             name,
         )
     checks = [read_json(path) for path in snakemake.input.fusion_metrics]
+    coverage, calibration = snakemake.params.coverage, None
+    if coverage is not None:
+        oof = {c: read_tsv(snakemake.input[f"{c}_oof"]) for c in snakemake.params.combinations}
+        calibration = calibration_records(oof, snakemake.params.classes, coverage)
+        for name, (_, summary) in calibration.items():
+            measured = summary["cross_validated"]
+            log.info(
+                "Prediction sets of %s at coverage %.2f in cross-validation: coverage %.3f, "
+                "mean set size %.2f (%d visits)",
+                name,
+                coverage,
+                measured["set_coverage"],
+                measured["set_size"],
+                measured["visits"],
+            )
     provenance = {
         "workflow": git_state(snakemake.params.workflow_dir),
         "python": platform.python_version(),
@@ -42,6 +58,7 @@ with job_log(snakemake.log[0]) as log:
         provenance,
         {"collapsed_branches": collapsed, "allow_collapsed": allow},
         training_patients(read_tsv(snakemake.input.samples)["group"]),
+        calibration,
     )
     log.info("Bundle %s: %d files", snakemake.output.bundle, len(manifest["files"]))
     log.info("Training patients recorded as salted SHA-256 hashes of their group ids")

@@ -204,6 +204,42 @@ def seen_in_training(folder: Path, manifest: dict, groups: pd.Series) -> pd.Seri
     return groups.map(lambda group: digests[group] in known).astype("boolean")
 
 
+def calibration_files(combination: str) -> tuple[str, str]:
+    """A combination's conformal calibration scores and their summary, relative to the bundle."""
+    return f"calibration/{combination}.tsv", f"calibration/{combination}.json"
+
+
+def calibration_records(oof_tables: dict, classes: list, coverage: float) -> dict:
+    """combination -> (its calibration scores: ``label``, ``score``; its summary: method,
+    calibration visits, and the coverage and mean set size its sets had in cross-validation
+    at ``coverage``), from each combination's pooled out-of-fold table
+    (:mod:`fusion_dag.conformal`). No id or group leaves the run."""
+    from fusion_dag.conformal import METHOD, calibration_table, cross_validated_sets
+
+    records = {}
+    for name, oof in oof_tables.items():
+        calibration = calibration_table(oof, classes)
+        summary = {
+            "method": METHOD,
+            "calibration_visits": len(calibration),
+            "cross_validated": cross_validated_sets(oof, calibration, classes, coverage),
+        }
+        records[name] = (calibration[[LABEL, "score"]], summary)
+    return records
+
+
+def load_calibration(folder: Path, manifest: dict, combination: str) -> pd.DataFrame:
+    """A bundled combination's calibration scores; a :class:`BundleError` when it has none."""
+    scores, _ = calibration_files(combination)
+    if scores not in manifest["files"]:
+        raise BundleError(
+            f"Invalid config key 'predict.coverage': bundle {folder} holds no calibration for "
+            f"{combination}; build it with predict.coverage set (final_models then calibrates "
+            "every combination on its out-of-fold probabilities), or set predict.coverage: null"
+        )
+    return pd.read_csv(Path(folder) / scores, sep="\t", dtype={LABEL: str})
+
+
 def checkpoint_files(modality: str) -> tuple[str, str]:
     """A modality's checkpoint and sidecar, relative to the bundle folder."""
     return f"image/{modality}/checkpoint.weights.h5", f"image/{modality}/checkpoint.json"
@@ -218,11 +254,13 @@ def write_bundle(
     provenance: dict,
     final_checks: dict | None = None,
     patients: dict | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Copy the final models into ``folder`` with their manifest; return the manifest.
 
     ``checkpoints`` maps each modality to its (checkpoint, sidecar) files; ``patients`` is the
     record of the training patients (:func:`training_patients`, written as :data:`PATIENTS`);
+    ``calibration`` each combination's conformal records (:func:`calibration_records`);
     ``final_checks``
     (recorded as it is) says which branches collapsed and whether that was allowed. The folder is
     written under a temporary name and renamed, so an interrupted job never leaves a bundle
@@ -242,6 +280,12 @@ def write_bundle(
     if patients is not None:
         write_json(patients, partial / PATIENTS)
         written.append(PATIENTS)
+    for name, (scores, summary) in (calibration or {}).items():
+        table, record = calibration_files(name)
+        (partial / table).parent.mkdir(parents=True, exist_ok=True)
+        scores.to_csv(partial / table, sep="\t", index=False)
+        write_json(summary, partial / record)
+        written += [table, record]
     files = {relative: file_sha256(partial / relative) for relative in written}
     manifest = {**spec, "provenance": provenance, "final_checks": final_checks or {}}
     manifest["files"] = dict(sorted(files.items()))

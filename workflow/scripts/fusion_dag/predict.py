@@ -140,6 +140,28 @@ def score_table(
 SEEN = "seen_in_training"
 
 
+def with_prediction_sets(
+    predictions: pd.DataFrame, calibration: pd.DataFrame, classes: list, coverage: float
+) -> pd.DataFrame:
+    """The predictions with ``prediction_set`` (after ``predicted``): each scored visit's
+    conformal set at ``coverage`` from its fused probabilities (``I|P``; empty for a visit with
+    no prediction), calibrated on the bundle's out-of-fold scores
+    (:func:`~fusion_dag.conformal.prediction_sets`)."""
+    from fusion_dag.conformal import prediction_sets, set_labels
+
+    columns = prob_columns(classes)
+    scored = predictions[columns].notna().all(axis=1).to_numpy()
+    labels = np.full(len(predictions), "", dtype=object)
+    if scored.any():
+        sets = prediction_sets(
+            predictions.loc[scored, columns].to_numpy(), calibration, classes, coverage
+        )
+        labels[scored] = set_labels(sets, classes)
+    table = predictions.copy()
+    table.insert(table.columns.get_loc("predicted") + 1, "prediction_set", labels)
+    return table
+
+
 def prediction_summary(
     predictions: pd.DataFrame, metrics: pd.DataFrame, members: list, bundle: Path
 ) -> str:
@@ -187,6 +209,7 @@ def prediction_summary(
         shown = ["predictor", "n_rows", "n_groups"]
         for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "ece"):
             shown += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+        shown += [column for column in ("set_coverage", "set_size") if column in metrics]
         lines += [
             "Metrics on the labelled rows of patients the bundle never saw, with "
             "patient-bootstrap intervals:",
