@@ -16,6 +16,7 @@ from fusion_dag.config import (
     modalities_in_use,
     modality_layout,
     modality_settings,
+    predict_image_dirs,
     schema_error,
     selected_combinations,
     setting_key,
@@ -231,3 +232,23 @@ def test_a_dry_run_with_a_primary_that_is_not_run_fails_before_any_job(tmp_path)
         "Invalid config key 'evaluation.primary': 'metadata' is not among the combinations run "
         "(thermal_map, metadata+thermal_map)" in output
     )
+
+
+def test_a_new_tables_image_folders_resolve_as_in_training(config):
+    """A modality's own image_dir holds for the new table too, unless predict.image_dir
+    says otherwise (for every modality, or per modality)."""
+    config["modalities"]["depth_map"]["image_dir"] = "depth_folder"
+    assert predict_image_dirs(config) == ("resources/demo", {"depth_map": "depth_folder"})
+    config["predict"]["image_dir"] = "new_clinic"
+    assert predict_image_dirs(config) == ("new_clinic", {})
+    config["predict"]["image_dir"] = {"thermal_map": "new_thermal"}
+    assert predict_image_dirs(config) == (
+        "resources/demo",
+        {"depth_map": "depth_folder", "thermal_map": "new_thermal"},
+    )
+    from jsonschema import Draft202012Validator
+
+    assert Draft202012Validator(SCHEMA).is_valid(config)
+    config["predict"]["image_dir"] = {"thermal": "x"}
+    with pytest.raises(ConfigError, match=r"'predict.image_dir': thermal is not a modality"):
+        predict_image_dirs(config)

@@ -51,6 +51,7 @@ PROVIDERS = {
     "PIL": "pillow",
     "matplotlib": "matplotlib",
     "scipy": "scipy",
+    "crepes": "crepes",
 }
 
 

@@ -13,8 +13,9 @@ import pytest
 from fusion_dag.artifacts import InputError
 from fusion_dag.bundle import BundleError, checkpoint_files, load_bundle
 from fusion_dag.demo import write_demo
-from fusion_dag.predict import score_table
+from fusion_dag.predict import prediction_summary, score_table
 from fusion_dag.predict_table import new_samples
+from fusion_dag.report import external_metrics
 from tests.conftest import TINY, run_snakemake, scheduled_jobs
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("predict")]
@@ -82,6 +83,8 @@ def test_every_new_row_is_predicted_with_the_members_it_has(external_run):
     new = pd.read_csv(external_run / "new.csv", dtype=str)
     predictions = pd.read_csv(external_run / "results/predict/predictions.tsv", sep="\t")
     assert predictions["id"].tolist() == new["sample_id"].tolist()
+    # The 40 new patients never trained the bundle.
+    assert predictions["seen_in_training"].eq(False).all()
     assert predictions[PROBS].notna().all().all()
     assert np.allclose(predictions[PROBS].sum(axis=1), 1.0)
     has_depth, has_thermal = members_present(external_run, new)
@@ -107,13 +110,14 @@ def test_labelled_new_table_gets_metrics_with_patient_intervals(external_run):
     assert metrics["predictor"].tolist() == [COMBINATION, "metadata", "depth_map", "thermal_map"]
     fused = metrics.iloc[0]
     assert fused["n_rows"] == len(pd.read_csv(external_run / "new.csv"))
-    assert fused["n_groups"] == 40 and fused["n_unscored"] == 0
+    assert fused["n_groups"] == 40 and fused["n_unscored"] == 0 and fused["n_seen"] == 0
     for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "ece"):
         assert metrics[f"{metric}_ci_low"].le(metrics[metric]).all()
         assert metrics[metric].le(metrics[f"{metric}_ci_high"]).all()
     assert metrics.set_index("predictor").loc["depth_map", "n_unscored"] > 0
     summary = (external_run / "results/predict/summary.md").read_text()
     assert "patient-bootstrap" in summary and "metadata+thermal_map" in summary
+    assert "WARNING" not in summary and "never saw" in summary
 
 
 def test_final_fusion_keeps_the_v3_contract(external_run):
@@ -145,6 +149,16 @@ def test_predicting_the_training_table_reproduces_the_final_fusion(external_run)
     assert len(both) == len(final) > 300
     difference = np.abs(both[PROBS].to_numpy() - both[[f"{c}_final" for c in PROBS]].to_numpy())
     assert difference.max() <= 1e-6
+    # Every visit's patient trained the bundle: marked, and no metric presented as performance.
+    assert predictions["seen_in_training"].eq(True).all()
+    members = COMBINATION.split("+")
+    evaluation = {**EXTERNAL["evaluation"], "bootstrap": 20}
+    metrics = external_metrics(predictions, members, ["I", "P", "R"], evaluation, 0)
+    assert metrics.empty
+    summary = prediction_summary(predictions, metrics, members, "bundle")
+    assert f"WARNING: {len(predictions)} rows of 120 patients were in the bundle's" in summary
+    assert "No metrics: every labelled visit's patient trained the bundle" in summary
+    assert "kappa" not in summary
 
 
 def test_a_copied_bundle_predicts_identically(external_run, tmp_path):

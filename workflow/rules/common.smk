@@ -27,6 +27,7 @@ from fusion_dag.config import (
     load_schema,
     modalities_in_use,
     modality_settings,
+    predict_image_dirs,
     review_combination,
     schema_error,
     selected_combinations,
@@ -61,6 +62,8 @@ try:
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
+    # The folders a new table's image paths are relative to (predict.image_dir, or as training).
+    PREDICT_IMAGE_DIRS = predict_image_dirs(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 # Settings that cannot work with the data, before any job runs (the demo table, made by a job,
@@ -111,6 +114,10 @@ PAIRS = jobs.pairs(COMBINATIONS)
 DEMO_TABLE = "resources/demo/samples.csv"
 # Image tables the demo_data rule writes.
 DEMO_IMAGE_TABLES = [Path("resources/demo/thermal_images.csv")]
+# The demo's later patients (demo.new_patients) and their thermal views: the README predicts
+# them with the bundle trained on the demo table, which never saw them.
+DEMO_NEW_TABLE = "resources/demo/new_samples.csv"
+DEMO_NEW_IMAGE_TABLE = "resources/demo/new_thermal_images.csv"
 # The report's front page, written with the headline: the run's verdicts and tables.
 FRONT_PAGE = "results/report/front_page.rst"
 # The bundle final_models builds, and predict applies unless predict.bundle names another.
@@ -286,15 +293,22 @@ def predict_samples(wildcards):
             "Invalid config key 'predict.samples': the predict target needs the new table, "
             "e.g. --config predict='{samples: new_visits.csv}'"
         )
-    # A table that does not exist is left out, so predict_table names it in one line.
-    return samples if Path(samples).exists() else []
+    # A table that does not exist is left out, so predict_table names it in one line (the
+    # demo's new patients are an input: rule demo_data writes them).
+    demo = Path(samples).resolve() == Path(DEMO_NEW_TABLE).resolve()
+    return samples if demo or Path(samples).exists() else []
 
 
 def predict_image_tables(wildcards):
     """The new visits' image tables (predict.images) that exist, as inputs; one that does not
     is left out for predict_table to name in one line."""
     tables = config["predict"]["images"] or {}
-    return {f"{m}_images": path for m, path in tables.items() if Path(path).exists()}
+    demo = Path(DEMO_NEW_IMAGE_TABLE).resolve()
+    return {
+        f"{m}_images": path
+        for m, path in tables.items()
+        if Path(path).resolve() == demo or Path(path).exists()
+    }
 
 
 # The report the Snakefile declares.

@@ -115,9 +115,14 @@ rule model_spec:
 
 rule bundle:
     input:
-        unpack(lambda wildcards: jobs.bundle_inputs(COMBINATIONS, MODALITIES)),
+        unpack(
+            lambda wildcards: jobs.bundle_inputs(
+                COMBINATIONS, MODALITIES, config["predict"]["coverage"]
+            )
+        ),
         unpack(samples_input),
         spec="results/final/model_spec.json",
+        samples="results/prepared/samples.tsv",
         fusion_metrics=expand(
             "results/final/fusion/{combination}/metrics.json",
             combination=COMBINATIONS,
@@ -138,6 +143,8 @@ rule bundle:
         modalities=list(MODALITIES),
         classes=config["classes"],
         allow_collapsed=config["final"]["allow_collapsed"],
+        combinations=list(COMBINATIONS),
+        coverage=config["predict"]["coverage"],
         config={key: value for key, value in config.items() if key != "predict"},
         workflow_dir=workflow.basedir,
     script:

@@ -21,7 +21,7 @@ rule predict_table:
         samples=config["predict"]["samples"],
         bundle=predict_bundle(),
         given_bundle=bool(config["predict"]["bundle"]),
-        image_dir=config["predict"]["image_dir"] or config["image_dir"],
+        image_dirs=PREDICT_IMAGE_DIRS,
         image_tables=config["predict"]["images"] or {},
         combination=config["predict"]["combination"],
     script:
@@ -53,6 +53,7 @@ rule predictions:
         runtime=60,
     params:
         combination=config["predict"]["combination"],
+        coverage=config["predict"]["coverage"],
         intra_op_threads=config["image_model"]["intra_op_threads"],
         evaluation=config["evaluation"],
         seed=config["cv"]["seed"],

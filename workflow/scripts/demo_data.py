@@ -9,6 +9,7 @@ with job_log(snakemake.log[0]) as log:
         snakemake.params.patients,
         snakemake.params.seed,
         thermal_signal=snakemake.params.thermal_signal,
+        new_patients=snakemake.params.new_patients,
     )
     thermal = pd.read_csv(snakemake.output.thermal_table)
     log.info(
@@ -20,4 +21,11 @@ with job_log(snakemake.log[0]) as log:
         snakemake.output.thermal_table,
         table["depth_map"].notna().sum(),
         table["wound_photo"].notna().sum(),
+    )
+    new = pd.read_csv(snakemake.output.new_table)
+    log.info(
+        "New patients (never in the demo table, for predict): %d rows, %d patients (%s)",
+        len(new),
+        new["patient_id"].nunique(),
+        snakemake.output.new_table,
     )

@@ -1,7 +1,7 @@
 from fusion_dag.artifacts import read_tsv, write_text, write_tsv
-from fusion_dag.bundle import choose_combination, load_bundle
+from fusion_dag.bundle import choose_combination, load_bundle, load_calibration
 from fusion_dag.joblog import job_log
-from fusion_dag.predict import prediction_summary, score_table
+from fusion_dag.predict import prediction_summary, score_table, with_prediction_sets
 from fusion_dag.predict_table import read_new_samples
 from fusion_dag.report import external_metrics
 
@@ -9,6 +9,9 @@ with job_log(snakemake.log[0]):
     bundle = snakemake.input.bundle
     spec = load_bundle(bundle)
     members = choose_combination(spec, snakemake.params.combination)
+    coverage = snakemake.params.coverage
+    # Refused before any model is loaded when the bundle cannot make the sets.
+    calibration = load_calibration(bundle, spec, "+".join(members)) if coverage else None
     samples = read_new_samples(snakemake.input.samples, spec)
     predictions = score_table(
         bundle,
@@ -18,6 +21,8 @@ with job_log(snakemake.log[0]):
         read_tsv(snakemake.input.images),
         (snakemake.params.intra_op_threads, snakemake.threads),
     )
+    if coverage:
+        predictions = with_prediction_sets(predictions, calibration, spec["classes"], coverage)
     evaluation = snakemake.params.evaluation
     metrics = external_metrics(
         predictions, members, spec["classes"], evaluation, snakemake.params.seed

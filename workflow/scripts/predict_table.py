@@ -9,12 +9,14 @@ with job_log(snakemake.log[0]) as log:
     given = snakemake.params.given_bundle
     spec = load_bundle(snakemake.params.bundle) if given else read_json(snakemake.input.spec)
     members = choose_combination(spec, snakemake.params.combination)
+    image_dir, modality_dirs = snakemake.params.image_dirs
     samples, images = new_samples(
         snakemake.params.samples,
-        snakemake.params.image_dir,
+        image_dir,
         spec,
         members,
         snakemake.params.image_tables,
+        modality_dirs,
     )
     write_tsv(images, snakemake.output.images)
     write_tsv(samples, snakemake.output.samples)

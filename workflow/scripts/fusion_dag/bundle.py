@@ -14,6 +14,7 @@ by layer name, JSON).
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -166,6 +167,79 @@ def check_collapsed(collapsed: dict, allow: bool) -> None:
     )
 
 
+# The bundle's training patients, as salted hashes of their group ids (not the ids).
+PATIENTS = "training_patients.json"
+PATIENT_HASH = "sha256(salt + ':' + group)"
+
+
+def patient_hashes(groups, salt: str) -> list:
+    """The sorted, distinct SHA-256 hex digests of ``salt:group`` for each group id."""
+    return sorted({hashlib.sha256(f"{salt}:{group}".encode()).hexdigest() for group in groups})
+
+
+def training_patients(groups, salt: str | None = None) -> dict:
+    """The record of the patients the final models were fit on: ``salt``, ``hash`` (how each
+    digest is made) and ``patients`` (:func:`patient_hashes`).
+
+    Why hashes: ``predict`` must know whether a new visit's patient trained the bundle (its
+    metrics would be in-sample), but a bundle travels to other machines and should not carry
+    the training table's patient ids. Why a salt, random per bundle (``secrets``): the same
+    patient in two bundles gets unrelated digests, so bundles cannot be joined on them and no
+    precomputed table of digests of common id formats applies. The salt does not make a short
+    id space secret (``P001``...``P999`` can be hashed in milliseconds with the salt at hand):
+    the record hides the ids from a reader, it does not anonymise them.
+    """
+    salt = salt or secrets.token_hex(16)
+    return {"salt": salt, "hash": PATIENT_HASH, "patients": patient_hashes(groups, salt)}
+
+
+def seen_in_training(folder: Path, manifest: dict, groups: pd.Series) -> pd.Series:
+    """For each group id, whether its patient trained the bundle (boolean); missing (``NA``)
+    for every row when the bundle records no training patients (built before it did)."""
+    if PATIENTS not in manifest["files"]:
+        return pd.Series(pd.NA, index=groups.index, dtype="boolean")
+    record = read_json(Path(folder) / PATIENTS)
+    known = set(record["patients"])
+    digests = {g: patient_hashes([g], record["salt"])[0] for g in groups.unique()}
+    return groups.map(lambda group: digests[group] in known).astype("boolean")
+
+
+def calibration_files(combination: str) -> tuple[str, str]:
+    """A combination's conformal calibration scores and their summary, relative to the bundle."""
+    return f"calibration/{combination}.tsv", f"calibration/{combination}.json"
+
+
+def calibration_records(oof_tables: dict, classes: list, coverage: float) -> dict:
+    """combination -> (its calibration scores: ``label``, ``score``; its summary: method,
+    calibration visits, and the coverage and mean set size its sets had in cross-validation
+    at ``coverage``), from each combination's pooled out-of-fold table
+    (:mod:`fusion_dag.conformal`). No id or group leaves the run."""
+    from fusion_dag.conformal import METHOD, calibration_table, cross_validated_sets
+
+    records = {}
+    for name, oof in oof_tables.items():
+        calibration = calibration_table(oof, classes)
+        summary = {
+            "method": METHOD,
+            "calibration_visits": len(calibration),
+            "cross_validated": cross_validated_sets(oof, calibration, classes, coverage),
+        }
+        records[name] = (calibration[[LABEL, "score"]], summary)
+    return records
+
+
+def load_calibration(folder: Path, manifest: dict, combination: str) -> pd.DataFrame:
+    """A bundled combination's calibration scores; a :class:`BundleError` when it has none."""
+    scores, _ = calibration_files(combination)
+    if scores not in manifest["files"]:
+        raise BundleError(
+            f"Invalid config key 'predict.coverage': bundle {folder} holds no calibration for "
+            f"{combination}; build it with predict.coverage set (final_models then calibrates "
+            "every combination on its out-of-fold probabilities), or set predict.coverage: null"
+        )
+    return pd.read_csv(Path(folder) / scores, sep="\t", dtype={LABEL: str})
+
+
 def checkpoint_files(modality: str) -> tuple[str, str]:
     """A modality's checkpoint and sidecar, relative to the bundle folder."""
     return f"image/{modality}/checkpoint.weights.h5", f"image/{modality}/checkpoint.json"
@@ -179,10 +253,15 @@ def write_bundle(
     config: dict,
     provenance: dict,
     final_checks: dict | None = None,
+    patients: dict | None = None,
+    calibration: dict | None = None,
 ) -> dict:
     """Copy the final models into ``folder`` with their manifest; return the manifest.
 
-    ``checkpoints`` maps each modality to its (checkpoint, sidecar) files; ``final_checks``
+    ``checkpoints`` maps each modality to its (checkpoint, sidecar) files; ``patients`` is the
+    record of the training patients (:func:`training_patients`, written as :data:`PATIENTS`);
+    ``calibration`` each combination's conformal records (:func:`calibration_records`);
+    ``final_checks``
     (recorded as it is) says which branches collapsed and whether that was allowed. The folder is
     written under a temporary name and renamed, so an interrupted job never leaves a bundle
     that looks complete.
@@ -197,7 +276,17 @@ def write_bundle(
         (partial / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, partial / relative)
     write_json(config, partial / "config.json")
-    files = {relative: file_sha256(partial / relative) for relative in [*sources, "config.json"]}
+    written = [*sources, "config.json"]
+    if patients is not None:
+        write_json(patients, partial / PATIENTS)
+        written.append(PATIENTS)
+    for name, (scores, summary) in (calibration or {}).items():
+        table, record = calibration_files(name)
+        (partial / table).parent.mkdir(parents=True, exist_ok=True)
+        scores.to_csv(partial / table, sep="\t", index=False)
+        write_json(summary, partial / record)
+        written += [table, record]
+    files = {relative: file_sha256(partial / relative) for relative in written}
     manifest = {**spec, "provenance": provenance, "final_checks": final_checks or {}}
     manifest["files"] = dict(sorted(files.items()))
     manifest[SPEC_HASH] = spec_sha256(manifest)

@@ -191,6 +191,33 @@ def modality_layout(config: dict, name: str) -> dict:
     }
 
 
+def predict_image_dirs(config: dict) -> tuple[str, dict]:
+    """The folders a new table's image paths are relative to, as training resolves them:
+    (the folder for every modality, modality -> its own folder).
+
+    ``predict.image_dir`` null: each modality's own ``image_dir`` where it has one, else the
+    top-level ``image_dir``, so a training config whose views live in their own folder predicts
+    a table laid out like its own without a new setting. A string: that folder for every
+    modality (the new visits' images are elsewhere). A mapping ``{modality: folder}``: those
+    modalities there, the others as with null.
+    """
+    own = {
+        name: entry["image_dir"]
+        for name, entry in config["modalities"].items()
+        if isinstance(entry, dict) and entry.get("image_dir")
+    }
+    given = config["predict"]["image_dir"]
+    if isinstance(given, str):
+        return given, {}
+    unknown = sorted(set(given or {}) - set(config["modalities"]))
+    if unknown:
+        raise ConfigError(
+            f"Invalid config key 'predict.image_dir': {', '.join(unknown)} is not a modality "
+            f"(modalities: {', '.join(config['modalities'])}); fix the name"
+        )
+    return config["image_dir"], {**own, **(given or {})}
+
+
 def check_layouts(config: dict) -> None:
     """A modality mapping with both a samples ``column`` and an image table (``images``).
 

@@ -50,6 +50,10 @@ FRAME_SIZE = (320, 240)
 ANGLES = ("left", "middle", "right", "zoom", "after_debridement")
 THERMAL_BOX = ("x_min", "y_min", "x_max", "y_max")
 THERMAL_TABLE = "thermal_images.csv"
+# The later patients write_demo can add (new_patients), and the random stream they come from.
+NEW_TABLE = "new_samples.csv"
+NEW_THERMAL_TABLE = "new_thermal_images.csv"
+NEW_STREAM = 100
 MISSING_THERMAL_SHARE = 0.03
 # How much one view's appearance differs from another's of the same visit (signal units).
 VIEW_NOISE = 0.3
@@ -66,13 +70,16 @@ FAINT_VIEW_NOISE_C = 1.0
 FAINT_SKIN_C = 1.5  # the foot's temperature from view to view (0.3 by default)
 
 
-def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
+def simulate_visits(
+    patients: int, rng: np.random.Generator, cuts: np.ndarray | None = None
+) -> pd.DataFrame:
     """Draw visits and their latent variables.
 
     Each patient has 1 to 6 visits. Healing progresses over visits, and a patient effect
     shifts every visit of that patient. The label is the latent severity cut at the quantiles
-    that give the target class shares; metadata and image each see the severity through their
-    own independent noise.
+    that give the target class shares (or at ``cuts``: a later cohort of the same population
+    is labelled at the first cohort's cuts, not at its own quantiles); metadata and image each
+    see the severity through their own independent noise.
     """
     visits_per_patient = rng.integers(1, 7, size=patients)
     patient_effect = rng.normal(0.0, 1.0, size=patients)
@@ -84,7 +91,8 @@ def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
         + 0.25 * (visit_number - 3.5) / 1.7
         + 0.65 * rng.normal(0.0, 1.0, size=n_rows)
     )
-    cuts = np.quantile(severity, np.cumsum(CLASS_SHARES)[:-1])
+    if cuts is None:
+        cuts = class_cuts(severity)
     label_index = np.searchsorted(cuts, severity)
     return pd.DataFrame(
         {
@@ -99,8 +107,16 @@ def simulate_visits(patients: int, rng: np.random.Generator) -> pd.DataFrame:
     )
 
 
-def metadata_table(visits: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Clinical metadata columns: patient-level traits plus visit-level wound measurements."""
+def class_cuts(severity: np.ndarray) -> np.ndarray:
+    """The severities that cut a cohort into the target class shares."""
+    return np.quantile(severity, np.cumsum(CLASS_SHARES)[:-1])
+
+
+def metadata_table(
+    visits: pd.DataFrame, rng: np.random.Generator, prefix: str = "P"
+) -> pd.DataFrame:
+    """Clinical metadata columns: patient-level traits plus visit-level wound measurements;
+    patients are named ``{prefix}001`` onwards."""
     n = len(visits)
     patients = visits["patient_index"].to_numpy()
     n_patients = patients.max() + 1
@@ -114,13 +130,13 @@ def metadata_table(visits: pd.DataFrame, rng: np.random.Generator) -> pd.DataFra
         return rng.normal(0.0, scale, size=n)
 
     sample_id = [
-        f"P{p + 1:03d}_V{v}" for p, v in zip(patients, visits["visit_number"], strict=True)
+        f"{prefix}{p + 1:03d}_V{v}" for p, v in zip(patients, visits["visit_number"], strict=True)
     ]
     exudate = np.clip(np.round(1.4 - 0.7 * signal + noise(0.8)), 0, 3).astype(int)
     table = pd.DataFrame(
         {
             "sample_id": sample_id,
-            "patient_id": [f"P{p + 1:03d}" for p in patients],
+            "patient_id": [f"{prefix}{p + 1:03d}" for p in patients],
             "label": visits["label"].to_numpy(),
             "age": np.round(per_patient(rng.normal(63, 11, n_patients)), 0),
             "sex": per_patient(rng.choice(["M", "F"], size=n_patients, p=[0.7, 0.3])),
@@ -224,7 +240,7 @@ def thermal_frame(
 
 
 def write_thermal_views(
-    folder: Path, table: pd.DataFrame, visits: pd.DataFrame, seed: int, signal: str = "default"
+    folder: Path, table: pd.DataFrame, visits: pd.DataFrame, seed, signal: str = "default"
 ):
     """Write the thermal frames and their image table; return the table.
 
@@ -232,9 +248,10 @@ def write_thermal_views(
     visits have none, and a few image rows belong to visits the samples table does not have
     (a visit after the patient's last), as in a study's exports. The table's visit numbers are
     zero-padded text (``03``) where the samples table has numbers: they still match.
-    ``signal`` is how strongly the views show the phase (:data:`THERMAL_SIGNALS`).
+    ``signal`` is how strongly the views show the phase (:data:`THERMAL_SIGNALS`); ``seed`` an
+    integer or a sequence of them (:func:`write_demo`'s new patients).
     """
-    rng = np.random.default_rng([seed, 3])
+    rng = np.random.default_rng([*np.ravel(seed), 3])
     (folder / MODALITY_FOLDERS["thermal_map"]).mkdir(parents=True, exist_ok=True)
     last_visit = visits.groupby("patient_index")["visit_number"].transform("max")
     orphans = visits[(visits["visit_number"] == last_visit) & (rng.random(len(visits)) < 0.03)]
@@ -243,9 +260,12 @@ def write_thermal_views(
         *zip(table["patient_id"], visits["visit_number"], visits["image_signal"], strict=True)
     ]
     owners += [
-        (f"P{p + 1:03d}", v + 1, s)
+        (p, v + 1, s)
         for p, v, s in zip(
-            orphans["patient_index"], orphans["visit_number"], orphans["image_signal"], strict=True
+            table.loc[orphans.index, "patient_id"],
+            orphans["visit_number"],
+            orphans["image_signal"],
+            strict=True,
         )
     ]
     for patient, visit, phase in owners:
@@ -326,14 +346,14 @@ def wound_photo(photo_signal: float, rng: np.random.Generator, size: int = IMAGE
     return np.round(np.clip(image, 0, 255)).astype(np.uint8)
 
 
-def write_images(folder: Path, visits: pd.DataFrame, seed: int) -> pd.DataFrame:
+def write_images(folder: Path, visits: pd.DataFrame, seed) -> pd.DataFrame:
     """Write the depth maps and photographs; return their relative paths (empty where a visit
     has none). Drawn from generators of their own, so the table and thermal maps do not
     depend on them."""
     paths = pd.DataFrame(index=visits.index)
     makers = {"depth_map": (depth_map, DEPTH_NOISE), "wound_photo": (wound_photo, PHOTO_NOISE)}
     for stream, (modality, (make, noise)) in enumerate(makers.items(), start=1):
-        rng = np.random.default_rng([seed, stream])
+        rng = np.random.default_rng([*np.ravel(seed), stream])
         signal = visits["severity"] + noise * rng.normal(size=len(visits))
         missing = rng.random(len(visits)) < MISSING_IMAGE_SHARE[modality]
         (folder / MODALITY_FOLDERS[modality]).mkdir(parents=True, exist_ok=True)
@@ -349,7 +369,11 @@ def write_images(folder: Path, visits: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def write_demo(
-    table_path: Path, patients: int, seed: int, thermal_signal: str = "default"
+    table_path: Path,
+    patients: int,
+    seed: int,
+    thermal_signal: str = "default",
+    new_patients: int = 0,
 ) -> pd.DataFrame:
     """Write the demo samples table, its thermal image table and every image; return the
     samples table.
@@ -360,17 +384,32 @@ def write_demo(
     ``thermal_signal`` (``default`` or ``faint``, :data:`THERMAL_SIGNALS`) is how strongly the
     thermal views show the healing phase; the table, depth maps and photographs are the same
     either way.
+
+    ``new_patients`` (0: none) more patients of the same population, labelled at the same
+    severity cuts and named ``N001`` onwards, are written beside it as :data:`NEW_TABLE` and
+    :data:`NEW_THERMAL_TABLE`: patients a bundle trained on the demo never saw, for ``predict``
+    to be shown on. They are drawn from random streams of their own, so the demo table and its
+    images are the same with or without them.
     """
     rng = np.random.default_rng(seed)
     visits = simulate_visits(patients, rng)
     table = metadata_table(visits, rng)
     table_path = Path(table_path)
-    thermal = write_thermal_views(table_path.parent, table, visits, seed, thermal_signal)
-    others = write_images(table_path.parent, visits.assign(sample_id=table["sample_id"]), seed)
-    table.insert(3, "depth_map", others["depth_map"])
-    table.insert(4, "wound_photo", others["wound_photo"])
-    for frame, path in ((thermal, table_path.parent / THERMAL_TABLE), (table, table_path)):
-        partial = partial_path(path)
-        frame.to_csv(partial, index=False)
-        partial.replace(path)
+    folder = table_path.parent
+    cohorts = [(visits, table, seed, (folder / THERMAL_TABLE, table_path))]
+    if new_patients:
+        later = np.random.default_rng([seed, NEW_STREAM])
+        new_visits = simulate_visits(new_patients, later, class_cuts(visits["severity"]))
+        new_table = metadata_table(new_visits, later, prefix="N")
+        tables = (folder / NEW_THERMAL_TABLE, folder / NEW_TABLE)
+        cohorts.append((new_visits, new_table, [seed, NEW_STREAM], tables))
+    for cohort, frame, stream, (thermal_path, samples_path) in cohorts:
+        thermal = write_thermal_views(folder, frame, cohort, stream, thermal_signal)
+        others = write_images(folder, cohort.assign(sample_id=frame["sample_id"]), stream)
+        frame.insert(3, "depth_map", others["depth_map"])
+        frame.insert(4, "wound_photo", others["wound_photo"])
+        for written, path in ((thermal, thermal_path), (frame, samples_path)):
+            partial = partial_path(path)
+            written.to_csv(partial, index=False)
+            partial.replace(path)
     return table

@@ -419,10 +419,15 @@ def spec_modalities(config: dict, modalities: dict) -> dict:
     }
 
 
-def bundle_inputs(combinations: dict, modalities) -> dict:
+def bundle_inputs(combinations: dict, modalities, coverage: float | None = None) -> dict:
     """The final models a bundle holds: the forest (when a combination uses metadata) and
-    each modality's final checkpoint, sidecar and probabilities."""
+    each modality's final checkpoint, sidecar and probabilities; with a ``coverage``
+    (predict.coverage), each combination's pooled out-of-fold table too, to calibrate its
+    prediction sets (this runs the cross-validation)."""
     inputs = {}
+    if coverage is not None:
+        for name in combinations:
+            inputs[f"{name}_oof"] = f"results/fusion/{name}/oof.tsv"
     if uses_metadata(combinations):
         inputs["forest"] = "results/final/metadata/model.skops"
     for modality in modalities:

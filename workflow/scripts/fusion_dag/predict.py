@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
-from fusion_dag.bundle import FOREST, BundleError, checkpoint_files
+from fusion_dag.bundle import FOREST, BundleError, checkpoint_files, seen_in_training
 from fusion_dag.folds import FINAL_PLACEMENT
 from fusion_dag.views import AGGREGATION, visit_means
 from fusion_dag.weights import METADATA, fuse_rows
@@ -101,7 +101,9 @@ def score_table(
     images: pd.DataFrame,
     threads: tuple,
 ) -> pd.DataFrame:
-    """The predictions table of a validated new table (see :func:`fuse_rows`).
+    """The predictions table of a validated new table (see :func:`fuse_rows`), with
+    ``seen_in_training``: whether the visit's patient trained the bundle
+    (:func:`~fusion_dag.bundle.seen_in_training`).
 
     ``threads`` is (TensorFlow intra-op threads, inter-op threads) for the image branches.
     """
@@ -116,13 +118,59 @@ def score_table(
         for modality in modalities:
             views = images[images["modality"] == modality].reset_index(drop=True)
             member_probs[modality] = image_probabilities(bundle, spec, modality, views)
-    return fuse_rows(samples, member_probs, members, spec)
+    predictions = fuse_rows(samples, member_probs, members, spec)
+    seen = seen_in_training(bundle, spec, predictions[GROUP])
+    predictions.insert(predictions.columns.get_loc("members_used"), SEEN, seen)
+    if seen.isna().all():
+        log.warning(
+            "Bundle %s records no training patients (built before it did): whether a visit's "
+            "patient trained it is unknown, and its metrics may be in-sample",
+            bundle,
+        )
+    elif seen.any():
+        log.warning(
+            "%d rows of %d patients were in the bundle's training: their predictions are "
+            "in-sample; metrics leave them out",
+            int(seen.sum()),
+            predictions.loc[seen.to_numpy(dtype=bool), GROUP].nunique(),
+        )
+    return predictions
+
+
+SEEN = "seen_in_training"
+
+
+def with_prediction_sets(
+    predictions: pd.DataFrame, calibration: pd.DataFrame, classes: list, coverage: float
+) -> pd.DataFrame:
+    """The predictions with ``prediction_set`` (after ``predicted``): each scored visit's
+    conformal set at ``coverage`` from its fused probabilities (``I|P``; empty for a visit with
+    no prediction), calibrated on the bundle's out-of-fold scores
+    (:func:`~fusion_dag.conformal.prediction_sets`)."""
+    from fusion_dag.conformal import prediction_sets, set_labels
+
+    columns = prob_columns(classes)
+    scored = predictions[columns].notna().all(axis=1).to_numpy()
+    labels = np.full(len(predictions), "", dtype=object)
+    if scored.any():
+        sets = prediction_sets(
+            predictions.loc[scored, columns].to_numpy(), calibration, classes, coverage
+        )
+        labels[scored] = set_labels(sets, classes)
+    table = predictions.copy()
+    table.insert(table.columns.get_loc("predicted") + 1, "prediction_set", labels)
+    return table
 
 
 def prediction_summary(
     predictions: pd.DataFrame, metrics: pd.DataFrame, members: list, bundle: Path
 ) -> str:
-    """A short Markdown section for people: what was scored, by which members, how well."""
+    """A short Markdown section for people: what was scored, by which members, how well.
+
+    Visits whose patients trained the bundle are counted with a warning and left out of the
+    metrics (:func:`~fusion_dag.report.external_metrics`); when every labelled visit was, no
+    metric is shown, and the summary says why.
+    """
     counts = predictions["members_used"].replace("", "(none: no prediction)").value_counts()
     lines = [
         "# Predictions on a new table",
@@ -133,12 +181,38 @@ def prediction_summary(
         counts.rename_axis("members_used").reset_index(name="rows").to_markdown(index=False),
         "",
     ]
+    seen = predictions[SEEN]
+    labelled = predictions[LABEL].notna()
+    if seen.isna().all():
+        lines += [
+            "WARNING: the bundle records no training patients (it was built before it did): "
+            "whether these visits trained it is unknown, so the metrics below may be in-sample.",
+            "",
+        ]
+    elif seen.any():
+        in_training = seen.fillna(False).to_numpy(dtype=bool)
+        lines += [
+            f"WARNING: {int(in_training.sum())} rows of "
+            f"{predictions.loc[in_training, GROUP].nunique()} patients were in the bundle's "
+            "training: their predictions are in-sample, not a validation; they are left out "
+            "of the metrics.",
+            "",
+        ]
+        if not (labelled & ~seen.fillna(False)).any() and labelled.any():
+            lines.append(
+                "No metrics: every labelled visit's patient trained the bundle, so metrics on "
+                "them would measure how well the models remember their training data, not how "
+                "they perform on new patients. Predict patients the bundle never saw."
+            )
+            return "\n".join(lines) + "\n"
     if len(metrics) and "kappa" in metrics:
         shown = ["predictor", "n_rows", "n_groups"]
         for metric in ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "ece"):
             shown += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+        shown += [column for column in ("set_coverage", "set_size") if column in metrics]
         lines += [
-            "Metrics on the labelled rows, with patient-bootstrap intervals:",
+            "Metrics on the labelled rows of patients the bundle never saw, with "
+            "patient-bootstrap intervals:",
             "",
             metrics[shown].to_markdown(index=False, floatfmt=".3f"),
         ]

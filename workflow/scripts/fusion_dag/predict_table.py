@@ -42,7 +42,12 @@ log = logging.getLogger(__name__)
 
 
 def new_samples(
-    path: Path, image_dir: Path, spec: dict, members: list, image_tables: dict | None = None
+    path: Path,
+    image_dir: Path,
+    spec: dict,
+    members: list,
+    image_tables: dict | None = None,
+    modality_dirs: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate a new table against the bundle's spec; return (samples, views).
 
@@ -54,10 +59,13 @@ def new_samples(
     be numeric here; empty cells are imputed as in training, and text categories the forest has
     not seen are ignored by its encoder. A visit without an image (an empty cell, no row in the
     image table) is scored by the members it has. ``views`` has one row per view of every
-    image member, with its crop cut as in training. The bundle's training table itself (by its
+    image member, with its crop cut as in training. Image paths are relative to ``image_dir``,
+    or to a modality's own folder in ``modality_dirs`` (modality -> folder;
+    :func:`~fusion_dag.config.predict_image_dirs`). The bundle's training table itself (by its
     SHA-256 in the manifest's provenance) is predicted with a warning: in-sample.
     """
     image_tables = image_tables or {}
+    modality_dirs = modality_dirs or {}
     # A bundle made before na_values existed was trained with pandas' missing words.
     table = read_table(path, spec.get("na_values"), key="predict.samples")
     trained_on = spec.get("provenance", {}).get("data", {}).get("samples", {}).get("sha256")
@@ -128,7 +136,16 @@ def new_samples(
     if features:
         log_missing_cells(samples[[f["name"] for f in features]], path)
     views = [
-        new_views(table, ids, groups, modality, layout, (image_dir, image_tables), path, spec)
+        new_views(
+            table,
+            ids,
+            groups,
+            modality,
+            layout,
+            (modality_dirs.get(modality, image_dir), image_tables),
+            path,
+            spec,
+        )
         for modality, layout in layouts.items()
     ]
     columns_out = ["modality", *VIEW_COLUMNS, *CROP]

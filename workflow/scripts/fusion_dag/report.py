@@ -237,11 +237,18 @@ def external_metrics(
 
     One row for the fused predictions (each row scored by the members it has) and one per
     member on the rows it scored, so a team sees what each input contributes on the new
-    patients. ``n_unscored`` counts labelled rows the predictor could not score.
+    patients. ``n_unscored`` counts labelled rows the predictor could not score. Rows whose
+    patients trained the bundle (``seen_in_training`` true) are left out: their metrics would
+    be in-sample; ``n_seen`` counts them. No row is left when every labelled patient was seen.
+    With ``prediction_set`` (predict.coverage), the fused row has ``set_coverage`` (share of
+    visits whose set holds their class) and ``set_size`` (mean classes per set).
     """
     labelled = predictions[predictions[LABEL].notna()]
+    unknown = pd.Series(pd.NA, index=labelled.index, dtype="boolean")
+    in_training = labelled.get("seen_in_training", unknown).fillna(False).to_numpy(dtype=bool)
+    labelled = labelled[~in_training]
     if labelled.empty:
-        return pd.DataFrame(columns=["predictor", "n_rows", "n_groups", "n_unscored"])
+        return pd.DataFrame(columns=["predictor", "n_rows", "n_groups", "n_unscored", "n_seen"])
     predictors = {"+".join(members): ""} | (
         {m: f"{m}_" for m in members} if len(members) > 1 else {}
     )
@@ -256,7 +263,14 @@ def external_metrics(
             "n_rows": len(scored),
             "n_groups": int(scored[GROUP].nunique()),
             "n_unscored": len(labelled) - len(scored),
+            "n_seen": int(in_training.sum()),
         }
+        if len(scored) and "prediction_set" in scored and not prefix:
+            sets = scored["prediction_set"].fillna("").str.split("|")
+            row["set_coverage"] = float(
+                np.mean([label in s for label, s in zip(scored[LABEL], sets, strict=True)])
+            )
+            row["set_size"] = float(sets.map(len).mean())
         if len(scored):
             estimates = bootstrap_metrics(table, classes, evaluation["bootstrap"], seed)
             row.update(metric_columns(estimates, classes, evaluation, ""))
