@@ -51,6 +51,9 @@ PROVIDERS = {
     "PIL": "pillow",
     "matplotlib": "matplotlib",
     "scipy": "scipy",
+    "statsmodels": "statsmodels",
+    "tableone": "tableone",
+    "dcurves": "dcurves",
 }
 
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
 from fusion_dag.artifacts import InputError
 from fusion_dag.folds import check_table_folds
+from fusion_dag.tables import read_table
 from fusion_dag.config import (
     ConfigError,
     class_names,
@@ -21,6 +22,8 @@ from fusion_dag.config import (
     check_fusion_weights,
     check_primary,
     check_review,
+    check_decisions,
+    check_subgroups,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -58,6 +61,7 @@ try:
     check_fusion_weights(config, COMBINATIONS)
     check_primary(config, COMBINATIONS)
     check_review(config, COMBINATIONS)
+    check_decisions(config)
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
@@ -74,7 +78,10 @@ if Path(config["samples"]).is_file():
             config["cv"]["folds"],
             config["na_values"],
         )
-    except InputError as error:
+        check_subgroups(
+            config, read_table(Path(config["samples"]), config["na_values"]).columns
+        )
+    except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
 ANALYSIS_PLAN_FILE = "results/analysis_plan.json"
