@@ -283,7 +283,7 @@ def plot_calibration_slopes(calibration: pd.DataFrame):
         ax.set_yticks(ticks, labels if part == "slope" else [""] * len(labels))
         ax.axvline(reference, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xlabel(f"calibration {part} (one-vs-rest)")
-    axes[0].legend(title="class", fontsize=9)
+    axes[1].legend(title="class", fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Calibration slope (1: ideal) and intercept (0: ideal)")
     fig.tight_layout()
     return fig
