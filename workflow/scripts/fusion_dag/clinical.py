@@ -246,8 +246,8 @@ def participants_table(
 def table_one(samples: pd.DataFrame, classes: list) -> pd.DataFrame:
     """``results/report/table1.tsv``: every metadata column of the prepared samples table by
     class (tableone's TableOne): numbers as median [Q1,Q3] (not assumed normal), text columns
-    as n (%) per level of the filled cells, with each column's missing count; then the patients per class and the
-    label's shares (visits: a patient with several visits counts in each).
+    as n (%) per level of the filled cells, with each column's missing count; then the patients
+    per class and the label's shares (visits: a patient with several visits counts in each).
 
     Columns: ``variable``, ``level``, ``missing``, ``overall``, then one per class.
     """
@@ -375,8 +375,8 @@ def decision_curves(oofs: dict, decisions: dict | None, shown: list) -> pd.DataF
 def subgroup_levels(values: pd.Series) -> pd.Series:
     """Each visit's level of one samples-table column, as text: a numeric column with more than
     :data:`BANDS` distinct values in quartile bands (``pandas.qcut``; ties can merge bands),
-    each named ``[lowest, highest]`` of its visits' values, any other column by value; an empty cell is
-    ``missing``, a level of its own."""
+    each named ``[lowest, highest]`` of its visits' values, any other column by value; an empty
+    cell is ``missing``, a level of its own."""
     if pd.api.types.is_numeric_dtype(values) and values.nunique() > BANDS:
         bands = pd.qcut(values, BANDS, duplicates="drop")
         edges = values.groupby(bands, observed=True).agg(["min", "max"])
