@@ -274,6 +274,15 @@ def test_a_bundle_without_a_manifest_is_one_line_before_anything_runs(tmp_path, 
     )
 
 
+def test_a_subgroup_column_the_table_lacks_stops_the_dry_run(tmp_path, demo_table):
+    evaluation = {"bootstrap": 100, "confidence": 0.95, "subgroups": ["sex", "shoe_size"]}
+    config = {**METADATA_ONLY, "samples": str(demo_table), "image_dir": str(demo_table.parent)}
+    result = run_snakemake(tmp_path, "-n", config={**config, "evaluation": evaluation})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Invalid config key 'evaluation.subgroups': ['shoe_size']" in output
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [

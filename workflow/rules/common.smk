@@ -67,8 +67,19 @@ try:
     check_image_settings(config, MODALITIES)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+
+def samples_header():
+    """The samples table's column names, or None when it cannot be read this far (left to the
+    prepare job, which names the problem)."""
+    try:
+        return read_table(Path(config["samples"]), config["na_values"]).columns
+    except InputError:
+        return None
+
+
 # Settings that cannot work with the data, before any job runs (the demo table, made by a job,
-# is checked by the folds job).
+# is checked by the folds job and, for evaluation.subgroups, by the clinical_report job).
 if Path(config["samples"]).is_file():
     try:
         check_table_folds(
@@ -78,9 +89,9 @@ if Path(config["samples"]).is_file():
             config["cv"]["folds"],
             config["na_values"],
         )
-        check_subgroups(
-            config, read_table(Path(config["samples"]), config["na_values"]).columns
-        )
+        header = samples_header()
+        if header is not None:
+            check_subgroups(config, header)
     except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).

@@ -372,6 +372,8 @@ def check_decisions(config: dict) -> None:
                 f"Invalid config key 'evaluation.decisions.{name}': {positive!r} must list some "
                 f"but not all of the classes {classes}"
                 + (f"; {unknown} are not classes" if unknown else "")
+                + " (config/config.yaml's decisions name the demo's classes: set your own, or "
+                "null)"
             )
 
 
@@ -388,5 +390,6 @@ def check_subgroups(config: dict, header) -> None:
         usable = [c for c in header if c not in reserved]
         raise ConfigError(
             f"Invalid config key 'evaluation.subgroups': {wrong} are not metadata columns of the "
-            f"samples table {config['samples']}; use any of {usable}"
+            f"samples table {config['samples']}; use any of {usable}, or [] (config/config.yaml "
+            "lists the demo's columns)"
         )
