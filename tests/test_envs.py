@@ -52,6 +52,9 @@ PROVIDERS = {
     "matplotlib": "matplotlib",
     "scipy": "scipy",
     "crepes": "crepes",
+    "statsmodels": "statsmodels",
+    "tableone": "tableone",
+    "dcurves": "dcurves",
 }
 
 

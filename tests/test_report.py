@@ -383,6 +383,35 @@ def test_the_front_page_opens_with_the_sentences_and_defines_its_terms():
     assert "95 %" not in page and not any(d in page for d in ("{{", "{%", "{#"))
 
 
+def test_the_front_page_draws_the_primary_contrasts_and_lists_the_tripod_items():
+    headline, comparisons = made_up_headline(), made_up_comparisons()
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, comparisons, run, 0.9, PLAN)
+    primary = comparisons[comparisons["family"] == "primary"]
+    plot = page[page.index(".. raw:: html") : page.index("</svg>")]
+    assert (
+        page.index("- Adding") < page.index(".. raw:: html") < page.index("fusion-dag classifies")
+    )
+    assert plot.count("<circle") == len(primary) == plot.count('stroke-dasharray="3,2"')
+    for row in primary.itertuples():
+        assert f">{row.combination} ({row.verdict})</text>" in plot
+    # Zero sits between the lowest interval end and the highest (made-up contrasts span it).
+    zero = float(plot.split('<line x1="')[1].split('"')[0])
+    ends = [
+        float(part.split('"')[0]) for part in plot.split('stroke-width="2"')[0].split('x1="')[2:]
+    ]
+    assert ends and zero > ends[0]
+    checklist = page[page.index("Reporting checklist (TRIPOD+AI)") :]
+    for item, target in (("20a", "`participants.tsv`_"), ("20b", "`table1.tsv`_")):
+        line = next(line for line in checklist.splitlines() if line.startswith(f"- **{item}**"))
+        assert target in line
+    assert "`calibration.tsv`_" in checklist and "`subgroups.tsv`_" in checklist
+    assert "Left to the authors:" in checklist and "nan" not in plot
+    no_contrast = front_page(headline, comparisons.iloc[0:0], run, 0.9, PLAN)
+    assert "<svg" not in no_contrast and "Reporting checklist" in no_contrast
+
+
 def test_markdown_table_has_a_row_per_combination():
     frame = pd.DataFrame({"combination": ["metadata"], "kappa_mean": [0.25]})
     lines = markdown_table(frame).splitlines()

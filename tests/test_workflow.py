@@ -151,6 +151,46 @@ def test_rows_all_equals_predicts_scoring_of_the_out_of_fold_member_probabilitie
 
 
 @pytest.mark.xdist_group("tiny_run")
+def test_the_clinical_report_adds_up_to_folds_and_the_prepared_tables(tiny_run):
+    folds, samples = read(tiny_run, "folds.tsv"), read(tiny_run, "prepared/samples.tsv")
+    view_counts = read(tiny_run, "prepared/view_counts.tsv").set_index("modality")
+    flow = read(tiny_run, "report/participants.tsv")
+    everyone = flow[flow["repeat"].isna()].set_index(["step", "scope", "label"])["visits"]
+    assert everyone[("read", "samples", "all")] == len(samples) == folds["id"].nunique()
+    for name in CLASSES:
+        assert everyone[("read", "samples", name)] == (samples["label"] == name).sum()
+    thermal = view_counts.loc["thermal_map"]
+    assert everyone[("without_images", "thermal_map", "all")] == thermal["visits_without_views"]
+    assert everyone[("with_images", "thermal_map", "all")] == thermal["visits"]
+    per_fold = flow[(flow["scope"] == "folds") & (flow["label"] != "all")]
+    counted = per_fold.set_index(["step", "repeat", "fold", "label"])["visits"]
+    for (repeat, fold, name), rows in folds.groupby(["repeat", "fold", "label"]):
+        assert counted[("validation", repeat, fold, name)] == len(rows)
+        same = folds[(folds["repeat"] == repeat) & (folds["label"] == name)]
+        assert counted[("training", repeat, fold, name)] == len(same) - len(rows)
+    oof = read(tiny_run, "fusion/metadata+thermal_map/oof.tsv")
+    fused = flow[(flow["scope"] == "metadata+thermal_map") & (flow["label"] == "all")]
+    assert fused.loc[fused["step"] == "validation", "visits"].sum() == len(oof)
+    assert fused.loc[fused["step"] == "scored", "visits"].item() == oof["id"].nunique()
+    headline = read(tiny_run, "fusion_results.tsv")
+    calibration = read(tiny_run, "report/calibration.tsv")
+    assert {f"calibration_slope_{c}" for c in CLASSES} <= set(headline.columns)
+    assert set(calibration["combination"]) == set(headline["combination"])
+    table1 = read(tiny_run, "report/table1.tsv")
+    assert {"age", "sex", "label, n (%)", "patients"} <= set(
+        table1["variable"].str.split(",").str[0]
+    ) | set(table1["variable"])
+    curves = read(tiny_run, "report/decision_curves.tsv")
+    assert set(curves["decision"]) == {"remodelling", "past_inflammation"}
+    assert set(curves["strategy"]) == {"model", "treat_all", "treat_none"}
+    subgroups = read(tiny_run, "report/subgroups.tsv")
+    assert set(subgroups["column"]) == {"sex", "age", "wound_location"}
+    assert subgroups["small"].any()
+    for figure in ("flow", "calibration", "decision_curves"):
+        assert (tiny_run / f"results/report/{figure}.png").stat().st_size > 0
+
+
+@pytest.mark.xdist_group("tiny_run")
 def test_every_job_writes_its_log(tiny_run):
     for log in [
         "prepare/prepare.log",
@@ -234,6 +274,15 @@ def test_a_bundle_without_a_manifest_is_one_line_before_anything_runs(tmp_path, 
     )
 
 
+def test_a_subgroup_column_the_table_lacks_stops_the_dry_run(tmp_path, demo_table):
+    evaluation = {"bootstrap": 100, "confidence": 0.95, "subgroups": ["sex", "shoe_size"]}
+    config = {**METADATA_ONLY, "samples": str(demo_table), "image_dir": str(demo_table.parent)}
+    result = run_snakemake(tmp_path, "-n", config={**config, "evaluation": evaluation})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Invalid config key 'evaluation.subgroups': ['shoe_size']" in output
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -243,6 +292,10 @@ def test_a_bundle_without_a_manifest_is_one_line_before_anything_runs(tmp_path, 
         ({"fusion": {"metadata_weight": 1.5}}, "fusion.metadata_weight"),
         ({"colour": "red"}, "(top level)"),
         ({"combinations": [["metadata", "depth"]]}, "combinations"),
+        (
+            {"evaluation": {"bootstrap": 100, "confidence": 0.95, "decisions": {"x": ["Q"]}}},
+            "evaluation.decisions.x",
+        ),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, override, key):

@@ -14,6 +14,7 @@ sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
 from fusion_dag.artifacts import InputError
 from fusion_dag.folds import check_table_folds
+from fusion_dag.tables import read_table
 from fusion_dag.config import (
     ConfigError,
     class_names,
@@ -21,6 +22,8 @@ from fusion_dag.config import (
     check_fusion_weights,
     check_primary,
     check_review,
+    check_decisions,
+    check_subgroups,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -59,6 +62,7 @@ try:
     check_fusion_weights(config, COMBINATIONS)
     check_primary(config, COMBINATIONS)
     check_review(config, COMBINATIONS)
+    check_decisions(config)
     # Modalities some selected combination uses: only these are read, validated and trained.
     MODALITIES = modalities_in_use(config, COMBINATIONS)
     check_image_settings(config, MODALITIES)
@@ -66,8 +70,19 @@ try:
     PREDICT_IMAGE_DIRS = predict_image_dirs(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+
+
+def samples_header():
+    """The samples table's column names, or None when it cannot be read this far (left to the
+    prepare job, which names the problem)."""
+    try:
+        return read_table(Path(config["samples"]), config["na_values"]).columns
+    except InputError:
+        return None
+
+
 # Settings that cannot work with the data, before any job runs (the demo table, made by a job,
-# is checked by the folds job).
+# is checked by the folds job and, for evaluation.subgroups, by the clinical_report job).
 if Path(config["samples"]).is_file():
     try:
         check_table_folds(
@@ -77,7 +92,10 @@ if Path(config["samples"]).is_file():
             config["cv"]["folds"],
             config["na_values"],
         )
-    except InputError as error:
+        header = samples_header()
+        if header is not None:
+            check_subgroups(config, header)
+    except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
 ANALYSIS_PLAN_FILE = "results/analysis_plan.json"

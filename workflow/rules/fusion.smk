@@ -79,6 +79,11 @@ rule aggregate_results:
         ),
         comparisons_markdown="results/comparisons.md",
         front_page=FRONT_PAGE,
+        calibration=report(
+            "results/report/calibration.tsv",
+            caption="../report/calibration.rst",
+            category="Clinical report",
+        ),
     log:
         "logs/aggregate_results/aggregate_results.log",
     benchmark:

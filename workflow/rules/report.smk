@@ -197,3 +197,67 @@ rule plot_evaluation:
         primary=config["evaluation"]["primary"],
     script:
         "../scripts/plot_evaluation.py"
+
+
+# What a clinical journal asks (TRIPOD+AI): participant flow, Table 1, calibration slopes,
+# decision curves and subgroups, from the prepared tables and out-of-fold predictions alone.
+rule clinical_report:
+    input:
+        samples="results/prepared/samples.tsv",
+        images="results/prepared/images.tsv",
+        view_counts="results/prepared/view_counts.tsv",
+        folds="results/folds.tsv",
+        oof=expand("results/fusion/{combination}/oof.tsv", combination=COMBINATIONS),
+        calibration="results/report/calibration.tsv",
+    output:
+        participants=report(
+            "results/report/participants.tsv",
+            caption="../report/participants.rst",
+            category="Clinical report",
+        ),
+        table1=report(
+            "results/report/table1.tsv",
+            caption="../report/table1.rst",
+            category="Clinical report",
+        ),
+        decision_curves=report(
+            "results/report/decision_curves.tsv",
+            caption="../report/decision_curves.rst",
+            category="Clinical report",
+        ),
+        subgroups=report(
+            "results/report/subgroups.tsv",
+            caption="../report/subgroups.rst",
+            category="Clinical report",
+        ),
+        flow=report(
+            "results/report/flow.png",
+            caption="../report/participants.rst",
+            category="Clinical report",
+        ),
+        decision_plot=report(
+            "results/report/decision_curves.png",
+            caption="../report/decision_curves.rst",
+            category="Clinical report",
+        ),
+        calibration_plot=report(
+            "results/report/calibration.png",
+            caption="../report/calibration.rst",
+            category="Clinical report",
+        ),
+    log:
+        "logs/clinical_report/clinical_report.log",
+    localrule: True
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        combinations=COMBINATIONS,
+        classes=config["classes"],
+        evaluation=config["evaluation"],
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/clinical_report.py"

@@ -1,7 +1,9 @@
 import pandas as pd
 
 from fusion_dag.artifacts import read_json, read_tsv, write_text, write_tsv
+from fusion_dag.clinical import calibration_table, with_calibration
 from fusion_dag.joblog import job_log
+from fusion_dag.plan import ALL
 from fusion_dag.report import (
     all_visits_oofs,
     comparisons_markdown,
@@ -44,6 +46,14 @@ with job_log(snakemake.log[0]) as log:
     all_visits = all_visits_oofs(combinations, oofs, members, folds, classes, fusion)
     seed = snakemake.params.seed
     headline = headline_table(per_fold, oofs, classes, evaluation, seed, all_visits)
+    scored = [(row.combination, row.rows) for row in headline.itertuples(index=False)]
+    calibration = calibration_table(
+        [(name, rows, all_visits[name] if rows == ALL else oofs[name]) for name, rows in scored],
+        classes,
+        evaluation["confidence"],
+    )
+    headline = with_calibration(headline, calibration)
+    write_tsv(calibration, snakemake.output.calibration)
     comparisons = comparisons_table(oofs, classes, evaluation, seed, all_visits)
     write_tsv(per_fold, snakemake.output.per_fold)
     write_tsv(headline, snakemake.output.table)

@@ -386,3 +386,37 @@ def review_combination(combinations: dict, primary: str, requested: str | None) 
     wanted = set(primary.split("+"))
     holding = [name for name in fusions if wanted <= set(combinations[name])] or fusions
     return max(holding, key=lambda name: len(combinations[name]))
+
+
+def check_decisions(config: dict) -> None:
+    """``evaluation.decisions`` names binary questions over the classes: each counts some, not
+    all, of the configured classes positive (a decision curve of every class is treat-all)."""
+    classes = [str(c) for c in config["classes"]]
+    for name, positive in (config["evaluation"].get("decisions") or {}).items():
+        unknown = [c for c in positive if str(c) not in classes]
+        if unknown or not positive or len(set(map(str, positive))) == len(classes):
+            raise ConfigError(
+                f"Invalid config key 'evaluation.decisions.{name}': {positive!r} must list some "
+                f"but not all of the classes {classes}"
+                + (f"; {unknown} are not classes" if unknown else "")
+                + " (config/config.yaml's decisions name the demo's classes: set your own, or "
+                "null)"
+            )
+
+
+def check_subgroups(config: dict, header) -> None:
+    """``evaluation.subgroups`` names metadata columns of the samples table (``header``: its
+    column names): not its id, group or label column, nor one in ``columns.exclude`` (prepare
+    leaves those out of the prepared table the report reads)."""
+    columns = config["columns"]
+    reserved = {columns.get("id"), columns["group"], columns["label"]}
+    reserved |= set(columns.get("exclude") or [])
+    wanted = config["evaluation"].get("subgroups") or []
+    wrong = [c for c in wanted if c not in header or c in reserved]
+    if wrong:
+        usable = [c for c in header if c not in reserved]
+        raise ConfigError(
+            f"Invalid config key 'evaluation.subgroups': {wrong} are not metadata columns of the "
+            f"samples table {config['samples']}; use any of {usable}, or [] (config/config.yaml "
+            "lists the demo's columns)"
+        )

@@ -265,6 +265,120 @@ def plot_reliability(oofs: dict, classes: list):
     return fig
 
 
+def plot_calibration_slopes(calibration: pd.DataFrame):
+    """Each combination's calibration slope and intercept per class (one-vs-rest) with their
+    corrected intervals; 1 and 0 (perfect calibration) marked."""
+    plt = figure_style()
+    classes = list(dict.fromkeys(calibration["class"]))
+    labels = list(dict.fromkeys(row_labels(calibration)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 1.5 + 0.45 * len(labels) * len(classes)))
+    shown = calibration.assign(label=row_labels(calibration))
+    for ax, part, reference in zip(axes, ("slope", "intercept"), (1.0, 0.0), strict=True):
+        for offset, name in enumerate(classes):
+            rows = shown[shown["class"] == name].set_index("label").reindex(labels)
+            y = np.arange(len(labels))[::-1] * (len(classes) + 1) + offset
+            errors = [rows[part] - rows[f"{part}_ci_low"], rows[f"{part}_ci_high"] - rows[part]]
+            ax.errorbar(rows[part], y, xerr=np.abs(errors), fmt="o", capsize=3, label=name)
+        ticks = np.arange(len(labels))[::-1] * (len(classes) + 1) + (len(classes) - 1) / 2
+        ax.set_yticks(ticks, labels if part == "slope" else [""] * len(labels))
+        ax.axvline(reference, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"calibration {part} (one-vs-rest)")
+    axes[1].legend(title="class", fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("Calibration slope (1: ideal) and intercept (0: ideal)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_decision_curves(curves: pd.DataFrame):
+    """Net benefit against the threshold probability, one panel per decision: each shown
+    combination, treat-all and treat-none (each combination's own visits)."""
+    plt = figure_style()
+    decisions = list(dict.fromkeys(curves["decision"]))
+    if not decisions:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "No decisions configured (evaluation.decisions)", ha="center")
+        ax.set_axis_off()
+        return fig
+    fig, axes = plt.subplots(1, len(decisions), figsize=(6 * len(decisions), 4.5), squeeze=False)
+    for ax, decision in zip(axes[0], decisions, strict=True):
+        rows = curves[curves["decision"] == decision]
+        models = rows[rows["strategy"] == "model"]
+        for name, curve in models.groupby("combination", sort=False):
+            ax.plot(curve["threshold"], curve["net_benefit"], label=name)
+        first = rows[rows["combination"] == rows["combination"].iloc[0]]
+        treat_all = first[first["strategy"] == "treat_all"]
+        ax.plot(treat_all["threshold"], treat_all["net_benefit"], color="grey", label="treat all")
+        ax.axhline(0, color="black", linewidth=0.8, label="treat none")
+        prevalence = float(first["prevalence"].iloc[0])
+        ax.set_ylim(-0.05, max(prevalence, 0.05) * 1.1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("threshold probability")
+        ax.set_ylabel("net benefit")
+        ax.set_title(f"{decision} (prevalence {prevalence:.2f})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_participant_flow(participants: pd.DataFrame):
+    """The flow of visits (patients) from the table read to each fold's training and
+    validation, by class: one box per step, the visits left out beside it with the reason."""
+    plt = figure_style()
+    everyone = participants[participants["repeat"].isna()]
+
+    def box_text(step: str, scope: str) -> str:
+        rows = everyone[(everyone["step"] == step) & (everyone["scope"] == scope)]
+        total = rows[rows["label"] == "all"].iloc[0]
+        by_class = ", ".join(
+            f"{r.label} {r.visits}" for r in rows[rows["label"] != "all"].itertuples()
+        )
+        return f"{total.visits} visits, {total.patients} patients\n({by_class})"
+
+    boxes = [("Samples table read", box_text("read", "samples"), "")]
+    for modality in everyone.loc[everyone["step"] == "with_images", "scope"].unique():
+        boxes.append(
+            (
+                f"With {modality} images",
+                box_text("with_images", modality),
+                "left out: " + box_text("without_images", modality).replace("\n", " "),
+            )
+        )
+    for name in everyone.loc[everyone["step"] == "scored", "scope"].unique():
+        boxes.append(
+            (
+                f"Scored by {name}",
+                box_text("scored", name),
+                "not scored: " + box_text("not_scored", name).replace("\n", " "),
+            )
+        )
+    folds = participants[(participants["scope"] == "folds") & (participants["label"] == "all")]
+    validation = folds[folds["step"] == "validation"]["visits"]
+    training = folds[folds["step"] == "training"]["visits"]
+    n_parts = folds[["repeat", "fold"]].drop_duplicates()
+    boxes.append(
+        (
+            f"{len(n_parts)} folds ({n_parts['repeat'].nunique()} repeats)",
+            f"training {training.min()}-{training.max()} visits,\n"
+            f"validation {validation.min()}-{validation.max()} visits per fold",
+            "",
+        )
+    )
+    fig, ax = plt.subplots(figsize=(11, 1.1 * len(boxes) + 0.5))
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, len(boxes) - 0.5)
+    style = {"boxstyle": "round", "facecolor": "#deebf7", "edgecolor": "#08519c"}
+    for index, (title, text, aside) in enumerate(boxes):
+        y = len(boxes) - 1 - index
+        ax.text(0.22, y, f"{title}\n{text}", ha="center", va="center", fontsize=9, bbox=style)
+        if aside:
+            ax.text(0.47, y, textwrap.fill(aside, 70), ha="left", va="center", fontsize=8)
+        if index:
+            ax.annotate("", (0.22, y + 0.28), (0.22, y + 0.72), arrowprops={"arrowstyle": "->"})
+    ax.set_title("Participant flow (visits; results/report/participants.tsv)")
+    return fig
+
+
 def save_figure(fig, path) -> None:
     """Save a figure as PNG atomically and release it."""
     partial = partial_path(path)

@@ -351,9 +351,26 @@ def run_metrics(config: dict, combinations: dict, modalities) -> list:
     ]
 
 
+# The clinical report's tables and figures (rule clinical_report; calibration.tsv is written
+# with the headline).
+CLINICAL_REPORT = [
+    f"results/report/{name}"
+    for name in (
+        "participants.tsv",
+        "table1.tsv",
+        "decision_curves.tsv",
+        "subgroups.tsv",
+        "flow.png",
+        "decision_curves.png",
+        "calibration.png",
+    )
+]
+
+
 def report_figures(modalities, pairs: dict) -> list:
     """The figures and diagnostics of the headline: the evaluation's figures, each modality's
-    learning curves, and each metadata + image pair's weight sweep and branch agreement."""
+    learning curves, each metadata + image pair's weight sweep and branch agreement, and the
+    clinical report (:data:`CLINICAL_REPORT`)."""
     return [
         "results/plots/fold_kappa.png",
         "results/plots/confusion_matrices.png",
@@ -364,6 +381,7 @@ def report_figures(modalities, pairs: dict) -> list:
         *[f"results/plots/learning_curves_{modality}.png" for modality in modalities],
         *[f"results/plots/weight_sweep_{combination}.png" for combination in pairs],
         *[f"results/diagnostics/{combination}/branch_agreement.tsv" for combination in pairs],
+        *CLINICAL_REPORT,
     ]
 
 

@@ -809,6 +809,7 @@ def front_page(
     notice = plan_notice(plan)
     lines = [f"**{notice}**", ""] if notice else []
     lines += [f"- {sentence}" for sentence in sentences]
+    lines += ["", *forest_plot(primary_contrasts(comparisons))]
     lines += [
         "",
         f"fusion-dag classifies wound healing phases ({' < '.join(run['classes'])}) by fusing a "
@@ -892,8 +893,106 @@ def front_page(
         "detectable gain": "detectable_gain",
     }
     lines += [f"- **{term}**: {rst_text(definitions[column])}" for term, column in terms.items()]
-    lines.append("")
+    lines += ["", *tripod_checklist(), ""]
     return "\n".join(lines)
+
+
+# The forest plot in pixels: the plotting area's width, a label character's width, a row's
+# height.
+FOREST_AREA, FOREST_CHARACTER, FOREST_ROW = 400, 7, 30
+
+
+def forest_plot(contrasts: pd.DataFrame) -> list:
+    """The front page's forest plot of the primary contrasts (reStructuredText lines: an inline
+    SVG in a raw HTML block, so the page needs no image file and its job no matplotlib): each
+    contrast's kappa difference with its interval, zero (solid) and its detectable gain
+    (dashed tick) marked. Empty without a primary contrast."""
+    rows = contrasts[np.isfinite(contrasts["kappa_diff_folds"].astype(float))]
+    if rows.empty:
+        return []
+    values = [0.0]
+    for column in ("kappa_diff_ci_low", "kappa_diff_ci_high", "detectable_gain"):
+        values += [v for v in rows[column].astype(float) if np.isfinite(v)]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    low, high = low - 0.08 * span, high + 0.08 * span
+    labels = [f"{row.combination} ({row.verdict})" for row in rows.itertuples(index=False)]
+    left = FOREST_CHARACTER * max(len(label) for label in labels) + 20
+    width, total = FOREST_AREA, left + FOREST_AREA + 20
+
+    def x(value: float) -> float:
+        return left + (value - low) / (high - low) * width
+
+    height = FOREST_ROW * (len(rows) + 1) + 10
+    bottom = height - FOREST_ROW
+    shapes = [
+        f'<line x1="{x(0):.1f}" y1="5" x2="{x(0):.1f}" y2="{bottom}" stroke="black"/>',
+        f'<text x="{x(0):.1f}" y="{bottom + 18}" text-anchor="middle">0</text>',
+        f'<text x="{left + width / 2:.1f}" y="{height - 2}" text-anchor="middle">'
+        "kappa difference (dashed: detectable gain)</text>",
+    ]
+    for index, (row, label) in enumerate(zip(rows.itertuples(index=False), labels, strict=True)):
+        y = FOREST_ROW * (index + 0.5) + 5
+        ends = (row.kappa_diff_ci_low, row.kappa_diff_ci_high)
+        if all(np.isfinite(ends)):
+            shapes.append(
+                f'<line x1="{x(ends[0]):.1f}" y1="{y:.1f}" x2="{x(ends[1]):.1f}" '
+                f'y2="{y:.1f}" stroke="#08519c" stroke-width="2"/>'
+            )
+        if np.isfinite(row.detectable_gain):
+            gain = x(row.detectable_gain)
+            shapes.append(
+                f'<line x1="{gain:.1f}" y1="{y - 9:.1f}" x2="{gain:.1f}" y2="{y + 9:.1f}" '
+                'stroke="#cb181d" stroke-dasharray="3,2"/>'
+            )
+        shapes += [
+            f'<circle cx="{x(row.kappa_diff_folds):.1f}" cy="{y:.1f}" r="5" fill="#08519c"/>',
+            f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{label}</text>',
+        ]
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        *[f"  {shape}" for shape in shapes],
+        "</svg>",
+    ]
+    return [".. raw:: html", "", *[f"   {line}" for line in svg]]
+
+
+# TRIPOD+AI items (Collins et al., BMJ 2024;385:e078378) the run answers, each with the report
+# entries that answer it (result file names link to the report's entries).
+TRIPOD_ANSWERED = (
+    ("12c", "internal validation: patient-grouped folds, repeated", ["fusion_results.tsv"]),
+    ("12e", "performance measures: discrimination, calibration, clinical utility", []),
+    ("20a", "flow of participants, by class", ["participants.tsv", "flow.png"]),
+    ("20b", "characteristics by class, with missing data", ["table1.tsv"]),
+    ("21", "participants and outcome events in each analysis (every fold)", ["participants.tsv"]),
+    (
+        "23a",
+        "performance with confidence intervals, including subgroups",
+        ["fusion_results.tsv", "calibration.tsv", "decision_curves.tsv", "subgroups.tsv"],
+    ),
+)
+# The items only the authors can answer.
+TRIPOD_LEFT = (
+    "title, abstract and introduction (1-4); data sources, dates, setting and eligibility "
+    "(5-6); the outcome's definition and who assessed it (8); the predictors' definitions (9); "
+    "the sample size's rationale (10); fairness and health inequalities (3c, 14); ethics, "
+    "funding, conflicts and data and code availability (17-19); the discussion, limitations "
+    "and intended use (25-27)"
+)
+
+
+def tripod_checklist() -> list:
+    """The front page's reporting checklist: the TRIPOD+AI items the run answers, each linked
+    to the report entries that answer it (Snakemake's report links a result by its file name),
+    and the items left to the authors."""
+    title = "Reporting checklist (TRIPOD+AI)"
+    lines = [title, "-" * len(title), "", "Items this run answers:", ""]
+    for item, topic, files in TRIPOD_ANSWERED:
+        where = ", ".join(f"`{name}`_" for name in files) or "docs/evaluation.md"
+        lines.append(f"- **{item}** {topic}: {where}")
+    lines += ["", f"Left to the authors: {TRIPOD_LEFT}."]
+    return lines
 
 
 def rst_text(markdown: str) -> str:
