@@ -147,7 +147,8 @@ def keras_fits(monkeypatch):
 
 
 TINY = {
-    "demo": {"patients": 40, "seed": 7},
+    # Four later patients for predict (the demo's 40 would double the tiny demo's images).
+    "demo": {"patients": 40, "seed": 7, "new_patients": 4},
     # One partition keeps the end-to-end tests fast; tests of repeats raise it themselves.
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
     "combinations": [["metadata"], ["thermal_map"], ["metadata", "thermal_map"]],

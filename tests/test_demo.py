@@ -5,6 +5,8 @@ from PIL import Image
 from fusion_dag.demo import (
     CLASSES,
     FRAME_SIZE,
+    NEW_TABLE,
+    NEW_THERMAL_TABLE,
     NON_FEATURE_COLUMNS,
     THERMAL_BOX,
     THERMAL_TABLE,
@@ -21,6 +23,31 @@ def test_demo_is_deterministic(tmp_path):
     pd.testing.assert_frame_equal(*views)
     for image in (first["depth_map"].dropna().iloc[0], views[0]["file"].iloc[0]):
         assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+
+
+def test_new_patients_are_written_beside_the_demo_and_leave_it_unchanged(tmp_path):
+    """The later patients predict is shown on: new patients with images of their own, and the
+    demo table, its thermal table and its images byte for byte as without them."""
+    alone = write_demo(tmp_path / "a" / "samples.csv", patients=12, seed=3)
+    table = write_demo(tmp_path / "b" / "samples.csv", patients=12, seed=3, new_patients=6)
+    pd.testing.assert_frame_equal(alone, table)
+    for name in (THERMAL_TABLE, "samples.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    new = pd.read_csv(tmp_path / "b" / NEW_TABLE)
+    assert new["patient_id"].nunique() == 6 and new["patient_id"].str.startswith("N").all()
+    assert not set(new["patient_id"]) & set(table["patient_id"])
+    views = pd.read_csv(tmp_path / "b" / NEW_THERMAL_TABLE)
+    assert set(views["patient_id"]) <= set(new["patient_id"])
+    for image in (*new["depth_map"].dropna(), *views["file"]):
+        assert (tmp_path / "b" / image).is_file()
+    demo_views = pd.read_csv(tmp_path / "a" / THERMAL_TABLE)
+    for image in (
+        *alone["depth_map"].dropna(),
+        *alone["wound_photo"].dropna(),
+        *demo_views["file"],
+    ):
+        assert (tmp_path / "a" / image).read_bytes() == (tmp_path / "b" / image).read_bytes()
+    assert not (tmp_path / "a" / NEW_TABLE).exists()
 
 
 def test_demo_shape_matches_the_problem(demo_table):
