@@ -13,8 +13,10 @@ pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
 # Jobs that only summarise cached results: tables, diagnostics, figures and the target; and the
 # analysis plan (a changed cv design is a changed plan).
+# Jobs that read finished models' outputs and train nothing.
 AGGREGATION = {
     "analysis_plan",
+    "clinical_report",
     "fold_table",
     "oof",
     "plot_evaluation",
