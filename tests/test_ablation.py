@@ -46,7 +46,7 @@ def test_ablation_target_reuses_v3_and_builds_the_report(tiny_copy):
     assert result.returncode == 0, result.stderr[-3000:]
     # V3 is the fusion rule's finished result: nothing but the V1/V2 training re-runs.
     jobs = scheduled_jobs(result.stdout + result.stderr)
-    assert jobs == {"ablation_fold": 3, "aggregate_ablation": 1, "ablation": 1}
+    assert jobs == {"ablation_fold": TINY["cv"]["folds"], "aggregate_ablation": 1, "ablation": 1}
     table = pd.read_csv(tiny_copy / "results/ablation.tsv", sep="\t")
     variants = set(zip(table["strategy"], table["rf_source"], strict=True))
     assert variants == {

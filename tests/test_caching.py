@@ -8,6 +8,9 @@ import pytest
 
 from tests.conftest import TINY, run_snakemake, scheduled_jobs
 
+# The tiny run's folds (one repeat).
+FOLDS = TINY["cv"]["folds"]
+
 # Tests that share the session's tiny_run stay on one xdist worker, which builds it once.
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("tiny_run")]
 
@@ -49,7 +52,7 @@ def test_full_run_writes_a_row_per_combination_and_contract_logs(tiny_run):
     assert "Loaded weights for layer: thermal_map_conv1" in log
     assert "Frozen layer: thermal_map_probs" in log
     assert "Fusion weights: RF=0.70, Image=0.30" in log
-    assert (tiny_run / "results/image/thermal_map/repeat1/fold3/checkpoint.weights.h5").is_file()
+    assert (tiny_run / "results/image/thermal_map/repeat1/fold2/checkpoint.weights.h5").is_file()
     assert "Epoch 1/3" in (tiny_run / "logs/image/thermal_map/repeat1/fold1.log").read_text()
 
 
@@ -59,8 +62,8 @@ def test_nothing_changed_schedules_nothing(tiny_run):
 
 def test_fusion_weight_change_reruns_only_fusion(tiny_run):
     jobs = dry_run(tiny_run, {**TINY, "fusion": {"metadata_weight": 0.5}})
-    # Only the three folds of metadata+thermal_map use the weight.
-    assert jobs.pop("fusion") == 3
+    # Only the folds of metadata+thermal_map use the weight.
+    assert jobs.pop("fusion") == FOLDS
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
@@ -94,13 +97,14 @@ def test_a_changed_confidence_replaces_the_plan_and_retrains_nothing(tiny_copy):
 def test_box_margin_change_recrops_that_modality_only(tiny_run):
     modalities = {"thermal_map": {**TINY["modalities"]["thermal_map"], "box_margin": 0.4}}
     jobs = dry_run(tiny_run, {**TINY, "modalities": modalities})
-    assert jobs.pop("image_cache") == 1 and jobs.pop("image") == 3 and jobs.pop("fusion") == 6
+    assert jobs.pop("image_cache") == 1 and jobs.pop("image") == FOLDS
+    assert jobs.pop("fusion") == 2 * FOLDS
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
 def test_image_setting_change_never_reruns_metadata(tiny_run):
     jobs = dry_run(tiny_run, {**TINY, "image_model": {**TINY["image_model"], "epochs": 4}})
-    assert jobs.pop("image") == 3 and jobs.pop("fusion") == 6
+    assert jobs.pop("image") == FOLDS and jobs.pop("fusion") == 2 * FOLDS
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
@@ -140,7 +144,7 @@ def test_raising_repeats_trains_only_the_new_partition(tiny_run):
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     jobs = scheduled_jobs(output)
-    assert (jobs.pop("folds"), jobs.pop("metadata"), jobs.pop("image")) == (1, 3, 3)
+    assert (jobs.pop("folds"), jobs.pop("metadata"), jobs.pop("image")) == (1, FOLDS, FOLDS)
     assert jobs.pop("fusion") == 9 and set(jobs) <= AGGREGATION
     trained = re.findall(
         r"rule (?:folds|metadata|image|fusion):\n(?:    .*\n)*?    wildcards: (.*)", output
@@ -153,7 +157,7 @@ def test_raising_repeats_trains_only_the_new_partition(tiny_run):
 
 def test_image_alone_needs_no_metadata(tmp_path):
     jobs = dry_run(tmp_path, {**TINY, "combinations": [["thermal_map"]]})
-    assert "metadata" not in jobs and jobs["image"] == 3 and jobs["fusion"] == 3
+    assert "metadata" not in jobs and jobs["image"] == FOLDS and jobs["fusion"] == FOLDS
 
 
 def test_fusion_waits_for_the_pretrained_checkpoint(tmp_path):

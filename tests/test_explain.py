@@ -457,7 +457,7 @@ def test_explain_writes_every_table_from_the_runs_own_models(explained):
     folder = workdir / "results" / "explain"
     importance = pd.read_csv(folder / "importance.tsv", sep="\t")
     # Every metadata column, once, measured on the 3 folds, the demo's real features no leak.
-    assert importance["n_folds"].eq(3).all()
+    assert importance["n_folds"].eq(TINY["cv"]["folds"]).all()
     assert importance["importance_mean"].is_monotonic_decreasing
     assert not importance["leak_suspect"].any(), importance[["feature", "leak_signals"]]
     assert "possible leak" not in (workdir / "logs/explain/importance.log").read_text()
@@ -496,7 +496,7 @@ def test_explain_draws_a_heatmap_per_chosen_visit_from_each_folds_checkpoint(exp
     assert rows["correct"].any() and (~rows["correct"]).any()
     assert all((folder / name).is_file() for name in rows["file"])
     log = (workdir / "logs/explain/heatmaps_thermal_map.log").read_text()
-    assert log.count("reproduces the image stage") == 3
+    assert log.count("reproduces the image stage") == TINY["cv"]["folds"]
     assert (workdir / "results/explain/heatmaps_thermal_map.png").stat().st_size > 10_000
 
 

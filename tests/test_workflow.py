@@ -9,6 +9,9 @@ from sklearn.metrics import cohen_kappa_score
 
 from tests.conftest import CLASSES, HEADLINE, TINY, run_snakemake
 
+# The tiny run's folds (one repeat).
+FOLDS = TINY["cv"]["folds"]
+
 PROBS = [f"prob_{c}" for c in CLASSES]
 
 pytestmark = pytest.mark.workflow
@@ -43,7 +46,7 @@ def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
         ["metadata+thermal_map", "complete"],
         ["metadata+thermal_map", "all"],
     ]
-    assert headline.loc[0, ["n_folds", "n_repeats"]].tolist() == [3, 1]
+    assert headline.loc[0, ["n_folds", "n_repeats"]].tolist() == [FOLDS, 1]
     # Every interval holds its point estimate.
     metrics = ("kappa", "qwk", "balanced_accuracy", "macro_f1", "auc", "brier", "log_loss", "ece")
     for metric in metrics:
@@ -61,7 +64,7 @@ def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
         json.loads(
             (tiny_run / f"results/image/thermal_map/repeat1/fold{fold}/metrics.json").read_text()
         )
-        for fold in (1, 2, 3)
+        for fold in range(1, FOLDS + 1)
     ]
     not_learned = sum(not stage["learned"] for stage in stages)
     assert all(stage["learned"] != bool(stage["not_learned_reasons"]) for stage in stages)
@@ -75,7 +78,7 @@ def test_headline_rows_hold_their_intervals_and_fit_kappa(tiny_run):
 def test_per_fold_and_out_of_fold_tables_cover_every_partition_and_row(tiny_run):
     per_fold = read(tiny_run, "fusion_results_per_fold.tsv")
     metadata = per_fold[per_fold["combination"] == "metadata"]
-    assert metadata[["repeat", "fold"]].values.tolist() == [[1, 1], [1, 2], [1, 3]]
+    assert metadata[["repeat", "fold"]].values.tolist() == [[1, k] for k in range(1, FOLDS + 1)]
     oof = read(tiny_run, "fusion/metadata/oof.tsv")
     assert list(oof.columns) == ["repeat", "fold", "id", "group", "label", *PROBS]
     folds = read(tiny_run, "folds.tsv")
@@ -108,14 +111,14 @@ def test_comparisons_pair_each_fusion_with_its_members_on_the_same_rows(tiny_run
 def test_the_analysis_plan_is_written_first_and_recorded_in_provenance(tiny_run):
     plan = json.loads((tiny_run / "results/analysis_plan.json").read_text())
     assert plan["plan"]["primary_family"]["contrasts"] == ["metadata+thermal_map vs metadata"]
-    assert (plan["plan"]["alpha"], plan["plan"]["test"]["degrees_of_freedom"]) == (0.05, 2)
+    assert (plan["plan"]["alpha"], plan["plan"]["test"]["degrees_of_freedom"]) == (0.05, FOLDS - 1)
     assert plan["earlier"] == []
     written = (tiny_run / "results/analysis_plan.json").stat().st_mtime
     models = [
         *tiny_run.glob("results/metadata/repeat*/fold*/model.skops"),
         *tiny_run.glob("results/image/*/repeat*/fold*/checkpoint.weights.h5"),
     ]
-    assert len(models) == 6 and all(written < model.stat().st_mtime for model in models)
+    assert len(models) == 2 * FOLDS and all(written < model.stat().st_mtime for model in models)
     provenance = json.loads((tiny_run / "results/provenance.json").read_text())
     assert provenance["analysis_plan"] == plan
     front = (tiny_run / "results/report/front_page.rst").read_text()
@@ -133,7 +136,7 @@ def test_rows_all_equals_predicts_scoring_of_the_out_of_fold_member_probabilitie
     for member, stage in (("metadata", "metadata"), ("thermal_map", "image/thermal_map")):
         parts = [
             read(tiny_run, f"{stage}/repeat1/fold{k}/probs.tsv").query("split == 'val'")
-            for k in (1, 2, 3)
+            for k in range(1, FOLDS + 1)
         ]
         members[member] = pd.concat(parts)[["id", *columns]]
     spec = {"classes": CLASSES, "fusion": {"metadata_weight": 0.7, "weights": None}}
@@ -195,7 +198,7 @@ def test_every_job_writes_its_log(tiny_run):
     for log in [
         "prepare/prepare.log",
         "metadata/repeat1/fold1.log",
-        "fusion/metadata/repeat1/fold3.log",
+        "fusion/metadata/repeat1/fold2.log",
     ]:
         assert (tiny_run / "logs" / log).stat().st_size > 0
 
@@ -207,7 +210,7 @@ def test_metadata_alone_runs_on_a_table_without_image_columns(tmp_path, demo_tab
     result = run_snakemake(tmp_path, "--cores", "2", HEADLINE, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     headline = pd.read_csv(tmp_path / "results/fusion_results.tsv", sep="\t")
-    assert headline["combination"].tolist() == ["metadata"] and headline.loc[0, "n_folds"] == 3
+    assert headline["combination"].tolist() == ["metadata"] and headline.loc[0, "n_folds"] == FOLDS
     assert not (tmp_path / "results/image").exists()
 
 
