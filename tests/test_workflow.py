@@ -311,15 +311,17 @@ def test_more_folds_than_patients_of_the_rarest_class_stop_the_dry_run(tmp_path,
     """Checked at start-up, before any job runs, naming the key, its value, the class and
     its patients."""
     table = pd.read_csv(demo_table, dtype=str, keep_default_na=False)
-    keep = table.loc[table["label"] == "R", "patient_id"].unique()[:2]
+    keep = table.loc[table["label"] == "R", "patient_id"].unique()[: FOLDS - 1]
     table = table[(table["label"] != "R") | table["patient_id"].isin(keep)]
     table.to_csv(tmp_path / "rare.csv", index=False)
     config = {**METADATA_ONLY, "samples": "rare.csv"}
     result = run_snakemake(tmp_path, "-n", config=config)
     assert result.returncode != 0
     assert (
-        "Invalid config key 'cv.folds': 3 folds need at least 3 patients of every class, and "
-        "class R has 2 in samples table rare.csv" in result.stdout + result.stderr
+        f"Invalid config key 'cv.folds': {FOLDS} folds need at least {FOLDS} patients of every "
+        f"class, and class R has {FOLDS - 1} in samples table rare.csv"
+        in result.stdout
+        + result.stderr
     )
 
 
