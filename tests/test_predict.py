@@ -387,7 +387,8 @@ def test_a_collapsed_final_branch_stops_the_bundle_naming_it(external_run, tmp_p
     arguments = [
         "--cores",
         "1",
-        "final_models",
+        # The bundle alone: final_models also wants the model card, which needs the CV.
+        "results/final/bundle",
         "--rerun-triggers",
         "params",
         "--forcerun",

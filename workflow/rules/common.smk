@@ -13,6 +13,7 @@ RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
 sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
 from fusion_dag.artifacts import InputError
+from fusion_dag.card import card_sources
 from fusion_dag.folds import check_table_folds
 from fusion_dag.tables import read_table
 from fusion_dag.config import (
@@ -278,6 +279,14 @@ def ablation_fold_files(wildcards):
             "combination such as [metadata, thermal_map] to 'combinations'"
         )
     return jobs.ablation_records(config, PAIRS)
+
+
+def card_subgroups(wildcards):
+    """The subgroup table as the model card's input, when evaluation.subgroups names columns
+    (without, the table is a header only and the card has no subgroup section)."""
+    if config["evaluation"]["subgroups"]:
+        return {"subgroups": "results/report/subgroups.tsv"}
+    return {}
 
 
 def predict_bundle():
