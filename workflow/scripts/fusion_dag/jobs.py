@@ -306,8 +306,8 @@ def ablation_records(config: dict, pairs: dict) -> list:
 
 def heatmap_records(config: dict, modality: str) -> list:
     """Each fold of repeat 1 (every visit held out once) of an image modality, with the files
-    its Grad-CAM heatmaps need: the checkpoint, its sidecar and the image stage's visit and
-    view probabilities."""
+    its Grad-CAM heatmaps need: the checkpoint, its sidecar, the image stage's visit and
+    view probabilities and its metrics (whether the branch learned)."""
     folder = f"results/image/{modality}/repeat1"
     return [
         {
@@ -316,6 +316,7 @@ def heatmap_records(config: dict, modality: str) -> list:
             "sidecar": f"{folder}/fold{fold}/checkpoint.json",
             "probs": f"{folder}/fold{fold}/probs.tsv",
             "view_probs": f"{folder}/fold{fold}/view_probs.tsv",
+            "metrics": f"{folder}/fold{fold}/metrics.json",
         }
         for fold in range(1, config["cv"]["folds"] + 1)
     ]
