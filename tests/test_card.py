@@ -232,3 +232,23 @@ def test_final_models_schedule_the_card_and_predict_does_not(tmp_path, demo_tabl
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert jobs["predictions"] == 1 and jobs["bundle"] == 1
     assert not {"model_card", "aggregate_results", "fusion", "image", "folds"} & set(jobs), jobs
+
+
+def test_temporal_validation_is_shown_and_a_fall_over_time_is_a_limit(sources):
+    row = {"combination": FUSION, "n_patients": 12, "n_rows": 40}
+    for metric in ("kappa", "qwk", "balanced_accuracy", "auc", "brier", "ece"):
+        row |= {metric: 0.15, f"{metric}_ci_low": 0.05, f"{metric}_ci_high": 0.25}
+        row |= {f"cv_{metric}": 0.35, f"cv_{metric}_ci_low": 0.25, f"cv_{metric}_ci_high": 0.45}
+    temporal = pd.DataFrame([row])
+    evaluation = {**EVALUATION, "temporal": {"column": "visit_date", "test": 0.3}}
+    card = card_of(sources, temporal=temporal, evaluation=evaluation)
+    text = card_markdown(card)
+    assert "## Temporal validation" in text and "0.150 [0.050, 0.250]" in text
+    assert card["data"]["order"] == "patients ordered by their first visit_date"
+    assert any("12 later patients kappa was 0.150" in limit for limit in card["limits"])
+    # Within the cross-validated estimate: shown, and no limit.
+    temporal.loc[0, "kappa_ci_high"] = 0.40
+    card = card_of(sources, temporal=temporal, evaluation=evaluation)
+    assert not any("later patients" in limit for limit in card["limits"])
+    assert card_of(sources)["temporal"] is None
+    json.dumps(card)

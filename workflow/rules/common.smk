@@ -25,6 +25,7 @@ from fusion_dag.config import (
     check_review,
     check_decisions,
     check_subgroups,
+    check_temporal,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -96,6 +97,7 @@ if Path(config["samples"]).is_file():
         header = samples_header()
         if header is not None:
             check_subgroups(config, header)
+            check_temporal(config, header)
     except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
@@ -281,12 +283,27 @@ def ablation_fold_files(wildcards):
     return jobs.ablation_records(config, PAIRS)
 
 
-def card_subgroups(wildcards):
-    """The subgroup table as the model card's input, when evaluation.subgroups names columns
-    (without, the table is a header only and the card has no subgroup section)."""
+def temporal_table_input(wildcards):
+    """The samples table the temporal split orders patients by (its column may be one the
+    forest leaves out); the temporal target needs evaluation.temporal."""
+    if not config["evaluation"]["temporal"]:
+        raise WorkflowError(
+            "Invalid config key 'evaluation.temporal': the temporal target needs it, e.g. "
+            "--config evaluation='{temporal: {column: visit_date, test: 0.3}}' (column null: "
+            "the patients' order in the table)"
+        )
+    return samples_input(wildcards)
+
+
+def card_options(wildcards):
+    """The model card's optional inputs: the subgroup table when evaluation.subgroups names
+    columns (without, it is a header only), the temporal table with evaluation.temporal."""
+    options = {}
     if config["evaluation"]["subgroups"]:
-        return {"subgroups": "results/report/subgroups.tsv"}
-    return {}
+        options["subgroups"] = "results/report/subgroups.tsv"
+    if config["evaluation"]["temporal"]:
+        options["temporal"] = "results/temporal.tsv"
+    return options
 
 
 def predict_bundle():

@@ -156,7 +156,7 @@ rule bundle:
 # bundle and predict never wait for the cross-validation; final_models builds it.
 rule model_card:
     input:
-        unpack(card_subgroups),
+        unpack(card_options),
         bundle=DEFAULT_BUNDLE,
         headline="results/fusion_results.tsv",
         comparisons="results/comparisons.tsv",

@@ -15,10 +15,11 @@ with job_log(snakemake.log[0]) as log:
     }
     sources = {
         key: snakemake.input[key]
-        for key in ("headline", "comparisons", "subgroups")
+        for key in ("headline", "comparisons", "subgroups", "temporal")
         if key in snakemake.input.keys()
     }
     subgroups = read_tsv(sources["subgroups"]) if "subgroups" in sources else None
+    temporal = read_tsv(sources["temporal"]) if "temporal" in sources else None
     card = model_card(
         manifest,
         read_tsv(snakemake.input.headline),
@@ -29,6 +30,7 @@ with job_log(snakemake.log[0]) as log:
         sources,
         subgroups,
         calibration,
+        temporal,
     )
     write_json(card, snakemake.output.json)
     write_text(card_markdown(card), snakemake.output.markdown)

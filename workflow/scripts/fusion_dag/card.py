@@ -55,11 +55,15 @@ def intended_use(classes: list, modalities: list, features: int) -> dict:
 
 
 def data_summary(
-    samples: pd.DataFrame, images: pd.DataFrame, classes: list, modalities: list
+    samples: pd.DataFrame,
+    images: pd.DataFrame,
+    classes: list,
+    modalities: list,
+    temporal: dict | None = None,
 ) -> dict:
     """The training data: visits, patients, each class's visits and share (in class order),
-    the visits' order, and per modality the visits without an image (``images``: one row per
-    view with ``modality`` and ``id``)."""
+    the visits' order (by ``evaluation.temporal``'s column when given), and per modality the
+    visits without an image (``images``: one row per view with ``modality`` and ``id``)."""
     visits = len(samples)
     counts = samples[LABEL].value_counts()
     missing = []
@@ -74,6 +78,12 @@ def data_summary(
             }
         )
     per_patient = samples.groupby(GROUP).size()
+    column = (temporal or {}).get("column")
+    order = (
+        f"patients ordered by their first {column}"
+        if column
+        else "the samples table's order of visits"
+    )
     return {
         "visits": visits,
         "patients": int(samples[GROUP].nunique()),
@@ -86,7 +96,7 @@ def data_summary(
             }
             for name in classes
         ],
-        "order": "the training table's order of visits (no date column is configured)",
+        "order": order,
         "sites": None,
         "missing_images": missing,
     }
@@ -179,10 +189,30 @@ def subgroup_rows(subgroups: pd.DataFrame | None, combination: str) -> list | No
     ]
 
 
-def known_limits(data: dict, models: dict, performance: list, subgroups: list | None) -> list:
+def temporal_rows(temporal: pd.DataFrame | None, combinations: list) -> list | None:
+    """The temporal table's rows of the bundled combinations (``None`` without
+    ``evaluation.temporal``): the later patients' metrics with their patient-bootstrap
+    intervals beside the cross-validated ones."""
+    if temporal is None:
+        return None
+    shown = temporal[temporal["combination"].isin(combinations)]
+    return [
+        {key: (nullable(value) if isinstance(value, float) else value) for key, value in r.items()}
+        for r in shown.to_dict("records")
+    ]
+
+
+def known_limits(
+    data: dict,
+    models: dict,
+    performance: list,
+    subgroups: list | None,
+    temporal: list | None = None,
+) -> list:
     """Where the models fail or were let through: branches that learned nothing in some folds,
     collapsed final branches bundled with ``final.allow_collapsed``, how often a visit lacks an
-    image (and how it is then scored), small subgroups, and what the in-sample fit is not."""
+    image (and how it is then scored), small subgroups, a kappa on the later patients whose
+    interval lies below the cross-validated kappa, and what the in-sample fit is not."""
     limits = []
     for row in performance:
         if row["folds_not_learned"]:
@@ -212,6 +242,13 @@ def known_limits(data: dict, models: dict, performance: list, subgroups: list | 
             f"{len(small)} subgroup levels have fewer than 30 visits or 10 patients: their "
             "intervals are wide."
         )
+    for row in temporal or []:
+        if row["kappa_ci_high"] is not None and row["kappa_ci_high"] < row["cv_kappa"]:
+            limits.append(
+                f"{row['combination']}: on the {row['n_patients']} later patients kappa was "
+                f"{row['kappa']:.3f} [{row['kappa_ci_low']:.3f}, {row['kappa_ci_high']:.3f}], "
+                f"below its cross-validated {row['cv_kappa']:.3f}: performance shifts over time."
+            )
     limits.append(
         "The final models were fit on every training patient: their fit on those patients "
         "(manifest provenance final_fusion fit_kappa) is in-sample, not performance; the "
@@ -246,6 +283,7 @@ def model_card(
     sources: dict,
     subgroups: pd.DataFrame | None = None,
     calibration: dict | None = None,
+    temporal: pd.DataFrame | None = None,
 ) -> dict:
     """The card as a record (``model_card.json``).
 
@@ -253,15 +291,17 @@ def model_card(
     ``results/fusion_results.tsv``, ``results/comparisons.tsv`` and (with
     ``evaluation.subgroups``) ``results/report/subgroups.tsv``; ``samples`` and ``images`` the
     prepared training table and views; ``calibration`` each combination's conformal summary
-    from the bundle (with ``predict.coverage``); ``sources`` name -> path of the tables read,
-    hashed for provenance.
+    from the bundle (with ``predict.coverage``); ``temporal`` the run's
+    ``results/temporal.tsv`` (with ``evaluation.temporal``); ``sources`` name -> path of the
+    tables read, hashed for provenance.
     """
     classes = manifest["classes"]
     modalities = list(manifest["modalities"])
     models = models_summary(manifest)
-    data = data_summary(samples, images, classes, modalities)
+    data = data_summary(samples, images, classes, modalities, evaluation.get("temporal"))
     performance = performance_rows(headline, list(manifest["combinations"]), classes)
     groups = subgroup_rows(subgroups, manifest["default_combination"])
+    later = temporal_rows(temporal, list(manifest["combinations"]))
     return {
         "format": FORMAT,
         "intended_use": intended_use(classes, modalities, len(manifest.get("features", []))),
@@ -279,8 +319,9 @@ def model_card(
             comparisons, headline, evaluation["primary"], evaluation["confidence"]
         ),
         "subgroups": groups,
+        "temporal": later,
         "prediction_sets": calibration or None,
-        "limits": known_limits(data, models, performance, groups),
+        "limits": known_limits(data, models, performance, groups, later),
         "provenance": provenance_summary(manifest, sources),
     }
 
@@ -372,7 +413,10 @@ def card_markdown(card: dict) -> str:
     if card["subgroups"] is not None:
         lines += ["## Subgroups", ""]
         table = pd.DataFrame(card["subgroups"])
-        shown = table[["combination", "column", "level", "n_visits", "n_patients", "small"]].copy()
+        combinations = ", ".join(dict.fromkeys(table["combination"]))
+        lines += [f"{combinations}, per level of each column (patient-bootstrap intervals):", ""]
+        shown = table[["column", "level", "n_visits", "n_patients", "small"]].copy()
+        shown.columns = ["column", "level", "visits", "patients", "small"]
         for metric in ("kappa", "auc", "ece"):
             shown[metric] = [
                 interval_text(
@@ -385,6 +429,34 @@ def card_markdown(card: dict) -> str:
                 for r in card["subgroups"]
             ]
         lines += [readable_table(shown), ""]
+    if card["temporal"] is not None:
+        lines += ["## Temporal validation", ""]
+        lines += [
+            "The models fit on the earlier patients, scored on the later ones",
+            "(patient-bootstrap intervals), beside the cross-validated estimate:",
+            "",
+        ]
+        table = pd.DataFrame(
+            {
+                "combination": r["combination"],
+                "later patients": r["n_patients"],
+                **{
+                    f"{m} later": interval_text(
+                        {"mean": r[m], "ci_low": r[f"{m}_ci_low"], "ci_high": r[f"{m}_ci_high"]}
+                    )
+                    for m in ("kappa", "auc")
+                },
+                "kappa cv": interval_text(
+                    {
+                        "mean": r["cv_kappa"],
+                        "ci_low": r["cv_kappa_ci_low"],
+                        "ci_high": r["cv_kappa_ci_high"],
+                    }
+                ),
+            }
+            for r in card["temporal"]
+        )
+        lines += [readable_table(table), ""]
     if card["prediction_sets"]:
         lines += ["## Prediction sets", ""]
         lines += markdown_list(

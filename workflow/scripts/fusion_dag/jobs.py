@@ -42,9 +42,10 @@ def partitions(config: dict) -> list:
 def repeat_seed(config: dict, repeat: int = 1) -> int:
     """The seed of one repeat: cv.seed for repeat 1, then cv.seed + 1, ...; it seeds the
     repeat's partition and every model in it (forest, inner splits, TensorFlow, early-stopping
-    split), so repeats vary the models' randomness as well as the partition. The final models,
-    outside every repeat, use cv.seed (repeat 1)."""
-    return config["cv"]["seed"] + repeat - 1
+    split), so repeats vary the models' randomness as well as the partition. The partitions
+    outside every repeat (repeat 0: the final models, the temporal split) use cv.seed, as
+    repeat 1 does."""
+    return config["cv"]["seed"] + max(repeat, 1) - 1
 
 
 def uses_metadata(combinations: dict) -> bool:
