@@ -142,3 +142,18 @@ def test_the_temporal_target_trains_one_partition_more_and_names_the_key(tmp_pat
     assert jobs["temporal_split"] == 1 and jobs["temporal_results"] == 1
     assert jobs["metadata"] == 4 and jobs["image"] == 4 and jobs["fusion"] == 3 * 4
     assert jobs["folds"] == 1
+
+
+@pytest.mark.workflow
+def test_a_temporal_column_the_table_lacks_stops_the_dry_run(tmp_path, demo_table):
+    config = {**TINY, "samples": str(demo_table), "image_dir": str(demo_table.parent)}
+    evaluation = {"temporal": {"column": "visit_date", "test": 0.3}}
+    result = run_snakemake(tmp_path, "-n", "temporal", config={**config, "evaluation": evaluation})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Invalid config key 'evaluation.temporal.column': 'visit_date' is not a column" in output
+    # A share outside (0, 1) is the schema's error.
+    evaluation = {"temporal": {"column": None, "test": 1.5}}
+    result = run_snakemake(tmp_path, "-n", "temporal", config={**config, "evaluation": evaluation})
+    assert result.returncode != 0
+    assert "evaluation.temporal.test" in result.stdout + result.stderr
