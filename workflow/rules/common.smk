@@ -297,7 +297,8 @@ def temporal_table_input(wildcards):
 
 def card_options(wildcards):
     """The model card's optional inputs: the subgroup table when evaluation.subgroups names
-    columns (without, it is a header only), the temporal table with evaluation.temporal."""
+    columns (without, it is a header only), the temporal table with evaluation.temporal.
+    """
     options = {}
     if config["evaluation"]["subgroups"]:
         options["subgroups"] = "results/report/subgroups.tsv"
