@@ -1,6 +1,7 @@
 """The explanations: permutation importance, the leak screen, contributions, member drops and
 the review list, on generated tables, and the explain target on the tiny end-to-end run."""
 
+import json
 import shutil
 
 import numpy as np
@@ -495,6 +496,15 @@ def test_explain_draws_a_heatmap_per_chosen_visit_from_each_folds_checkpoint(exp
     # Correct and wrong predictions both shown, each file on disk.
     assert rows["correct"].any() and (~rows["correct"]).any()
     assert all((folder / name).is_file() for name in rows["file"])
+    # Each panel carries its fold's verdicts: the image stage's and whether its validation
+    # visits all got one class (then its panels say so).
+    for fold, part in rows.groupby("fold"):
+        stage = workdir / f"results/image/thermal_map/repeat1/fold{fold}"
+        probs = pd.read_csv(stage / "probs.tsv", sep="\t")
+        val = probs.loc[probs["split"] == "val", ["prob_I", "prob_P", "prob_R"]].to_numpy()
+        assert part["one_class"].eq(len(set(val.argmax(axis=1))) == 1).all()
+        learned = json.loads((stage / "metrics.json").read_text())["learned"]
+        assert part["learned"].eq(learned).all()
     log = (workdir / "logs/explain/heatmaps_thermal_map.log").read_text()
     assert log.count("reproduces the image stage") == TINY["cv"]["folds"]
     assert (workdir / "results/explain/heatmaps_thermal_map.png").stat().st_size > 10_000

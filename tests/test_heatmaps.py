@@ -5,7 +5,15 @@ import pandas as pd
 import pytest
 
 from fusion_dag.artifacts import ID, LABEL
-from fusion_dag.heatmaps import chosen_visits, feature_map_layer, grad_cam, overlay
+from fusion_dag.figures import HEAT_MAP, plot_heatmap, plot_heatmap_grid
+from fusion_dag.heatmaps import (
+    chosen_visits,
+    feature_map_layer,
+    grad_cam,
+    grey_view,
+    one_class,
+    overlay,
+)
 from tests.conftest import CLASSES
 
 SIZE = 24
@@ -93,7 +101,8 @@ def test_overlay_is_an_enlarged_rgb_picture():
     heat[0, 0] = 1.0
     picture = overlay(image, heat)
     assert picture.shape == (160, 160, 3) and picture.dtype == np.uint8
-    # The hot corner is red in the jet colour map; where there is no heat the grey view shows.
+    # The hot corner takes the colour map's hottest colour (inferno: pale yellow, more red than
+    # blue); where there is no heat the grey view shows.
     red, _, blue = picture[5, 5].tolist()
     assert red > blue + 50
     assert picture[-5, -5].tolist() == [100, 100, 100]
@@ -114,3 +123,72 @@ def test_visits_are_chosen_per_class_and_per_correct_or_wrong():
     assert len(cells) == 6 and cells.max() - cells.min() <= 1
     again = chosen_visits(probs, labels, CLASSES, 12, seed=0)
     assert chosen[ID].tolist() == again[ID].tolist()
+
+
+def test_a_colour_view_is_shown_in_grey_under_the_heat():
+    """A colour-mapped view (pure red, as a thermal colour map's hot end): its colours would
+    compete with the heat's, so the overlay's base is its grey luminance."""
+    image = np.zeros((24, 24, 3), dtype=np.uint8)
+    image[..., 0] = 200
+    assert grey_view(image).shape == (24, 24)
+    picture = overlay(image, np.zeros((6, 6)))
+    red, green, blue = picture[80, 80].tolist()
+    assert red == green == blue and 0 < red < 200
+    # With heat everywhere, the picture is the colour map's top colour blended over grey.
+    from matplotlib import colormaps
+
+    hot = overlay(image, np.ones((6, 6)))[80, 80].astype(float)
+    expected = 0.4 * red + 0.6 * np.asarray(colormaps[HEAT_MAP](1.0)[:3]) * 255
+    np.testing.assert_allclose(hot, expected, atol=1.5)
+
+
+def test_a_branch_predicting_one_class_is_found_on_its_validation_visits():
+    probs = pd.DataFrame(
+        {
+            ID: ["a", "b", "c", "d"],
+            "split": ["val", "val", "val", "train"],
+            "prob_I": [0.3, 0.35, 0.2, 0.9],
+            "prob_P": [0.5, 0.45, 0.6, 0.05],
+            "prob_R": [0.2, 0.2, 0.2, 0.05],
+        }
+    )
+    assert one_class(probs, CLASSES)
+    probs.loc[0, ["prob_I", "prob_P"]] = [0.6, 0.2]
+    assert not one_class(probs, CLASSES)
+
+
+def heatmap_rows(one_class_fold: int) -> pd.DataFrame:
+    rows = pd.DataFrame(
+        {
+            "fold": [1, 1, 2, 2],
+            ID: ["a", "b", "c", "d"],
+            LABEL: ["I", "P", "I", "P"],
+            "predicted": ["I", "P", "P", "P"],
+            "prob_predicted": [0.5, 0.6, 0.35, 0.4],
+        }
+    )
+    rows["correct"] = rows["predicted"] == rows[LABEL]
+    rows["learned"] = True
+    rows["one_class"] = rows["fold"] == one_class_fold
+    return rows
+
+
+def titles(fig) -> list:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_heatmap_figures_have_a_colour_bar_and_mark_a_one_class_fold():
+    pictures = [np.zeros((160, 160, 3), dtype=np.uint8)] * 4
+    rows = heatmap_rows(one_class_fold=2)
+    grid = plot_heatmap_grid(rows, pictures, "thermal_map")
+    assert any(ax.get_label() == "<colorbar>" for ax in grid.axes)
+    marked = [t for t in titles(grid) if "one class" in t]
+    # Both of fold 2's panels, and none of fold 1's.
+    assert len(marked) == 2 and all(t.startswith("fold 2") for t in marked)
+    single = plot_heatmap(pictures[0], "c: P\none class predicted for every visit")
+    assert any(ax.get_label() == "<colorbar>" for ax in single.axes)
+    # A fold the image stage says learned nothing, though it predicts two classes.
+    rows = heatmap_rows(one_class_fold=0)
+    rows.loc[rows["fold"] == 1, "learned"] = False
+    marked = [t for t in titles(plot_heatmap_grid(rows, pictures, "thermal_map")) if "learned" in t]
+    assert len(marked) == 2 and all(t.startswith("fold 1") for t in marked)

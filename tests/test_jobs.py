@@ -109,6 +109,8 @@ def test_partitions_enumerate_every_fold_of_every_repeat_in_order(config):
 def test_repeat_seeds_count_up_from_cv_seed_and_the_final_models_use_cv_seed(config):
     assert [repeat_seed(config, repeat) for repeat in (1, 2, 3)] == [42, 43, 44]
     assert repeat_seed(config) == 42
+    # Repeat 0 (the temporal split) is outside the cross-validation: the final models' seed.
+    assert repeat_seed(config, 0) == 42
 
 
 def test_shipped_defaults_weigh_metadata_0_70_and_the_images_0_30():

@@ -387,7 +387,8 @@ def test_a_collapsed_final_branch_stops_the_bundle_naming_it(external_run, tmp_p
     arguments = [
         "--cores",
         "1",
-        "final_models",
+        # The bundle alone: final_models also wants the model card, which needs the CV.
+        "results/final/bundle",
         "--rerun-triggers",
         "params",
         "--forcerun",
@@ -430,6 +431,9 @@ def test_predict_explain_writes_each_new_visits_contributions_and_heatmaps(exter
         folder = external_run / "results/predict/heatmaps" / modality
         rows = pd.read_csv(folder / "heatmaps.tsv", sep="\t")
         assert sorted(rows["id"]) == sorted(predictions.loc[predictions[column].notna(), "id"])
+        # A bundled branch recorded as predicting one class is marked on its heatmaps.
+        collapsed = load_bundle(external_run / "results/final/bundle")["final_checks"]
+        assert rows["one_class"].eq(modality in collapsed["collapsed_branches"]).all()
         assert all((folder / name).is_file() for name in rows["file"])
 
 

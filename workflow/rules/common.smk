@@ -13,6 +13,7 @@ RULES_FOLDER = Path(workflow.current_basedir.get_path_or_uri(secret_free=True))
 sys.path.insert(0, str(RULES_FOLDER.parent / "scripts"))
 from fusion_dag import jobs
 from fusion_dag.artifacts import InputError
+from fusion_dag.card import card_sources
 from fusion_dag.folds import check_table_folds
 from fusion_dag.tables import read_table
 from fusion_dag.config import (
@@ -24,6 +25,7 @@ from fusion_dag.config import (
     check_review,
     check_decisions,
     check_subgroups,
+    check_temporal,
     check_image_settings,
     check_layouts,
     command_line_values,
@@ -95,6 +97,7 @@ if Path(config["samples"]).is_file():
         header = samples_header()
         if header is not None:
             check_subgroups(config, header)
+            check_temporal(config, header)
     except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).
@@ -278,6 +281,30 @@ def ablation_fold_files(wildcards):
             "combination such as [metadata, thermal_map] to 'combinations'"
         )
     return jobs.ablation_records(config, PAIRS)
+
+
+def temporal_table_input(wildcards):
+    """The samples table the temporal split orders patients by (its column may be one the
+    forest leaves out); the temporal target needs evaluation.temporal."""
+    if not config["evaluation"]["temporal"]:
+        raise WorkflowError(
+            "Invalid config key 'evaluation.temporal': the temporal target needs it, e.g. "
+            "--config evaluation='{temporal: {column: visit_date, test: 0.3}}' (column null: "
+            "the patients' order in the table)"
+        )
+    return samples_input(wildcards)
+
+
+def card_options(wildcards):
+    """The model card's optional inputs: the subgroup table when evaluation.subgroups names
+    columns (without, it is a header only), the temporal table with evaluation.temporal.
+    """
+    options = {}
+    if config["evaluation"]["subgroups"]:
+        options["subgroups"] = "results/report/subgroups.tsv"
+    if config["evaluation"]["temporal"]:
+        options["temporal"] = "results/temporal.tsv"
+    return options
 
 
 def predict_bundle():

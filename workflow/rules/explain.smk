@@ -99,6 +99,7 @@ rule explain_heatmaps:
         sidecars=files_of(heatmap_fold_files, "sidecar"),
         probs=files_of(heatmap_fold_files, "probs"),
         view_probs=files_of(heatmap_fold_files, "view_probs"),
+        metrics=files_of(heatmap_fold_files, "metrics"),
     output:
         heatmaps=directory("results/explain/heatmaps/{modality}"),
         grid=report(

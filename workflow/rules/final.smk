@@ -149,3 +149,32 @@ rule bundle:
         workflow_dir=workflow.basedir,
     script:
         "../scripts/bundle.py"
+
+
+# The model card: what the bundle is for, its data, cross-validated performance and known
+# limits. Beside the bundle folder (a directory() output holds no other rule's file), so the
+# bundle and predict never wait for the cross-validation; final_models builds it.
+rule model_card:
+    input:
+        unpack(card_options),
+        bundle=DEFAULT_BUNDLE,
+        headline="results/fusion_results.tsv",
+        comparisons="results/comparisons.tsv",
+        samples="results/prepared/samples.tsv",
+        images="results/prepared/images.tsv",
+    output:
+        markdown="results/final/model_card.md",
+        json="results/final/model_card.json",
+    log:
+        "logs/model_card/model_card.log",
+    localrule: True
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        evaluation=config["evaluation"],
+    script:
+        "../scripts/model_card.py"

@@ -54,6 +54,9 @@ rule predictions:
     params:
         combination=config["predict"]["combination"],
         coverage=config["predict"]["coverage"],
+        # Where the bundle's model card is looked for (copied beside the predictions; not an
+        # input, so predict never waits for the cross-validation the card reports).
+        card_folders=card_sources(predict_bundle(), DEFAULT_BUNDLE),
         intra_op_threads=config["image_model"]["intra_op_threads"],
         evaluation=config["evaluation"],
         seed=config["cv"]["seed"],

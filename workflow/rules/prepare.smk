@@ -48,6 +48,9 @@ rule folds:
         folds="results/folds/repeat{repeat}.tsv",
     log:
         "logs/folds/repeat{repeat}.log",
+    # Repeat 0 is outside the cross-validation (the temporal split, rules/temporal.smk).
+    wildcard_constraints:
+        repeat=r"[1-9]\d*",
     localrule: True
     conda:
         "../envs/tabular.yaml"

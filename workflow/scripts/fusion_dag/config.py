@@ -420,3 +420,21 @@ def check_subgroups(config: dict, header) -> None:
             f"samples table {config['samples']}; use any of {usable}, or [] (config/config.yaml "
             "lists the demo's columns)"
         )
+
+
+def check_temporal(config: dict, header) -> None:
+    """``evaluation.temporal.column`` names a column of the samples table (``header``) other
+    than its id, group and label; it may be one the forest leaves out (``columns.exclude``),
+    as a visit date usually is."""
+    column = (config["evaluation"].get("temporal") or {}).get("column")
+    if column is None:
+        return
+    columns = config["columns"]
+    reserved = {columns.get("id"), columns["group"], columns["label"]}
+    if column not in header or column in reserved:
+        usable = [c for c in header if c not in reserved]
+        raise ConfigError(
+            f"Invalid config key 'evaluation.temporal.column': '{column}' is not a column of the "
+            f"samples table {config['samples']} other than its id, patient and label; use one "
+            f"of {usable} (a date or a number), or null to order patients by their first row"
+        )

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from fusion_dag.artifacts import LABEL, partial_path
+from fusion_dag.artifacts import ID, LABEL, partial_path
 from fusion_dag.evaluate import calibration_bins, calibration_error, repeat_arrays
 
 
@@ -416,16 +416,67 @@ def plot_importance(importance: pd.DataFrame, warnings: list, top: int = 15):
     return fig
 
 
+# The colour map of every Grad-CAM heat: perceptually uniform and readable in grey print, over
+# views shown in grey.
+HEAT_MAP = "inferno"
+HEAT_LABEL = "Grad-CAM heat (share of the view's maximum)"
+
+
+def panel_note(row) -> str:
+    """What a heatmap panel must say of its branch: ``one class predicted for every visit``,
+    ``branch learned nothing`` (the image stage's verdict, for another reason), or nothing."""
+    if bool(row.get("one_class", False)):
+        return "one class predicted for every visit"
+    if not bool(row.get("learned", True)):
+        return "branch learned nothing"
+    return ""
+
+
+def panel_title(row) -> str:
+    """A heatmap's title: the fold (explain) or the visit (predict), the predicted class and
+    its probability when known, and :func:`panel_note` on a line of its own."""
+    where = f"fold {row['fold']}" if "fold" in row else str(row[ID])
+    probability = f" {row['prob_predicted']:.2f}" if "prob_predicted" in row else ""
+    note = panel_note(row)
+    return f"{where}: {row['predicted']}{probability}" + (f"\n{note}" if note else "")
+
+
+def heat_colorbar(fig, axes):
+    """The colour bar of :data:`HEAT_MAP` from 0 to 1 beside ``axes``."""
+    from matplotlib import cm, colors
+
+    scale = cm.ScalarMappable(norm=colors.Normalize(0, 1), cmap=HEAT_MAP)
+    bar = fig.colorbar(scale, ax=axes, fraction=0.05, pad=0.02)
+    bar.set_label(HEAT_LABEL, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def plot_heatmap(picture: np.ndarray, title: str):
+    """One Grad-CAM overlay with its title (a panel note in red) and the heat's colour bar."""
+    figure_style()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.2, 2.8))
+    ax.imshow(picture)
+    ax.axis("off")
+    ax.set_title(title, fontsize=8, color="#c0392b" if "\n" in title else "black")
+    heat_colorbar(fig, ax)
+    return fig
+
+
 def plot_heatmap_grid(rows: pd.DataFrame, pictures: list, modality: str, per_cell: int = 6):
     """Grad-CAM overlays in a grid: one row per (label, correct or wrong), up to ``per_cell``
-    visits each, titled with the fold, the predicted class and its probability."""
+    visits each, titled with the fold, the predicted class and its probability, and in red
+    when the fold's branch predicts one class for every visit or learned nothing
+    (:func:`panel_note`); one colour bar for the heat."""
     figure_style()
     import matplotlib.pyplot as plt
 
     cells = rows.assign(picture=range(len(rows))).groupby([LABEL, "correct"], sort=False)
     order = sorted(cells.groups, key=lambda key: (str(key[0]), not key[1]))
     fig, axes = plt.subplots(
-        len(order), per_cell, figsize=(1.6 * per_cell, 1.9 * len(order)), squeeze=False
+        len(order), per_cell, figsize=(1.7 * per_cell + 1, 2.1 * len(order)), squeeze=False
     )
     for line, key in enumerate(order):
         members = cells.get_group(key).head(per_cell)
@@ -434,10 +485,9 @@ def plot_heatmap_grid(rows: pd.DataFrame, pictures: list, modality: str, per_cel
             if column < len(members):
                 row = members.iloc[column]
                 ax.imshow(pictures[int(row["picture"])])
-                ax.set_title(
-                    f"fold {row['fold']}: {row['predicted']} {row['prob_predicted']:.2f}",
-                    fontsize=7,
-                )
+                note = panel_note(row)
+                title = "\n".join(textwrap.fill(part, 26) for part in panel_title(row).split("\n"))
+                ax.set_title(title, fontsize=6 if note else 7, color="#c0392b" if note else "black")
         axes[line][0].text(
             -0.1,
             0.5,
@@ -448,5 +498,6 @@ def plot_heatmap_grid(rows: pd.DataFrame, pictures: list, modality: str, per_cel
             fontsize=8,
         )
     fig.suptitle(f"{modality}: Grad-CAM of the predicted class (repeat 1, validation visits)")
-    fig.tight_layout(rect=(0.06, 0, 1, 0.97))
+    fig.tight_layout(rect=(0.06, 0, 0.9, 0.97))
+    heat_colorbar(fig, axes.ravel().tolist())
     return fig

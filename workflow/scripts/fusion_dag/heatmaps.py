@@ -8,6 +8,12 @@ with a spatial layout: the small CNN's last convolution, or a ``keras.applicatio
 backbone's output (the nested model ``{modality}_backbone``). Each fold's checkpoint is loaded
 by layer name, as the fusion stage loads it, and must reproduce the image stage's per-view
 probabilities before any heatmap is drawn.
+
+How a heatmap is drawn, so a person can read it: the view in grey (a colour-mapped thermal
+view's own colours would compete with the heat's), the heat in one colour map
+(:data:`~fusion_dag.figures.HEAT_MAP`) with a colour bar, and a panel whose branch predicts one
+class for every visit (or learned nothing, by the image stage's verdict) says so in its title:
+its heat explains no decision.
 """
 
 import logging
@@ -30,6 +36,7 @@ from fusion_dag.artifacts import (
 from fusion_dag.backbones import SMALL_CNN
 from fusion_dag.branch import FILTERS, build_image_branch, layers
 from fusion_dag.checkpoint import load_frozen_branch
+from fusion_dag.figures import HEAT_MAP, panel_note, panel_title, plot_heatmap, save_figure
 from fusion_dag.fusion import reproduction_check
 
 log = logging.getLogger(__name__)
@@ -112,21 +119,35 @@ def chosen_visits(
     return visits.loc[order, [ID, LABEL, "predicted", "correct", "prob_predicted"]]
 
 
+def grey_view(image: np.ndarray) -> np.ndarray:
+    """The view (h, w, channels) as one grey uint8 channel: a single channel as it is, colour
+    (a colour-mapped thermal view, a photograph) by its luminance (PIL's ITU-R 601-2)."""
+    if image.shape[-1] == 1:
+        return np.asarray(image[..., 0], dtype=np.uint8)
+    return np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("L"))
+
+
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """An RGB uint8 picture of ``image`` (h, w, channels) with ``heat`` (any resolution, 0-1)
-    in the jet colour map over it, opaque in proportion to the heat, both enlarged to
-    :data:`SHOWN_SIZE` px."""
+    """An RGB uint8 picture of ``image`` (h, w, channels) in grey with ``heat`` (any
+    resolution, 0-1) in :data:`~fusion_dag.figures.HEAT_MAP` over it, opaque in proportion to
+    the heat, both enlarged to :data:`SHOWN_SIZE` px."""
     from matplotlib import colormaps
 
-    picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
-    picture = np.asarray(picture.resize((SHOWN_SIZE, SHOWN_SIZE), Image.BILINEAR), dtype=float)
+    picture = Image.fromarray(grey_view(image)).resize((SHOWN_SIZE, SHOWN_SIZE), Image.BILINEAR)
+    picture = np.repeat(np.asarray(picture, dtype=float)[..., None], 3, axis=-1)
     heat_image = Image.fromarray(np.uint8(255 * heat)).resize(
         (SHOWN_SIZE, SHOWN_SIZE), Image.BILINEAR
     )
     heat = np.asarray(heat_image) / 255.0
-    colours = colormaps["jet"](heat)[..., :3] * 255
+    colours = colormaps[HEAT_MAP](heat)[..., :3] * 255
     share = HEAT_ALPHA * heat[..., None]
     return np.uint8((1 - share) * picture + share * colours)
+
+
+def one_class(probs: pd.DataFrame, classes: list) -> bool:
+    """Whether a branch's validation visits (``probs``, ``split`` val) all get one class."""
+    val = probs[probs["split"] == "val"]
+    return len(val) > 0 and len(np.unique(val[prob_columns(classes)].to_numpy().argmax(1))) == 1
 
 
 def safe_name(visit) -> str:
@@ -190,10 +211,12 @@ def modality_heatmaps(
 ) -> tuple[pd.DataFrame, list]:
     """Heatmaps of ``job["visits"]`` validation visits per fold of repeat 1 (each fold's
     checkpoint on the visits it did not train on). ``fold_files`` are records with ``fold``,
-    ``checkpoint``, ``sidecar``, ``probs`` and ``view_probs``; ``job`` holds ``modality``,
-    ``settings``, ``classes``, ``visits`` and ``seed``. Returns (one row per heatmap: ``fold``,
-    ``id``, ``view``, ``label``, ``predicted``, ``correct``, ``prob_predicted``, ``file``; the
-    overlay pictures)."""
+    ``checkpoint``, ``sidecar``, ``probs``, ``view_probs`` and ``metrics`` (the image stage's
+    ``metrics.json``); ``job`` holds ``modality``, ``settings``, ``classes``, ``visits`` and
+    ``seed``. Returns (one row per heatmap: ``fold``, ``id``, ``view``, ``label``,
+    ``predicted``, ``correct``, ``prob_predicted``, ``file``, ``learned`` (the fold's image
+    stage verdict), ``one_class`` (the fold's branch predicts one class for every validation
+    visit); the overlay pictures)."""
     modality, settings, classes = job["modality"], job["settings"], job["classes"]
     labels = folds[folds["repeat"] == 1]
     tables, pictures = [], []
@@ -214,6 +237,15 @@ def modality_heatmaps(
         )
         rows.insert(0, "fold", record["fold"])
         rows["file"] = [heatmap_name(record["fold"], row) for _, row in rows.iterrows()]
+        rows["learned"] = bool(read_json(record["metrics"]).get("learned", True))
+        rows["one_class"] = one_class(read_tsv(record["probs"]), classes)
+        if rows["one_class"].any() or not rows["learned"].all():
+            log.warning(
+                "Fold %d: the %s branch %s; its heatmaps are marked so",
+                record["fold"],
+                modality,
+                panel_note(rows.iloc[0]) if len(rows) else "learned nothing",
+            )
         log.info(
             "Fold %d: %d heatmaps (%d correct, %d wrong)",
             record["fold"],
@@ -227,11 +259,12 @@ def modality_heatmaps(
 
 
 def write_heatmaps(rows: pd.DataFrame, pictures: list, folder) -> None:
-    """Each overlay as ``folder/{file}`` and the rows as ``folder/heatmaps.tsv``."""
+    """Each overlay as ``folder/{file}`` (titled by :func:`panel_title`, with a colour bar)
+    and the rows as ``folder/heatmaps.tsv``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, picture in zip(rows["file"], pictures, strict=True):
-        Image.fromarray(picture).save(folder / name)
+    for (_, row), picture in zip(rows.iterrows(), pictures, strict=True):
+        save_figure(plot_heatmap(picture, panel_title(row)), folder / row["file"])
     write_tsv(rows, folder / "heatmaps.tsv")
 
 
@@ -241,7 +274,8 @@ def new_visit_heatmaps(
     """Grad-CAM of the first view of every predicted new visit, per image member of the
     bundle's combination, for the visit's predicted (fused) class, by the bundled final branch;
     written to ``folder/{modality}/``. Returns the rows of every heatmap (``modality``, ``id``,
-    ``predicted``, ``file``)."""
+    ``predicted``, ``file``, ``one_class``: the bundle's ``final_checks`` record that branch
+    predicting one class for every training visit)."""
     from fusion_dag.predict import bundle_branch
 
     classes = spec["classes"]
@@ -252,6 +286,9 @@ def new_visit_heatmaps(
         views = views[views[ID].isin(scored[ID])].reset_index(drop=True)
         rows = views[[ID]].merge(scored[[ID, "predicted"]], on=ID, how="left")
         rows["file"] = [safe_name(visit) + ".png" for visit in rows[ID]]
+        # A bundled final branch that predicts one class for every training visit (bundled
+        # with final.allow_collapsed) is marked on each of its heatmaps.
+        rows["one_class"] = modality in spec.get("final_checks", {}).get("collapsed_branches", {})
         if len(views):
             model, pixels = bundle_branch(bundle, spec, modality, views)
             settings = spec["modalities"][modality]

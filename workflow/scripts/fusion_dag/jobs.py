@@ -42,9 +42,10 @@ def partitions(config: dict) -> list:
 def repeat_seed(config: dict, repeat: int = 1) -> int:
     """The seed of one repeat: cv.seed for repeat 1, then cv.seed + 1, ...; it seeds the
     repeat's partition and every model in it (forest, inner splits, TensorFlow, early-stopping
-    split), so repeats vary the models' randomness as well as the partition. The final models,
-    outside every repeat, use cv.seed (repeat 1)."""
-    return config["cv"]["seed"] + repeat - 1
+    split), so repeats vary the models' randomness as well as the partition. The partitions
+    outside every repeat (repeat 0: the final models, the temporal split) use cv.seed, as
+    repeat 1 does."""
+    return config["cv"]["seed"] + max(repeat, 1) - 1
 
 
 def uses_metadata(combinations: dict) -> bool:
@@ -306,8 +307,8 @@ def ablation_records(config: dict, pairs: dict) -> list:
 
 def heatmap_records(config: dict, modality: str) -> list:
     """Each fold of repeat 1 (every visit held out once) of an image modality, with the files
-    its Grad-CAM heatmaps need: the checkpoint, its sidecar and the image stage's visit and
-    view probabilities."""
+    its Grad-CAM heatmaps need: the checkpoint, its sidecar, the image stage's visit and
+    view probabilities and its metrics (whether the branch learned)."""
     folder = f"results/image/{modality}/repeat1"
     return [
         {
@@ -316,6 +317,7 @@ def heatmap_records(config: dict, modality: str) -> list:
             "sidecar": f"{folder}/fold{fold}/checkpoint.json",
             "probs": f"{folder}/fold{fold}/probs.tsv",
             "view_probs": f"{folder}/fold{fold}/view_probs.tsv",
+            "metrics": f"{folder}/fold{fold}/metrics.json",
         }
         for fold in range(1, config["cv"]["folds"] + 1)
     ]
