@@ -138,9 +138,11 @@ def test_the_temporal_target_trains_one_partition_more_and_names_the_key(tmp_pat
     result = run_snakemake(tmp_path, "-n", "temporal", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = scheduled_jobs(result.stdout + result.stderr)
-    # One partition more than the cross-validation's 3 folds: repeat 0, fold 1.
+    # One partition more than the cross-validation's folds: repeat 0, fold 1.
+    partitions = TINY["cv"]["folds"] + 1
     assert jobs["temporal_split"] == 1 and jobs["temporal_results"] == 1
-    assert jobs["metadata"] == 4 and jobs["image"] == 4 and jobs["fusion"] == 3 * 4
+    assert jobs["metadata"] == partitions and jobs["image"] == partitions
+    assert jobs["fusion"] == 3 * partitions
     assert jobs["folds"] == 1
 
 
