@@ -72,6 +72,13 @@ def test_learning_fusion_weights_retrains_no_model(tiny_run):
     assert set(jobs) <= AGGREGATION | {"clinical_report"} and jobs["aggregate_results"] == 1
 
 
+def test_label_screen_retrains_each_folds_forest_and_branch(tiny_run):
+    jobs = dry_run(tiny_run, {**TINY, "label_screen": {"method": "confident_learning"}})
+    assert jobs.pop("screen") == 3 and jobs.pop("metadata") == 3 and jobs.pop("image") == 3
+    assert jobs.pop("fusion") == 9 and jobs.pop("oof") == 3
+    assert "prepare" not in jobs and "image_cache" not in jobs and "folds" not in jobs
+
+
 def test_a_changed_confidence_replaces_the_plan_and_retrains_nothing(tiny_copy):
     config = {**TINY, "evaluation": {"confidence": 0.9}}
     result = run_snakemake(tiny_copy, "-n", "fusion_results", config=config)

@@ -36,6 +36,7 @@ from fusion_dag.jobs import (
     report_figures,
     run_metrics,
     run_summary,
+    screen_file,
     spec_modalities,
     trained_models,
     weight_settings,
@@ -394,3 +395,15 @@ def test_learning_adds_the_fold_table_and_each_image_split_only_when_asked(confi
     assert learned_tables(learning, {"metadata": ["metadata"]}) == [
         "results/fusion/metadata/learned.tsv"
     ]
+
+
+def test_a_screen_is_an_input_of_its_folds_jobs_only_with_label_screen(config):
+    assert screen_file(config, 1, 2) == {}
+    screening = {**config, "label_screen": {"method": "confident_learning"}}
+    assert screen_file(screening, 1, 2) == {"screen": "results/screen/repeat1/fold2.tsv"}
+    # The fusion job reads it only to recompute the image stages' early-stopping visits.
+    assert "screen" not in fold_fusion_inputs(screening, ["metadata", "depth"], 1, 2)
+    learning = copy.deepcopy(screening)
+    learning["fusion"]["learn"] = ["weights"]
+    inputs = fold_fusion_inputs(learning, ["metadata", "depth"], 1, 2)
+    assert inputs["screen"] == "results/screen/repeat1/fold2.tsv"

@@ -1,5 +1,6 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fit_kappa, fold_metrics
+from fusion_dag.folds import without_screened
 from fusion_dag.fusion import (
     MEMBER_FILES,
     fuse_combination,
@@ -25,10 +26,12 @@ with job_log(snakemake.log[0]) as log:
     metadata_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
     learned = None
     if settings.get("learn"):
+        screened = read_tsv(snakemake.input.screen) if snakemake.input.get("screen") else None
         inputs = {
             "metadata_probs": metadata_probs,
             "image_probs": {m: member.probs for m, member in image_members.items()},
-            "folds": read_tsv(snakemake.input.folds),
+            # The fold table the image stages trained with: without screened visits.
+            "folds": without_screened(read_tsv(snakemake.input.folds), screened),
             "image_split": settings["image_split"],
         }
         learned = learned_fusion(settings["learn"], members, inputs, fold, weights, classes)

@@ -152,6 +152,15 @@ def early_stopping_split(
     return train, inner_split(train, validation_fraction, seed)
 
 
+def without_screened(table: pd.DataFrame, screened: pd.DataFrame | None) -> pd.DataFrame:
+    """``table`` (samples or a fold table) without the screened visits' rows; unchanged when
+    nothing is screened (``screened`` None). Only training visits are ever screened, so a fold
+    table keeps every validation visit."""
+    if screened is None:
+        return table
+    return table[~table[ID].isin(screened[ID])].reset_index(drop=True)
+
+
 # The final models' partition (repeat, fold): cross-validation numbers both from 1, and the
 # final models hold out fold 0 of repeat 0, which no row is in, so they train on every row.
 FINAL_PLACEMENT = (0, 0)

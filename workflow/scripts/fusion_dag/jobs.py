@@ -221,6 +221,7 @@ def fold_fusion_inputs(config: dict, members: list, repeat, fold) -> dict:
     if config["fusion"].get("learn"):
         # The labels and partition the choosing visits are drawn from (fusion_dag.learn).
         inputs["folds"] = f"results/folds/repeat{repeat}.tsv"
+        inputs.update(screen_file(config, repeat, fold))
     return inputs
 
 
@@ -360,6 +361,14 @@ def trained_models(config: dict, combinations: dict, modalities) -> list:
             f"results/metadata/repeat{repeat}/fold{fold}/model.skops" for repeat, fold in folds
         ]
     return models
+
+
+def screen_file(config: dict, repeat, fold) -> dict:
+    """With ``label_screen``: the fold's screened training visits as an input named
+    ``screen`` (of the metadata, image and fusion jobs of that fold); none without it."""
+    if not config.get("label_screen"):
+        return {}
+    return {"screen": f"results/screen/repeat{repeat}/fold{fold}.tsv"}
 
 
 def learned_tables(config: dict, combinations: dict) -> list:
