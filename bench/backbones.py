@@ -61,7 +61,7 @@ def plain_throughput(task) -> float:
     import keras
 
     from fusion_dag.branch import build_image_branch
-    from fusion_dag.image import inner_split
+    from fusion_dag.folds import inner_split
 
     table = task.rows()
     train = table[table["split"] == "train"].reset_index(drop=True)

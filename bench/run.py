@@ -106,8 +106,7 @@ def plain_fit_throughput(workdir: Path, config: dict, fold: int, repeats: int) -
     from fusion_dag.artifacts import read_json, read_tsv
     from fusion_dag.branch import build_image_branch, configure_tensorflow
     from fusion_dag.cache import load_cache
-    from fusion_dag.folds import split_rows
-    from fusion_dag.image import inner_split
+    from fusion_dag.folds import inner_split, split_rows
 
     settings = config["image_model"]
     stage = workdir / f"results/image/thermal_map/repeat1/fold{fold}"

@@ -67,6 +67,23 @@ def test_fusion_weight_change_reruns_only_fusion(tiny_run):
     assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
 
 
+def test_learning_fusion_weights_retrains_no_model(tiny_run):
+    fusion = {"metadata_weight": 0.7, "learn": ["weights", "temperature"]}
+    jobs = dry_run(tiny_run, {**TINY, "fusion": fusion})
+    # Every fold of every combination learns (a temperature even for a member alone, so the
+    # forest's out-of-fold probabilities, which the clinical report reads, change too); no
+    # image or metadata job runs again.
+    assert jobs.pop("fusion") == 3 * FOLDS and jobs.pop("learned") == 3
+    assert set(jobs) <= AGGREGATION and jobs["aggregate_results"] == 1
+
+
+def test_label_screen_retrains_each_folds_forest_and_branch(tiny_run):
+    jobs = dry_run(tiny_run, {**TINY, "label_screen": {"method": "confident_learning"}})
+    assert jobs.pop("screen") == FOLDS and jobs.pop("metadata") == FOLDS
+    assert jobs.pop("image") == FOLDS and jobs.pop("fusion") == 3 * FOLDS and jobs.pop("oof") == 3
+    assert "prepare" not in jobs and "image_cache" not in jobs and "folds" not in jobs
+
+
 def test_a_changed_confidence_replaces_the_plan_and_retrains_nothing(tiny_copy):
     config = {**TINY, "evaluation": {"confidence": 0.9}}
     result = run_snakemake(tiny_copy, "-n", "fusion_results", config=config)

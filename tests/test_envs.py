@@ -55,6 +55,7 @@ PROVIDERS = {
     "statsmodels": "statsmodels",
     "tableone": "tableone",
     "dcurves": "dcurves",
+    "cleanlab": "cleanlab",
 }
 
 

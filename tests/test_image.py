@@ -9,12 +9,12 @@ from PIL import Image
 
 from fusion_dag.branch import build_image_branch, configure_tensorflow, load_backbone_weights
 from fusion_dag.checkpoint import read_branch_weights, save_branch_weights
+from fusion_dag.folds import inner_split
 from fusion_dag.image import (
     CachedBatches,
     CohenKappa,
     branch_probabilities,
     initial_branch,
-    inner_split,
     learning_verdict,
     train_branch,
 )

@@ -26,6 +26,7 @@ from fusion_dag.jobs import (
     heatmap_records,
     ignored_image_columns,
     image_stage_records,
+    learned_tables,
     member_records,
     pairs,
     partition_records,
@@ -35,6 +36,7 @@ from fusion_dag.jobs import (
     report_figures,
     run_metrics,
     run_summary,
+    screen_file,
     spec_modalities,
     trained_models,
     weight_settings,
@@ -372,3 +374,38 @@ def test_the_aggregate_reads_each_image_members_fold_metrics_once(config):
         "metrics": "results/image/depth/repeat1/fold1/metrics.json",
     }
     assert image_stage_records(config, {"metadata": ["metadata"]}) == []
+
+
+def test_learning_adds_the_fold_table_and_each_image_split_only_when_asked(config):
+    members = ["metadata", "depth"]
+    assert "learn" not in fusion_settings(config, members, 43)
+    assert "folds" not in fold_fusion_inputs(config, members, 2, 1)
+    assert "metadata_inner" not in final_fusion_inputs(config, members)
+    learning = copy.deepcopy(config)
+    learning["fusion"]["learn"] = ["weights", "temperature"]
+    learning["image_model"]["validation_fraction"] = 0.25
+    settings = fusion_settings(learning, members, 43)
+    assert settings["learn"] == ["weights", "temperature"]
+    # The fraction and seed the fold's image stage drew its early-stopping visits with.
+    assert settings["image_split"] == {"depth": {"validation_fraction": 0.25, "seed": 43}}
+    assert fusion_settings(learning, ["metadata"], 43)["image_split"] == {}
+    assert fold_fusion_inputs(learning, members, 2, 1)["folds"] == "results/folds/repeat2.tsv"
+    assert final_fusion_inputs(learning, members)["metadata_inner"] == (
+        "results/final/metadata/inner_probs.tsv"
+    )
+    assert learned_tables(config, {"metadata": ["metadata"]}) == []
+    assert learned_tables(learning, {"metadata": ["metadata"]}) == [
+        "results/fusion/metadata/learned.tsv"
+    ]
+
+
+def test_a_screen_is_an_input_of_its_folds_jobs_only_with_label_screen(config):
+    assert screen_file(config, 1, 2) == {}
+    screening = {**config, "label_screen": {"method": "confident_learning"}}
+    assert screen_file(screening, 1, 2) == {"screen": "results/screen/repeat1/fold2.tsv"}
+    # The fusion job reads it only to recompute the image stages' early-stopping visits.
+    assert "screen" not in fold_fusion_inputs(screening, ["metadata", "depth"], 1, 2)
+    learning = copy.deepcopy(screening)
+    learning["fusion"]["learn"] = ["weights"]
+    inputs = fold_fusion_inputs(learning, ["metadata", "depth"], 1, 2)
+    assert inputs["screen"] == "results/screen/repeat1/fold2.tsv"

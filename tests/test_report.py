@@ -8,6 +8,7 @@ from fusion_dag.artifacts import InputError
 from fusion_dag.inference import holm_adjusted
 from fusion_dag.plan import analysis_plan, plan_notice, plan_record, recorded_plan
 from fusion_dag.report import (
+    TEMPERED_COLUMNS,
     all_visits_oof,
     comparisons_markdown,
     comparisons_table,
@@ -588,3 +589,31 @@ def test_the_gap_is_shown_only_where_train_kappa_is_in_sample():
     shown = [line for line in page.splitlines() if ", train - validation gap " in line]
     assert [line.split("**")[1] for line in shown] == ["thermal_map"]
     assert headline["gap_mean"].notna().sum() == 4  # the TSV's column keeps every complete row
+
+
+def test_a_learning_run_says_which_weights_and_what_temperature_its_headline_used():
+    oof = synthetic_oof(0.4)
+    records = [
+        {
+            **record,
+            "weights_learned": True,
+            "temperature": 1.5 + 0.1 * index,
+            "learned_visits": 20,
+            "brier_untempered": 0.7,
+            "brier_tempered": 0.6,
+            "ece_untempered": 0.2,
+            "ece_tempered": 0.1,
+        }
+        for index, record in enumerate(per_fold("a+b", oof))
+    ]
+    headline = headline_table(per_fold_table(records), {"a+b": oof}, CLASSES, EVALUATION, 1)
+    assert list(headline.columns)[: len(HEADLINE)] == HEADLINE
+    row = headline.iloc[0]
+    assert row["weights_learned"]
+    assert row["temperature_mean"] == pytest.approx(1.75)
+    assert [row[f"{m}_mean"] for m in TEMPERED_COLUMNS] == pytest.approx([0.7, 0.6, 0.2, 0.1])
+    # Weights learned, no temperature: the calibration columns stay empty.
+    plain = [{**r, "temperature": None} for r in records]
+    row = headline_table(per_fold_table(plain), {"a+b": oof}, CLASSES, EVALUATION, 1).iloc[0]
+    assert row["weights_learned"] and np.isnan(row["temperature_mean"])
+    assert np.isnan(row["brier_untempered_mean"])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fusion_dag.artifacts import InputError
 from fusion_dag.cache import build_cache
-from fusion_dag.image import inner_split
+from fusion_dag.folds import inner_split
 from fusion_dag.prepare import prepare_inputs
 from fusion_dag.views import BOX, VIEW_COLUMNS, crop_window, view_weights, with_crops
 from tests.conftest import CLASSES, COLUMNS, branch_fold

@@ -232,6 +232,11 @@ def image_table_inputs(wildcards):
     return tables
 
 
+def screen_input(wildcards):
+    """The fold's screened training visits, with label_screen (see jobs.screen_file)."""
+    return jobs.screen_file(config, wildcards.repeat, wildcards.fold)
+
+
 def fusion_inputs(wildcards):
     """A fold's fusion inputs: the fold's metadata probabilities and image stages."""
     members = COMBINATIONS[wildcards.combination]

@@ -23,6 +23,31 @@ rule final_metadata:
         "../scripts/final_metadata.py"
 
 
+# With fusion.learn: every labelled row's inner out-of-fold forest probabilities, which the
+# final fusion learns on (the final forest's own probabilities are in-sample).
+rule final_metadata_inner:
+    input:
+        samples="results/prepared/samples.tsv",
+    output:
+        probs="results/final/metadata/inner_probs.tsv",
+    log:
+        "logs/final_metadata/final_metadata_inner.log",
+    benchmark:
+        "benchmarks/final_metadata/final_metadata_inner.tsv"
+    conda:
+        "../envs/tabular.yaml"
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        classes=config["classes"],
+        settings=config["metadata_model"],
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/final_metadata_inner.py"
+
+
 # The image branch alone on every row; early stopping on an inner patient-grouped split.
 rule final_image:
     input:

@@ -2,6 +2,10 @@
 FUSION_FOLD_FILES = partition_files(
     probs="results/fusion/{combination}/repeat{repeat}/fold{fold}/probs.tsv"
 )
+# Each fold's metrics record of the combination, which learned gathers.
+FUSION_METRIC_FILES = partition_files(
+    metrics="results/fusion/{combination}/repeat{repeat}/fold{fold}/metrics.json"
+)
 
 
 rule fusion:
@@ -49,6 +53,28 @@ rule oof:
         classes=config["classes"],
     script:
         "../scripts/oof.py"
+
+
+# With fusion.learn: what each fold's fusion learned (weights, temperature, visits chosen on).
+rule learned:
+    input:
+        metrics=files_of(FUSION_METRIC_FILES, "metrics"),
+    output:
+        learned="results/fusion/{combination}/learned.tsv",
+    log:
+        "logs/learned/{combination}.log",
+    localrule: True
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        fold_files=FUSION_METRIC_FILES,
+        members=lambda wildcards: COMBINATIONS[wildcards.combination],
+    script:
+        "../scripts/learned.py"
 
 
 rule aggregate_results:

@@ -57,6 +57,7 @@ rule image:
     input:
         unpack(backbone_weights_input(lambda wildcards: wildcards.modality)),
         unpack(feature_inputs),
+        unpack(screen_input),
         cache="results/prepared/images/{modality}.npy",
         views="results/prepared/{modality}_views.tsv",
         folds="results/folds/repeat{repeat}.tsv",

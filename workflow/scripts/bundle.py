@@ -6,6 +6,7 @@ from fusion_dag.bundle import (
     check_collapsed,
     collapsed_branches,
     training_patients,
+    with_learned_fusion,
     write_bundle,
 )
 from fusion_dag.joblog import job_log
@@ -44,11 +45,13 @@ with job_log(snakemake.log[0]) as log:
         "python": platform.python_version(),
         "packages": package_versions(),
         "data": data_hashes(snakemake.input.table, read_tsv(snakemake.input.images)),
-        "final_fusion": {c["combination"]: {"fit_kappa": c["fit_kappa"]} for c in checks},
+        "final_fusion": {
+            c["combination"]: {"fit_kappa": c["fit_kappa"], "weights": c["weights"]} for c in checks
+        },
     }
     manifest = write_bundle(
         snakemake.output.bundle,
-        read_json(snakemake.input.spec),
+        with_learned_fusion(read_json(snakemake.input.spec), checks),
         snakemake.input.get("forest"),
         {
             m: (snakemake.input[f"{m}_checkpoint"], snakemake.input[f"{m}_sidecar"])

@@ -1,5 +1,6 @@
 from fusion_dag.artifacts import read_tsv, write_json, write_tsv
 from fusion_dag.evaluate import fit_kappa, fold_metrics
+from fusion_dag.folds import without_screened
 from fusion_dag.fusion import (
     MEMBER_FILES,
     fuse_combination,
@@ -8,6 +9,7 @@ from fusion_dag.fusion import (
     weighted_sum,
 )
 from fusion_dag.joblog import job_log
+from fusion_dag.learn import learned_fusion, learned_metrics, temper_table
 from fusion_dag.weights import METADATA, member_weights
 
 with job_log(snakemake.log[0]) as log:
@@ -22,6 +24,18 @@ with job_log(snakemake.log[0]) as log:
         for m, branch in settings.get("branches", {}).items()
     }
     metadata_probs = read_tsv(snakemake.input.metadata) if METADATA in members else None
+    learned = None
+    if settings.get("learn"):
+        screened = read_tsv(snakemake.input.screen) if snakemake.input.get("screen") else None
+        inputs = {
+            "metadata_probs": metadata_probs,
+            "image_probs": {m: member.probs for m, member in image_members.items()},
+            # The fold table the image stages trained with: without screened visits.
+            "folds": without_screened(read_tsv(snakemake.input.folds), screened),
+            "image_split": settings["image_split"],
+        }
+        learned = learned_fusion(settings["learn"], members, inputs, fold, weights, classes)
+        weights = learned["weights"]
     probs = fuse_combination(
         weights,
         metadata_probs,
@@ -34,7 +48,13 @@ with job_log(snakemake.log[0]) as log:
     if metadata_probs is not None:
         fitted[METADATA] = read_tsv(snakemake.input.metadata_fit)
     labels = read_tsv(snakemake.input.samples)
+    temperature = learned and learned["temperature"]
+    untempered = probs
+    if temperature:
+        probs = temper_table(probs, temperature, classes)
     metrics = fold_metrics(probs, labels, classes)
+    if learned:
+        metrics.update(learned_metrics(learned, untempered, probs, labels, classes))
     metrics["fit_kappa"] = fit_kappa(weighted_sum(fitted, weights, classes), labels, classes)
     log.info(
         "Validation kappa %.3f, train kappa %.3f, fit kappa %.3f",

@@ -3,6 +3,7 @@ from fusion_dag.cache import load_cache
 from fusion_dag.checkpoint import checkpoint_sidecar
 from fusion_dag.evaluate import fold_metrics
 from fusion_dag.features import input_feature_cache
+from fusion_dag.folds import without_screened
 from fusion_dag.joblog import job_log
 
 with job_log(snakemake.log[0]) as log:
@@ -10,10 +11,12 @@ with job_log(snakemake.log[0]) as log:
     from fusion_dag.image import BranchFold, train_stage
 
     settings = snakemake.params.settings
+    screened = read_tsv(snakemake.input.screen) if snakemake.input.get("screen") else None
     repeat, fold = int(snakemake.wildcards.repeat), int(snakemake.wildcards.fold)
     task = BranchFold(
         *load_cache(snakemake.input.cache, snakemake.input.views),
-        folds=read_tsv(snakemake.input.folds),
+        # With label_screen, the fold's screened training visits leave its training.
+        folds=without_screened(read_tsv(snakemake.input.folds), screened),
         fold=fold,
         modality=snakemake.wildcards.modality,
         classes=snakemake.params.classes,

@@ -1,5 +1,5 @@
 from fusion_dag.artifacts import read_tsv, write_tsv
-from fusion_dag.bundle import choose_combination, load_bundle
+from fusion_dag.bundle import choose_combination, combination_fusion, load_bundle
 from fusion_dag.explain import row_contributions
 from fusion_dag.joblog import job_log
 
@@ -15,7 +15,7 @@ with job_log(snakemake.log[0]):
     predictions["predicted"] = predictions["predicted"].fillna("")
     scored = predictions[predictions["predicted"] != ""]
     write_tsv(
-        row_contributions(scored, members, spec["classes"], spec["fusion"]),
+        row_contributions(scored, members, spec["classes"], combination_fusion(spec, members)[0]),
         snakemake.output.contributions,
     )
     configure_tensorflow(snakemake.params.intra_op_threads, snakemake.threads, seed=0)

@@ -16,11 +16,11 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, prob_columns
 from fusion_dag.branch import build_image_branch, load_backbone_weights, set_fine_tuning
 from fusion_dag.evaluate import fold_metrics
+from fusion_dag.folds import inner_split
 from fusion_dag.image import (
     BranchFold,
     balanced_class_weights,
     fit_with_early_stopping,
-    inner_split,
 )
 from fusion_dag.views import visit_means
 

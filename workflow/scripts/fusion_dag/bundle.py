@@ -120,6 +120,33 @@ def model_spec(
     }
 
 
+def with_learned_fusion(spec: dict, final_fusions: list) -> dict:
+    """``spec`` with ``learned_fusion``: combination -> ``weights`` and ``temperature`` (None
+    unless learned) of each final fusion that learned them (``fusion.learn``; ``final_fusions``
+    are the final fusion jobs' metrics records), so predict fuses as the final models were
+    fused. ``spec`` unchanged when none learned."""
+    learned = {
+        record["combination"]: {
+            "weights": record["weights"],
+            "temperature": record.get("temperature"),
+        }
+        for record in final_fusions
+        if "learned_visits" in record
+    }
+    return {**spec, "learned_fusion": learned} if learned else spec
+
+
+def combination_fusion(spec: dict, members: list) -> tuple[dict, float | None]:
+    """(the ``fusion`` settings :func:`~fusion_dag.weights.fuse_rows` weighs ``members`` by,
+    the temperature applied to the fused probabilities or None). With weights the final fusion
+    learned (:func:`with_learned_fusion`), they take ``fusion.weights``' place: a visit lacking
+    a member is fused from the others' learned weights rescaled to 1."""
+    learned = spec.get("learned_fusion", {}).get("+".join(members))
+    if not learned:
+        return spec["fusion"], None
+    return {**spec["fusion"], "weights": learned["weights"]}, learned["temperature"]
+
+
 def choose_combination(spec: dict, requested: str | None) -> list:
     """The members of the combination to predict with: ``requested`` or the spec's default."""
     name = requested or spec["default_combination"]

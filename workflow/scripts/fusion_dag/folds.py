@@ -6,12 +6,16 @@ Why stratified: the rarest class (R, about 11 %) must reach every training split
 fold's model cannot predict it at all.
 """
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, InputError
 from fusion_dag.tables import normalise_labels, read_table, stripped
+
+log = logging.getLogger(__name__)
 
 
 def assign_folds(samples: pd.DataFrame, n_folds: int, seed: int, classes: list) -> pd.DataFrame:
@@ -87,6 +91,74 @@ def check_training_classes(folds: pd.DataFrame, classes: list) -> None:
 def split_rows(folds: pd.DataFrame, fold: int) -> pd.Series:
     """``train`` or ``val`` for each row of ``folds``, for outer fold ``fold``."""
     return folds["fold"].eq(fold).map({True: "val", False: "train"})
+
+
+def image_rows(folds: pd.DataFrame, views: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The fold table's visits that have at least one view, with their outer ``split``."""
+    table = folds[folds[ID].isin(views[ID])].reset_index(drop=True)
+    table["split"] = split_rows(table, fold).to_numpy()
+    return table
+
+
+def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the training rows held out for early stopping.
+
+    Patient-grouped and label-stratified, like the outer folds, so early stopping is decided
+    on patients the network has not seen, and never on the outer validation fold. The held-out
+    share is one of ``round(1 / validation_fraction)`` inner folds (StratifiedGroupKFold keeps
+    patients whole and classes balanced, which an exact fraction of rows cannot promise); the
+    log states the share actually held out.
+    """
+    n_splits = max(2, round(1.0 / validation_fraction))
+    if train[GROUP].nunique() < n_splits:
+        raise InputError(
+            f"{train[GROUP].nunique()} training groups are too few for "
+            f"image_model.validation_fraction={validation_fraction} (its inner split needs "
+            f"{n_splits} patients with views): the branch has views of too few visits (see "
+            "results/prepared/view_counts.tsv and the image table's keys), or raise "
+            "validation_fraction"
+        )
+    # Imported here, as in assign_folds.
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held_out = next(splitter.split(train, train[LABEL], train[GROUP]))
+    mask = np.zeros(len(train), dtype=bool)
+    mask[held_out] = True
+    log.info(
+        "Early stopping holds out 1 of %d patient-grouped inner folds (validation_fraction "
+        "%.2f): %d of %d training rows (%.1f %%)",
+        n_splits,
+        validation_fraction,
+        mask.sum(),
+        len(mask),
+        100.0 * mask.mean(),
+    )
+    return mask
+
+
+def early_stopping_split(
+    folds: pd.DataFrame, views: pd.DataFrame, fold: int, validation_fraction: float, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """(the outer-training visits with a view, the mask of those held out for early stopping).
+
+    One function for the image stage, which trains on the rest, and for the fusion job that
+    learns weights on the held-out visits (:mod:`fusion_dag.learn`): the same fold table,
+    visits (``views``: any table with an ``id`` column, e.g. the image stage's probabilities),
+    fraction and seed give the same split.
+    """
+    table = image_rows(folds, views, fold)
+    train = table[table["split"] == "train"].reset_index(drop=True)
+    return train, inner_split(train, validation_fraction, seed)
+
+
+def without_screened(table: pd.DataFrame, screened: pd.DataFrame | None) -> pd.DataFrame:
+    """``table`` (samples or a fold table) without the screened visits' rows; unchanged when
+    nothing is screened (``screened`` None). Only training visits are ever screened, so a fold
+    table keeps every validation visit."""
+    if screened is None:
+        return table
+    return table[~table[ID].isin(screened[ID])].reset_index(drop=True)
 
 
 # The final models' partition (repeat, fold): cross-validation numbers both from 1, and the

@@ -3,7 +3,9 @@
 Why fixed weights: a fusion layer that learns its weights, or an image branch trained inside
 the fusion model, overfits the training rows (train kappa 0.96, validation 0.02 in the original
 study). V3 fuses ``w * metadata + (1 - w) * image`` with ``w`` from the config and no gradient step;
-several image modalities share ``1 - w`` equally.
+several image modalities share ``1 - w`` equally. With ``fusion.learn`` the weights (and a
+temperature) are chosen per fold on outer-training visits scored out of sample
+(:mod:`fusion_dag.learn`), then fused here the same way: no gradient step either.
 """
 
 import logging

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
 # TensorFlow's C++ start-up notices are not job output; this must be set before it loads.
@@ -31,7 +30,6 @@ from fusion_dag.artifacts import (
     GROUP,
     ID,
     LABEL,
-    InputError,
     label_indices,
     prob_columns,
     write_tsv,
@@ -55,17 +53,10 @@ from fusion_dag.features import (
     feature_arrays,
     no_cache_reason,
 )
-from fusion_dag.folds import split_rows
+from fusion_dag.folds import early_stopping_split, image_rows
 from fusion_dag.views import view_weights, visit_means
 
 log = logging.getLogger(__name__)
-
-
-def image_rows(folds: pd.DataFrame, views: pd.DataFrame, fold: int) -> pd.DataFrame:
-    """The fold table's visits that have at least one view, with their outer ``split``."""
-    table = folds[folds[ID].isin(views[ID])].reset_index(drop=True)
-    table["split"] = split_rows(table, fold).to_numpy()
-    return table
 
 
 def balanced_class_weights(y: np.ndarray) -> dict:
@@ -73,40 +64,6 @@ def balanced_class_weights(y: np.ndarray) -> dict:
     present = np.unique(y)
     weights = compute_class_weight("balanced", classes=present, y=y)
     return dict(zip(present.tolist(), weights.tolist(), strict=True))
-
-
-def inner_split(train: pd.DataFrame, validation_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the training rows held out for early stopping.
-
-    Patient-grouped and label-stratified, like the outer folds, so early stopping is decided
-    on patients the network has not seen, and never on the outer validation fold. The held-out
-    share is one of ``round(1 / validation_fraction)`` inner folds (StratifiedGroupKFold keeps
-    patients whole and classes balanced, which an exact fraction of rows cannot promise); the
-    log states the share actually held out.
-    """
-    n_splits = max(2, round(1.0 / validation_fraction))
-    if train[GROUP].nunique() < n_splits:
-        raise InputError(
-            f"{train[GROUP].nunique()} training groups are too few for "
-            f"image_model.validation_fraction={validation_fraction} (its inner split needs "
-            f"{n_splits} patients with views): the branch has views of too few visits (see "
-            "results/prepared/view_counts.tsv and the image table's keys), or raise "
-            "validation_fraction"
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held_out = next(splitter.split(train, train[LABEL], train[GROUP]))
-    mask = np.zeros(len(train), dtype=bool)
-    mask[held_out] = True
-    log.info(
-        "Early stopping holds out 1 of %d patient-grouped inner folds (validation_fraction "
-        "%.2f): %d of %d training rows (%.1f %%)",
-        n_splits,
-        validation_fraction,
-        mask.sum(),
-        len(mask),
-        100.0 * mask.mean(),
-    )
-    return mask
 
 
 @keras.saving.register_keras_serializable(package="fusion_dag")
@@ -420,9 +377,9 @@ def early_stopping_views(task: BranchFold) -> tuple:
     class weights of the fit visits, the stop views none, both one weight per visit
     (:meth:`BranchFold.weights`).
     """
-    table = task.rows()
-    train = table[table["split"] == "train"].reset_index(drop=True)
-    held_out = inner_split(train, task.settings["validation_fraction"], task.seed)
+    train, held_out = early_stopping_split(
+        task.folds, task.views, task.fold, task.settings["validation_fraction"], task.seed
+    )
     fit_rows, stop_rows = train[~held_out], train[held_out]
     class_weights = balanced_class_weights(task.labels(fit_rows))
     fit_views, stop_views = task.views_of(fit_rows), task.views_of(stop_rows)

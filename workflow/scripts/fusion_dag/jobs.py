@@ -165,7 +165,27 @@ def fusion_settings(config: dict, members: list, seed: int) -> dict:
         settings["batch_size"] = config["image_model"]["batch_size"]
         settings["intra_op_threads"] = config["image_model"]["intra_op_threads"]
         settings["seed"] = seed
+    settings.update(learn_settings(config, members, seed))
     return settings
+
+
+def learn_settings(config: dict, members: list, seed: int) -> dict:
+    """With ``fusion.learn``: what it learns (``learn``) and, per image member, the
+    ``validation_fraction`` and ``seed`` its image stage drew the early-stopping visits with
+    (``image_split``), which the fusion job learns on (:mod:`fusion_dag.learn`). Nothing
+    without it, so the fixed-weight jobs' params stay as they were."""
+    learn = config["fusion"].get("learn") or []
+    if not learn:
+        return {}
+    split = {
+        member: {
+            "validation_fraction": modality_settings(config, member)["validation_fraction"],
+            "seed": seed,
+        }
+        for member in members
+        if member != METADATA
+    }
+    return {"learn": list(learn), "image_split": split}
 
 
 def combination_inputs(config: dict, members: list, metadata: dict, stage) -> dict:
@@ -196,18 +216,24 @@ def fold_fusion_inputs(config: dict, members: list, repeat, fold) -> dict:
         "metadata": f"results/metadata/{place}/probs.tsv",
         "metadata_fit": f"results/metadata/{place}/fit_probs.tsv",
     }
-    return combination_inputs(
+    inputs = combination_inputs(
         config, members, metadata, lambda modality: f"results/image/{modality}/{place}"
     )
+    if config["fusion"].get("learn"):
+        # The labels and partition the choosing visits are drawn from (fusion_dag.learn).
+        inputs["folds"] = f"results/folds/repeat{repeat}.tsv"
+        inputs.update(screen_file(config, repeat, fold))
+    return inputs
 
 
 def final_fusion_inputs(config: dict, members: list) -> dict:
-    """The final fusion's inputs: the final forest's and final branches' outputs."""
+    """The final fusion's inputs: the final forest's and final branches' outputs, and with
+    ``fusion.learn`` the forest's inner out-of-fold probabilities it learns on."""
+    metadata = {"metadata": "results/final/metadata/probs.tsv"}
+    if config["fusion"].get("learn"):
+        metadata["metadata_inner"] = "results/final/metadata/inner_probs.tsv"
     return combination_inputs(
-        config,
-        members,
-        {"metadata": "results/final/metadata/probs.tsv"},
-        lambda modality: f"results/final/image/{modality}",
+        config, members, metadata, lambda modality: f"results/final/image/{modality}"
     )
 
 
@@ -337,6 +363,21 @@ def trained_models(config: dict, combinations: dict, modalities) -> list:
             f"results/metadata/repeat{repeat}/fold{fold}/model.skops" for repeat, fold in folds
         ]
     return models
+
+
+def screen_file(config: dict, repeat, fold) -> dict:
+    """With ``label_screen``: the fold's screened training visits as an input named
+    ``screen`` (of the metadata, image and fusion jobs of that fold); none without it."""
+    if not config.get("label_screen"):
+        return {}
+    return {"screen": f"results/screen/repeat{repeat}/fold{fold}.tsv"}
+
+
+def learned_tables(config: dict, combinations: dict) -> list:
+    """With ``fusion.learn``: each combination's ``learned.tsv``; none without it."""
+    if not config["fusion"].get("learn"):
+        return []
+    return [f"results/fusion/{combination}/learned.tsv" for combination in combinations]
 
 
 def run_metrics(config: dict, combinations: dict, modalities) -> list:

@@ -110,24 +110,9 @@ def fold_probabilities(
             f"metadata_model.inner_folds={inner_folds}"
         )
     y_train = label_indices(train[LABEL], classes)
-    # Trees are built in parallel, but probabilities are always summed on one thread: a forest
-    # predicting on several threads adds tree votes in a racy order, and the last bits differ
-    # between runs. The inner cross-validation parallelises over folds instead, on threads:
-    # the trees are built without Python's lock, and threads start in no time where joblib's
-    # default worker processes each import scikit-learn again (seconds per job on small data).
-    pipeline = build_pipeline(settings, seed)
-    inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
     log.info("Fold %d: out-of-fold training probabilities, %d inner folds", fold, inner_folds)
-    with parallel_config(backend="threading"):
-        train_probs = cross_val_predict(
-            pipeline,
-            feature_frame(train),
-            y_train,
-            groups=train[GROUP],
-            cv=inner,
-            method="predict_proba",
-            n_jobs=min(n_jobs, inner_folds),
-        )
+    train_probs = inner_probabilities(train, y_train, settings, seed, n_jobs)
+    pipeline = build_pipeline(settings, seed)
     log.info("Fold %d: fitting on %d training rows", fold, len(train))
     fit_on(pipeline, train, y_train, n_jobs)
     validation_probs = pipeline.predict_proba(feature_frame(validation))
@@ -138,6 +123,45 @@ def fold_probabilities(
         classes,
     )
     return probs, pipeline
+
+
+def inner_probabilities(
+    train: pd.DataFrame, y_train: np.ndarray, settings: dict, seed: int, n_jobs: int
+) -> np.ndarray:
+    """Each training row's probabilities from a forest fit on the other inner folds
+    (``metadata_model.inner_folds``, patient-grouped, label-stratified): out of sample.
+
+    Trees are built in parallel, but probabilities are always summed on one thread: a forest
+    predicting on several threads adds tree votes in a racy order, and the last bits differ
+    between runs. The inner cross-validation parallelises over folds instead, on threads:
+    the trees are built without Python's lock, and threads start in no time where joblib's
+    default worker processes each import scikit-learn again (seconds per job on small data).
+    """
+    inner_folds = settings["inner_folds"]
+    inner = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+    with parallel_config(backend="threading"):
+        return cross_val_predict(
+            build_pipeline(settings, seed),
+            feature_frame(train),
+            y_train,
+            groups=train[GROUP],
+            cv=inner,
+            method="predict_proba",
+            n_jobs=min(n_jobs, inner_folds),
+        )
+
+
+def final_inner_probabilities(
+    samples: pd.DataFrame, classes: list, settings: dict, seed: int, n_jobs: int
+) -> pd.DataFrame:
+    """Every labelled row's inner out-of-fold probabilities (``split`` train), as a fold's
+    training rows get them (:func:`inner_probabilities`): what the final fusion learns its
+    weights on with ``fusion.learn`` (the final forest's own are in-sample)."""
+    log.info("Final forest: out-of-fold probabilities of all %d labelled rows", len(samples))
+    probs = inner_probabilities(
+        samples, label_indices(samples[LABEL], classes), settings, seed, n_jobs
+    )
+    return probability_table(samples[ID], ["train"] * len(samples), probs, classes)
 
 
 def fit_on(pipeline: Pipeline, rows: pd.DataFrame, y: np.ndarray, n_jobs: int) -> Pipeline:

@@ -12,8 +12,15 @@ import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, prob_columns, probability_table
-from fusion_dag.bundle import FOREST, BundleError, checkpoint_files, seen_in_training
+from fusion_dag.bundle import (
+    FOREST,
+    BundleError,
+    checkpoint_files,
+    combination_fusion,
+    seen_in_training,
+)
 from fusion_dag.folds import FINAL_PLACEMENT
+from fusion_dag.learn import temper_table
 from fusion_dag.views import AGGREGATION, visit_means
 from fusion_dag.weights import METADATA, fuse_rows
 
@@ -118,7 +125,10 @@ def score_table(
         for modality in modalities:
             views = images[images["modality"] == modality].reset_index(drop=True)
             member_probs[modality] = image_probabilities(bundle, spec, modality, views)
-    predictions = fuse_rows(samples, member_probs, members, spec)
+    fusion, temperature = combination_fusion(spec, members)
+    predictions = fuse_rows(samples, member_probs, members, {**spec, "fusion": fusion})
+    if temperature:
+        predictions = temper_table(predictions, temperature, spec["classes"])
     seen = seen_in_training(bundle, spec, predictions[GROUP])
     predictions.insert(predictions.columns.get_loc("members_used"), SEEN, seen)
     if seen.isna().all():

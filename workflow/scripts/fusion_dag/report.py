@@ -119,8 +119,30 @@ def headline_table(
             [probs.argmax(axis=1) for _, _, probs in repeat_arrays(oof, classes)]
         )
         row.update(predicted_shares(predicted, classes))
+        if "weights_learned" in per_fold:
+            row.update(learned_columns(folds, complete))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# With fusion.temperature: the fold means of the validation visits' calibration before and
+# after each fold's temperature (fusion_dag.learn.learned_metrics).
+TEMPERED_COLUMNS = ("brier_untempered", "brier_tempered", "ece_untempered", "ece_tempered")
+
+
+def learned_columns(folds: pd.DataFrame, complete: bool) -> dict:
+    """The headline's columns with ``fusion.learn``: ``weights_learned`` (whether the row's
+    predictions were fused with weights each fold learned, as in ``learned.tsv``, rather than
+    the configured ones; the ``rows: all`` rows are fused with the configured weights and no
+    temperature), ``temperature_mean`` and :data:`TEMPERED_COLUMNS` as ``{name}_mean`` (means
+    over folds; NaN without a learned temperature)."""
+    learned = complete and bool(folds["weights_learned"].astype(bool).all())
+    columns = {"weights_learned": learned}
+    tempered = complete and folds["temperature"].notna().all()
+    columns["temperature_mean"] = folds["temperature"].mean() if tempered else np.nan
+    for name in TEMPERED_COLUMNS:
+        columns[f"{name}_mean"] = folds[name].mean() if tempered else np.nan
+    return columns
 
 
 def headline_metric_columns(

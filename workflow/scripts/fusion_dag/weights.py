@@ -20,9 +20,13 @@ METADATA = "metadata"
 
 
 def member_weights(
-    members: list, metadata_weight: float | None = None, weights: dict | None = None
+    members: list,
+    metadata_weight: float | None = None,
+    weights: dict | None = None,
+    learn: list | None = None,
 ) -> dict:
-    """Weight of each member's probabilities.
+    """Weight of each member's fixed probabilities (``learn``, ``fusion.learn``, is not read
+    here: the weights a fold learns are the fusion job's own, :mod:`fusion_dag.learn`).
 
     With ``weights`` (``fusion.weights``: one weight per member in use, summing to 1), a
     combination uses its members' weights rescaled to sum to 1, so every subset keeps the
