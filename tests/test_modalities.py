@@ -143,7 +143,7 @@ def test_combinations_all_runs_every_subset_of_metadata_and_the_modalities(tmp_p
     names = set(pd.Series(output.splitlines()).str.extract(r"combination=([\w+]+)")[0].dropna())
     # Metadata and the demo's three modalities: 2**4 - 1 subsets, in config order.
     assert len(names) == 15 and "metadata+thermal_map+depth_map+wound_photo" in names
-    assert scheduled_jobs(output)["fusion"] == 15 * 3
+    assert scheduled_jobs(output)["fusion"] == 15 * TINY["cv"]["folds"]
 
 
 def test_wound_crops_are_not_worse_than_whole_frames_beyond_the_fold_noise(modalities_run):
