@@ -972,8 +972,10 @@ def forest_plot(contrasts: pd.DataFrame) -> list:
             f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{label}</text>',
         ]
     svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}" '
-        'font-family="sans-serif" font-size="12">',
+        # Scaled to the page's text column (the report draws the workflow beside it): at its
+        # own width the plot pushed the text under the workflow in a browser.
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {total} {height}" '
+        f'width="100%" style="max-width: {total}px" font-family="sans-serif" font-size="12">',
         *[f"  {shape}" for shape in shapes],
         "</svg>",
     ]
