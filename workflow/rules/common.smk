@@ -74,11 +74,11 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 
-def samples_header():
-    """The samples table's column names, or None when it cannot be read this far (left to the
-    prepare job, which names the problem)."""
+def readable_samples():
+    """The samples table as read at start-up, or None when it cannot be read this far (left to
+    the prepare job, which names the problem). Read once for every start-up check."""
     try:
-        return read_table(Path(config["samples"]), config["na_values"]).columns
+        return read_table(Path(config["samples"]), config["na_values"])
     except InputError:
         return None
 
@@ -86,6 +86,7 @@ def samples_header():
 # Settings that cannot work with the data, before any job runs (the demo table, made by a job,
 # is checked by the folds job and, for evaluation.subgroups, by the clinical_report job).
 if Path(config["samples"]).is_file():
+    SAMPLES_AT_START = readable_samples()
     try:
         check_table_folds(
             config["samples"],
@@ -93,11 +94,11 @@ if Path(config["samples"]).is_file():
             config["classes"],
             config["cv"]["folds"],
             config["na_values"],
+            table=SAMPLES_AT_START,
         )
-        header = samples_header()
-        if header is not None:
-            check_subgroups(config, header)
-            check_temporal(config, header)
+        if SAMPLES_AT_START is not None:
+            check_subgroups(config, SAMPLES_AT_START.columns)
+            check_temporal(config, SAMPLES_AT_START.columns)
     except (InputError, ConfigError) as error:
         raise WorkflowError(str(error)) from None
 # The analysis plan this config fixes (rules/plan.smk writes it before any model is trained).

@@ -62,12 +62,17 @@ def check_rarest_class(labels, groups, n_folds: int, classes: list, source) -> N
         )
 
 
-def check_table_folds(path: Path, columns: dict, classes: list, n_folds: int, na_values) -> None:
+def check_table_folds(
+    path: Path, columns: dict, classes: list, n_folds: int, na_values, table=None
+) -> None:
     """The start-up check of ``cv.folds`` against the samples table, before any job runs
-    (:func:`check_rarest_class`). A table that cannot be read this far is left to the prepare
-    job, which names its problem; the folds job checks the cleaned table again."""
+    (:func:`check_rarest_class`). ``table``: the table as read already (start-up reads it once
+    for all its checks), else it is read from ``path``. A table that cannot be read this far is
+    left to the prepare job, which names its problem; the folds job checks the cleaned table
+    again."""
     try:
-        table = read_table(Path(path), na_values)
+        if table is None:
+            table = read_table(Path(path), na_values)
         labels = normalise_labels(table[columns["label"]], classes, columns["label"], path)
     except (InputError, KeyError):
         return
