@@ -30,7 +30,8 @@ CLUSTER_CONFIG = {**TINY, "combinations": [["metadata"]]}
 ONE_CPU = ["--set-threads", "metadata=1", "fusion=1", "prepare=1"]
 # Worth a queue slot: prepare, one forest per fold and one fusion job per fold. Everything
 # else (demo data, folds, tables, plots, provenance, target) is a localrule.
-EXPECTED_SUBMISSIONS = 7
+PARTITIONS = TINY["cv"]["folds"] * TINY["cv"]["repeats"]
+EXPECTED_SUBMISSIONS = 1 + 2 * PARTITIONS
 
 
 def cluster_command(workdir, snakefile=None) -> list:
@@ -84,7 +85,7 @@ def test_cluster_jobs_go_through_sbatch_and_results_match_a_local_run(slurm, tmp
     for path in [
         "results/folds.tsv",
         "results/metadata/repeat1/fold1/probs.tsv",
-        "results/metadata/repeat1/fold3/probs.tsv",
+        f"results/metadata/repeat1/fold{TINY['cv']['folds']}/probs.tsv",
         "results/fusion/metadata/repeat1/fold2/metrics.json",
         "results/fusion_results.tsv",
     ]:
