@@ -22,11 +22,12 @@ from fusion_dag.protocol import (
     protocol_oofs,
     protocol_table,
     screen_repeat,
+    screen_tables,
     screened_counts,
     settings_of,
     validation_arrays,
 )
-from tests.conftest import CLASSES
+from tests.conftest import CLASSES, TINY, run_snakemake, scheduled_jobs
 from tests.test_screen import samples_and_folds
 
 COLUMNS = prob_columns(CLASSES)
@@ -197,13 +198,7 @@ def test_the_nested_screen_never_removes_validation_visits_and_the_leaky_screen_
 
 def test_the_protocol_table_puts_each_leaky_row_beside_its_nested_counterpart(generated_run):
     _, folds, member_probs, screened, screen_probs = generated_run
-    screens = {
-        setting: {
-            fold: table.drop(columns=["setting", "fold"])
-            for fold, table in screen_probs[screen_probs["setting"] == setting].groupby("fold")
-        }
-        for setting in (SCREENED, LEAKY_SCREEN)
-    }
+    screens = screen_tables(screen_probs)
     combinations = {"metadata": ["metadata"], "metadata+thermal": ["metadata", "thermal"]}
     fixed = {"metadata": {"metadata": 1.0}, "metadata+thermal": FIXED_WEIGHTS}
     oofs, choices = protocol_oofs(
@@ -250,3 +245,59 @@ def test_the_protocol_table_puts_each_leaky_row_beside_its_nested_counterpart(ge
     assert per_fold.loc[per_fold["combination"] == "metadata", "weight_thermal"].isna().all()
     markdown = protocol_markdown(table, 0.95)
     assert markdown.count("(optimistic)") == 3 and "refit only the forest" in markdown
+
+
+HEADLINE_FILES = (
+    "fusion_results.tsv",
+    "fusion_results.md",
+    "comparisons.tsv",
+    "comparisons.md",
+    "report/front_page.rst",
+)
+
+
+@pytest.mark.workflow
+@pytest.mark.xdist_group("tiny_run")
+def test_the_protocol_target_trains_only_forests_and_leaves_the_headline_alone(tiny_copy):
+    results = tiny_copy / "results"
+    before = {name: (results / name).read_bytes() for name in HEADLINE_FILES}
+    result = run_snakemake(tiny_copy, "--cores", "2", "protocol", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One forest job per repeat and the aggregation: no image, fusion or headline job.
+    jobs = scheduled_jobs(result.stdout + result.stderr)
+    repeats = TINY["cv"]["repeats"]
+    assert jobs == {"protocol_screen": repeats, "aggregate_protocol": 1, "protocol": 1}
+    # Leaky rows never reach the headline, the comparisons or the verdicts: byte-identical.
+    assert {name: (results / name).read_bytes() for name in HEADLINE_FILES} == before
+    table = pd.read_csv(results / "protocol.tsv", sep="\t").set_index(["combination", "setting"])
+    headline = pd.read_csv(results / "fusion_results.tsv", sep="\t")
+    for row in headline[headline["rows"] == "complete"].itertuples():
+        # The fixed row recomputed from the members' fold probabilities is the fusion's own.
+        fixed = table.loc[(row.combination, FIXED)]
+        assert fixed["kappa"] == pytest.approx(row.kappa_mean, abs=1e-12)
+        assert fixed["visits"] == row.n_rows
+        assert fixed["brier"] == pytest.approx(row.brier_mean, abs=1e-6)
+        assert list(table.loc[row.combination].index) == settings_of(row.combination.split("+"))
+    oof = pd.read_csv(results / "protocol/oof.tsv", sep="\t")
+    fused = oof[(oof["combination"] == "metadata+thermal_map") & (oof["setting"] == FIXED)]
+    own = pd.read_csv(results / "fusion/metadata+thermal_map/oof.tsv", sep="\t")
+    merged = fused.merge(own, on=["repeat", "fold", "id"], validate="1:1")
+    assert len(merged) == len(own) == len(fused)
+    for column in COLUMNS:
+        np.testing.assert_allclose(merged[f"{column}_x"], merged[f"{column}_y"], atol=1e-5)
+    pair = table.loc["metadata+thermal_map"]
+    assert set(pair.loc[~pair["nested"], "counterpart"]) == {LEARNED, SCREENED}
+    assert pair.loc[LEAKY_SCREEN, "visits"] < pair.loc[SCREENED, "visits"]
+    choices = pd.read_csv(results / "protocol/choices.tsv", sep="\t")
+    assert len(choices) == TINY["cv"]["folds"] * repeats * len(table)
+    screened = pd.read_csv(results / "protocol/repeat1/screened.tsv", sep="\t")
+    folds = pd.read_csv(results / "folds.tsv", sep="\t")
+    for fold, rows in screened[screened["setting"] == SCREENED].groupby("fold"):
+        assert not set(rows["id"]) & set(folds.loc[folds["fold"] == fold, "id"])
+    assert "optimistic" in (results / "protocol.md").read_text()
+
+
+def test_the_protocol_refuses_a_run_with_label_screen(tmp_path):
+    config = {**TINY, "label_screen": {"method": "confident_learning"}}
+    result = run_snakemake(tmp_path, "-n", "protocol", config=config)
+    assert result.returncode != 0 and "label_screen: null" in result.stdout + result.stderr

@@ -192,12 +192,25 @@ def screen_repeat(
     screened.append(dropped.assign(setting=LEAKY_SCREEN, fold=np.nan))
     probs += [table.assign(setting=LEAKY_SCREEN, fold=fold) for fold, table in refit.items()]
     screened = pd.concat(screened, ignore_index=True)
+    screened["fold"] = screened["fold"].astype("Int64")
     probs = pd.concat(probs, ignore_index=True)
     first = ["setting", "fold"]
     return (
         screened[first + [c for c in screened if c not in first]],
         probs[first + [c for c in probs if c not in first]],
     )
+
+
+def screen_tables(probs: pd.DataFrame) -> dict:
+    """A protocol_screen job's forest probabilities as setting -> fold -> probability table
+    (``id``, ``split``, ``prob_{class}``), as :func:`protocol_oofs` reads them."""
+    return {
+        setting: {
+            int(fold): table.drop(columns=["setting", "fold"]).reset_index(drop=True)
+            for fold, table in rows.groupby("fold", sort=True)
+        }
+        for setting, rows in probs.groupby("setting", sort=False)
+    }
 
 
 # --- The fused fold probabilities of every setting --------------------------------------------
@@ -369,6 +382,18 @@ def protocol_oofs(
             oofs[(name, setting)] = oof_table(parts[setting], folds, classes)
             choices[(name, setting)] = made[setting]
     return oofs, choices
+
+
+def oof_records(oofs: dict) -> pd.DataFrame:
+    """``results/protocol/oof.tsv``: every setting's pooled out-of-fold predictions with its
+    ``combination`` and ``setting``."""
+    return pd.concat(
+        [
+            oof.assign(combination=combination, setting=setting)
+            for (combination, setting), oof in oofs.items()
+        ],
+        ignore_index=True,
+    )
 
 
 def choices_table(choices: dict) -> pd.DataFrame:
