@@ -1,16 +1,15 @@
-"""Fixed against learned fusion weights and temperature (``fusion.learn``), nested, on the same
-folds and models.
+"""The protocol on the demo: fixed, learned and leaky fusion weights, nested and leaky label
+screening, each leaky row beside its nested counterpart, on the same folds and models.
 
     python bench/protocol.py          # the default demo config, RESULTS.md section
     python bench/protocol.py --tiny   # 40 patients, tiny branches: writes nothing
 
-One workflow run trains every model with ``fusion.learn: []``; two more runs in the same folder
-change only ``fusion.learn`` (``[weights]``, then ``[weights, temperature]``), which re-runs
-only the fusion and aggregation jobs, so the three settings share the folds, the forests and
-the image branches. For each combination's complete rows the section shows the headline's
-pooled out-of-fold kappa (with its corrected interval), log loss, Brier score and ECE, the
-folds' learned metadata weight (mean and range, from ``learned.tsv``) and temperature. All
-three are nested: no setting chooses anything on a validation visit.
+One workflow run of the ``protocol`` target (``fusion.learn: []``, no ``label_screen``): it
+trains the folds' forests and image branches once, computes the weight rows from their cached
+fold probabilities and refits only the forest for the screening rows
+(``fusion_dag.protocol``). The section is ``results/protocol.tsv`` for people, with each
+setting's chosen metadata weight and temperature per fold (mean and range, from
+``results/protocol/choices.tsv``).
 """
 
 import argparse
@@ -28,96 +27,114 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from run import demo_settings, machine, markdown_table, snakemake, write_section  # noqa: E402
 
-HEADING = "## Learned fusion weights and temperature (nested)"
-SETTINGS = {
-    "fixed": [],
-    "learned weights": ["weights"],
-    "learned weights + T": ["weights", "temperature"],
-}
+HEADING = "## Protocol: nested and leaky weights and screening"
 
 
-def measure(workdir: Path, config: dict) -> list:
-    """Run the three settings in ``workdir``; return one record per setting: its name, wall
-    seconds, the headline table and each combination's learned table."""
-    records = []
-    for name, learn in SETTINGS.items():
-        config["fusion"]["learn"] = learn
-        seconds, _ = snakemake(workdir, "fusion_results", config=config)
-        headline = pd.read_csv(workdir / "results/fusion_results.tsv", sep="\t")
-        learned = {}
-        if learn:
-            for combination in headline["combination"].unique():
-                path = workdir / f"results/fusion/{combination}/learned.tsv"
-                learned[combination] = pd.read_csv(path, sep="\t")
-        records.append(
-            {"setting": name, "seconds": seconds, "headline": headline, "learned": learned}
-        )
-    return records
+def measure(workdir: Path, config: dict) -> dict:
+    """Run the protocol target in ``workdir``; return its wall seconds, the jobs it ran, the
+    protocol table and the per-fold choices."""
+    config["fusion"]["learn"] = []
+    config["label_screen"] = None
+    seconds, jobs = snakemake(workdir, "protocol", config=config)
+    results = workdir / "results"
+    return {
+        "seconds": seconds,
+        "jobs": jobs,
+        "table": pd.read_csv(results / "protocol.tsv", sep="\t"),
+        "choices": pd.read_csv(results / "protocol/choices.tsv", sep="\t"),
+    }
 
 
-def weight_cell(learned: pd.DataFrame | None) -> str:
-    """The folds' learned metadata weight: mean (min to max), or ``fixed``."""
-    if learned is None or "weight_metadata" not in learned or not learned["weights_learned"].all():
-        return "fixed"
-    values = learned["weight_metadata"]
-    return f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})"
-
-
-def temperature_cell(learned: pd.DataFrame | None) -> str:
-    """The folds' temperature: mean (min to max), or an en dash."""
-    if learned is None or learned["temperature"].isna().all():
+def spread(values: pd.Series) -> str:
+    """``mean (min to max)`` of a setting's per-fold values, or an en dash without any."""
+    values = values.dropna()
+    if values.empty:
         return "–"
-    values = learned["temperature"]
     return f"{values.mean():.2f} ({values.min():.2f} to {values.max():.2f})"
 
 
-def report(records: list, seconds: float, tiny: bool, config: dict) -> str:
-    """The RESULTS.md section."""
+def cell(value, form: str = "{:.3f}") -> str:
+    """A number in ``form``, or an en dash where the row has none."""
+    return "–" if pd.isna(value) else form.format(value)
+
+
+def report(measured: dict, tiny: bool, config: dict) -> str:
+    """The RESULTS.md section, from ``results/protocol.tsv`` and ``choices.tsv``."""
+    table, choices = measured["table"], measured["choices"]
     rows = []
-    for record in records:
-        headline = record["headline"]
-        for row in headline[headline["rows"] == "complete"].itertuples(index=False):
-            learned = record["learned"].get(row.combination)
-            rows.append(
-                (
-                    row.combination,
-                    record["setting"],
-                    f"{row.kappa_mean:.3f} [{row.kappa_ci_low:.3f}, {row.kappa_ci_high:.3f}]",
-                    f"{row.log_loss_mean:.3f}",
-                    f"{row.brier_mean:.3f}",
-                    f"{row.ece_mean:.3f}",
-                    weight_cell(learned),
-                    temperature_cell(learned),
-                )
+    for row in table.itertuples(index=False):
+        mine = choices[
+            (choices["combination"] == row.combination) & (choices["setting"] == row.setting)
+        ]
+        weights = mine["weight_metadata"] if "weight_metadata" in mine else pd.Series(dtype=float)
+        gain = (
+            "–"
+            if pd.isna(row.kappa_gain_folds)
+            else f"{row.kappa_gain_folds:+.3f} [{row.kappa_gain_ci_low:+.3f}, "
+            f"{row.kappa_gain_ci_high:+.3f}]"
+        )
+        rows.append(
+            (
+                row.combination,
+                row.setting + ("" if row.nested else " (optimistic)"),
+                f"{row.kappa:.3f} [{row.kappa_ci_low:.3f}, {row.kappa_ci_high:.3f}]",
+                gain,
+                cell(row.p_value),
+                str(row.visits),
+                cell(row.visits_screened, "{:.1f}"),
+                cell(row.brier),
+                cell(row.ece),
+                cell(row.overstatement, "{:+.3f}"),
+                spread(weights),
+                spread(mine["temperature"]),
             )
-    rows.sort(key=lambda row: row[0])
-    times = ", ".join(f"{r['setting']} {r['seconds']:.0f} s" for r in records)
+        )
+    jobs = ", ".join(f"{rule} {count}" for rule, count in sorted(measured["jobs"].items()))
     header = (
         f"{HEADING}\n\nMachine: {machine()}.\n"
         f"Config: {'tiny (--tiny)' if tiny else 'default demo'}, "
         f"{config['cv']['folds']} folds x {config['cv']['repeats']} repeats; "
-        f"`python bench/protocol.py{' --tiny' if tiny else ''}` ({seconds:.0f} s: {times}; "
-        "the learned settings re-run only the fusion and aggregation jobs). Complete rows; "
-        "kappa with its corrected interval; weight: the folds' learned metadata weight, mean "
-        "(range); T: the folds' temperature.\n\n"
+        f"`python bench/protocol.py{' --tiny' if tiny else ''}` ({measured['seconds']:.0f} s, "
+        f"one run of the `protocol` target from no results: {jobs}). Kappa with the headline's "
+        "corrected interval; gain: the mean per-fold kappa gain over `fixed` on the visits both "
+        "scored, with the run's corrected t interval, p not adjusted; screened: visits left "
+        "out of a fold's training (mean over folds), or dropped from the table (leaky screen, "
+        "mean over repeats); overstatement: a leaky row's kappa minus its nested counterpart's; "
+        "weight, T: the folds' metadata weight and temperature, mean (range). Leaky rows are "
+        "optimistic. The screening rows refit only the forest; image members keep their "
+        "unscreened branches.\n\n"
     )
-    headings = ["combination", "fusion.learn", "kappa", "log loss", "Brier", "ECE", "weight", "T"]
+    headings = [
+        "combination",
+        "setting",
+        "kappa",
+        "gain over fixed",
+        "p",
+        "visits",
+        "screened",
+        "Brier",
+        "ECE",
+        "overstatement",
+        "weight",
+        "T",
+    ]
     return header + markdown_table(headings, rows) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a quick pass that writes nothing")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the run here")
     args = parser.parse_args()
     with open(REPO / "config/config.yaml") as handle:
         config = yaml.safe_load(handle)
     demo_settings(config, args.tiny, 1)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-protocol-"))
     started = time.perf_counter()
-    records = measure(root, config)
-    section = report(records, time.perf_counter() - started, args.tiny, config)
+    measured = measure(root, config)
+    section = report(measured, args.tiny, config)
     print(section)
+    print(f"({time.perf_counter() - started:.0f} s in all)")
     if not args.tiny:
         write_section(HEADING, section)
     if args.workdir is None:

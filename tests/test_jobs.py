@@ -32,6 +32,8 @@ from fusion_dag.jobs import (
     partition_records,
     partitions,
     predict_explain_outputs,
+    protocol_screen_records,
+    protocol_settings,
     repeat_seed,
     report_figures,
     run_metrics,
@@ -309,6 +311,25 @@ def test_diagnostic_and_ablation_records_pair_each_fold_with_its_files(config):
     assert ablation[6]["combination"] == "metadata+depth"
     assert ablation[6]["metrics"] == "results/ablation/metadata+depth/repeat1/fold1/metrics.tsv"
     assert ablation[6]["v3_oof"] == "results/fusion/metadata+depth/oof.tsv"
+
+
+def test_the_protocol_fuses_with_the_configured_weights_and_each_repeats_seed(config):
+    config["image_model"]["validation_fraction"] = 0.2
+    config = with_setting(config, "thermal", "validation_fraction", 0.25)
+    settings = protocol_settings(config, COMBINATIONS)
+    assert settings["weights"]["metadata+thermal+depth"] == {
+        "metadata": 0.7,
+        "thermal": pytest.approx(0.15),
+        "depth": pytest.approx(0.15),
+    }
+    assert settings["weights"]["thermal"] == {"thermal": 1.0}
+    assert settings["validation_fraction"] == {"depth": 0.2, "thermal": 0.25}
+    assert settings["seeds"] == {1: 42, 2: 43}
+    records = protocol_screen_records(config, COMBINATIONS)
+    assert [record["repeat"] for record in records] == [1, 2]
+    assert records[1]["probs"] == "results/protocol/repeat2/metadata_probs.tsv"
+    # Without the forest there is nothing to screen.
+    assert protocol_screen_records(config, {"thermal": ["thermal"]}) == []
 
 
 def test_heatmaps_read_only_the_folds_of_repeat_1(config):

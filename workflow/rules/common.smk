@@ -289,6 +289,26 @@ def ablation_fold_files(wildcards):
     return jobs.ablation_records(config, PAIRS)
 
 
+def protocol_member_files(wildcards):
+    """Each fold's stage probabilities of every member of every combination, which the
+    protocol fuses (see jobs.member_records).
+
+    Evaluated only when the protocol is requested; its rows are defined against a run whose
+    stages trained on every training visit, so label_screen is refused."""
+    if config.get("label_screen"):
+        raise WorkflowError(
+            "Invalid config key 'label_screen': the protocol target screens in its own jobs "
+            "and compares against the unscreened stages; run it with label_screen: null"
+        )
+    members = {m for members in COMBINATIONS.values() for m in members}
+    return jobs.member_records(config, members)
+
+
+def protocol_screen_files(wildcards):
+    """Each repeat's protocol_screen outputs (see jobs.protocol_screen_records)."""
+    return jobs.protocol_screen_records(config, COMBINATIONS)
+
+
 def temporal_table_input(wildcards):
     """The samples table the temporal split orders patients by (its column may be one the
     forest leaves out); the temporal target needs evaluation.temporal."""

@@ -11,7 +11,7 @@ config these functions read.
 
 from fusion_dag.config import modality_column, modality_settings
 from fusion_dag.features import FLIP_ONLY, flips, no_cache_reason
-from fusion_dag.weights import METADATA
+from fusion_dag.weights import METADATA, member_weights
 
 # The settings a branch is rebuilt from in fusion (size and channels come from the cache):
 # its architecture, and so its layers, whose names the checkpoint is loaded by. ``standardize``
@@ -328,6 +328,44 @@ def ablation_records(config: dict, pairs: dict) -> list:
         for combination in pairs
         for repeat, fold in partitions(config)
         for place in [f"repeat{repeat}/fold{fold}"]
+    ]
+
+
+def protocol_settings(config: dict, combinations: dict) -> dict:
+    """What the protocol's aggregation fuses with (:mod:`fusion_dag.protocol`): each
+    combination's configured ``weights`` (the ``fixed`` row), each image member's
+    ``validation_fraction`` (the nested choice's early-stopping visits, as the image stage drew
+    them) and each repeat's ``seeds``."""
+    images = sorted({m for members in combinations.values() for m in members if m != METADATA})
+    return {
+        "weights": {
+            name: member_weights(members, **weight_settings(config, members))
+            for name, members in combinations.items()
+        },
+        "validation_fraction": {
+            m: modality_settings(config, m)["validation_fraction"] for m in images
+        },
+        "seeds": {repeat: repeat_seed(config, repeat) for repeat in repeats(config)},
+    }
+
+
+def repeats(config: dict) -> list:
+    """The repeats' numbers, from 1."""
+    return list(range(1, config["cv"]["repeats"] + 1))
+
+
+def protocol_screen_records(config: dict, combinations: dict) -> list:
+    """Each repeat's protocol_screen outputs (``repeat``, ``screened``, ``probs``: the nested
+    and leaky screens' forests), when some combination has the forest; none otherwise."""
+    if not uses_metadata(combinations):
+        return []
+    return [
+        {
+            "repeat": repeat,
+            "screened": f"results/protocol/repeat{repeat}/screened.tsv",
+            "probs": f"results/protocol/repeat{repeat}/metadata_probs.tsv",
+        }
+        for repeat in repeats(config)
     ]
 
 

@@ -19,6 +19,7 @@ metadata, where only some have images. A fold's screen reads its training rows o
 
 import logging
 
+import numpy as np
 import pandas as pd
 
 from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices
@@ -36,6 +37,20 @@ def training_rows(samples: pd.DataFrame, folds: pd.DataFrame, fold: int) -> pd.D
     return samples[(split_rows(fold_of, fold) == "train").to_numpy()].reset_index(drop=True)
 
 
+def label_issues(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """The ``rows`` whose given label (class indices ``y``) their out-of-sample ``probs`` make
+    implausible, by confident learning (cleanlab's ``find_label_issues``, as many as its
+    confident joint estimates, least plausible first): ``id``, ``group``, ``label``,
+    ``prob_label`` (the probability of the given label). One call for the nested screen and
+    the protocol's leaky one, which differ only in which probabilities they read."""
+    from cleanlab.filter import find_label_issues
+
+    issues = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    screened = rows.loc[rows.index[issues], [ID, GROUP, LABEL]].reset_index(drop=True)
+    screened["prob_label"] = probs[issues, y[issues]]
+    return screened
+
+
 def screen_fold(
     samples: pd.DataFrame,
     folds: pd.DataFrame,
@@ -50,14 +65,9 @@ def screen_fold(
 
     ``settings`` is ``metadata_model``; ``seed`` the repeat's (as the metadata stage's).
     """
-    from cleanlab.filter import find_label_issues
-
     train = training_rows(samples, folds, fold)
     y = label_indices(train[LABEL], classes)
-    probs = inner_probabilities(train, y, settings, seed, n_jobs)
-    issues = find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    screened = train.loc[issues, [ID, GROUP, LABEL]].reset_index(drop=True)
-    screened["prob_label"] = probs[issues, y[issues]]
+    screened = label_issues(train, y, inner_probabilities(train, y, settings, seed, n_jobs))
     counts = screened[LABEL].value_counts()
     log.info(
         "Fold %d: %d of %d training visits screened (%s); validation visits are never screened",
