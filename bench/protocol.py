@@ -2,6 +2,7 @@
 screening, each leaky row beside its nested counterpart, on the same folds and models.
 
     python bench/protocol.py          # the default demo config, RESULTS.md section
+    python bench/protocol.py --study  # the demo generator at the study's size (268 patients)
     python bench/protocol.py --tiny   # 40 patients, tiny branches: writes nothing
 
 One workflow run of the ``protocol`` target (``fusion.learn: []``, no ``label_screen``): it
@@ -25,9 +26,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import demo_settings, machine, markdown_table, snakemake, write_section  # noqa: E402
+from run import SCALES, demo_settings, machine, markdown_table, snakemake, write_section  # noqa: E402
 
-HEADING = "## Protocol: nested and leaky weights and screening"
+# Each size writes its own section, so the demo's and the study's tables stand side by side
+# (neither heading begins the other, so each replaces only its own).
+HEADINGS = {
+    "demo": "## Protocol on the demo: nested and leaky weights and screening",
+    "study": "## Protocol at the study's size: nested and leaky weights and screening",
+}
 
 
 def measure(workdir: Path, config: dict) -> dict:
@@ -58,7 +64,7 @@ def cell(value, form: str = "{:.3f}") -> str:
     return "–" if pd.isna(value) else form.format(value)
 
 
-def report(measured: dict, tiny: bool, config: dict) -> str:
+def report(measured: dict, size: str, config: dict) -> str:
     """The RESULTS.md section, from ``results/protocol.tsv`` and ``choices.tsv``."""
     table, choices = measured["table"], measured["choices"]
     rows = []
@@ -90,11 +96,12 @@ def report(measured: dict, tiny: bool, config: dict) -> str:
             )
         )
     jobs = ", ".join(f"{rule} {count}" for rule, count in sorted(measured["jobs"].items()))
+    option = "" if size == "demo" else f" --{size}"
     header = (
-        f"{HEADING}\n\nMachine: {machine()}.\n"
-        f"Config: {'tiny (--tiny)' if tiny else 'default demo'}, "
+        f"{HEADINGS.get(size, HEADINGS['demo'])}\n\nMachine: {machine()}.\n"
+        f"Config: the default demo's ({size}: {config['demo']['patients']} patients), "
         f"{config['cv']['folds']} folds x {config['cv']['repeats']} repeats; "
-        f"`python bench/protocol.py{' --tiny' if tiny else ''}` ({measured['seconds']:.0f} s, "
+        f"`python bench/protocol.py{option}` ({measured['seconds']:.0f} s, "
         f"one run of the `protocol` target from no results: {jobs}). Kappa with the headline's "
         "corrected interval; gain: the mean per-fold kappa gain over `fixed` on the visits both "
         "scored, with the run's corrected t interval, p not adjusted; screened: visits left "
@@ -123,20 +130,27 @@ def report(measured: dict, tiny: bool, config: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a quick pass that writes nothing")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--tiny", action="store_true", help="a quick pass that writes nothing")
+    sizes.add_argument(
+        "--study", action="store_true", help=f"the study's size ({SCALES['study']} patients)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run here")
     args = parser.parse_args()
     with open(REPO / "config/config.yaml") as handle:
         config = yaml.safe_load(handle)
     demo_settings(config, args.tiny, 1)
+    size = "tiny" if args.tiny else "study" if args.study else "demo"
+    if args.study:
+        config["demo"]["patients"] = SCALES["study"]
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fusion-dag-protocol-"))
     started = time.perf_counter()
     measured = measure(root, config)
-    section = report(measured, args.tiny, config)
+    section = report(measured, size, config)
     print(section)
     print(f"({time.perf_counter() - started:.0f} s in all)")
     if not args.tiny:
-        write_section(HEADING, section)
+        write_section(HEADINGS[size], section)
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)
 
