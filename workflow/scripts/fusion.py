@@ -6,11 +6,10 @@ from fusion_dag.fusion import (
     fuse_combination,
     read_image_member,
     tensorflow_runtime,
-    weighted_sum,
 )
 from fusion_dag.joblog import job_log
 from fusion_dag.learn import learned_fusion, learned_metrics, temper_table
-from fusion_dag.weights import METADATA, member_weights
+from fusion_dag.weights import METADATA, member_weights, weighted_sum
 
 with job_log(snakemake.log[0]) as log:
     members = snakemake.wildcards.combination.split("+")

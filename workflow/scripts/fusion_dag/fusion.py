@@ -19,7 +19,7 @@ from fusion_dag.artifacts import ID, prob_columns, read_json, read_tsv
 from fusion_dag.checkpoint import CheckpointError, load_frozen_branch, verify_sidecar
 from fusion_dag.features import FeatureCache, check_backbone, feature_arrays, input_feature_cache
 from fusion_dag.views import visit_means
-from fusion_dag.weights import METADATA
+from fusion_dag.weights import METADATA, aligned_probs, shared_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +126,6 @@ def tensorflow_runtime(members: list, settings: dict, threads: int) -> dict | No
 
     runtime = configure_tensorflow(settings["intra_op_threads"], threads, settings["seed"])
     return {"threads": threads, **runtime}
-
-
-def shared_rows(tables: list) -> pd.DataFrame:
-    """``id`` and ``split`` of the rows present in every table (an image may drop rows)."""
-    keys = tables[0][[ID, "split"]]
-    for table in tables[1:]:
-        keys = keys.merge(table[[ID, "split"]], on=[ID, "split"], validate="one_to_one")
-    return keys.reset_index(drop=True)
-
-
-def aligned_probs(keys: pd.DataFrame, table: pd.DataFrame, columns: list) -> np.ndarray:
-    """A probability table's columns in the row order of ``keys``."""
-    return keys.merge(table, on=[ID, "split"], how="left")[columns].to_numpy(dtype="float32")
-
-
-def weighted_sum(tables: dict, weights: dict, classes: list) -> pd.DataFrame:
-    """``sum_m weights[m] * tables[m]`` on the rows every member's table has.
-
-    The V3 fusion computed from probability tables, with no model: used for the members'
-    in-sample probabilities, whose fused kappa is the combination's ``fit_kappa``.
-    """
-    columns = prob_columns(classes)
-    keys = shared_rows(list(tables.values()))
-    result = keys.copy()
-    result[columns] = sum(weights[m] * aligned_probs(keys, t, columns) for m, t in tables.items())
-    return result
 
 
 def reproduction_check(outputs: np.ndarray, expected: np.ndarray, modality: str, what: str):

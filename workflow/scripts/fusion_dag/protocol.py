@@ -24,7 +24,7 @@ screening only with the forest):
   again on the visits left (same folds); only those visits are scored (optimistic).
 
 Why rows 1 to 4 need no training: a V3 fusion is the weighted mean of its members' fold
-probabilities (:func:`fusion_dag.fusion.weighted_sum`; frozen branches, no gradient step), so
+probabilities (:func:`fusion_dag.weights.weighted_sum`; frozen branches, no gradient step), so
 each is computed from the members' cached fold probability tables. The screening rows refit
 only the forest (seconds): the image members keep the probabilities of their unscreened
 branches. Retraining the branches without the screened visits is a whole ``label_screen`` run.
@@ -38,7 +38,6 @@ import pandas as pd
 from fusion_dag.artifacts import GROUP, ID, LABEL, label_indices, prob_columns
 from fusion_dag.evaluate import kappa, oof_table
 from fusion_dag.folds import without_screened
-from fusion_dag.fusion import shared_rows, weighted_sum
 from fusion_dag.inference import bootstrap_metrics, compare, fold_test_share, fold_values
 from fusion_dag.learn import learned_fusion, simplex_grid, temper_table
 from fusion_dag.metadata import fold_probabilities
@@ -50,7 +49,7 @@ from fusion_dag.report import (
     with_interval,
 )
 from fusion_dag.screen import label_issues, screen_fold
-from fusion_dag.weights import METADATA
+from fusion_dag.weights import METADATA, shared_rows, weighted_sum
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def leaky_weights(fold_tables: dict, members: list, folds: pd.DataFrame, classes
 
 
 def fused(tables: dict, weights: dict, temperature: float | None, classes: list) -> pd.DataFrame:
-    """The V3 fusion of one fold's member tables (:func:`~fusion_dag.fusion.weighted_sum`),
+    """The V3 fusion of one fold's member tables (:func:`~fusion_dag.weights.weighted_sum`),
     tempered when ``temperature`` is given."""
     table = weighted_sum(tables, weights, classes)
     return temper_table(table, temperature, classes) if temperature else table

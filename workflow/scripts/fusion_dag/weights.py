@@ -97,3 +97,29 @@ def fuse_rows(samples: pd.DataFrame, member_probs: dict, members: list, spec: di
     for index, column in enumerate(columns):
         table.insert(5 + index, column, fused[:, index])
     return table
+
+
+def shared_rows(tables: list) -> pd.DataFrame:
+    """``id`` and ``split`` of the rows present in every table (an image may drop rows)."""
+    keys = tables[0][[ID, "split"]]
+    for table in tables[1:]:
+        keys = keys.merge(table[[ID, "split"]], on=[ID, "split"], validate="one_to_one")
+    return keys.reset_index(drop=True)
+
+
+def aligned_probs(keys: pd.DataFrame, table: pd.DataFrame, columns: list) -> np.ndarray:
+    """A probability table's columns in the row order of ``keys``."""
+    return keys.merge(table, on=[ID, "split"], how="left")[columns].to_numpy(dtype="float32")
+
+
+def weighted_sum(tables: dict, weights: dict, classes: list) -> pd.DataFrame:
+    """``sum_m weights[m] * tables[m]`` on the rows every member's table has.
+
+    The V3 fusion computed from probability tables, with no model: used for the members'
+    in-sample probabilities, whose fused kappa is the combination's ``fit_kappa``.
+    """
+    columns = prob_columns(classes)
+    keys = shared_rows(list(tables.values()))
+    result = keys.copy()
+    result[columns] = sum(weights[m] * aligned_probs(keys, t, columns) for m, t in tables.items())
+    return result
