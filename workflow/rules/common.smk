@@ -313,6 +313,13 @@ def card_options(wildcards):
     return options
 
 
+def front_page_options(wildcards):
+    """The front page's optional input: the temporal table with evaluation.temporal."""
+    return (
+        {"temporal": "results/temporal.tsv"} if config["evaluation"]["temporal"] else {}
+    )
+
+
 def predict_bundle():
     """The bundle predict applies: predict.bundle, or the one final_models builds."""
     return config["predict"]["bundle"] or DEFAULT_BUNDLE
