@@ -325,6 +325,21 @@ def predict_bundle():
     return config["predict"]["bundle"] or DEFAULT_BUNDLE
 
 
+def predict_card_copy(wildcards):
+    """The card's copy beside the predictions (rule predict_card) as an input of the predict
+    target when this invocation also builds the run's own card: the bundle is the default one
+    and a target given on the command line (Snakemake's DAG settings, set before any input
+    function runs) is final_models, all or the card. Otherwise none: predictions copies the
+    card it finds."""
+    if Path(predict_bundle()) != Path(DEFAULT_BUNDLE):
+        return []
+    card = rules.model_card.output
+    wanted = {"final_models", "all", "model_card", *(str(Path(path)) for path in card)}
+    given = workflow.dag_settings.targets if workflow.dag_settings else ()
+    targets = {str(Path(target)) for target in given}
+    return rules.predict_card.output if targets & wanted else []
+
+
 def predict_spec(wildcards):
     """The model spec a new table is checked against before any model is loaded: a given
     bundle's manifest, or (for the bundle this run builds) the spec that bundle will hold, so a
