@@ -24,7 +24,6 @@ AGGREGATION = {
     "oof",
     "plot_evaluation",
     "aggregate_results",
-    "front_page",
     "diagnostics",
     "plot_fold_kappa",
     "plot_confusion_matrices",
@@ -95,7 +94,6 @@ def test_a_changed_confidence_replaces_the_plan_and_retrains_nothing(tiny_copy):
     # The intervals' confidence is the headline's and the clinical report's.
     assert set(jobs) <= {
         "clinical_report",
-        "front_page",
         "plot_evaluation",
         "plot_fold_kappa",
         "provenance",

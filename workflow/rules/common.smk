@@ -313,11 +313,10 @@ def card_options(wildcards):
     return options
 
 
-def front_page_options(wildcards):
-    """The front page's optional input: the temporal table with evaluation.temporal."""
-    return (
-        {"temporal": "results/temporal.tsv"} if config["evaluation"]["temporal"] else {}
-    )
+def front_page_output():
+    """aggregate_results' front page output, or none with evaluation.temporal, when the
+    front_page rule writes the page after the temporal table."""
+    return {} if config["evaluation"]["temporal"] else {"front_page": FRONT_PAGE}
 
 
 def predict_bundle():

@@ -91,6 +91,8 @@ rule aggregate_results:
         image_metrics=files_of(image_metric_files, "metrics"),
         plan=ANALYSIS_PLAN_FILE,
     output:
+        # The report's front page, here unless evaluation.temporal (rule front_page).
+        **front_page_output(),
         per_fold="results/fusion_results_per_fold.tsv",
         table=report(
             "results/fusion_results.tsv",
@@ -128,33 +130,37 @@ rule aggregate_results:
         member_files=member_fold_files,
         image_files=image_metric_files,
         seed=config["cv"]["seed"],
+        run=jobs.run_summary(config, MODALITIES),
     script:
         "../scripts/aggregate_results.py"
 
 
-# The report's front page, apart from aggregate_results: with evaluation.temporal it names the
-# temporal difference, and the temporal table is computed from the headline aggregate_results
-# writes. So with evaluation.temporal the fusion_results target runs the temporal partition too
-# (one partition more, as final_models does for the model card).
-rule front_page:
-    input:
-        unpack(front_page_options),
-        headline="results/fusion_results.tsv",
-        comparisons="results/comparisons.tsv",
-        plan=ANALYSIS_PLAN_FILE,
-    output:
-        front_page=FRONT_PAGE,
-    log:
-        "logs/front_page/front_page.log",
-    localrule: True
-    conda:
-        "../envs/tabular.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    params:
-        evaluation=config["evaluation"],
-        run=jobs.run_summary(config, MODALITIES),
-    script:
-        "../scripts/front_page.py"
+# With evaluation.temporal, the report's front page in a job of its own: it names the temporal
+# difference, and the temporal table is computed from the headline aggregate_results writes.
+# So with evaluation.temporal the fusion_results target runs the temporal partition too (one
+# partition more, as final_models does for the model card). Without it, aggregate_results
+# writes the page and the run has no job more.
+if config["evaluation"]["temporal"]:
+
+    rule front_page:
+        input:
+            headline="results/fusion_results.tsv",
+            comparisons="results/comparisons.tsv",
+            plan=ANALYSIS_PLAN_FILE,
+            temporal="results/temporal.tsv",
+        output:
+            front_page=FRONT_PAGE,
+        log:
+            "logs/front_page/front_page.log",
+        localrule: True
+        conda:
+            "../envs/tabular.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        params:
+            evaluation=config["evaluation"],
+            run=jobs.run_summary(config, MODALITIES),
+        script:
+            "../scripts/front_page.py"

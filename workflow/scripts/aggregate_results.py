@@ -8,6 +8,7 @@ from fusion_dag.report import (
     all_visits_oofs,
     comparisons_markdown,
     comparisons_table,
+    front_page,
     headline_table,
     member_oofs,
     per_fold_table,
@@ -61,6 +62,12 @@ with job_log(snakemake.log[0]) as log:
     write_tsv(comparisons, snakemake.output.comparisons)
     confidence = evaluation["confidence"]
     write_text(comparisons_markdown(comparisons, confidence), snakemake.output.comparisons_markdown)
+    if snakemake.output.get("front_page"):
+        # Without evaluation.temporal (with it, rule front_page writes the page).
+        write_text(
+            front_page(headline, comparisons, snakemake.params.run, confidence, plan),
+            snakemake.output.front_page,
+        )
     log.info("Headline table:\n%s", readable_table(readable_headline(headline, confidence)))
     log.info(
         "Paired comparisons:\n%s", readable_table(readable_comparisons(comparisons, confidence))

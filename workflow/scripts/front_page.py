@@ -3,14 +3,16 @@ from fusion_dag.joblog import job_log
 from fusion_dag.report import front_page
 
 with job_log(snakemake.log[0]) as log:
-    temporal = snakemake.input.get("temporal")
+    # The page with the temporal validation (evaluation.temporal; without it aggregate_results
+    # writes the page).
+    temporal = snakemake.input.temporal
     page = front_page(
         read_tsv(snakemake.input.headline),
         read_tsv(snakemake.input.comparisons),
         snakemake.params.run,
         snakemake.params.evaluation["confidence"],
         read_json(snakemake.input.plan),
-        read_tsv(temporal) if temporal else None,
+        read_tsv(temporal),
     )
     write_text(page, snakemake.output.front_page)
-    log.info("Front page written%s", " with the temporal validation" if temporal else "")
+    log.info("Front page written with the temporal validation (%s)", temporal)
