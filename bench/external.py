@@ -9,10 +9,19 @@ new table (``predict: {samples: new.csv}``). One ``snakemake predict`` builds th
 and the bundle, then predicts; the script prints the wall times, the bundle's size, how each
 row was scored and the metrics table (results/predict/metrics.tsv), and writes them to
 ``external.md`` in the work folder.
+
+Then, in the same work folder, what a deployed bundle tells a clinician (issue 40):
+``snakemake temporal final_models predict`` with ``evaluation.temporal`` (the demo has no
+date: the training patients' order in the table, the last 30 % held out) and
+``predict.coverage: 0.9``. The temporal table, and the prediction sets' coverage and mean size
+in cross-validation (the bundle's calibration record) and on the new patients (metrics.tsv),
+go to docs/predict.md between its ``<!-- measured: external-later -->`` markers; with --tiny
+they are printed and nothing is written.
 """
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from quickstart import duration, write  # noqa: E402
 from run import snakemake  # noqa: E402
+
+from fusion_dag.report import with_interval  # noqa: E402
 
 TINY = {
     "cv": {"folds": 3, "repeats": 1, "seed": 42},
@@ -50,6 +62,78 @@ def split_demo(workdir: Path, patients: int, train_patients: int) -> tuple[int, 
     table[train].to_csv(workdir / "train.csv", index=False)
     table[~train].to_csv(workdir / "new.csv", index=False)
     return int(train.sum()), int((~train).sum())
+
+
+# The issue-40 run: the training patients' temporal split (their order in the table: the demo
+# has no date column) and 90 % prediction sets.
+LATER = {"evaluation": {"temporal": {"column": None, "test": 0.3}}, "predict": {"coverage": 0.9}}
+
+
+def with_later(config: dict) -> dict:
+    """``config`` with :data:`LATER`'s keys merged into its sections."""
+    return {**config, **{key: {**config.get(key, {}), **value} for key, value in LATER.items()}}
+
+
+def later_section(workdir: Path, command: str, seconds: float) -> str:
+    """The docs/predict.md section of the issue-40 run in ``workdir``: the temporal table
+    (results/temporal.tsv), and the prediction sets' coverage and mean size in cross-validation
+    (the bundle's calibration record of the predicted combination) and on the new patients
+    (the fused row of results/predict/metrics.tsv)."""
+    temporal = pd.read_csv(workdir / "results/temporal.tsv", sep="\t")
+    card = json.loads((workdir / "results/final/model_card.json").read_text())
+    level = f"{100 * card['performance']['confidence']:g} %"
+    first = temporal.iloc[0]
+    later = pd.DataFrame(
+        {
+            "combination": r["combination"],
+            "later patients (visits)": f"{r['n_patients']} ({r['n_rows']})",
+            f"kappa later ({level} CI)": with_interval(
+                r["kappa"], r["kappa_ci_low"], r["kappa_ci_high"]
+            ),
+            f"kappa cv ({level} CI)": with_interval(
+                r["cv_kappa"], r["cv_kappa_ci_low"], r["cv_kappa_ci_high"]
+            ),
+            "difference": f"{r['kappa_diff']:+.3f}",
+        }
+        for r in temporal.to_dict("records")
+    )
+    fused = pd.read_csv(workdir / "results/predict/metrics.tsv", sep="\t").iloc[0]
+    combination = fused["predictor"]
+    record = workdir / f"results/final/bundle/calibration/{combination}.json"
+    cv = json.loads(record.read_text())["cross_validated"]
+    sets = pd.DataFrame(
+        [
+            ["cross-validation (each fold's sets calibrated on the other folds)", cv["visits"]]
+            + [f"{cv['set_coverage']:.3f}", f"{cv['set_size']:.2f}"],
+            ["the new patients (the bundle's calibration)", fused["n_rows"]]
+            + [f"{fused['set_coverage']:.3f}", f"{fused['set_size']:.2f}"],
+        ],
+        columns=["where", "visits", "coverage", "mean set size"],
+    )
+    return "\n".join(
+        [
+            "",
+            f"`{command}` in the same folder ({duration(seconds)} on {os.cpu_count()} cores; "
+            "`python bench/external.py`, which also writes this section): the models fit on "
+            f"the {first['n_train_patients']} earlier training patients "
+            f"({first['n_train_visits']} visits), scored on the {first['n_patients']} later ones, "
+            f"beside each combination's cross-validated kappa on all "
+            f"{first['n_train_patients'] + first['n_patients']}:",
+            "",
+            later.to_markdown(
+                index=False,
+                colalign=["left", "left", "left", "left", "right"],
+                disable_numparse=True,
+            ),
+            "",
+            f"Prediction sets of {combination} at coverage {cv['coverage']:g}:",
+            "",
+            sets.to_markdown(
+                index=False, colalign=["left", "right", "right", "right"], disable_numparse=True
+            ),
+            "",
+        ]
+    )
 
 
 def folder_size(folder: Path) -> int:
@@ -126,6 +210,15 @@ def main() -> None:
     )
     (workdir / "external.md").write_text(report)
     print(report)
+    targets = ["temporal", "final_models", "predict"]
+    later_seconds, _ = snakemake(
+        workdir, *targets, config=with_later(config), cores=arguments.cores
+    )
+    command = f"snakemake --cores {arguments.cores} {' '.join(targets)}"
+    section = later_section(workdir, command, later_seconds)
+    print(section)
+    if not arguments.tiny:
+        write("docs/predict.md", "external-later", section)
     print(f"Work folder: {workdir}")
 
 

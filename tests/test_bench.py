@@ -68,3 +68,53 @@ def test_each_bench_script_ci_runs_resolves_its_imports(script):
 def test_ci_runs_the_bench_scripts_it_names():
     assert len(CI_SCRIPTS) >= 8
     assert all((REPO / script).is_file() for script in CI_SCRIPTS)
+
+
+def test_the_external_bench_section_shows_the_temporal_table_and_the_sets_from_the_run(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from bench.external import later_section
+
+    (tmp_path / "results/predict").mkdir(parents=True)
+    (tmp_path / "results/final/bundle/calibration").mkdir(parents=True)
+    fused = "metadata+thermal_map"
+    temporal = pd.DataFrame(
+        {
+            "combination": ["metadata", fused],
+            "n_train_patients": 84,
+            "n_train_visits": 300,
+            "n_patients": 36,
+            "n_rows": [134, 130],
+            "kappa": [0.21, 0.25],
+            "kappa_ci_low": [0.1, 0.12],
+            "kappa_ci_high": [0.3, 0.37],
+            "cv_kappa": [0.3, 0.33],
+            "cv_kappa_ci_low": [0.2, 0.22],
+            "cv_kappa_ci_high": [0.4, 0.44],
+        }
+    )
+    temporal["kappa_diff"] = temporal["kappa"] - temporal["cv_kappa"]
+    temporal.to_csv(tmp_path / "results/temporal.tsv", sep="\t", index=False)
+    card = {"performance": {"confidence": 0.95}}
+    (tmp_path / "results/final/model_card.json").write_text(json.dumps(card))
+    metrics = pd.DataFrame(
+        {"predictor": [fused, "metadata"], "n_rows": [141, 141], "set_coverage": [0.922, None]}
+    ).assign(set_size=[1.87, None])
+    metrics.to_csv(tmp_path / "results/predict/metrics.tsv", sep="\t", index=False)
+    record = {"cross_validated": {"coverage": 0.9, "visits": 434, "set_coverage": 0.905}}
+    record["cross_validated"]["set_size"] = 1.7
+    (tmp_path / f"results/final/bundle/calibration/{fused}.json").write_text(json.dumps(record))
+    section = later_section(tmp_path, "snakemake --cores 2 temporal final_models predict", 75)
+    assert "the 84 earlier training patients (300 visits), scored on the 36 later" in section
+    rows = [line for line in section.splitlines() if line.startswith("| metadata")]
+    assert [row.split("|")[1].strip() for row in rows] == ["metadata", fused]
+    assert "| 36 (130)" in rows[1] and "0.250 [0.120, 0.370]" in rows[1]
+    assert "0.330 [0.220, 0.440]" in rows[1] and rows[1].rstrip(" |").endswith("-0.080")
+    assert "kappa later (95 % CI)" in section and "1 min 15 s" in section
+    assert f"Prediction sets of {fused} at coverage 0.9:" in section
+    cv = next(line for line in section.splitlines() if line.startswith("| cross-validation"))
+    new = next(line for line in section.splitlines() if line.startswith("| the new patients"))
+    assert [cell.strip() for cell in cv.split("|")[2:5]] == ["434", "0.905", "1.70"]
+    assert [cell.strip() for cell in new.split("|")[2:5]] == ["141", "0.922", "1.87"]

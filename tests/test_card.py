@@ -232,6 +232,18 @@ def test_final_models_schedule_the_card_and_predict_does_not(tmp_path, demo_tabl
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert jobs["predictions"] == 1 and jobs["bundle"] == 1
     assert not {"model_card", "aggregate_results", "fusion", "image", "folds"} & set(jobs), jobs
+    assert "predict_card" not in jobs  # predictions copies a card it finds
+    # Both in one invocation: the card is copied once it exists, whatever ran first.
+    result = run_snakemake(tmp_path, "-n", "final_models", "predict", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = scheduled_jobs(result.stdout + result.stderr)
+    assert jobs["predict_card"] == 1 and jobs["model_card"] == 1 and jobs["predictions"] == 1
+    # A given bundle keeps its own card, which predictions copies: no predict_card.
+    given = {**config, "predict": {**config["predict"], "bundle": "shipped_bundle"}}
+    result = run_snakemake(tmp_path, "-n", "final_models", "predict", config=given)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = scheduled_jobs(result.stdout + result.stderr)
+    assert jobs["model_card"] == 1 and "predict_card" not in jobs
 
 
 def test_temporal_validation_is_shown_and_a_fall_over_time_is_a_limit(sources):

@@ -298,8 +298,10 @@ def feature_run(tmp_path_factory, feature_config):
     (shared, read-only)."""
     workdir = tmp_path_factory.mktemp("feature_run")
     write_demo(workdir / "demo.csv", patients=40, seed=7)
-    # The headline, the weight sweep and predict: every job these tests read, not the report's.
-    targets = [HEADLINE, SWEEP, "predict"]
+    # The headline, the weight sweep and predict: every job these tests read, not the report's;
+    # and final_models in the same invocation, whose model card predict copies (a few light
+    # jobs: the card and the tables it reads).
+    targets = [HEADLINE, SWEEP, "final_models", "predict"]
     result = run_snakemake(workdir, "--cores", "2", *targets, config=feature_config)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return workdir
@@ -392,6 +394,12 @@ def test_predict_from_pixels_reproduces_the_final_fusion_from_cached_features(fe
     np.testing.assert_allclose(
         both[[f"{c}_final" for c in columns]].to_numpy(), both[columns].to_numpy(), atol=1e-5
     )
+    # final_models ran in the same invocation: its card is copied beside the predictions once
+    # it exists (rule predict_card), whichever of the card and the predictions came first.
+    assert (feature_run / "logs/predict_card/predict_card.log").is_file()
+    for name in ("model_card.md", "model_card.json"):
+        copied = (feature_run / "results/predict" / name).read_bytes()
+        assert copied == (feature_run / "results/final" / name).read_bytes()
 
 
 @pytest.mark.workflow

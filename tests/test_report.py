@@ -413,6 +413,60 @@ def test_the_front_page_draws_the_primary_contrasts_and_lists_the_tripod_items()
     assert "<svg" not in no_contrast and "Reporting checklist" in no_contrast
 
 
+def generated_temporal(combinations: list, headline: pd.DataFrame) -> pd.DataFrame:
+    """``results/temporal.tsv`` as temporal_results writes it: 30 patients of 2 visits, the
+    last 9 later, random probabilities per combination, beside ``headline``'s rows."""
+    from fusion_dag.artifacts import GROUP, ID, LABEL
+    from fusion_dag.temporal import EARLIER, LATER, temporal_table
+
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(30), 2)
+    folds = pd.DataFrame(
+        {
+            ID: [f"v{i}" for i in range(len(patients))],
+            GROUP: [f"p{p}" for p in patients],
+            LABEL: rng.choice(CLASSES, len(patients)),
+            "repeat": 0,
+            "fold": np.where(patients >= 21, LATER, EARLIER),
+        }
+    )
+    scored = {}
+    for combination in combinations:
+        probs = pd.DataFrame(
+            rng.dirichlet([1, 1, 1], len(folds)), columns=[f"prob_{c}" for c in CLASSES]
+        )
+        probs.insert(0, ID, folds[ID])
+        probs.insert(1, "split", np.where(folds["fold"] == LATER, "val", "train"))
+        scored[combination] = probs
+    evaluation = {"bootstrap": 100, "confidence": 0.9}
+    return temporal_table(scored, folds, headline, CLASSES, evaluation, 0)
+
+
+def test_the_front_page_names_the_temporal_difference_of_each_primary_combination():
+    headline, comparisons = made_up_headline(), made_up_comparisons()
+    temporal = generated_temporal(DEMO, headline)
+    run = {"classes": CLASSES, "folds": 3, "repeats": 2, "primary": "metadata"}
+    run |= {"modalities": ["thermal_map"], "weights": "metadata 0.7"}
+    page = front_page(headline, comparisons, run, 0.9, PLAN, temporal)
+    sentences = [line for line in page.splitlines() if line.startswith("- Over time: ")]
+    # The primary and each fusion contrasted with it; thermal_map is in no primary contrast.
+    assert [s.split(",")[0] for s in sentences] == [
+        "- Over time: metadata",
+        "- Over time: metadata+thermal_map",
+        f"- Over time: {DEMO[3]}",
+    ]
+    for sentence, combination in zip(sentences, [DEMO[0], DEMO[2], DEMO[3]], strict=True):
+        row = temporal.set_index("combination").loc[combination]
+        later = f"{row['kappa']:.3f} [{row['kappa_ci_low']:.3f}, {row['kappa_ci_high']:.3f}]"
+        cv = f"{row['cv_kappa']:.3f} [{row['cv_kappa_ci_low']:.3f}, {row['cv_kappa_ci_high']:.3f}]"
+        assert f"fit on the 21 earlier patients, reached kappa {later} on the 9 later " in sentence
+        assert f"patients (18 visits) against {cv} cross-validated" in sentence
+        assert f"a difference of {row['kappa'] - row['cv_kappa']:+.3f} (90 % intervals" in sentence
+    # Among the answers, before the forest plot; nothing without the table.
+    assert page.index("- Over time: ") < page.index(".. raw:: html")
+    assert "Over time" not in front_page(headline, comparisons, run, 0.9, PLAN)
+
+
 def test_markdown_table_has_a_row_per_combination():
     frame = pd.DataFrame({"combination": ["metadata"], "kappa_mean": [0.25]})
     lines = markdown_table(frame).splitlines()

@@ -333,9 +333,30 @@ def card_options(wildcards):
     return options
 
 
+def front_page_output():
+    """aggregate_results' front page output, or none with evaluation.temporal, when the
+    front_page rule writes the page after the temporal table."""
+    return {} if config["evaluation"]["temporal"] else {"front_page": FRONT_PAGE}
+
+
 def predict_bundle():
     """The bundle predict applies: predict.bundle, or the one final_models builds."""
     return config["predict"]["bundle"] or DEFAULT_BUNDLE
+
+
+def predict_card_copy(wildcards):
+    """The card's copy beside the predictions (rule predict_card) as an input of the predict
+    target when this invocation also builds the run's own card: the bundle is the default one
+    and a target given on the command line (Snakemake's DAG settings, set before any input
+    function runs) is final_models, all or the card. Otherwise none: predictions copies the
+    card it finds."""
+    if Path(predict_bundle()) != Path(DEFAULT_BUNDLE):
+        return []
+    card = rules.model_card.output
+    wanted = {"final_models", "all", "model_card", *(str(Path(path)) for path in card)}
+    given = workflow.dag_settings.targets if workflow.dag_settings else ()
+    targets = {str(Path(target)) for target in given}
+    return rules.predict_card.output if targets & wanted else []
 
 
 def predict_spec(wildcards):

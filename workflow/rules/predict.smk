@@ -55,10 +55,39 @@ rule predictions:
         combination=config["predict"]["combination"],
         coverage=config["predict"]["coverage"],
         # Where the bundle's model card is looked for (copied beside the predictions; not an
-        # input, so predict never waits for the cross-validation the card reports).
+        # input, so predict never waits for the cross-validation the card reports; when this
+        # invocation builds the card too, predict_card copies it once it exists).
         card_folders=card_sources(predict_bundle(), DEFAULT_BUNDLE),
         intra_op_threads=config["image_model"]["intra_op_threads"],
         evaluation=config["evaluation"],
         seed=config["cv"]["seed"],
     script:
         "../scripts/predict.py"
+
+
+# The run's own model card copied beside the predictions when this invocation builds the card
+# too (final_models, all or the card itself requested with predict): predictions copies the
+# card it finds when it runs, and in one invocation it can run before model_card. Only then:
+# the card reports the cross-validation, so making every predict wait for it would run the
+# whole cross-validation for a plain `snakemake predict` (the bundle alone needs none). A given
+# bundle (predict.bundle) keeps its card in its folder, which predictions copies.
+rule predict_card:
+    input:
+        markdown="results/final/model_card.md",
+        json="results/final/model_card.json",
+        # After predictions, whose own copy (of no card yet) must not remove this one.
+        predictions="results/predict/predictions.tsv",
+    output:
+        markdown="results/predict/model_card.md",
+        json="results/predict/model_card.json",
+    log:
+        "logs/predict_card/predict_card.log",
+    localrule: True
+    conda:
+        "../envs/tabular.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/predict_card.py"

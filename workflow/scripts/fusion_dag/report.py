@@ -811,13 +811,47 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
 PARTS = ("mean", "ci_low", "ci_high")
 
 
+def temporal_sentences(
+    temporal: pd.DataFrame | None, comparisons: pd.DataFrame, primary: str, confidence: float
+) -> list:
+    """One plain sentence per combination of the primary family (``primary`` and each fusion
+    contrasted with it) that the temporal table (``results/temporal.tsv``) holds: its kappa on
+    the later patients against its cross-validated kappa, both with intervals, and the
+    difference; none without the table (``None``: no ``evaluation.temporal``)."""
+    if temporal is None:
+        return []
+    family = [primary, *primary_contrasts(comparisons)["combination"]]
+    rows = temporal.set_index("combination")
+    sentences = []
+    for combination in dict.fromkeys(family):
+        if combination not in rows.index:
+            continue
+        row = rows.loc[combination]
+        later = with_interval(row["kappa"], row["kappa_ci_low"], row["kappa_ci_high"])
+        cv = with_interval(row["cv_kappa"], row["cv_kappa_ci_low"], row["cv_kappa_ci_high"])
+        sentences.append(
+            f"Over time: {combination}, fit on the {int(row['n_train_patients'])} earlier "
+            f"patients, reached kappa {later} on the {int(row['n_patients'])} later patients "
+            f"({int(row['n_rows'])} visits) against {cv} cross-validated, a difference of "
+            f"{number(row['kappa_diff'], '{:+.3f}')} ({level(confidence)} intervals; "
+            "results/temporal.tsv)."
+        )
+    return sentences
+
+
 def front_page(
-    headline: pd.DataFrame, comparisons: pd.DataFrame, run: dict, confidence, plan: dict
+    headline: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    run: dict,
+    confidence,
+    plan: dict,
+    temporal: pd.DataFrame | None = None,
 ) -> str:
     """The HTML report's front page (reStructuredText): the answer in one sentence per primary
-    contrast (after a notice when the analysis plan ``plan`` replaced an earlier one), what was
-    run, the contrasts and the headline, then what each term means, so a reader of the report
-    sees the answer before any click.
+    contrast (after a notice when the analysis plan ``plan`` replaced an earlier one) and, with
+    the temporal table ``temporal``, one per primary combination on the later patients
+    (:func:`temporal_sentences`), what was run, the contrasts and the headline, then what each
+    term means, so a reader of the report sees the answer before any click.
 
     Lists, not tables: the report sets the page's text in a column beside the workflow's
     graph, where a table of the headline's width runs under the graph. ``run`` holds
@@ -828,6 +862,7 @@ def front_page(
     primary, ci = run["primary"], level(confidence)
     images = ", ".join(run["modalities"]) or "none"
     sentences = contrast_sentences(comparisons, headline, primary, confidence)
+    sentences += temporal_sentences(temporal, comparisons, primary, confidence)
     notice = plan_notice(plan)
     lines = [f"**{notice}**", ""] if notice else []
     lines += [f"- {sentence}" for sentence in sentences]
